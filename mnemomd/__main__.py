@@ -1,0 +1,5 @@
+"""Allow ``python -m mnemomd`` as well as the ``mnemomd`` console script."""
+
+from mnemomd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""The ``mnemomd`` command: run the daemon, check its configuration, say its version.
+
+``mnemomd run`` builds the service itself and runs the reactor in the foreground, with no
+twistd plugin discovery, because a frozen binary has no plugin directory to scan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+from mnemomd import __version__
+from mnemomd.config import EX_CONFIG, SETTINGS, Config, ConfigError, load_config
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH",
+                        help="YAML configuration file (default: $MNEMOM_CONFIG, else "
+                             "/etc/mnemomd/mnemomd.yaml if present)")
+    for setting in SETTINGS:
+        if setting.flag:
+            parser.add_argument(setting.flag, dest=setting.env, metavar=setting.env,
+                                help=f"{setting.help} [env {setting.env}]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnemomd", description="Mnemom integrity gateway")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    add_config_flags(run)
+    check = commands.add_parser("check-config",
+                                help="validate and print the effective configuration")
+    add_config_flags(check)
+    check.add_argument("--strict", action="store_true",
+                       help="treat warnings (such as deprecated settings) as errors")
+    commands.add_parser("version", help="print the version and build")
+    return parser
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, str]:
+    return {s.env: getattr(args, s.env) for s in SETTINGS
+            if s.flag and getattr(args, s.env, None) is not None}
+
+
+def version_text() -> str:
+    build = "frozen" if getattr(sys, "frozen", False) else "source"
+    import twisted
+
+    return (f"mnemomd {__version__} ({build} build; Python {platform.python_version()}, "
+            f"Twisted {twisted.__version__})")
+
+
+def check_config(config: Config, strict: bool, out: IO[str]) -> int:
+    width = max(len(s.env) for s in SETTINGS)
+    out.write(f"Configuration file: {config.config_path or '(none)'}\n")
+    for name, value, source in config.describe():
+        out.write(f"{name:<{width}}  {value}  [{source}]\n")
+    for warning in config.warnings:
+        out.write(f"warning: {warning}\n")
+    if strict and config.warnings:
+        out.write("check-config --strict: warnings count as errors\n")
+        return EX_CONFIG
+    out.write("Configuration OK\n")
+    return 0
+
+
+def run(config: Config, environ: Mapping[str, str]) -> int:
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+
+    from mnemomd.ops.logging import start_logging
+    from mnemomd.service import make_service
+
+    start_logging(config.log_format, config.log_level, f"mnemomd-{config.role}")
+    log = Logger(namespace="mnemomd")
+    for warning in config.warnings:
+        log.warn("Configuration: {warning}", warning=warning)
+    service = make_service(config, reactor, environ)
+    exit_code = [0]
+
+    def cannot_listen(failure: object) -> None:
+        log.critical("Cannot listen on {listen}: {reason}", listen=config.listen_description,
+                     reason=getattr(failure, "getErrorMessage", lambda: str(failure))())
+        exit_code[0] = 1
+        reactor.stop()
+
+    service.listening.addErrback(cannot_listen)
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return exit_code[0]
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(version_text())
+        return 0
+    if args.command not in ("run", "check-config"):
+        parser.print_help()
+        return 2
+    try:
+        config = load_config(flag_values(args), environ, args.config)
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return EX_CONFIG
+    if args.command == "check-config":
+        return check_config(config, args.strict, sys.stdout)
+    return run(config, environ)

@@ -1,0 +1,249 @@
+"""The HTTP front door: request objects, the connection factory, and the router.
+
+``twisted.web.http`` is used directly rather than ``twisted.web.server``: the proxy needs
+raw request targets, no resource traversal and no form parsing, and every byte of
+overhead counts on the hot path. Request bodies stay in memory (never a temporary file:
+prompts must not touch disk) and are bounded by ``MAX_REQUEST_BODY_BYTES``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+
+from mnemomd.ops.health import HealthState
+from mnemomd.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mnemomd.ops.metrics import GatewayMetrics
+from mnemomd.proxy.routing import RouteError, check_path, parse_proxy_target, split_target
+
+log = Logger()
+
+#: Seconds an idle keep-alive client connection is kept open.
+CLIENT_IDLE_TIMEOUT = 300
+#: A body this many times over the limit is cut off instead of drained.
+OVERSIZE_DRAIN_FACTOR = 2
+
+
+class BoundedBody(BytesIO):
+    """Request body buffer that stops storing past its limit and remembers it did."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.received = 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.received += len(data)
+        if self.received <= self.limit:
+            return super().write(data)
+        return len(data)
+
+    @property
+    def too_large(self) -> bool:
+        return self.received > self.limit
+
+
+def json_body(status: int, payload: dict[str, Any]) -> tuple[int, bytes]:
+    return status, json.dumps(payload, separators=(",", ":")).encode()
+
+
+def error_payload(message: str, error_type: str, **extra: Any) -> dict[str, Any]:
+    return {"error": message, "type": error_type, **extra}
+
+
+def send_json(request: http.Request, status: int, payload: dict[str, Any],
+              headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer with a JSON body; a request whose client has gone is left alone."""
+    if request._disconnected or request.finished:
+        return
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    request.setResponseCode(status)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    request.responseHeaders.setRawHeaders(b"content-length", [str(len(data)).encode()])
+    for name, value in headers or ():
+        request.responseHeaders.setRawHeaders(name, [value])
+    if request.method != b"HEAD":
+        request.write(data)
+    request.finish()
+
+
+def send_empty(request: http.Request, status: int,
+               headers: list[tuple[bytes, bytes]]) -> None:
+    if request._disconnected or request.finished:
+        return
+    request.setResponseCode(status)
+    for name, value in headers:
+        request.responseHeaders.setRawHeaders(name, [value])
+    request.finish()
+
+
+class GatewayRequest(http.Request):
+    """An incoming request whose body is bounded, kept in memory and never form-parsed."""
+
+    _parsePOSTFormSubmission = False
+    defaultContentType = None  # relayed responses keep exactly the upstream's headers
+    content: BoundedBody
+
+    def __init__(self, channel: GatewayChannel, queued: object = None) -> None:
+        super().__init__(channel)
+        self.request_id = os.urandom(8).hex()
+        self.received_at = 0.0
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802
+        self.content = BoundedBody(self.channel.gateway.max_body_bytes)
+        if length is not None and length > self.content.limit * OVERSIZE_DRAIN_FACTOR:
+            self._refuse_oversized()
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+        self.content.write(data)
+        if self.content.received > self.content.limit * OVERSIZE_DRAIN_FACTOR:
+            self._refuse_oversized()
+
+    def _refuse_oversized(self) -> None:
+        """Far too large to drain politely: answer 413 now and close the connection."""
+        channel = self.channel
+        if channel is None or getattr(self, "_refused", False):
+            return
+        self._refused = True
+        channel.respond_raw(413, error_payload(
+            f"Request body exceeds {self.content.limit} bytes", "request_too_large"))
+
+    def process(self) -> None:
+        if getattr(self, "_refused", False):
+            return
+        gateway = self.channel.gateway
+        self.received_at = gateway.clock.seconds()
+        gateway.handle(self)
+
+    def __repr__(self) -> str:
+        # The query string can carry a Gemini API key: never let it reach a log line.
+        path = split_target(getattr(self, "uri", b"") or b"")[0]
+        return f"<GatewayRequest {self.request_id} {getattr(self, 'method', b'?')!r} {path!r}>"
+
+
+class GatewayChannel(http.HTTPChannel):
+    """HTTP/1.1 connection that answers protocol errors in JSON, like everything else."""
+
+    totalHeadersSize = 65536
+    gateway: Gateway
+
+    def respond_raw(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        phrase = http.RESPONSES.get(status, b"Error")
+        head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n" % (status, phrase, len(data)))
+        if self.transport is not None:
+            self.transport.write(head + data)
+        self.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802
+        self.respond_raw(400, error_payload("Malformed HTTP request", "invalid_request_error"))
+
+
+class GatewayFactory(http.HTTPFactory):
+    """Builds gateway connections; Twisted's own access log is off (ours has no secrets)."""
+
+    protocol = GatewayChannel  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(self, gateway: Gateway, clock: IReactorTime) -> None:
+        super().__init__(timeout=CLIENT_IDLE_TIMEOUT, reactor=clock)
+        self.gateway = gateway
+
+    def buildProtocol(self, addr: Any) -> GatewayChannel:  # noqa: N802
+        channel: GatewayChannel = super().buildProtocol(addr)  # type: ignore[assignment]
+        channel.requestFactory = GatewayRequest
+        channel.gateway = self.gateway
+        return channel
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
+class InFlight:
+    """Counts requests still being worked on so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._waiters: list[Deferred[None]] = []
+
+    def track(self, work: Deferred[Any]) -> None:
+        self.count += 1
+
+        def release(result: object) -> None:
+            self.count -= 1
+            if self.count == 0:
+                waiters, self._waiters = self._waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+            if isinstance(result, Failure):
+                log.failure("Request handling failed", result)
+
+        work.addBoth(release)
+
+    def wait_idle(self) -> Deferred[None]:
+        if self.count == 0:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+
+class Gateway:
+    """Routes each request to the proxy, health or metrics."""
+
+    def __init__(self, clock: IReactorTime, role: str, max_body_bytes: int,
+                 health: HealthState, metrics: GatewayMetrics, proxy: Any) -> None:
+        self.clock = clock
+        self.role = role
+        self.max_body_bytes = max_body_bytes
+        self.health = health
+        self.metrics = metrics
+        self.proxy = proxy
+        self.in_flight = InFlight()
+
+    def handle(self, request: GatewayRequest) -> None:
+        path, query = split_target(request.uri)
+        try:
+            check_path(path)
+            if path.startswith(b"/health") or path == b"/metrics":
+                self._ops(request, path)
+                return
+            target = parse_proxy_target(path, query) if self.role != "scheduler" else None
+        except RouteError as e:
+            send_json(request, e.status, error_payload(e.message, e.error_type))
+            return
+        if target is None:
+            send_json(request, 404, error_payload("Not found", "not_found"))
+            return
+        self.in_flight.track(self.proxy.handle(request, target))
+
+    def _ops(self, request: GatewayRequest, path: bytes) -> None:
+        if path == b"/metrics":
+            data = self.metrics.render()
+            request.setResponseCode(200)
+            request.responseHeaders.setRawHeaders(b"content-type", [METRICS_CONTENT_TYPE])
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(data)])
+            request.write(data)
+            request.finish()
+            return
+        if path == b"/health/ready":
+            d = self.health.readiness()
+            d.addCallback(lambda result: send_json(request, *result))
+            self.in_flight.track(d)
+            return
+        handlers = {b"/health": self.health.legacy, b"/health/live": self.health.liveness,
+                    b"/health/startup": self.health.startup}
+        handler = handlers.get(path)
+        if handler is None:
+            send_json(request, 404, error_payload("Not found", "not_found"))
+            return
+        send_json(request, *handler())

@@ -1,0 +1,79 @@
+"""Health state behind ``/health/*``: startup, readiness checks and shutdown.
+
+Checks are pluggable so storage, KV and license can each add theirs; each returns a
+Deferred of (ok, detail) and is timed, so readiness says what failed and how slow it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+CheckResult = tuple[bool, str | None]
+Check = Callable[[], "Deferred[CheckResult] | CheckResult"]
+
+
+class HealthState:
+    def __init__(self, clock: IReactorTime, version: str, aip_enabled: bool) -> None:
+        self._clock = clock
+        self.version = version
+        self.aip_enabled = aip_enabled
+        self.started = False
+        self.shutting_down = False
+        self._checks: dict[str, Check] = {}
+
+    def add_check(self, name: str, check: Check) -> None:
+        self._checks[name] = check
+
+    def _run_check(self, check: Check) -> Deferred[dict[str, Any]]:
+        start = self._clock.seconds()
+
+        def done(result: CheckResult | Failure) -> dict[str, Any]:
+            if isinstance(result, Failure):
+                ok, detail = False, result.getErrorMessage() or result.type.__name__
+            else:
+                ok, detail = result
+            entry: dict[str, Any] = {
+                "status": "ok" if ok else "fail",
+                "latency_ms": round((self._clock.seconds() - start) * 1000, 3),
+            }
+            if detail:
+                entry["detail"] = detail
+            return entry
+
+        return maybeDeferred(check).addBoth(done)
+
+    def readiness(self) -> Deferred[tuple[int, dict[str, Any]]]:
+        """(HTTP status, body) for ``/health/ready``."""
+        names = list(self._checks)
+        checks = [self._run_check(self._checks[n]) for n in names]
+
+        def assemble(results: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+            by_name = dict(zip(names, results, strict=True))
+            failing = [n for n, r in by_name.items() if r["status"] != "ok"]
+            if self.shutting_down:
+                status = "shutting_down"
+            elif not self.started:
+                status = "starting"
+            elif failing:
+                status = "degraded"
+            else:
+                status = "ok"
+            return (200 if status == "ok" else 503), {"status": status, "checks": by_name}
+
+        return gatherResults(checks).addCallback(assemble)
+
+    def startup(self) -> tuple[int, dict[str, Any]]:
+        if self.started:
+            return 200, {"status": "ok"}
+        return 503, {"status": "starting"}
+
+    def liveness(self) -> tuple[int, dict[str, Any]]:
+        return 200, {"status": "ok"}
+
+    def legacy(self) -> tuple[int, dict[str, Any]]:
+        return 200, {"status": "ok", "version": self.version, "aip_enabled": self.aip_enabled}

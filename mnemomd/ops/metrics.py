@@ -1,0 +1,84 @@
+"""Prometheus metrics, one registry per service instance (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+#: LLM calls take seconds to minutes; buckets reach 10 minutes.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+                    600)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class GatewayMetrics:
+    """The metrics of SPEC §12.2 that this process fills."""
+
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 process_collectors: bool = True) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        if process_collectors:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        self.requests = Counter(
+            "gateway_requests", "Proxied requests by provider and response status",
+            ["provider", "status"], registry=self.registry)
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request received to the end of the response (end of stream)",
+            ["provider"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.upstream_ttfb = Histogram(
+            "gateway_upstream_ttfb_seconds",
+            "Time from request sent upstream to upstream response headers",
+            ["provider"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.reactor_lag = Histogram(
+            "gateway_reactor_lag_seconds",
+            "How late the reactor ran a timer: time the event loop was blocked",
+            buckets=LAG_BUCKETS, registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ReactorLagMonitor:
+    """Schedules a timer every ``interval`` and records how late it fired.
+
+    A late timer means the reactor was busy with something else: the most direct
+    measure of whether anything blocks the event loop.
+    """
+
+    def __init__(self, clock: IReactorTime, histogram: Histogram,
+                 interval: float = 0.5) -> None:
+        self._clock = clock
+        self._histogram = histogram
+        self._interval = interval
+        self._expected: float | None = None
+        self.last_lag = 0.0
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+
+    def _tick(self) -> None:
+        now = self._clock.seconds()
+        if self._expected is not None:
+            self.last_lag = max(0.0, now - self._expected)
+            self._histogram.observe(self.last_lag)
+        self._expected = now + self._interval
+
+    def start(self) -> None:
+        self._loop.start(self._interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()

@@ -1,0 +1,1 @@
+"""The provider proxy: routing, header hygiene and the streaming relay."""

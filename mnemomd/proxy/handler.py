@@ -1,0 +1,244 @@
+"""One proxied call, start to end: identify the agent, forward, relay, account.
+
+The order matters for the promise "forwards every call unchanged": the gateway refuses a
+call only for reasons of its own (no key, oversized body, bad session header) and then
+gets out of the way; what the provider answers, the client gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from mnemomd import cors
+from mnemomd.config import Config
+from mnemomd.gateway import GatewayRequest, error_payload, send_empty, send_json
+from mnemomd.identity import (
+    SESSION_HEADER,
+    Agent,
+    AgentDirectory,
+    agent_hash,
+    agent_id_candidates,
+    default_session_id,
+    is_valid_session_id,
+)
+from mnemomd.ops.metrics import GatewayMetrics
+from mnemomd.providers import PROVIDERS
+from mnemomd.proxy.headers import client_response_headers, upstream_request_headers
+from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay, UpstreamClient
+from mnemomd.proxy.routing import ProxyTarget, upstream_url
+
+log = Logger()
+
+SSE_CONTENT_TYPE = b"text/event-stream"
+
+
+@dataclass
+class Call:
+    """What the gateway knows about one call while it is in progress."""
+
+    request: GatewayRequest
+    target: ProxyTarget
+    started: float
+    agent: Agent | None = None
+    session_id: str = ""
+    status: int = 0
+    streaming: bool = False
+    overhead_ms: float = 0.0
+    timed_out: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def is_streaming(headers: Headers) -> bool:
+    """Streaming is what upstream says it is: an SSE content type."""
+    value = (headers.getRawHeaders(b"content-type") or [b""])[0]
+    return value.split(b";")[0].strip().lower() == SSE_CONTENT_TYPE
+
+
+def has_body(headers: Headers) -> bool:
+    return headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
+
+
+class ProxyHandler:
+    def __init__(self, config: Config, clock: IReactorTime, client: UpstreamClient,
+                 agents: AgentDirectory, metrics: GatewayMetrics) -> None:
+        self._config = config
+        self._clock = clock
+        self._client = client
+        self._agents = agents
+        self._metrics = metrics
+
+    def handle(self, request: GatewayRequest, target: ProxyTarget) -> Deferred[None]:
+        """Handle one call; the Deferred fires when all work for it is over."""
+        call = Call(request=request, target=target, started=request.received_at)
+        done: Deferred[None] = Deferred()
+        origin = request.requestHeaders.getRawHeaders(b"origin", [None])[0]
+        allowed = self._config.cors_allowed_origins
+
+        if request.method == b"OPTIONS":
+            requested = request.requestHeaders.getRawHeaders(
+                b"access-control-request-headers", [None])[0]
+            send_empty(request, 204, cors.preflight_headers(origin, requested, allowed))
+            self._account(call, 204)
+            done.callback(None)
+            return done
+
+        refusal = self._refusal(request, target)
+        if refusal is not None:
+            status, payload = refusal
+            send_json(request, status, payload, cors.response_headers(origin, allowed))
+            self._account(call, status)
+            done.callback(None)
+            return done
+
+        provider = PROVIDERS[target.provider]
+        key = provider.find_api_key(request.requestHeaders, target.query)
+        assert key is not None  # checked by _refusal
+        hash_ = agent_hash(key, target.agent_name)
+        del key
+        session = request.requestHeaders.getRawHeaders(SESSION_HEADER, [None])[0]
+        call.session_id = (session.decode("ascii") if session is not None else
+                           default_session_id(hash_, int(self._clock.seconds() * 1000)))
+
+        def fallback_agent(failure: Failure) -> Agent:
+            # Bookkeeping must never block a call: forward with a derived identity.
+            log.failure("Agent lookup failed; forwarding without it", failure,
+                        request_id=request.request_id)
+            return Agent(agent_hash=hash_, agent_id=agent_id_candidates(hash_)[0],
+                         name=target.agent_name)
+
+        d = self._agents.resolve(hash_, target.agent_name)
+        d.addErrback(fallback_agent)
+        d.addCallback(self._forward, call)
+        d.addBoth(lambda _: done.callback(None))
+        return done
+
+    def _refusal(self, request: GatewayRequest,
+                 target: ProxyTarget) -> tuple[int, dict[str, object]] | None:
+        """The gateway's own reasons to answer without forwarding, if any."""
+        if request.content.too_large:
+            return 413, error_payload(
+                f"Request body exceeds {request.content.limit} bytes", "request_too_large")
+        provider = PROVIDERS[target.provider]
+        if provider.find_api_key(request.requestHeaders, target.query) is None:
+            return 401, error_payload(f"Missing {provider.key_header}",
+                                      "authentication_error")
+        session = request.requestHeaders.getRawHeaders(SESSION_HEADER, [None])[0]
+        if session is not None and not is_valid_session_id(session.decode("latin-1")):
+            return 400, error_payload(
+                "x-mnemom-session must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+                "invalid_request_error")
+        return None
+
+    def _forward(self, agent: Agent, call: Call) -> Deferred[None]:
+        call.agent = agent
+        request = call.request
+        target = call.target
+        headers = upstream_request_headers(request.requestHeaders)
+        body = request.content.getvalue() if has_body(request.requestHeaders) else None
+        url = upstream_url(self._config.upstream_base_url(target.provider), target)
+
+        sent_at = self._clock.seconds()
+        call.overhead_ms = (sent_at - call.started) * 1000
+        d = self._client.request(request.method, url, headers, body)
+
+        def expire() -> None:
+            call.timed_out = True
+            d.cancel()
+
+        timer = self._clock.callLater(self._config.upstream_timeout, expire)
+
+        def stop_timer(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(stop_timer)
+        d.addCallbacks(self._relay, self._upstream_failed, callbackArgs=(call, sent_at),
+                       errbackArgs=(call,))
+        return d
+
+    def _relay(self, response: IResponse, call: Call, sent_at: float) -> Deferred[None]:
+        provider = call.target.provider
+        self._metrics.upstream_ttfb.labels(provider).observe(self._clock.seconds() - sent_at)
+        request = call.request
+        call.status = response.code
+        call.streaming = is_streaming(response.headers)
+        request.setResponseCode(response.code, response.phrase or None)
+        for name, values in client_response_headers(response.headers):
+            request.responseHeaders.setRawHeaders(name, values)
+        for name, value in self._gateway_headers(call):
+            request.responseHeaders.setRawHeaders(name, [value])
+        relay = StreamRelay(request, self._clock, self._config.stream_idle_timeout,
+                            ResponseCapture(self._config.stream_capture_bytes),
+                            request.request_id)
+        response.deliverBody(relay)
+        return relay.done.addCallback(self._relayed, call)
+
+    def _gateway_headers(self, call: Call) -> list[tuple[bytes, bytes]]:
+        assert call.agent is not None
+        agent_id = call.agent.agent_id.encode()
+        session = call.session_id.encode()
+        headers = [
+            (b"x-mnemom-agent", agent_id), (b"x-mnemom-session", session),
+            (b"x-smoltbot-agent", agent_id), (b"x-smoltbot-session", session),
+            (b"x-mnemom-overhead-ms", b"%.3f" % call.overhead_ms),
+            (b"x-mnemom-request-id", call.request.request_id.encode()),
+        ]
+        if call.streaming:
+            headers.append((b"x-accel-buffering", b"no"))
+        origin = call.request.requestHeaders.getRawHeaders(b"origin", [None])[0]
+        headers += cors.response_headers(origin, self._config.cors_allowed_origins)
+        return headers
+
+    def _relayed(self, outcome: RelayOutcome, call: Call) -> None:
+        call.extra["bytes_sent"] = outcome.bytes_sent
+        if outcome.ending != "complete":
+            call.extra["reason"] = outcome.ending
+        self._account(call, call.status)
+
+    def _upstream_failed(self, failure: Failure, call: Call) -> None:
+        request = call.request
+        if call.timed_out:
+            status = 504
+            payload = error_payload(
+                f"Upstream sent no response within {self._config.upstream_timeout:g} s",
+                "upstream_timeout")
+        else:
+            status = 502
+            payload = error_payload(f"Upstream unreachable: {describe_failure(failure)}",
+                                    "upstream_error")
+        log.warn("Upstream call failed: {reason}", reason=payload["error"],
+                 request_id=request.request_id, provider=call.target.provider)
+        headers = self._gateway_headers(call)
+        send_json(request, status, payload, headers)
+        self._account(call, status)
+
+    def _account(self, call: Call, status: int) -> None:
+        """Metrics and the access log line, once per call."""
+        provider = call.target.provider
+        duration = self._clock.seconds() - call.started
+        self._metrics.requests.labels(provider, str(status)).inc()
+        self._metrics.request_duration.labels(provider).observe(duration)
+        path = call.target.rest.decode("latin-1")
+        log.info("{method} /{provider}{path} {status}",
+                 method=call.request.method.decode("latin-1"), provider=provider,
+                 path=path, status=status, request_id=call.request.request_id,
+                 agent_id=call.agent.agent_id if call.agent else None,
+                 duration_ms=round(duration * 1000, 3),
+                 overhead_ms=round(call.overhead_ms, 3) if call.agent else None,
+                 streaming=call.streaming, **call.extra)
+
+
+def describe_failure(failure: Failure) -> str:
+    """A short, secret-free reason for a failed upstream call."""
+    reasons = getattr(failure.value, "reasons", None)
+    inner = reasons[0] if reasons else failure
+    text = inner.getErrorMessage() or inner.type.__name__
+    return text.strip().rstrip(".")[:200]

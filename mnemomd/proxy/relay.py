@@ -1,0 +1,251 @@
+"""Talking to the providers and relaying their answers, chunk by chunk.
+
+The relay is the heart of the gateway: every chunk the provider sends is written to the
+client the moment it arrives, and when the client cannot keep up the provider connection
+is paused, so memory per stream stays bounded whatever the size of the stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseNeverReceived
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseDone,
+    _HTTP11ClientFactory,
+)
+from twisted.web.http import PotentialDataLoss, Request
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
+
+log = Logger()
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False  # one "Starting factory" log line per upstream connection is noise
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietClientFactory
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A request body already in memory, written in one go with its length known."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:  # noqa: N802
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        pass
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        pass
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
+def _is_stale_connection(failure: Failure) -> bool:
+    """A pooled connection the server closed just as we reused it: no answer, no error."""
+    if not failure.check(ResponseNeverReceived):
+        return False
+    reasons = getattr(failure.value, "reasons", [])
+    return bool(reasons) and all(r.check(ConnectionDone, ConnectionLost) for r in reasons)
+
+
+class UpstreamClient:
+    """HTTP/1.1 client for the providers with a large persistent connection pool.
+
+    TLS certificates are verified (Twisted's browser-like policy). A request that fails
+    only because a kept-alive connection was closed under it is sent once more on a new
+    connection: the server never saw it, and LLM calls are all POSTs, which Twisted's own
+    retry logic leaves alone.
+    """
+
+    def __init__(self, reactor: Any, max_per_host: int, idle_seconds: float = 55.0) -> None:
+        self.pool = _QuietPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = max_per_host
+        self.pool.cachedConnectionTimeout = idle_seconds
+        self.agent = Agent(reactor, pool=self.pool, connectTimeout=30)
+
+    def request(self, method: bytes, url: bytes, headers: Headers,
+                body: bytes | None) -> Deferred[IResponse]:
+        def send() -> Deferred[IResponse]:
+            producer = BytesProducer(body) if body is not None else None
+            return self.agent.request(method, url, headers, producer)
+
+        def retry_if_stale(failure: Failure) -> Deferred[IResponse] | Failure:
+            if _is_stale_connection(failure):
+                return send()
+            return failure
+
+        return send().addErrback(retry_if_stale)
+
+    def close(self) -> Deferred[None]:
+        return self.pool.closeCachedConnections()
+
+
+class ResponseCapture:
+    """A bounded in-memory copy of a response, kept for integrity analysis."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    def feed(self, data: bytes) -> None:
+        room = self.limit - self.size
+        if room <= 0:
+            self.truncated = self.truncated or bool(data)
+            return
+        if len(data) > room:
+            data = data[:room]
+            self.truncated = True
+        self._chunks.append(data)
+        self.size += len(data)
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.limit
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+@dataclass
+class RelayOutcome:
+    """How a relayed response ended; ``complete`` is the only clean ending."""
+
+    ending: str  # complete | upstream_failed | idle_timeout | client_gone
+    bytes_sent: int
+    capture: ResponseCapture
+
+
+@implementer(IPushProducer)
+class StreamRelay(Protocol):
+    """Receives an upstream response body and writes it to the client as it arrives.
+
+    It is the producer registered on the client request: when the client's socket
+    buffer fills, Twisted pauses it and it pauses the upstream connection. If the client
+    goes away, reading continues until the analysis copy is full, then the upstream
+    connection is closed.
+    """
+
+    def __init__(self, request: Request, clock: IReactorTime, idle_timeout: float,
+                 capture: ResponseCapture, request_id: str) -> None:
+        self._request = request
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self.capture = capture
+        self._request_id = request_id
+        self._client_connected = not request._disconnected
+        self._paused = False
+        self._idle_call: IDelayedCall | None = None
+        self._ending: str | None = None
+        self.bytes_sent = 0
+        self.done: Deferred[RelayOutcome] = Deferred()
+
+    # -- upstream side (IProtocol) ------------------------------------------------------
+
+    def connectionMade(self) -> None:  # noqa: N802
+        if self._client_connected:
+            self._request.registerProducer(self, True)
+        elif self.capture.full:
+            self._close_upstream("client_gone")
+        self._arm_idle()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self._arm_idle()
+        self.capture.feed(data)
+        if self._client_connected:
+            self._request.write(data)
+            self.bytes_sent += len(data)
+        elif self.capture.full:
+            self._close_upstream("client_gone")
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
+        self._cancel_idle()
+        clean = isinstance(reason, Failure) and reason.check(ResponseDone, PotentialDataLoss)
+        ending = self._ending or ("complete" if clean else "upstream_failed")
+        if self._client_connected:
+            self._request.unregisterProducer()
+            if ending == "complete":
+                self._request.finish()
+            else:
+                # No clean end of body: the client must see the break, not a short answer.
+                self._request.loseConnection()
+        if ending == "upstream_failed":
+            log.error("Upstream closed the response before it was complete",
+                      request_id=self._request_id, bytes_sent=self.bytes_sent)
+        elif ending == "complete" and not self._client_connected:
+            ending = "client_gone"
+        self.done.callback(RelayOutcome(ending, self.bytes_sent, self.capture))
+
+    # -- client side (IPushProducer) ----------------------------------------------------
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        if self._client_connected and not self._paused:
+            self._paused = True
+            self._cancel_idle()  # silence while paused is ours, not the provider's
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self._paused:
+            self._paused = False
+            self._arm_idle()
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """The client connection is gone."""
+        if not self._client_connected:
+            return
+        self._client_connected = False
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+            self._arm_idle()
+        if self.capture.full:
+            self._close_upstream("client_gone")
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _close_upstream(self, ending: str) -> None:
+        if self._ending is None:
+            self._ending = ending
+            self.transport.stopProducing()
+
+    def _arm_idle(self) -> None:
+        if self._ending is not None or self._paused:
+            return
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(self._idle_timeout)
+        else:
+            self._idle_call = self._clock.callLater(self._idle_timeout, self._idle_expired)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def _idle_expired(self) -> None:
+        self._idle_call = None
+        log.warn("Upstream was silent for {seconds}s mid-response; closing both sides",
+                 seconds=self._idle_timeout, request_id=self._request_id)
+        self._close_upstream("idle_timeout")
