@@ -1,0 +1,51 @@
+"""Fixtures for end-to-end tests: a fake provider upstream and daemons pointed at it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.daemon import Daemon, start_daemon
+from tests.fakes.process import clear_requests, run_fake_upstream
+
+
+@pytest.fixture(scope="session")
+def upstream_url() -> Iterator[str]:
+    with run_fake_upstream() as url:
+        yield url
+
+
+@pytest.fixture
+def upstream(upstream_url: str) -> str:
+    """The fake upstream with its request log cleared for this test."""
+    clear_requests(upstream_url)
+    return upstream_url
+
+
+def provider_env(upstream: str) -> dict[str, str]:
+    return {"ANTHROPIC_BASE_URL": upstream, "OPENAI_BASE_URL": upstream,
+            "GEMINI_BASE_URL": upstream}
+
+
+@pytest.fixture
+def start(tmp_path: Path, upstream_url: str) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons (pointed at the fake upstream unless told otherwise); all are
+    stopped at the end of the test."""
+    daemons: list[Daemon] = []
+
+    def starter(env: dict[str, str] | None = None, **kwargs: object) -> Daemon:
+        merged = provider_env(upstream_url) | (env or {})
+        daemon = start_daemon(tmp_path / f"d{len(daemons)}", merged, **kwargs)
+        daemons.append(daemon)
+        return daemon
+
+    yield starter
+    for daemon in daemons:
+        daemon.stop(10)
+
+
+@pytest.fixture
+def daemon(start: Callable[..., Daemon]) -> Daemon:
+    return start()

@@ -1,0 +1,155 @@
+"""The official SDKs, pointed at the gateway, get exactly what the provider sent.
+
+Each call is made twice, once straight to the fake upstream and once through the daemon,
+and the raw bytes, status and parsed results must be identical.
+"""
+
+from __future__ import annotations
+
+import anthropic
+import openai
+import pytest
+from google import genai
+from google.genai import types
+
+from tests.e2e.daemon import Daemon
+from tests.fakes import canned
+from tests.fakes.process import fetch_requests, record_headers
+
+KEY = "sk-e2e-test-key"
+MESSAGES = [{"role": "user", "content": "Say hello in three scripts"}]
+
+
+def anthropic_client(base: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=base, api_key=KEY, max_retries=0)
+
+
+def openai_client(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+
+
+def gemini_client(base: str) -> genai.Client:
+    return genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=base))
+
+
+def assert_gateway_headers(headers) -> None:
+    assert headers["x-mnemom-agent"].startswith("smolt-")
+    assert headers["x-mnemom-session"]
+    assert headers["x-smoltbot-agent"] == headers["x-mnemom-agent"]
+    assert float(headers["x-mnemom-overhead-ms"]) >= 0
+
+
+@pytest.fixture
+def routes(daemon: Daemon, upstream: str) -> dict[str, tuple[str, str]]:
+    """(direct, via gateway) base URLs per provider."""
+    gw = daemon.base_url
+    return {p: (upstream, f"{gw}/{p}") for p in ("anthropic", "openai", "gemini")}
+
+
+def test_anthropic_messages_create(routes):
+    direct, via = (anthropic_client(u) for u in routes["anthropic"])
+    kwargs = dict(model="claude-test", max_tokens=2048, messages=MESSAGES)
+    raw_direct = direct.messages.with_raw_response.create(**kwargs)
+    raw_via = via.messages.with_raw_response.create(**kwargs)
+    assert raw_via.status_code == raw_direct.status_code == 200
+    assert raw_via.http_response.content == raw_direct.http_response.content
+    assert raw_via.http_response.headers["content-type"] == "application/json"
+    assert_gateway_headers(raw_via.http_response.headers)
+    message = raw_via.parse()
+    assert message == raw_direct.parse()
+    assert [b.type for b in message.content][:2] == ["thinking", "text"]
+    assert message.content[0].thinking == canned.THINKING_TEXT
+    assert message.content[1].text == canned.TEXT
+
+
+def test_anthropic_messages_stream(routes, upstream):
+    direct, via = (anthropic_client(u) for u in routes["anthropic"])
+    kwargs = dict(model="claude-test", max_tokens=2048, messages=MESSAGES)
+    with via.messages.stream(**kwargs) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == canned.TEXT
+    assert final.content[0].thinking == canned.THINKING_TEXT
+    with direct.messages.stream(**kwargs) as stream:
+        assert stream.get_final_message() == final
+    with via.messages.with_streaming_response.create(stream=True, **kwargs) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-accel-buffering"] == "no"
+        body_via = b"".join(response.http_response.iter_bytes())
+    with direct.messages.with_streaming_response.create(stream=True, **kwargs) as response:
+        body_direct = b"".join(response.http_response.iter_bytes())
+    assert body_via == body_direct
+    assert canned.split_sse_events(body_via) == canned.split_sse_events(body_direct)
+    # The key reached the provider untouched (this SDK sends it as a bearer token).
+    records = [r for r in fetch_requests(upstream) if r["path"] == "/v1/messages"]
+    assert records
+    assert all(record_headers(r, "authorization") == [f"Bearer {KEY}"] for r in records)
+
+
+def test_openai_chat_completions(routes):
+    direct, via = (openai_client(u) for u in routes["openai"])
+    kwargs = dict(model="gpt-test", messages=MESSAGES)
+    raw_direct = direct.chat.completions.with_raw_response.create(**kwargs)
+    raw_via = via.chat.completions.with_raw_response.create(**kwargs)
+    assert raw_via.status_code == 200
+    assert raw_via.http_response.content == raw_direct.http_response.content
+    assert_gateway_headers(raw_via.http_response.headers)
+    completion = raw_via.parse()
+    assert completion.choices[0].message.content == canned.TEXT
+    assert completion == raw_direct.parse()
+
+
+def test_openai_chat_completions_stream(routes):
+    direct, via = (openai_client(u) for u in routes["openai"])
+    kwargs = dict(model="gpt-test", messages=MESSAGES, stream=True)
+    chunks_via = list(via.chat.completions.create(**kwargs))
+    chunks_direct = list(direct.chat.completions.create(**kwargs))
+    assert chunks_via == chunks_direct
+    assert "".join(c.choices[0].delta.content or "" for c in chunks_via if c.choices) == \
+        canned.TEXT
+    with via.chat.completions.with_streaming_response.create(**kwargs) as response:
+        body_via = b"".join(response.http_response.iter_bytes())
+    with direct.chat.completions.with_streaming_response.create(**kwargs) as response:
+        body_direct = b"".join(response.http_response.iter_bytes())
+    assert body_via == body_direct
+    assert body_via.rstrip().endswith(b"data: [DONE]")
+
+
+def test_openai_responses(routes):
+    direct, via = (openai_client(u) for u in routes["openai"])
+    kwargs = dict(model="o-test", input="Say hello in three scripts")
+    raw_via = via.responses.with_raw_response.create(**kwargs)
+    raw_direct = direct.responses.with_raw_response.create(**kwargs)
+    assert raw_via.http_response.content == raw_direct.http_response.content
+    response = raw_via.parse()
+    assert response.output_text == canned.TEXT
+    events_via = [e.type for e in via.responses.create(stream=True, **kwargs)]
+    events_direct = [e.type for e in direct.responses.create(stream=True, **kwargs)]
+    assert events_via == events_direct
+    assert events_via[0] == "response.created" and events_via[-1] == "response.completed"
+
+
+def test_gemini_generate_content(routes):
+    direct, via = (gemini_client(u) for u in routes["gemini"])
+    contents = "Say hello in three scripts"
+    result_via = via.models.generate_content(model="gemini-test", contents=contents)
+    result_direct = direct.models.generate_content(model="gemini-test", contents=contents)
+    parts = result_via.candidates[0].content.parts
+    assert [p.text for p in parts if p.thought] == [canned.THINKING_TEXT]
+    assert result_via.text == canned.TEXT
+    assert result_via.model_dump(exclude={"sdk_http_response"}) == \
+        result_direct.model_dump(exclude={"sdk_http_response"})
+    assert_gateway_headers(result_via.sdk_http_response.headers)
+
+
+def test_gemini_generate_content_stream(routes, upstream):
+    direct, via = (gemini_client(u) for u in routes["gemini"])
+    contents = "Say hello in three scripts"
+    chunks_via = list(via.models.generate_content_stream(model="gemini-test", contents=contents))
+    chunks_direct = list(direct.models.generate_content_stream(model="gemini-test",
+                                                               contents=contents))
+    dump = [c.model_dump(exclude={"sdk_http_response"}) for c in chunks_via]
+    assert dump == [c.model_dump(exclude={"sdk_http_response"}) for c in chunks_direct]
+    assert "".join(c.text or "" for c in chunks_via) == canned.TEXT
+    streamed = [r for r in fetch_requests(upstream) if "streamGenerateContent" in r["path"]]
+    assert streamed and all("alt=sse" in r["query"] for r in streamed)

@@ -1,0 +1,55 @@
+"""Readiness: checks, latency, startup and shutdown states."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from mnemomd.ops.health import HealthState
+
+
+def test_ready_only_after_startup_and_not_while_shutting_down():
+    health = HealthState(Clock(), "1.0", True)
+    assert health.readiness().result == (503, {"status": "starting", "checks": {}})
+    assert health.startup()[0] == 503
+    health.started = True
+    assert health.readiness().result[0] == 200
+    assert health.startup()[0] == 200
+    health.shutting_down = True
+    assert health.readiness().result == (503, {"status": "shutting_down", "checks": {}})
+
+
+def test_failing_check_named_with_latency():
+    clock = Clock()
+    health = HealthState(clock, "1.0", True)
+    health.started = True
+    pending: Deferred = Deferred()
+    health.add_check("database", lambda: pending)
+    health.add_check("redis", lambda: (True, None))
+    result = health.readiness()
+    clock.advance(0.25)
+    pending.callback((False, "connection refused"))
+    status, body = result.result
+    assert status == 503
+    assert body["status"] == "degraded"
+    assert body["checks"]["database"] == {"status": "fail", "latency_ms": 250.0,
+                                          "detail": "connection refused"}
+    assert body["checks"]["redis"]["status"] == "ok"
+
+
+def test_raising_check_counts_as_failure():
+    health = HealthState(Clock(), "1.0", True)
+    health.started = True
+
+    def broken():
+        raise RuntimeError("down")
+
+    health.add_check("database", broken)
+    status, body = health.readiness().result
+    assert status == 503
+    assert body["checks"]["database"]["detail"] == "down"
+
+
+def test_legacy_health():
+    assert HealthState(Clock(), "9.9", False).legacy() == (
+        200, {"status": "ok", "version": "9.9", "aip_enabled": False})
