@@ -133,6 +133,7 @@ class GatewayChannel(http.HTTPChannel):
     """HTTP/1.1 connection that answers protocol errors in JSON, like everything else."""
 
     totalHeadersSize = 65536
+    MAX_LENGTH = 65536
     gateway: Gateway
 
     def respond_raw(self, status: int, payload: dict[str, Any]) -> None:
@@ -145,7 +146,15 @@ class GatewayChannel(http.HTTPChannel):
         self.loseConnection()
 
     def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802
+        if getattr(self, "_receivedHeaderSize", 0) > self.totalHeadersSize:
+            self.lineLengthExceeded(b"")
+            return
         self.respond_raw(400, error_payload("Malformed HTTP request", "invalid_request_error"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
+        self.respond_raw(431, error_payload(
+            f"Request line or headers exceed {self.totalHeadersSize} bytes",
+            "invalid_request_error"))
 
 
 class GatewayFactory(http.HTTPFactory):

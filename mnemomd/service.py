@@ -61,7 +61,8 @@ class GatewayService(Service):
         self._health.started = True
         address = port.getHost()
         host, port_number = getattr(address, "host", None), getattr(address, "port", None)
-        where = f"{host}:{port_number}" if port_number is not None else str(address)
+        where = (f"{host}:{port_number}" if port_number is not None
+                 else f"unix:{getattr(address, 'name', address)!s}")
         log.info("mnemomd {version} listening on {listen} (role {role})",
                  version=__version__, listen=where, role=self._config.role,
                  host=host, port=port_number)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnemomd.config import ConfigError, load_config, mask, SETTINGS_BY_ENV
+from mnemomd.config import SETTINGS_BY_ENV, ConfigError, load_config, mask
 
 NO_FILE = "/nonexistent/mnemomd.yaml"
 

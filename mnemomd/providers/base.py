@@ -32,7 +32,8 @@ def bearer_token(headers: Headers) -> bytes | None:
 
 def query_param(query: bytes, name: str) -> bytes | None:
     """A query-string parameter, percent-decoded, or None."""
-    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=False):
+    text = query.decode("latin-1").removeprefix("?")
+    for key, value in parse_qsl(text, keep_blank_values=False):
         if key == name and value:
             return value.encode("latin-1")
     return None

@@ -67,8 +67,8 @@ class Daemon:
                     record = json.loads(line)
                 except ValueError:
                     continue
-                if "listening on" in record.get("message", "") and record.get("port"):
-                    self.port = int(record["port"])
+                if "listening on" in record.get("message", ""):
+                    self.port = int(record["port"]) if record.get("port") else None
                     self._ready.set()
         self._ready.set()
 
@@ -125,7 +125,7 @@ def start_daemon(tmp: Path, env: Mapping[str, str] | None = None,
     daemon = Daemon(proc)
     daemon._reader = threading.Thread(target=daemon._read, daemon=True)
     daemon._reader.start()
-    if not daemon._ready.wait(startup_timeout) or daemon.port is None:
+    if not daemon._ready.wait(startup_timeout) or daemon.proc.poll() is not None:
         daemon.stop(5)
         raise RuntimeError(f"daemon did not start:\n{daemon.output()}")
     return daemon
