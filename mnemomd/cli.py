@@ -80,19 +80,14 @@ def run(config: Config, environ: Mapping[str, str]) -> int:
     for warning in config.warnings:
         log.warn("Configuration: {warning}", warning=warning)
     service = make_service(config, reactor, environ)
-    exit_code = [0]
-
-    def cannot_listen(failure: object) -> None:
-        log.critical("Cannot listen on {listen}: {reason}", listen=config.listen_description,
-                     reason=getattr(failure, "getErrorMessage", lambda: str(failure))())
-        exit_code[0] = 1
-        reactor.stop()
-
-    service.listening.addErrback(cannot_listen)
+    try:
+        service.privilegedStartService()
+    except SystemExit as e:
+        return int(e.code or 1)
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
-    return exit_code[0]
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

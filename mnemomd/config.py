@@ -132,6 +132,8 @@ def parse_base_url(value: Any) -> str:
         raise ValueError("must be an http:// or https:// URL with a host")
     if parts.query or parts.fragment:
         raise ValueError("must not have a query string or fragment")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials (the client's own key is forwarded)")
     try:
         parts.port  # noqa: B018 - raises on an invalid port
     except ValueError:
@@ -390,7 +392,8 @@ def load_config(
         try:
             values[setting.key] = setting.parse(raw)
         except ValueError as e:
-            shown = "********" if setting.secret else repr(raw)
+            shown = "********" if setting.secret else repr(
+                mask(setting, raw) if isinstance(raw, str) else raw)
             problems.append(f"{setting.env} ({source}): {shown} {e}")
             continue
         sources[setting.env] = source

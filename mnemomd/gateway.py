@@ -14,10 +14,11 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from zope.interface import implementer
 
 from mnemomd.ops.health import HealthState
 from mnemomd.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -136,15 +137,6 @@ class GatewayChannel(http.HTTPChannel):
     MAX_LENGTH = 65536
     gateway: Gateway
 
-    def respond_raw(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload, separators=(",", ":")).encode()
-        phrase = http.RESPONSES.get(status, b"Error")
-        head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n" % (status, phrase, len(data)))
-        if self.transport is not None:
-            self.transport.write(head + data)
-        self.loseConnection()
-
     def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802
         if getattr(self, "_receivedHeaderSize", 0) > self.totalHeadersSize:
             self.lineLengthExceeded(b"")
@@ -156,9 +148,33 @@ class GatewayChannel(http.HTTPChannel):
             f"Request line or headers exceed {self.totalHeadersSize} bytes",
             "invalid_request_error"))
 
+    def respond_raw(self, status: int, payload: dict[str, Any]) -> None:
+        """Answer outside any request object (it could not even be parsed) and close."""
+        log.info("Refused a request at the HTTP layer: {status} {reason}", status=status,
+                 reason=payload["error"])
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        phrase = http.RESPONSES.get(status, b"Error")
+        head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n" % (status, phrase, len(data)))
+        if self.transport is not None:
+            self.transport.write(head + data)
+        self.loseConnection()
 
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:  # noqa: N802
+        """While shutting down, every response closes its connection."""
+        if self.gateway.health.shutting_down:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
+
+
+@implementer(IProtocolNegotiationFactory)
 class GatewayFactory(http.HTTPFactory):
-    """Builds gateway connections; Twisted's own access log is off (ours has no secrets)."""
+    """Builds gateway connections; Twisted's own access log is off (ours has no secrets).
+
+    It names HTTP/1.1 for ALPN so that native TLS (``LISTEN=ssl:…``) completes the
+    handshake with clients that offer ALPN, which is all modern ones.
+    """
 
     protocol = GatewayChannel  # type: ignore[assignment]
     noisy = False
@@ -175,6 +191,9 @@ class GatewayFactory(http.HTTPFactory):
 
     def log(self, request: http.Request) -> None:
         pass
+
+    def acceptableProtocols(self) -> list[bytes]:  # noqa: N802
+        return [b"http/1.1"]
 
 
 class InFlight:
@@ -228,12 +247,21 @@ class Gateway:
                 return
             target = parse_proxy_target(path, query) if self.role != "scheduler" else None
         except RouteError as e:
-            send_json(request, e.status, error_payload(e.message, e.error_type))
+            self._refuse(request, path, e.status, error_payload(e.message, e.error_type))
             return
         if target is None:
-            send_json(request, 404, error_payload("Not found", "not_found"))
+            self._refuse(request, path, 404, error_payload("Not found", "not_found"))
             return
         self.in_flight.track(self.proxy.handle(request, target))
+
+    def _refuse(self, request: GatewayRequest, path: bytes, status: int,
+                payload: dict[str, Any]) -> None:
+        """Answer a request that names no route, and account for it."""
+        send_json(request, status, payload)
+        self.metrics.requests.labels("none", str(status)).inc()
+        log.info("{method} {path} {status}", method=request.method.decode("latin-1"),
+                 path=path.decode("latin-1")[:256], status=status,
+                 request_id=request.request_id, reason=payload["error"])
 
     def _ops(self, request: GatewayRequest, path: bytes) -> None:
         if path == b"/metrics":
@@ -253,6 +281,6 @@ class Gateway:
                     b"/health/startup": self.health.startup}
         handler = handlers.get(path)
         if handler is None:
-            send_json(request, 404, error_payload("Not found", "not_found"))
+            self._refuse(request, path, 404, error_payload("Not found", "not_found"))
             return
         send_json(request, *handler())

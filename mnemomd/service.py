@@ -16,6 +16,7 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mnemomd import __version__
 from mnemomd.config import Config
@@ -47,22 +48,44 @@ class GatewayService(Service):
         self._lag = lag
         self.factory = GatewayFactory(gateway, reactor)
         self.port: IListeningPort | None = None
+        self._bound: Deferred[IListeningPort] | None = None
         self.listening: Deferred[IListeningPort] = Deferred()
 
+    def privilegedStartService(self) -> None:  # noqa: N802
+        """Bind before anything else (and before twistd drops privileges).
+
+        A listener that cannot be opened ends the process at once with a clear message
+        rather than leaving a daemon that serves nothing.
+        """
+        super().privilegedStartService()
+        endpoint = endpoints.serverFromString(self._reactor, self._config.listen_description)
+        failures: list[Failure] = []
+        self._bound = endpoint.listen(self.factory)
+        self._bound.addErrback(lambda f: failures.append(f) or f)
+        if failures:
+            self._bound.addErrback(lambda _: None)
+            log.critical("Cannot listen on {listen}: {reason}",
+                         listen=self._config.listen_description,
+                         reason=failures[0].getErrorMessage())
+            raise SystemExit(1)
+
     def startService(self) -> None:  # noqa: N802
+        if self._bound is None:
+            self.privilegedStartService()
         super().startService()
         self._lag.start()
-        endpoint = endpoints.serverFromString(self._reactor, self._config.listen_description)
-        d = endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, self.listening.errback)
+        assert self._bound is not None
+        self._bound.addCallbacks(self._listening, self.listening.errback)
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         self._health.started = True
         address = port.getHost()
         host, port_number = getattr(address, "host", None), getattr(address, "port", None)
-        where = (f"{host}:{port_number}" if port_number is not None
-                 else f"unix:{getattr(address, 'name', address)!s}")
+        name = getattr(address, "name", address)
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        where = f"{host}:{port_number}" if port_number is not None else f"unix:{name}"
         log.info("mnemomd {version} listening on {listen} (role {role})",
                  version=__version__, listen=where, role=self._config.role,
                  host=host, port=port_number)

@@ -1,21 +1,23 @@
 """``twistd mnemomd``: the same service as ``mnemomd run``, for operators who use twistd.
 
 twistd owns logging in this mode; pass ``--logger mnemomd.tap.log_observer`` to get the
-daemon's JSON lines instead of twistd's text log.
+daemon's JSON lines instead of twistd's text log (that observer reads the environment and
+the configuration file, not the plugin's flags, because twistd creates it first).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
-from mnemomd.config import SETTINGS, ConfigError, load_config
+from mnemomd.config import EX_CONFIG, SETTINGS, ConfigError, load_config
 from mnemomd.ops.logging import make_observer
 from mnemomd.service import MnemomService, make_service
+
+log = Logger(namespace="mnemomd")
 
 
 class Options(usage.Options):
@@ -30,22 +32,18 @@ class Options(usage.Options):
         try:
             self.mnemomd_config = load_config(flags, os.environ, self["config"])
         except ConfigError as e:
-            raise usage.UsageError(e.render()) from None
+            # Same contract as ``mnemomd run``: every problem at once, exit 78.
+            print(e.render(), file=sys.stderr)
+            raise SystemExit(EX_CONFIG) from None
 
 
 def makeService(options: Options) -> MnemomService:  # noqa: N802
-    service = make_service(options.mnemomd_config)
-    service.listening.addErrback(lambda f: _stop_on_listen_failure(f))
-    return service
-
-
-def _stop_on_listen_failure(failure: Any) -> None:
     from twisted.internet import reactor
-    from twisted.logger import Logger
 
-    Logger(namespace="mnemomd").critical("Cannot listen: {reason}",
-                                         reason=failure.getErrorMessage())
-    reactor.stop()
+    config = options.mnemomd_config
+    for warning in config.warnings:
+        log.warn("Configuration: {warning}", warning=warning)
+    return make_service(config, reactor)
 
 
 def log_observer() -> ILogObserver:

@@ -106,6 +106,7 @@ def test_values_parsed(env, attr, expected):
     {"GEMINI_BASE_URL": "https://host/path?x=1"}, {"GEMINI_BASE_URL": "not a url"},
     {"CORS_ALLOWED_ORIGINS": "javascript:alert(1)"}, {"LISTEN": "carrier-pigeon:1"},
     {"HOST": "two words"}, {"OPENAI_BASE_URL": "http://host:99999"},
+    {"OPENAI_BASE_URL": "https://user:pass@proxy.example"},
 ])
 def test_invalid_values_rejected(env):
     with pytest.raises(ConfigError) as caught:

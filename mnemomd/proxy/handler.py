@@ -13,8 +13,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from mnemomd import cors
 from mnemomd.config import Config
@@ -173,6 +174,12 @@ class ProxyHandler:
         request.setResponseCode(response.code, response.phrase or None)
         for name, values in client_response_headers(response.headers):
             request.responseHeaders.setRawHeaders(name, values)
+        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD" \
+                and response.code not in NO_BODY_CODES:
+            # Twisted's client consumes Content-Length; the body is relayed unchanged,
+            # so the client gets the same framing the provider chose.
+            request.responseHeaders.setRawHeaders(b"content-length",
+                                                  [b"%d" % response.length])
         for name, value in self._gateway_headers(call):
             request.responseHeaders.setRawHeaders(name, [value])
         relay = StreamRelay(request, self._clock, self._config.stream_idle_timeout,

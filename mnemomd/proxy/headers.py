@@ -48,6 +48,7 @@ def upstream_request_headers(client_headers: Headers) -> Headers:
 def client_response_headers(upstream_headers: Headers) -> list[tuple[bytes, list[bytes]]]:
     """The provider's response headers as they should reach the client.
 
-    Content-Length is kept: the body is relayed byte for byte.
+    Twisted's client has already taken Content-Length out (the relay puts it back from
+    the parsed length, since the body is relayed byte for byte).
     """
     return _keep(upstream_headers, ())

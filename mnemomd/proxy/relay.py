@@ -7,21 +7,34 @@ is paused, so memory per stream stays bounded whatever the size of the stream.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseNeverReceived
+from twisted.web._newclient import (
+    HTTP11ClientProtocol,
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
     ResponseDone,
     _HTTP11ClientFactory,
+    _RetryingHTTP11ClientProtocol,
 )
 from twisted.web.http import PotentialDataLoss, Request
 from twisted.web.http_headers import Headers
@@ -35,8 +48,51 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False  # one "Starting factory" log line per upstream connection is noise
 
 
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE", b"PUT"})
+
+
+class _ReplayingClientProtocol(_RetryingHTTP11ClientProtocol):
+    """A reused pooled connection that may be retried once on a fresh one.
+
+    A server may close an idle kept-alive connection just as it is reused. Twisted
+    retries only idempotent requests without a body; LLM calls are POSTs with a body held
+    in memory, so the rule here is the one HTTP clients commonly follow: retry when the
+    request was never sent, or when no response came back and the request is idempotent
+    or carries an ``Idempotency-Key``. A POST is never sent twice otherwise.
+    """
+
+    def request(self, request: Any) -> Deferred[Any]:
+        self._has_idempotency_key = request.headers.hasHeader(b"idempotency-key")
+        return super().request(request)
+
+    def _shouldRetry(self, method: bytes, exception: Exception,  # noqa: N802
+                     bodyProducer: Any) -> bool:  # noqa: N803
+        if isinstance(exception, RequestNotSent):
+            return True
+        if not isinstance(exception, RequestTransmissionFailed | ResponseNeverReceived):
+            return False
+        if any(r.check(CancelledError) for r in getattr(exception, "reasons", ())):
+            return False
+        if bodyProducer is not None and not isinstance(bodyProducer, BytesProducer):
+            return False
+        return method in IDEMPOTENT_METHODS or self._has_idempotency_key
+
+
 class _QuietPool(HTTPConnectionPool):
     _factory = _QuietClientFactory
+    retryAutomatically = False  # replaced by the _ReplayingClientProtocol rule below
+
+    def getConnection(self, key: Hashable,  # noqa: N802
+                      endpoint: IStreamClientEndpoint) -> Deferred[HTTP11ClientProtocol]:
+        connections = self._connections.get(key)
+        while connections:
+            connection = connections.pop(0)
+            self._timeouts.pop(connection).cancel()
+            if connection.state == "QUIESCENT":
+                replaying = _ReplayingClientProtocol(
+                    connection, lambda: self._newConnection(key, endpoint))
+                return succeed(replaying)
+        return self._newConnection(key, endpoint)
 
 
 @implementer(IBodyProducer)
@@ -61,21 +117,11 @@ class BytesProducer:
         pass
 
 
-def _is_stale_connection(failure: Failure) -> bool:
-    """A pooled connection the server closed just as we reused it: no answer, no error."""
-    if not failure.check(ResponseNeverReceived):
-        return False
-    reasons = getattr(failure.value, "reasons", [])
-    return bool(reasons) and all(r.check(ConnectionDone, ConnectionLost) for r in reasons)
-
-
 class UpstreamClient:
     """HTTP/1.1 client for the providers with a large persistent connection pool.
 
-    TLS certificates are verified (Twisted's browser-like policy). A request that fails
-    only because a kept-alive connection was closed under it is sent once more on a new
-    connection: the server never saw it, and LLM calls are all POSTs, which Twisted's own
-    retry logic leaves alone.
+    TLS certificates are verified (Twisted's browser-like policy). Reused connections
+    follow the retry rule of ``_ReplayingClientProtocol``.
     """
 
     def __init__(self, reactor: Any, max_per_host: int, idle_seconds: float = 55.0) -> None:
@@ -86,16 +132,8 @@ class UpstreamClient:
 
     def request(self, method: bytes, url: bytes, headers: Headers,
                 body: bytes | None) -> Deferred[IResponse]:
-        def send() -> Deferred[IResponse]:
-            producer = BytesProducer(body) if body is not None else None
-            return self.agent.request(method, url, headers, producer)
-
-        def retry_if_stale(failure: Failure) -> Deferred[IResponse] | Failure:
-            if _is_stale_connection(failure):
-                return send()
-            return failure
-
-        return send().addErrback(retry_if_stale)
+        producer = BytesProducer(body) if body is not None else None
+        return self.agent.request(method, url, headers, producer)
 
     def close(self) -> Deferred[None]:
         return self.pool.closeCachedConnections()

@@ -49,9 +49,11 @@ def test_sigterm_drains_a_stream_then_exits_zero(daemon: Daemon, upstream: str):
                      timeout=20) as stream:
         assert stream.read_event() == events[0]
         daemon.signal(signal.SIGTERM)
-        wait_until(lambda: get_json(probe, "/health/ready")[0] == 503, timeout=10,
-                   what="readiness to report shutdown")
-        assert get_json(probe, "/health/ready")[1]["status"] == "shutting_down"
+        # The probe connection was opened before SIGTERM; the answer that reports the
+        # shutdown also closes it.
+        readiness = wait_until(lambda: (r := get_json(probe, "/health/ready"))[0] == 503 and r,
+                               timeout=10, what="readiness to report shutdown")
+        assert readiness[1]["status"] == "shutting_down"
 
         def refused() -> bool:
             try:
@@ -145,16 +147,25 @@ def test_configuration_errors_exit_78_listing_every_problem(tmp_path):
 
 def test_check_config_prints_effective_values_with_sources(tmp_path):
     config = tmp_path / "m.yaml"
-    config.write_text("port: 9999\nopenai_base_url: https://u:pw-SECRET@egress.example\n")
+    config.write_text("port: 9999\nopenai_base_url: https://egress.example/openai\n")
     env = daemon_environment(tmp_path, {"MNEMOM_CONFIG": str(config), "LOG_LEVEL": "debug"})
     result = subprocess.run([*mnemomd_command(), "check-config", "--host", "127.0.0.1"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "9999" in lines["PORT"] and f"file {config}" in lines["PORT"]
+    assert "https://egress.example/openai" in lines["OPENAI_BASE_URL"]
     assert "[env LOG_LEVEL]" in lines["LOG_LEVEL"]
     assert "[flag --host]" in lines["HOST"]
-    assert "pw-SECRET" not in result.stdout
+
+
+def test_credentials_in_upstream_url_refused_without_echoing_them(tmp_path):
+    env = daemon_environment(tmp_path, {"OPENAI_BASE_URL": "https://u:pw-SECRET@egress.example"})
+    result = subprocess.run([*mnemomd_command(), "check-config"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78
+    assert "must not contain credentials" in result.stderr
+    assert "pw-SECRET" not in result.stderr + result.stdout
 
 
 def test_check_config_strict_fails_on_warnings(tmp_path):
@@ -201,6 +212,26 @@ def test_twistd_plugin_runs_the_same_service(tmp_path, upstream: str):
     finally:
         # twistd re-raises the signal that stopped it, which systemd counts as a clean stop.
         assert twistd.stop() in (0, -signal.SIGTERM)
+
+
+def test_twistd_exits_when_it_cannot_listen(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = daemon_environment(tmp_path, {})
+        result = subprocess.run(["twistd", "--nodaemon", "--pidfile=", "mnemomd", "--host",
+                                 "127.0.0.1", "--port", str(busy.getsockname()[1])],
+                                env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Cannot listen" in result.stdout + result.stderr
+
+
+def test_twistd_configuration_errors_exit_78(tmp_path):
+    env = daemon_environment(tmp_path, {"UPSTREAM_TIMEOUT": "never"})
+    result = subprocess.run(["twistd", "--nodaemon", "--pidfile=", "mnemomd", "--port", "x"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78
+    assert "UPSTREAM_TIMEOUT" in result.stderr and "PORT" in result.stderr
 
 
 def test_sd_notify_ready_and_stopping(start, tmp_path):

@@ -242,6 +242,23 @@ def test_cors_allow_list(start):
     assert "access-control-allow-origin" not in headers
 
 
+def test_json_response_keeps_its_content_length(daemon):
+    with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages", BODY,
+                     AUTH["anthropic"] | JSON) as response:
+        body = response.read_body()
+        assert not response.chunked
+        assert int(response.header("content-length")) == len(body)
+
+
+def test_unrouted_requests_are_logged_and_counted(daemon):
+    call(daemon, "GET", "/wp-admin/setup.php?key=LEAKY")
+    line = json.loads(daemon.wait_for_line('"status": 404'))
+    assert line["path"] == "/wp-admin/setup.php"
+    assert "LEAKY" not in daemon.output()
+    _, _, metrics = call(daemon, "GET", "/metrics")
+    assert b'gateway_requests_total{provider="none",status="404"} 1.0' in metrics
+
+
 def test_head_and_get_pass_through(daemon, upstream):
     status, _, _ = call(daemon, "GET", "/openai/v1/models", b"", AUTH["openai"])
     assert status == 404  # the fake has no such route: its 404 comes back as is

@@ -159,3 +159,33 @@ def test_capture_bounded():
     capture.feed(b"gh")
     assert capture.getvalue() == b"abcd"
     assert capture.full and capture.truncated
+
+
+class _Request:
+    def __init__(self, headers):
+        from twisted.web.http_headers import Headers
+
+        self.headers = Headers(headers)
+
+
+def retry_rule(method, exception, body=None, headers=None):
+    from mnemomd.proxy.relay import BytesProducer, _ReplayingClientProtocol
+
+    protocol = _ReplayingClientProtocol.__new__(_ReplayingClientProtocol)
+    protocol._has_idempotency_key = b"idempotency-key" in (headers or {})
+    producer = BytesProducer(body) if body is not None else None
+    return protocol._shouldRetry(method, exception, producer)
+
+
+def test_reused_connection_retry_rule():
+    from twisted.internet.defer import CancelledError
+    from twisted.internet.error import ConnectionDone
+    from twisted.web._newclient import RequestNotSent, ResponseNeverReceived
+
+    closed = ResponseNeverReceived([Failure(ConnectionDone())])
+    assert retry_rule(b"POST", RequestNotSent(), b"{}")
+    assert not retry_rule(b"POST", closed, b"{}"), "a POST may have been processed"
+    assert retry_rule(b"POST", closed, b"{}", {b"idempotency-key": [b"k1"]})
+    assert retry_rule(b"GET", closed)
+    assert not retry_rule(b"GET", ResponseNeverReceived([Failure(CancelledError())]))
+    assert not retry_rule(b"GET", ValueError("other"))
