@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.http_headers import Headers
 
 from mnemomd.gateway import BoundedBody, InFlight
 from mnemomd.proxy.handler import describe_failure, has_body, is_streaming
-from mnemomd.proxy.relay import _is_stale_connection
 
 
 def test_bounded_body_stops_storing_past_limit():
@@ -51,10 +50,3 @@ def test_body_presence_follows_framing_headers():
 def test_failure_description_is_short_and_plain():
     failure = Failure(ResponseNeverReceived([Failure(ConnectionRefusedError("x"))]))
     assert "refused" in describe_failure(failure).lower()
-
-
-def test_stale_pooled_connection_detected():
-    stale = Failure(ResponseNeverReceived([Failure(ConnectionDone())]))
-    refused = Failure(ResponseNeverReceived([Failure(ConnectionRefusedError())]))
-    assert _is_stale_connection(stale)
-    assert not _is_stale_connection(refused)
