@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(check)
     check.add_argument("--strict", action="store_true",
                        help="treat warnings (such as deprecated settings) as errors")
+    migrate = commands.add_parser("migrate", help="apply pending database migrations")
+    add_config_flags(migrate)
     commands.add_parser("version", help="print the version and build")
     return parser
 
@@ -87,7 +89,39 @@ def run(config: Config, environ: Mapping[str, str]) -> int:
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
-    return 0
+    return service.exit_code
+
+
+def migrate_database(config: Config, out: IO[str]) -> int:
+    """``mnemomd migrate``: bring the schema to this build's version, then exit."""
+    from twisted.internet import reactor
+
+    from mnemomd.storage.database import Database, mask_database_url
+    from mnemomd.storage.migrations import MigrationError, SchemaTooNew, migrate
+
+    outcome: dict[str, object] = {}
+
+    def go() -> None:
+        db = Database(reactor, config.database_url)
+        db.start()
+        d = migrate(db, int(reactor.seconds() * 1000))
+        d.addBoth(lambda result: outcome.setdefault("result", result))
+        d.addBoth(lambda _: db.close())
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    result = outcome.get("result")
+    display = mask_database_url(config.database_url)
+    if isinstance(result, list):
+        out.write(f"{display}: " + (f"applied {', '.join(result)}\n" if result
+                                     else "schema is up to date\n"))
+        return 0
+    error = getattr(result, "value", result)
+    print(f"mnemomd migrate: {display}: {error}", file=sys.stderr)
+    if isinstance(error, SchemaTooNew | MigrationError):
+        return EX_CONFIG
+    return 1
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -97,7 +131,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "version":
         print(version_text())
         return 0
-    if args.command not in ("run", "check-config"):
+    if args.command not in ("run", "check-config", "migrate"):
         parser.print_help()
         return 2
     try:
@@ -107,4 +141,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EX_CONFIG
     if args.command == "check-config":
         return check_config(config, args.strict, sys.stdout)
+    if args.command == "migrate":
+        return migrate_database(config, sys.stdout)
     return run(config, environ)

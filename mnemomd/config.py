@@ -171,6 +171,31 @@ def parse_origins(value: Any) -> tuple[str, ...]:
     return origins
 
 
+def parse_database_url_setting(value: Any) -> str:
+    from mnemomd.storage.database import DatabaseURLError, parse_database_url
+
+    text = _text(value)
+    try:
+        parse_database_url(text)
+    except DatabaseURLError as e:
+        raise ValueError(str(e)) from None
+    return text
+
+
+def parse_redis_url_setting(value: Any) -> str:
+    text = _text(value)
+    parts = urlsplit(text)
+    if parts.scheme == "rediss":
+        raise ValueError("TLS to Redis is not supported; use a local TLS tunnel and redis://")
+    if parts.scheme not in ("redis", "unix") or (parts.scheme == "redis" and not parts.hostname):
+        raise ValueError("must be redis://[:password@]host[:port][/db]")
+    try:
+        parts.port  # noqa: B018 - raises on an invalid port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return text
+
+
 def parse_path(value: Any) -> str:
     text = _text(value)
     if not text:
@@ -232,7 +257,18 @@ SETTINGS: tuple[Setting, ...] = (
             "comma-separated origins allowed by CORS, or *"),
     Setting("SHUTDOWN_GRACE_SECONDS", _seconds(0, 3600), 25.0,
             "how long in-flight requests may finish after SIGTERM"),
+    Setting("DATABASE_URL", parse_database_url_setting, None,
+            "sqlite:///absolute/path.db or postgresql://user@host/db (default: SQLite file "
+            "mnemomd.db in MNEMOM_DATA_DIR)", secret=False),
+    Setting("MIGRATE_ON_START", parse_bool, True,
+            "apply pending schema migrations at startup"),
+    Setting("REDIS_URL", parse_redis_url_setting, None,
+            "redis://host:port/db for a shared KV store (default: in-memory, single node)"),
+    Setting("REDIS_PASSWORD", _text, None, "Redis password (overrides one in REDIS_URL)",
+            secret=True),
     Setting("AIP_ENABLED", parse_bool, True, "integrity analysis on or off"),
+    Setting("AIP_DEFAULT_ENFORCEMENT", _choice(("observe", "nudge", "enforce")), "observe",
+            "enforcement mode given to new agents"),
 )
 
 SETTINGS_BY_ENV = {s.env: s for s in SETTINGS}
@@ -260,7 +296,12 @@ class Config:
     upstream_max_connections_per_host: int = 256
     cors_allowed_origins: tuple[str, ...] = ("*",)
     shutdown_grace_seconds: float = 25.0
+    database_url: str = ""
+    migrate_on_start: bool = True
+    redis_url: str | None = None
+    redis_password: str | None = None
     aip_enabled: bool = True
+    aip_default_enforcement: str = "observe"
     config_path: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -400,6 +441,9 @@ def load_config(
 
     if values.get("mnemom_data_dir") is None:
         values["mnemom_data_dir"] = default_data_dir(environ)
+    if values.get("database_url") is None and values.get("mnemom_data_dir"):
+        data_dir = os.path.abspath(values["mnemom_data_dir"])
+        values["database_url"] = f"sqlite://{data_dir}/mnemomd.db"
     if problems:
         raise ConfigError(problems)
     return Config(**values, config_path=path, sources=sources, warnings=tuple(warnings))

@@ -46,9 +46,20 @@ def agent_id_candidates(hash_: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Agent:
+    """An agent and the settings the gateway acts on (SPEC §9.3)."""
+
     agent_hash: str
     agent_id: str
     name: str | None
+    enforcement_mode: str = "observe"
+    aip_enabled: bool = True
+    aap_enabled: bool = True
+    nudge_strategy: str = "always"
+    nudge_rate: float = 1.0
+    nudge_threshold: int = 3
+    containment_status: str = "active"
+    auto_containment_threshold: int | None = None
+    created_at: int = 0
 
 
 class AgentDirectory(Protocol):

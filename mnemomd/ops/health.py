@@ -22,9 +22,25 @@ class HealthState:
         self._clock = clock
         self.version = version
         self.aip_enabled = aip_enabled
-        self.started = False
         self.shutting_down = False
         self._checks: dict[str, Check] = {}
+        #: Components that must report in before /health/startup says ok.
+        self._starting: set[str] = {"listener"}
+
+    def expect(self, component: str) -> None:
+        self._starting.add(component)
+
+    def component_ready(self, component: str) -> None:
+        self._starting.discard(component)
+
+    @property
+    def started(self) -> bool:
+        return not self._starting
+
+    @started.setter
+    def started(self, value: bool) -> None:
+        if value:
+            self._starting.clear()
 
     def add_check(self, name: str, check: Check) -> None:
         self._checks[name] = check
@@ -70,7 +86,7 @@ class HealthState:
     def startup(self) -> tuple[int, dict[str, Any]]:
         if self.started:
             return 200, {"status": "ok"}
-        return 503, {"status": "starting"}
+        return 503, {"status": "starting", "waiting_for": sorted(self._starting)}
 
     def liveness(self) -> tuple[int, dict[str, Any]]:
         return 200, {"status": "ok"}

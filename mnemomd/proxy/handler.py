@@ -38,6 +38,8 @@ from mnemomd.proxy.routing import ProxyTarget, upstream_url
 log = Logger()
 
 SSE_CONTENT_TYPE = b"text/event-stream"
+#: Longest wait for the agent record before the call is forwarded without it.
+AGENT_LOOKUP_TIMEOUT = 2.0
 
 
 @dataclass
@@ -109,12 +111,14 @@ class ProxyHandler:
 
         def fallback_agent(failure: Failure) -> Agent:
             # Bookkeeping must never block a call: forward with a derived identity.
-            log.failure("Agent lookup failed; forwarding without it", failure,
-                        request_id=request.request_id)
+            log.warn("Agent lookup failed ({reason}); forwarding without it",
+                     reason=failure.getErrorMessage() or failure.type.__name__,
+                     request_id=request.request_id)
             return Agent(agent_hash=hash_, agent_id=agent_id_candidates(hash_)[0],
                          name=target.agent_name)
 
         d = self._agents.resolve(hash_, target.agent_name)
+        d.addTimeout(AGENT_LOOKUP_TIMEOUT, self._clock)
         d.addErrback(fallback_agent)
         d.addCallback(self._forward, call)
         d.addBoth(lambda _: done.callback(None))

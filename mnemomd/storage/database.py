@@ -1,0 +1,217 @@
+"""The database: SQLite embedded by default, PostgreSQL for shared deployments.
+
+Both run through ``twisted.enterprise.adbapi`` so queries execute on a thread pool and the
+reactor never blocks. Queries are written once with ``?`` placeholders and run unchanged
+on both engines; every transaction is named (``desc``) so logs and errors say which one
+failed. SQLite gets exactly one connection: it has one writer anyway, and one connection
+means no "database is locked" surprises inside the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+log = Logger()
+T = TypeVar("T")
+
+#: How many times a transaction that lost a serialization race is retried.
+SERIALIZATION_RETRIES = 3
+
+
+class DatabaseURLError(ValueError):
+    """A DATABASE_URL this daemon cannot use."""
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    engine: str  # "sqlite" | "postgresql"
+    #: SQLite file path, or the libpq connection URI for PostgreSQL.
+    location: str
+
+
+def parse_database_url(url: str) -> DatabaseTarget:
+    """``sqlite:///absolute/path.db`` or ``postgresql://user@host:port/db?…``."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = url[len("sqlite://"):]
+        if parts.netloc or not path.startswith("/") or path == "/":
+            raise DatabaseURLError("sqlite URLs name an absolute file: sqlite:///var/lib/x.db")
+        if path.endswith(":memory:"):
+            raise DatabaseURLError("an in-memory SQLite database would lose all data")
+        return DatabaseTarget("sqlite", path)
+    if parts.scheme in ("postgresql", "postgres"):
+        if not parts.path.strip("/") and "dbname=" not in parts.query:
+            raise DatabaseURLError("postgresql URLs name a database: postgresql://host/dbname")
+        return DatabaseTarget("postgresql", url)
+    raise DatabaseURLError("must start with sqlite:/// or postgresql://")
+
+
+def mask_database_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":****@", 1)
+    return url
+
+
+class Cursor:
+    """A DB-API cursor that accepts ``?`` placeholders on every engine."""
+
+    def __init__(self, raw: Any, engine: str) -> None:
+        self._raw = raw
+        self.engine = engine
+
+    def _sql(self, sql: str) -> str:
+        if self.engine == "postgresql":
+            return sql.replace("%", "%%").replace("?", "%s")
+        return sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        self._raw.execute(self._sql(sql), tuple(params))
+        return self
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Cursor:
+        self._raw.executemany(self._sql(sql), [tuple(r) for r in rows])
+        return self
+
+    def execute_script(self, sql: str) -> None:
+        """Run several statements (migrations); no parameters."""
+        if self.engine == "postgresql":
+            self._raw.execute(sql)
+            return
+        for statement in split_statements(sql):
+            self._raw.execute(statement)
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._raw.fetchone()
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(self._raw.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._raw.rowcount)
+
+
+def split_statements(sql: str) -> list[str]:
+    """Statements of a migration file: ``;`` at the end of a line ends one.
+
+    Migrations are plain DDL written one statement per ``;``-terminated block, which is
+    all this needs to handle (SQLite's driver runs one statement per call).
+    """
+    statements, current = [], []
+    for line in sql.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("--"):
+            continue
+        current.append(line)
+        if stripped.endswith(";"):
+            statements.append("\n".join(current).strip().rstrip(";"))
+            current = []
+    if current:
+        statements.append("\n".join(current).strip().rstrip(";"))
+    return statements
+
+
+def _sqlite_connection_setup(connection: Any) -> None:
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    connection.execute("PRAGMA busy_timeout=5000")
+
+
+def _postgres_connection_setup(connection: Any) -> None:
+    # Fail a statement rather than hold a pool thread forever on a stuck server.
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = '30s'")
+    connection.commit()
+
+
+def _prepare_sqlite_file(path: str) -> None:
+    """The data directory and file exist and are private to the daemon's user."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+class Database:
+    """Named transactions over a connection pool, on either engine."""
+
+    def __init__(self, reactor: Any, url: str, max_connections: int = 10) -> None:
+        self.target = parse_database_url(url)
+        self.engine = self.target.engine
+        self.url = url
+        self._reactor: IReactorTime = reactor
+        if self.engine == "sqlite":
+            _prepare_sqlite_file(self.target.location)
+            self.pool = adbapi.ConnectionPool(
+                "sqlite3", self.target.location, check_same_thread=False, timeout=5.0,
+                cp_min=1, cp_max=1, cp_noisy=False, cp_openfun=_sqlite_connection_setup,
+                cp_reactor=reactor)
+        else:
+            self.pool = adbapi.ConnectionPool(
+                "psycopg2", self.target.location, connect_timeout=5,
+                application_name="mnemomd", cp_min=1, cp_max=max_connections,
+                cp_noisy=False, cp_reconnect=True, cp_openfun=_postgres_connection_setup,
+                cp_reactor=reactor)
+
+    @property
+    def display_url(self) -> str:
+        return mask_database_url(self.url)
+
+    def _is_serialization_failure(self, error: BaseException) -> bool:
+        if self.engine != "postgresql":
+            return False
+        import psycopg2.extensions
+
+        return isinstance(error, psycopg2.extensions.TransactionRollbackError)
+
+    @inlineCallbacks
+    def run_interaction(self, desc: str, func: Callable[..., T], *args: Any,
+                        **kwargs: Any) -> Any:
+        """Run ``func(cursor, *args)`` in one transaction; retried on serialization loss."""
+
+        def interaction(raw_cursor: Any) -> T:
+            return func(Cursor(raw_cursor, self.engine), *args, **kwargs)
+
+        for attempt in range(SERIALIZATION_RETRIES + 1):
+            try:
+                result = yield self.pool.runInteraction(interaction)
+            except Exception as e:
+                if attempt < SERIALIZATION_RETRIES and self._is_serialization_failure(e):
+                    log.debug("Transaction {desc} lost a serialization race; retrying",
+                              desc=desc)
+                    continue
+                raise
+            return result
+
+    def fetchall(self, desc: str, sql: str, params: Sequence[Any] = ()) -> Deferred[Any]:
+        return self.run_interaction(desc, lambda c: c.execute(sql, params).fetchall())
+
+    def fetchone(self, desc: str, sql: str, params: Sequence[Any] = ()) -> Deferred[Any]:
+        return self.run_interaction(desc, lambda c: c.execute(sql, params).fetchone())
+
+    def execute(self, desc: str, sql: str, params: Sequence[Any] = ()) -> Deferred[Any]:
+        return self.run_interaction(desc, lambda c: c.execute(sql, params).rowcount)
+
+    def ping(self) -> Deferred[Any]:
+        """A trivial round trip, for readiness."""
+        return self.fetchone("ping", "SELECT 1")
+
+    def start(self) -> None:
+        """Start the pool now (it otherwise starts when the reactor does)."""
+        if not self.pool.running:
+            self.pool.start()
+
+    def close(self) -> None:
+        if self.pool.running:
+            self.pool.close()

@@ -1,0 +1,58 @@
+"""Fresh, throw-away databases on both engines for storage tests.
+
+PostgreSQL tests use the server at ``MNEMOMD_TEST_POSTGRES_URL`` (default: the local
+server with trust auth) and create one database per test, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+
+POSTGRES_URL = os.environ.get("MNEMOMD_TEST_POSTGRES_URL",
+                              "postgresql://postgres@127.0.0.1:5432/test")
+ENGINES = ("sqlite", "postgresql")
+
+
+def _admin_connection():
+    connection = psycopg2.connect(POSTGRES_URL, connect_timeout=5)
+    connection.autocommit = True
+    return connection
+
+
+def create_postgres_database() -> str:
+    """A new empty database; returns its URL."""
+    name = f"mnemomd_test_{uuid.uuid4().hex[:12]}"
+    connection = _admin_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        connection.close()
+    parts = urlsplit(POSTGRES_URL)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
+def drop_postgres_database(url: str) -> None:
+    name = urlsplit(url).path.strip("/")
+    connection = _admin_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        connection.close()
+
+
+def new_database_url(engine: str, tmp: Path) -> str:
+    if engine == "sqlite":
+        return f"sqlite://{tmp.resolve()}/mnemomd.db"
+    return create_postgres_database()
+
+
+def discard_database_url(url: str) -> None:
+    if url.startswith("postgresql"):
+        drop_postgres_database(url)
