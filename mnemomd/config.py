@@ -344,11 +344,11 @@ def mask(setting: Setting, value: Any) -> str:
     text = str(value)
     if "://" in text:
         parts = urlsplit(text)
-        if parts.password:
-            netloc = f"{parts.username}:****@{parts.hostname}"
-            if parts.port:
-                netloc += f":{parts.port}"
-            text = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        userinfo, at, host = parts.netloc.rpartition("@")
+        if at and ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            text = urlunsplit((parts.scheme, f"{user}:****@{host}", parts.path, parts.query,
+                               parts.fragment))
     return text
 
 

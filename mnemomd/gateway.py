@@ -31,6 +31,7 @@ log = Logger()
 CLIENT_IDLE_TIMEOUT = 300
 #: A body this many times over the limit is cut off instead of drained.
 OVERSIZE_DRAIN_FACTOR = 2
+EXTRA_REASON_PHRASES = {431: b"Request Header Fields Too Large"}
 
 
 class BoundedBody(BytesIO):
@@ -153,12 +154,16 @@ class GatewayChannel(http.HTTPChannel):
         log.info("Refused a request at the HTTP layer: {status} {reason}", status=status,
                  reason=payload["error"])
         data = json.dumps(payload, separators=(",", ":")).encode()
-        phrase = http.RESPONSES.get(status, b"Error")
+        phrase = http.RESPONSES.get(status) or EXTRA_REASON_PHRASES.get(status, b"Error")
         head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"connection: close\r\n\r\n" % (status, phrase, len(data)))
         if self.transport is not None:
             self.transport.write(head + data)
         self.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        self.gateway.channels.discard(self)
+        super().connectionLost(reason)
 
     def checkPersistence(self, request: http.Request, version: bytes) -> bool:  # noqa: N802
         """While shutting down, every response closes its connection."""
@@ -187,6 +192,7 @@ class GatewayFactory(http.HTTPFactory):
         channel: GatewayChannel = super().buildProtocol(addr)  # type: ignore[assignment]
         channel.requestFactory = GatewayRequest
         channel.gateway = self.gateway
+        self.gateway.channels.add(channel)
         return channel
 
     def log(self, request: http.Request) -> None:
@@ -237,6 +243,20 @@ class Gateway:
         self.metrics = metrics
         self.proxy = proxy
         self.in_flight = InFlight()
+        #: Open client connections, so shutdown can close the idle ones.
+        self.channels: set[GatewayChannel] = set()
+
+    def close_connections(self) -> int:
+        """Close every client connection: kept-alive ones would otherwise linger.
+
+        Until then, a kept-alive connection still gets answers (readiness says 503, and
+        each answer closes its connection), so a load balancer's checks see the drain.
+        """
+        closing = list(self.channels)
+        for channel in closing:
+            if channel.transport is not None:
+                channel.transport.loseConnection()
+        return len(closing)
 
     def handle(self, request: GatewayRequest) -> None:
         path, query = split_target(request.uri)

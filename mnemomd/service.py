@@ -8,27 +8,34 @@ needs comes in as an argument: no module-level state.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mnemomd import __version__
-from mnemomd.config import Config
+from mnemomd.config import EX_CONFIG, Config
+from mnemomd.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
 from mnemomd.gateway import Gateway, GatewayFactory
-from mnemomd.identity import InMemoryAgentDirectory
-from mnemomd.ops.health import HealthState
+from mnemomd.kv import KeyValueStore, KVCache, make_kv_store, readiness_check
+from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
 from mnemomd.ops.notify import SystemdNotifier
 from mnemomd.proxy.handler import ProxyHandler
 from mnemomd.proxy.relay import UpstreamClient
+from mnemomd.storage.agents import AgentStore
+from mnemomd.storage.database import Database
+from mnemomd.storage.migrations import MigrationError, check_schema, migrate
 
 log = Logger()
+
+#: Seconds a readiness check may take before it counts as failing.
+READINESS_TIMEOUT = 2.0
 
 
 class GatewayService(Service):
@@ -58,9 +65,13 @@ class GatewayService(Service):
         rather than leaving a daemon that serves nothing.
         """
         super().privilegedStartService()
-        endpoint = endpoints.serverFromString(self._reactor, self._config.listen_description)
         failures: list[Failure] = []
-        self._bound = endpoint.listen(self.factory)
+        try:
+            endpoint = endpoints.serverFromString(self._reactor,
+                                                  self._config.listen_description)
+            self._bound = endpoint.listen(self.factory)
+        except Exception:  # an unusable description, key file or systemd index
+            self._bound = fail()
         self._bound.addErrback(lambda f: failures.append(f) or f)
         if failures:
             self._bound.addErrback(lambda _: None)
@@ -79,7 +90,7 @@ class GatewayService(Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
-        self._health.started = True
+        self._health.component_ready("listener")
         address = port.getHost()
         host, port_number = getattr(address, "host", None), getattr(address, "port", None)
         name = getattr(address, "name", address)
@@ -110,27 +121,136 @@ class GatewayService(Service):
         except Exception:
             log.warn("Grace period over with {in_flight} request(s) still in flight",
                      in_flight=in_flight.count)
+        self.gateway.close_connections()
         self._notifier.stop_watchdog()
         self._lag.stop()
         yield self._client.close()
         log.info("Stopped")
 
 
-class MnemomService(MultiService):
-    """The whole daemon; children per SPEC §2 (gateway now; scheduler and ops later)."""
+class MigrationPending(MigrationError):
+    """The database needs migrations and this process may not apply them."""
 
-    def __init__(self, config: Config, gateway_service: GatewayService,
-                 health: HealthState, metrics: GatewayMetrics) -> None:
+
+class StorageService(Service):
+    """Database pool, schema, KV store and the agent directory's background writes.
+
+    A database that is down at startup does not stop the daemon: the proxy forwards
+    calls regardless (fail-open) while the schema step is retried with backoff, and
+    ``/health/startup`` reports what it is waiting for. Only an inconsistent schema
+    history (edited migration, newer database) is fatal.
+    """
+
+    name = "storage"
+    MAX_RETRY_SECONDS = 60.0
+
+    def __init__(self, config: Config, reactor: Any, db: Database, kv: KeyValueStore,
+                 directory: PersistentAgentDirectory, health: HealthState,
+                 fatal: Callable[[int], None]) -> None:
+        self._config = config
+        self._reactor = reactor
+        self.db = db
+        self.kv = kv
+        self.directory = directory
+        self._health = health
+        self._fatal = fatal
+        self._retry: IDelayedCall | None = None
+        self._delay = 1.0
+        health.expect("schema")
+        health.add_check("database", self._check_database)
+        health.add_check("redis", self._check_kv)
+
+    def _check_database(self) -> Deferred[CheckResult]:
+        d = self.db.ping().addCallback(lambda _: (True, None))
+        return d.addTimeout(READINESS_TIMEOUT, self._reactor)
+
+    def _check_kv(self) -> Deferred[CheckResult]:
+        return readiness_check(self.kv)().addTimeout(READINESS_TIMEOUT, self._reactor)
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self.db.start()
+        self.directory.start()
+        self._prepare_schema()
+
+    def _prepare_schema(self) -> None:
+        self._retry = None
+        now_ms = int(self._reactor.seconds() * 1000)
+        if self._config.migrate_on_start:
+            d = migrate(self.db, now_ms)
+        else:
+            d = check_schema(self.db).addCallback(self._require_current)
+        d.addCallbacks(self._schema_ready, self._schema_failed)
+
+    @staticmethod
+    def _require_current(pending: list[str]) -> list[str]:
+        if pending:
+            raise MigrationPending(pending)
+        return []
+
+    def _schema_ready(self, applied: list[str]) -> None:
+        if applied:
+            log.info("Applied schema migrations: {migrations}", migrations=", ".join(applied))
+        log.info("Database ready ({engine})", engine=self.db.engine)
+        self._health.component_ready("schema")
+
+    def _schema_failed(self, failure: Failure) -> None:
+        if failure.check(MigrationPending):
+            log.error("Schema migrations pending: {migrations}; run `mnemomd migrate` or set "
+                      "MIGRATE_ON_START=true", migrations=", ".join(failure.value.args[0]))
+        elif failure.check(MigrationError):
+            log.critical("Database schema problem: {reason}", reason=failure.getErrorMessage())
+            self._fatal(EX_CONFIG)
+            return
+        else:
+            log.error("Database unavailable ({engine}): {reason}; retrying in {delay}s",
+                      engine=self.db.engine, reason=failure.getErrorMessage(),
+                      delay=self._delay)
+        if self.running:
+            self._retry = self._reactor.callLater(self._delay, self._prepare_schema)
+            self._delay = min(self._delay * 2, self.MAX_RETRY_SECONDS)
+
+    @inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        try:
+            yield self.directory.stop()
+        finally:
+            yield self.kv.close()
+            self.db.close()
+
+
+class MnemomService(MultiService):
+    """The whole daemon, one child per responsibility (SPEC §2)."""
+
+    def __init__(self, config: Config, reactor: Any, health: HealthState,
+                 metrics: GatewayMetrics) -> None:
         super().__init__()
         self.config = config
         self.health = health
         self.metrics = metrics
-        self.gateway_service = gateway_service
-        gateway_service.setServiceParent(self)
+        self._reactor = reactor
+        #: What ``mnemomd run`` exits with once the reactor stops.
+        self.exit_code = 0
+
+    def fatal(self, code: int) -> None:
+        """Stop the daemon because it cannot work; the process exits with ``code``."""
+        self.exit_code = code
+        self._reactor.callWhenRunning(self._reactor.stop)
+
+    @property
+    def gateway_service(self) -> GatewayService:
+        return self.getServiceNamed("gateway")  # type: ignore[return-value]
 
     @property
     def listening(self) -> Deferred[IListeningPort]:
         return self.gateway_service.listening
+
+    @property
+    def storage(self) -> StorageService:
+        return self.getServiceNamed("storage")  # type: ignore[return-value]
 
 
 def make_service(config: Config, reactor: Any = None,
@@ -144,11 +264,21 @@ def make_service(config: Config, reactor: Any = None,
     environ = os.environ if environ is None else environ
     metrics = metrics or GatewayMetrics()
     health = HealthState(reactor, __version__, config.aip_enabled)
+    root = MnemomService(config, reactor, health, metrics)
+
+    db = Database(reactor, config.database_url)
+    kv = make_kv_store(reactor, config.redis_url, config.redis_password, metrics)
+    directory = PersistentAgentDirectory(reactor, AgentStore(db),
+                                         KVCache(kv, "", AGENT_CACHE_TTL),
+                                         config.aip_default_enforcement)
+    StorageService(config, reactor, db, kv, directory, health,
+                   root.fatal).setServiceParent(root)
+
     client = UpstreamClient(reactor, config.upstream_max_connections_per_host)
-    proxy = ProxyHandler(config, reactor, client, InMemoryAgentDirectory(), metrics)
+    proxy = ProxyHandler(config, reactor, client, directory, metrics)
     gateway = Gateway(reactor, config.role, config.max_request_body_bytes, health, metrics,
                       proxy)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)
-    gateway_service = GatewayService(config, reactor, gateway, health, client,
-                                     SystemdNotifier(environ), lag)
-    return MnemomService(config, gateway_service, health, metrics)
+    GatewayService(config, reactor, gateway, health, client, SystemdNotifier(environ),
+                   lag).setServiceParent(root)
+    return root

@@ -33,7 +33,8 @@ class GatewayMetrics:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self.requests = Counter(
-            "gateway_requests", "Proxied requests by provider and response status",
+            "gateway_requests",
+            "Requests to provider routes by provider and status (provider none: no route)",
             ["provider", "status"], registry=self.registry)
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
@@ -47,6 +48,10 @@ class GatewayMetrics:
             "gateway_reactor_lag_seconds",
             "How late the reactor ran a timer: time the event loop was blocked",
             buckets=LAG_BUCKETS, registry=self.registry)
+        self.cache_operations = Counter(
+            "gateway_cache_operations",
+            "Key-value store operations by operation and result (hit, miss, ok, error)",
+            ["operation", "result"], registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -72,6 +73,16 @@ class Daemon:
                     self._ready.set()
         self._ready.set()
 
+    def started(self) -> bool:
+        """``/health/startup`` answers 200."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.sendall(b"GET /health/startup HTTP/1.1\r\nHost: x\r\n"
+                             b"Connection: close\r\n\r\n")
+                return sock.recv(12).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
     def output(self) -> str:
         return "".join(self.lines)
 
@@ -117,8 +128,10 @@ class Daemon:
 
 def start_daemon(tmp: Path, env: Mapping[str, str] | None = None,
                  args: Sequence[str] = ("run", "--host", "127.0.0.1", "--port", "0"),
-                 command: Sequence[str] | None = None, startup_timeout: float = 30.0) -> Daemon:
-    """Start the daemon and wait until it listens; raises with its output if it does not."""
+                 command: Sequence[str] | None = None, startup_timeout: float = 30.0,
+                 wait_started: bool = True) -> Daemon:
+    """Start the daemon and wait until it listens and (by default) until
+    ``/health/startup`` says it has finished starting; raises with its output if not."""
     proc = subprocess.Popen([*(command or mnemomd_command()), *args], cwd=REPO_ROOT,
                             env=daemon_environment(tmp, env or {}), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -128,4 +141,11 @@ def start_daemon(tmp: Path, env: Mapping[str, str] | None = None,
     if not daemon._ready.wait(startup_timeout) or daemon.proc.poll() is not None:
         daemon.stop(5)
         raise RuntimeError(f"daemon did not start:\n{daemon.output()}")
+    if wait_started and daemon.port is not None:
+        deadline = time.monotonic() + startup_timeout
+        while not daemon.started():
+            if time.monotonic() > deadline or daemon.proc.poll() is not None:
+                daemon.stop(5)
+                raise RuntimeError(f"daemon did not finish starting:\n{daemon.output()}")
+            time.sleep(0.02)
     return daemon

@@ -222,7 +222,7 @@ def test_twistd_exits_when_it_cannot_listen(tmp_path):
         result = subprocess.run(["twistd", "--nodaemon", "--pidfile=", "mnemomd", "--host",
                                  "127.0.0.1", "--port", str(busy.getsockname()[1])],
                                 env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "Cannot listen" in result.stdout + result.stderr
 
 

@@ -33,7 +33,7 @@ def self_signed(tmp_path):
 def test_tls_listener_with_alpn_client(start, tmp_path):
     key_path, cert_path = self_signed(tmp_path)
     daemon = start({"LISTEN": f"ssl:0:interface=127.0.0.1:privateKey={key_path}:"
-                              f"certKey={cert_path}"}, args=("run",))
+                              f"certKey={cert_path}"}, args=("run",), wait_started=False)
     context = ssl.create_default_context(cafile=str(cert_path))
     context.set_alpn_protocols(["h2", "http/1.1"])
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as raw:
