@@ -238,6 +238,26 @@ def test_database_down_at_startup_still_forwards(start, tmp_path):
     assert "Database unavailable" in daemon.wait_for_line("Database unavailable")
 
 
+def test_nothing_secret_reaches_postgresql(start, postgres_url):
+    daemon = start({"DATABASE_URL": postgres_url})
+    key = "sk-ant-PRIVATEKEY-" + uuid.uuid4().hex
+    prompt = "PROMPT-" + uuid.uuid4().hex
+    body = json.dumps({"model": "m", "max_tokens": 8,
+                       "messages": [{"role": "user", "content": prompt}]}).encode()
+    with raw_request(daemon.base_url, "POST", "/agent/bot/anthropic/v1/messages", body,
+                     {"x-api-key": key}) as r:
+        assert r.status == 200
+        r.read_body()
+    daemon.stop()
+    tables = [r[0] for r in pg_rows(postgres_url, "SELECT tablename FROM pg_tables "
+                                                  "WHERE schemaname = 'public'")]
+    assert "agents" in tables
+    dump = "".join(str(pg_rows(postgres_url, f'SELECT row_to_json(t)::text FROM "{t}" t'))
+                   for t in tables)
+    assert "bot" in dump  # the agent name is stored...
+    assert key not in dump and prompt not in dump  # ...the key and the prompt are not
+
+
 def test_nothing_secret_reaches_the_database(start, tmp_path):
     data_dir = tmp_path / "state"
     daemon = start({"MNEMOM_DATA_DIR": str(data_dir)})
