@@ -269,6 +269,35 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AIP_ENABLED", parse_bool, True, "integrity analysis on or off"),
     Setting("AIP_DEFAULT_ENFORCEMENT", _choice(("observe", "nudge", "enforce")), "observe",
             "enforcement mode given to new agents"),
+    Setting("AIP_FAILURE_MODE", _choice(("fail_open", "fail_closed")), "fail_open",
+            "verdict when analysis fails: synthetic clear, or synthetic boundary_violation"),
+    Setting("AIP_ANALYSIS_TIMEOUT_MS", _int_in(100, 600_000), 10_000,
+            "longest wait for the analysis model, in milliseconds"),
+    Setting("AIP_MIN_EVIDENCE_TOKENS", _int_in(0, 1_000_000), 100,
+            "thinking shorter than this (tokens ~ chars/4) is clear without analysis"),
+    Setting("AIP_STORE_EVIDENCE", parse_bool, True,
+            "keep short evidence excerpts (200 chars) in concerns"),
+    Setting("THINKING_INJECTION", _choice(("auto", "off")), "auto",
+            "ask models to expose reasoning where that is valid for the request"),
+    Setting("ANALYSIS_PROVIDER",
+            _choice(("anthropic", "openai", "gemini", "openai-compatible", "mnemom")),
+            "anthropic", "analysis backend"),
+    Setting("ANALYSIS_MODEL", _text, "claude-haiku-4-5-20251001", "analysis model"),
+    Setting("ANALYSIS_BASE_URL", parse_base_url, None,
+            "analysis endpoint (required for openai-compatible; default: the backend's "
+            "official API)"),
+    Setting("ANALYSIS_API_KEY", _text, None,
+            "key for the analysis backend (default: the provider key below)", secret=True),
+    Setting("ANTHROPIC_API_KEY", _text, None, "the gateway's own Anthropic key, for analysis",
+            secret=True),
+    Setting("OPENAI_API_KEY", _text, None, "the gateway's own OpenAI key, for analysis",
+            secret=True),
+    Setting("GEMINI_API_KEY", _text, None, "the gateway's own Gemini key, for analysis",
+            secret=True),
+    Setting("MNEMOM_ANALYZE_URL", parse_base_url, None,
+            "hybrid analysis endpoint (ANALYSIS_PROVIDER=mnemom)"),
+    Setting("MNEMOM_API_KEY", _text, None, "key for the hybrid analysis endpoint",
+            secret=True),
 )
 
 SETTINGS_BY_ENV = {s.env: s for s in SETTINGS}
@@ -302,6 +331,20 @@ class Config:
     redis_password: str | None = None
     aip_enabled: bool = True
     aip_default_enforcement: str = "observe"
+    aip_failure_mode: str = "fail_open"
+    aip_analysis_timeout_ms: int = 10_000
+    aip_min_evidence_tokens: int = 100
+    aip_store_evidence: bool = True
+    thinking_injection: str = "auto"
+    analysis_provider: str = "anthropic"
+    analysis_model: str = "claude-haiku-4-5-20251001"
+    analysis_base_url: str | None = None
+    analysis_api_key: str | None = None
+    anthropic_api_key: str | None = None
+    openai_api_key: str | None = None
+    gemini_api_key: str | None = None
+    mnemom_analyze_url: str | None = None
+    mnemom_api_key: str | None = None
     config_path: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()

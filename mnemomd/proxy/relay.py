@@ -7,7 +7,7 @@ is paused, so memory per stream stays bounded whatever the size of the stream.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +174,8 @@ class RelayOutcome:
     ending: str  # complete | upstream_failed | idle_timeout | client_gone
     bytes_sent: int
     capture: ResponseCapture
+    #: The whole body when it was held back (not yet written to the client).
+    held_body: bytes | None = None
 
 
 @implementer(IPushProducer)
@@ -184,10 +186,15 @@ class StreamRelay(Protocol):
     buffer fills, Twisted pauses it and it pauses the upstream connection. If the client
     goes away, reading continues until the analysis copy is full, then the upstream
     connection is closed.
+
+    With ``hold_limit`` set, nothing is written: the body is held so the caller can answer
+    after the integrity verdict (enforce mode). A body that outgrows the limit is released:
+    ``on_release`` writes the response head, then the held bytes and the rest stream on.
     """
 
     def __init__(self, request: Request, clock: IReactorTime, idle_timeout: float,
-                 capture: ResponseCapture, request_id: str) -> None:
+                 capture: ResponseCapture, request_id: str, hold_limit: int | None = None,
+                 on_release: Callable[[], None] | None = None) -> None:
         self._request = request
         self._clock = clock
         self._idle_timeout = idle_timeout
@@ -199,11 +206,15 @@ class StreamRelay(Protocol):
         self._ending: str | None = None
         self.bytes_sent = 0
         self.done: Deferred[RelayOutcome] = Deferred()
+        self._hold_limit = hold_limit
+        self._held: list[bytes] | None = [] if hold_limit is not None else None
+        self._held_size = 0
+        self._on_release = on_release
 
     # -- upstream side (IProtocol) ------------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802
-        if self._client_connected:
+        if self._client_connected and self._held is None:
             self._request.registerProducer(self, True)
         elif self.capture.full:
             self._close_upstream("client_gone")
@@ -212,16 +223,45 @@ class StreamRelay(Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self._arm_idle()
         self.capture.feed(data)
+        if self._held is not None:
+            self._held.append(data)
+            self._held_size += len(data)
+            if self._hold_limit is not None and self._held_size > self._hold_limit:
+                self._release_hold()
+            return
         if self._client_connected:
             self._request.write(data)
             self.bytes_sent += len(data)
         elif self.capture.full:
             self._close_upstream("client_gone")
 
+    def _release_hold(self) -> None:
+        """Stop holding: write the head and what was held, then stream the rest."""
+        held, self._held = self._held or [], None
+        self._client_connected = not self._request._disconnected
+        if not self._client_connected:
+            return
+        if self._on_release is not None:
+            self._on_release()
+        for chunk in held:
+            self._request.write(chunk)
+            self.bytes_sent += len(chunk)
+        self._request.registerProducer(self, True)
+
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
         self._cancel_idle()
         clean = isinstance(reason, Failure) and reason.check(ResponseDone, PotentialDataLoss)
         ending = self._ending or ("complete" if clean else "upstream_failed")
+        if self._held is not None:
+            # Held to the end: the caller answers. A broken body is still a break.
+            held, self._held = b"".join(self._held), None
+            if ending != "complete" and not self._request._disconnected:
+                self._request.loseConnection()
+            if ending == "complete" and self._request._disconnected:
+                ending = "client_gone"
+            self.done.callback(RelayOutcome(ending, 0, self.capture,
+                                            held if ending == "complete" else None))
+            return
         if self._client_connected:
             self._request.unregisterProducer()
             if ending == "complete":

@@ -189,3 +189,47 @@ def test_reused_connection_retry_rule():
     assert retry_rule(b"GET", closed)
     assert not retry_rule(b"GET", ResponseNeverReceived([Failure(CancelledError())]))
     assert not retry_rule(b"GET", ValueError("other"))
+
+
+def make_holding_relay(limit=100):
+    clock = Clock()
+    request = ClientRequest()
+    released = []
+    relay = StreamRelay(request, clock, 30.0, ResponseCapture(1024), "rid", hold_limit=limit,
+                        on_release=lambda: released.append(True))
+    relay.makeConnection(UpstreamTransport())
+    outcomes = []
+    relay.done.addCallback(outcomes.append)
+    return relay, request, released, outcomes
+
+
+def test_held_body_is_not_written_and_handed_over_whole():
+    relay, request, released, outcomes = make_holding_relay()
+    assert request.producer is None
+    relay.dataReceived(b'{"a":')
+    relay.dataReceived(b"1}")
+    relay.connectionLost(Failure(ResponseDone()))
+    assert request.written == [] and not request.finished and not released
+    assert outcomes[0].ending == "complete"
+    assert outcomes[0].held_body == b'{"a":1}'
+
+
+def test_body_outgrowing_the_hold_limit_is_released_and_streamed():
+    relay, request, released, outcomes = make_holding_relay(limit=4)
+    relay.dataReceived(b"abc")
+    relay.dataReceived(b"defg")
+    assert released == [True]
+    assert request.written == [b"abc", b"defg"]
+    assert request.producer is relay
+    relay.dataReceived(b"h")
+    relay.connectionLost(Failure(ResponseDone()))
+    assert request.finished
+    assert outcomes[0].held_body is None and outcomes[0].bytes_sent == 8
+
+
+def test_held_body_broken_upstream_breaks_the_client_connection():
+    relay, request, _, outcomes = make_holding_relay()
+    relay.dataReceived(b"{")
+    relay.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost())])))
+    assert request.lost
+    assert outcomes[0].ending == "upstream_failed" and outcomes[0].held_body is None
