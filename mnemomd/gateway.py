@@ -90,12 +90,13 @@ def send_empty(request: http.Request, status: int,
 class GatewayRequest(http.Request):
     """An incoming request whose body is bounded, kept in memory and never form-parsed."""
 
-    _parsePOSTFormSubmission = False
     defaultContentType = None  # relayed responses keep exactly the upstream's headers
     content: BoundedBody
 
     def __init__(self, channel: GatewayChannel, queued: object = None) -> None:
-        super().__init__(channel)
+        # Bodies are relayed, never interpreted as form posts (multipart uploads to the
+        # providers' file APIs must pass through untouched and unparsed).
+        super().__init__(channel, parsePOSTFormSubmission=False)
         self.request_id = os.urandom(8).hex()
         self.received_at = 0.0
 

@@ -263,3 +263,18 @@ def test_head_and_get_pass_through(daemon, upstream):
     status, _, _ = call(daemon, "GET", "/openai/v1/models", b"", AUTH["openai"])
     assert status == 404  # the fake has no such route: its 404 comes back as is
     assert fetch_requests(upstream)[0]["method"] == "GET"
+
+
+def test_multipart_upload_forwarded_unparsed(daemon, upstream):
+    boundary = "----mnemomd-boundary"
+    payload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n"
+               f"fine-tune\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+               f"filename=\"a.jsonl\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+               f"{{\"x\": 1}}\n\r\n--{boundary}--\r\n").encode()
+    headers = AUTH["openai"] | {"content-type": f"multipart/form-data; boundary={boundary}",
+                                "x-fake-scenario": "echo"}
+    status, _, body = call(daemon, "POST", "/openai/v1/files", payload, headers)
+    assert (status, body) == (200, payload)
+    broken = b"--not-the-boundary\r\ngarbage"
+    status, _, body = call(daemon, "POST", "/openai/v1/files", broken, headers)
+    assert (status, body) == (200, broken)
