@@ -662,7 +662,9 @@ class FakeUpstreamSite(Site):
 
     def __init__(self, reactor: Any) -> None:
         self.state = FakeUpstreamState()
-        super().__init__(FakeUpstreamResource(self.state, reactor), reactor=reactor)
+        # Bodies are recorded and echoed as sent; a provider does not parse them as forms.
+        super().__init__(FakeUpstreamResource(self.state, reactor), reactor=reactor,
+                         parsePOSTFormSubmission=False)
 
     def log(self, request: Request) -> None:
         """No access log: it would only be noise in test output."""
