@@ -1,16 +1,50 @@
 """What the gateway needs to know about one LLM provider's HTTP API.
 
 Everything provider-specific lives behind this interface so the proxy stays generic:
-adding a provider means adding one module that builds a ``Provider``.
+adding a provider means adding one module that builds a ``Provider``. Apart from
+``find_api_key`` (which reads Twisted headers) every callable is a pure function over
+bytes and dicts: no I/O, no reactor, and none of them raises on any input, because
+analysis must never break the call it analyses.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qsl, unquote
 
 from twisted.web.http_headers import Headers
+
+from mnemomd.providers.jsonutil import (
+    MISSING,
+    Parsed,
+    decode_text,
+    loads,
+    parse_document,
+    parse_partial,
+    parse_partial_document,
+)
+from mnemomd.providers.sse import looks_like_sse, parse_sse
+
+#: ``RequestInfo.api`` values: the endpoints whose traffic the gateway understands.
+ANTHROPIC_MESSAGES = "anthropic.messages"
+OPENAI_CHAT = "openai.chat"
+OPENAI_RESPONSES = "openai.responses"
+GEMINI_GENERATE = "gemini.generate"
+
+#: Separator between thinking blocks, as the AIP SDK joins them (SPEC §4).
+THINKING_SEPARATOR = "\n\n---\n\n"
+TEXT_EXCERPT_CHARS = 500
+#: Bounds on what one response can contribute, so hostile upstreams cannot bloat records.
+MAX_TOOL_CALLS = 128
+MAX_ARGUMENT_KEYS = 64
+MAX_NAME_CHARS = 256
+#: ``decode_body`` never inflates past this (a capped capture can still be a zip bomb).
+MAX_DECODED_BYTES = 16 * 1024 * 1024
 
 
 def first_header(headers: Headers, name: bytes) -> bytes | None:
@@ -39,6 +73,93 @@ def query_param(query: bytes, name: str) -> bytes | None:
     return None
 
 
+# --------------------------------------------------------------------------
+# Data passed between the proxy and the provider adapters.
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What a request is: which API, which model, streamed or not, and its JSON body.
+
+    ``api`` is None for endpoints the gateway only forwards (model lists, files,
+    embeddings…); their bodies are not parsed. ``json_body`` is None when the body is not
+    a JSON object: such a request is forwarded unchanged.
+    """
+
+    api: str | None
+    model: str | None
+    streaming_requested: bool
+    json_body: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool the model asked to call. Argument keys only: values may hold user data."""
+
+    name: str
+    argument_keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What analysis and tracing need from one response (SPEC §3.6, §4, §8.1).
+
+    ``thinking`` joins readable blocks with ``THINKING_SEPARATOR``; ``redacted_thinking``
+    says the model reasoned in a form nobody can read (Anthropic ``redacted_thinking``,
+    OpenAI reasoning items without summary). ``complete`` is False when the capture was
+    truncated or a stream never reached its terminal event, so a verdict can say it saw
+    only part of the reasoning.
+    """
+
+    thinking: str | None
+    thinking_blocks: int
+    redacted_thinking: bool
+    tool_calls: list[ToolCall]
+    text_excerpt: str
+    model: str | None
+    complete: bool
+
+    @classmethod
+    def empty(cls, model: str | None = None, complete: bool = False) -> Extraction:
+        return cls(None, 0, False, [], "", model, complete)
+
+
+class RequestDescriber(Protocol):
+    def __call__(self, path: bytes, query: bytes, body: bytes) -> RequestInfo: ...
+
+
+class ThinkingInjector(Protocol):
+    def __call__(
+        self, info: RequestInfo, body: dict[str, Any], budget_tokens: int = 1024
+    ) -> dict[str, Any] | None: ...
+
+
+class NudgeInjector(Protocol):
+    def __call__(
+        self, info: RequestInfo, body: dict[str, Any], notice: str
+    ) -> dict[str, Any] | None: ...
+
+
+class ResponseExtractor(Protocol):
+    def __call__(
+        self, info: RequestInfo, content_type: str, body: bytes, truncated: bool
+    ) -> Extraction: ...
+
+
+def _describe_nothing(path: bytes, query: bytes, body: bytes) -> RequestInfo:
+    return RequestInfo(None, None, False, None)
+
+
+def _inject_nothing(info: RequestInfo, body: dict[str, Any], *args: Any) -> None:
+    return None
+
+
+def _extract_nothing(
+    info: RequestInfo, content_type: str, body: bytes, truncated: bool
+) -> Extraction:
+    return Extraction.empty(info.model, complete=not truncated)
+
+
 @dataclass(frozen=True)
 class Provider:
     """An LLM provider as the proxy sees it."""
@@ -48,3 +169,347 @@ class Provider:
     find_api_key: Callable[[Headers, bytes], bytes | None]
     #: The header named in the 401 answer when no credential is sent.
     key_header: str
+    #: (path after the provider segment, raw query with its ``?``, body) -> RequestInfo.
+    describe_request: RequestDescriber = _describe_nothing
+    #: SPEC §5.1 ``auto`` mode: a new body that exposes reasoning, or None to leave it.
+    inject_thinking: ThinkingInjector = _inject_nothing
+    #: SPEC §6.3: a new body with the integrity notice prepended to the system prompt.
+    inject_nudge: NudgeInjector = _inject_nothing
+    #: Thinking, tool calls and a text excerpt out of a (decoded) JSON or SSE body.
+    extract_response: ResponseExtractor = _extract_nothing
+
+
+# --------------------------------------------------------------------------
+# Shared helpers for the provider modules.
+
+_T = TypeVar("_T")
+
+
+def never_raises(fallback: Callable[..., _T]) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """Turn any exception into ``fallback(*args)``: adapters run on the proxy path."""
+
+    def decorate(func: Callable[..., _T]) -> Callable[..., _T]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> _T:
+            try:
+                return func(*args, **kwargs)
+            except Exception:
+                return fallback(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def clean_text(text: str) -> str:
+    """``text`` made safe to encode: JSON escapes can smuggle in lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def short_name(value: object) -> str | None:
+    """A bounded, encodable identifier (model, tool or key name), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    return clean_text(value[:MAX_NAME_CHARS])
+
+
+def route_path(path: bytes) -> str:
+    """The request path as text for matching: percent-decoded, no trailing slash."""
+    return unquote(path.decode("latin-1"), errors="replace").rstrip("/")
+
+
+def load_json_object(body: bytes) -> dict[str, Any] | None:
+    """The request body as a JSON object, or None (non-JSON bodies are forwarded as is)."""
+    if not body:
+        return None
+    value = loads(body, strict=True)
+    return value if isinstance(value, dict) else None
+
+
+def describe_json_api(api: str | None, body: bytes) -> RequestInfo:
+    """RequestInfo for APIs that name the model and ``stream`` flag in a JSON body."""
+    if api is None:
+        return RequestInfo(None, None, False, None)
+    json_body = load_json_object(body)
+    if json_body is None:
+        return RequestInfo(api, None, False, None)
+    return RequestInfo(
+        api, short_name(json_body.get("model")), json_body.get("stream") is True, json_body
+    )
+
+
+def model_name(model: str | None) -> str:
+    """Lower-case model name without gateway prefixes (``openai/…``, ``models/…``, ``ft:``)."""
+    name = (model or "").strip().lower().rsplit("/", 1)[-1]
+    return name.removeprefix("ft:")
+
+
+def prepend_text(notice: str, text: str) -> str:
+    return f"{notice}\n\n{text}" if text else notice
+
+
+def argument_keys(arguments: object) -> list[str]:
+    """Top-level keys of tool arguments (a dict, or JSON text possibly cut short)."""
+    if isinstance(arguments, str):
+        value = loads(arguments)
+        arguments = parse_partial(arguments) if value is MISSING else value
+    if not isinstance(arguments, dict):
+        return []
+    keys: list[str] = []
+    for key in arguments:
+        name = short_name(key)
+        if name is not None:
+            keys.append(name)
+        if len(keys) >= MAX_ARGUMENT_KEYS:
+            break
+    return keys
+
+
+class ExtractionBuilder:
+    """Collects one response's thinking blocks, text, tool calls and model."""
+
+    def __init__(self, model: str | None) -> None:
+        self.model = model
+        self.redacted = False
+        self._thinking: list[str] = []
+        self._text: list[str] = []
+        self._text_chars = 0
+        self._tools: list[ToolCall] = []
+
+    def thinking(self, text: object) -> None:
+        """One readable thinking block; empty blocks do not count."""
+        if isinstance(text, str) and text:
+            self._thinking.append(text)
+
+    def text(self, text: object) -> None:
+        """One block of visible output; only the excerpt's worth is kept."""
+        if not isinstance(text, str) or not text or self._text_chars >= TEXT_EXCERPT_CHARS:
+            return
+        if self._text:
+            text = "\n" + text
+        piece = text[: TEXT_EXCERPT_CHARS - self._text_chars]
+        self._text.append(piece)
+        self._text_chars += len(piece)
+
+    def tool(self, name: object, arguments: object) -> None:
+        tool_name = short_name(name)
+        if tool_name is not None and len(self._tools) < MAX_TOOL_CALLS:
+            self._tools.append(ToolCall(tool_name, argument_keys(arguments)))
+
+    def set_model(self, model: object) -> None:
+        """The model the response names wins over the one the request asked for."""
+        name = short_name(model)
+        if name is not None:
+            self.model = name
+
+    def build(self, complete: bool) -> Extraction:
+        thinking = clean_text(THINKING_SEPARATOR.join(self._thinking)) if self._thinking else None
+        return Extraction(
+            thinking=thinking,
+            thinking_blocks=len(self._thinking),
+            redacted_thinking=self.redacted,
+            tool_calls=list(self._tools),
+            text_excerpt=clean_text("".join(self._text)),
+            model=self.model,
+            complete=complete,
+        )
+
+
+class Accumulator:
+    """Per-API reader of one response, fed stream elements or the whole JSON document.
+
+    Subclasses set ``terminal`` when the stream's final event arrives and write what they
+    found into ``self.out`` in ``finish``. ``cut`` is given for a document repaired after
+    a truncation, to tell which of its objects may be missing later fields.
+    """
+
+    def __init__(self, out: ExtractionBuilder) -> None:
+        self.out = out
+        self.terminal = False
+
+    def chunk(self, doc: dict[str, Any], event: str, cut: Parsed | None = None) -> None:
+        """One streamed element (an SSE event's JSON, or a JSON-array element)."""
+
+    def done(self) -> None:
+        """The ``data: [DONE]`` sentinel."""
+        self.terminal = True
+
+    def whole(self, doc: dict[str, Any], cut: Parsed | None = None) -> None:
+        """A non-streaming response document."""
+
+    def finish(self) -> None:
+        """End of input: hand everything collected to ``self.out``."""
+
+
+def is_event_stream(content_type: str, body: bytes) -> bool:
+    """SSE by content type, or, when the type says nothing useful, by the body's start."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == "text/event-stream":
+        return True
+    if media.endswith("json"):
+        return False
+    return looks_like_sse(body)
+
+
+def run_extraction(
+    accumulator: Callable[[ExtractionBuilder], Accumulator],
+    info: RequestInfo,
+    content_type: str,
+    body: bytes,
+    truncated: bool,
+) -> Extraction:
+    """Drive an API's accumulator over an SSE stream, a JSON array stream or a JSON body."""
+    out = ExtractionBuilder(info.model)
+    acc = accumulator(out)
+    if is_event_stream(content_type, body):
+        events = parse_sse(body)
+        if events:
+            for event in events:
+                data = event.data
+                if data.strip() == "[DONE]":
+                    acc.done()
+                    continue
+                doc, cut = loads(data), None
+                if doc is MISSING and not event.terminated:
+                    cut = parse_partial_document(data)
+                    doc = cut.value
+                if isinstance(doc, dict):
+                    acc.chunk(doc, event.event, cut)
+            acc.finish()
+            return out.build(complete=acc.terminal and not truncated)
+    parsed = parse_document(body)
+    cut = None if parsed.exact else parsed
+    if isinstance(parsed.value, list):
+        for element in parsed.value:
+            if isinstance(element, dict):
+                acc.chunk(element, "", cut)
+    elif isinstance(parsed.value, dict):
+        acc.whole(parsed.value, cut)
+    else:
+        return Extraction.empty(info.model)
+    acc.finish()
+    return out.build(complete=parsed.exact and not truncated)
+
+
+def extractor(accumulators: dict[str, Callable[[ExtractionBuilder], Accumulator]]) -> Any:
+    """A provider's ``extract_response``: picks the accumulator for ``info.api``."""
+
+    def fallback(
+        info: RequestInfo, content_type: str, body: bytes, truncated: bool
+    ) -> Extraction:
+        model = getattr(info, "model", None)
+        return Extraction.empty(model if isinstance(model, str) else None)
+
+    @never_raises(fallback)
+    def extract_response(
+        info: RequestInfo, content_type: str, body: bytes, truncated: bool
+    ) -> Extraction:
+        """Thinking, tool calls, text excerpt and model from a captured response body."""
+        make = accumulators.get(info.api or "")
+        if make is None:
+            return Extraction.empty(info.model, complete=not truncated)
+        return run_extraction(make, info, content_type, body, truncated)
+
+    return extract_response
+
+
+def _decline(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def injector(
+    handlers: dict[str, Callable[..., dict[str, Any] | None]],
+) -> Callable[..., dict[str, Any] | None]:
+    """A provider's ``inject_*``: picks the handler for ``info.api``; None when unknown."""
+
+    @never_raises(_decline)
+    def inject(info: RequestInfo, body: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        handler = handlers.get(info.api or "")
+        if handler is None or not isinstance(body, dict):
+            return None
+        return handler(info, body, *args, **kwargs)
+
+    return inject
+
+
+# --------------------------------------------------------------------------
+# Content-Encoding.
+
+
+def _inflate(data: bytes, wbits: int, limit: int) -> bytes | None:
+    """Inflate possibly truncated, possibly multi-member data; None when corrupt."""
+    out: list[bytes] = []
+    size = 0
+    try:
+        while data and size < limit:
+            inflater = zlib.decompressobj(wbits)
+            chunk = inflater.decompress(data, limit - size)
+            out.append(chunk)
+            size += len(chunk)
+            if not inflater.eof:
+                break  # truncated input (or output limit reached): keep what we have
+            data = inflater.unused_data
+    except zlib.error:
+        return None
+    return b"".join(out)
+
+
+def decode_body(
+    raw: bytes, content_encoding: str | None, *, limit: int = MAX_DECODED_BYTES
+) -> bytes | None:
+    """The body without its Content-Encoding, or None when it cannot be decoded (``br``…).
+
+    gzip and deflate (zlib-wrapped or raw, as servers disagree) are inflated, stopping
+    quietly where a capped capture ends and never producing more than ``limit`` bytes.
+    """
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    data = raw
+    for coding in reversed(codings):
+        if coding == "identity":
+            continue
+        if coding in ("gzip", "x-gzip"):
+            decoded = _inflate(data, 16 + zlib.MAX_WBITS, limit)
+        elif coding == "deflate":
+            decoded = _inflate(data, zlib.MAX_WBITS, limit)
+            if decoded is None:
+                decoded = _inflate(data, -zlib.MAX_WBITS, limit)
+        else:
+            return None
+        if decoded is None:
+            return None
+        data = decoded
+    return data
+
+
+# --------------------------------------------------------------------------
+# Upstream refusals of an injected parameter.
+
+_INJECTED_PARAMETERS = {
+    ANTHROPIC_MESSAGES: ("thinking",),
+    OPENAI_RESPONSES: ("reasoning",),
+    GEMINI_GENERATE: ("thinking", "include_thoughts", "includethoughts"),
+}
+
+
+def injection_rejected(info: RequestInfo, status: int, body: bytes) -> bool:
+    """Whether a 400 answer blames the parameter ``inject_thinking`` added.
+
+    The rules are conservative but upstreams can still refuse (OpenAI answers 400 to
+    ``reasoning.summary`` for organisations that are not verified); the proxy can then
+    resend the client's original body, so injection never costs the client a call.
+    """
+    hints = _INJECTED_PARAMETERS.get(getattr(info, "api", None) or "")
+    if status != 400 or not hints or not isinstance(body, bytes | bytearray):
+        return False
+    doc = loads(decode_text(bytes(body[:65536])))
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        return False
+    words = " ".join(
+        json.dumps(error.get(name)) for name in ("message", "param") if name in error
+    ).lower()
+    return any(hint in words for hint in hints)
