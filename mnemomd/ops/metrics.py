@@ -52,6 +52,15 @@ class GatewayMetrics:
             "gateway_cache_operations",
             "Key-value store operations by operation and result (hit, miss, ok, error)",
             ["operation", "result"], registry=self.registry)
+        self.aip_checks = Counter(
+            "gateway_aip_checks",
+            "Integrity checks by verdict, synthetic outcomes included",
+            ["verdict"], registry=self.registry)
+        self.aip_analysis_failures = Counter(
+            "gateway_aip_analysis_failures",
+            "Integrity analyses that failed, by backend and reason (timeout, unreachable, "
+            "http_<status>, malformed, circuit_open, ...)",
+            ["backend", "reason"], registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

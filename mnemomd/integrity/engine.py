@@ -1,0 +1,526 @@
+"""Integrity analysis of one thinking block (SPEC §5.2–5.5, §5.7).
+
+The prompt and the verdict parsing are the AIP SDK's pure functions; this module adds
+what a gateway needs around them: the minimum-evidence gate, the backend call through the
+circuit breaker, tolerance of prose around the verdict JSON, the failure mode, evidence
+capping, metrics, and an outcome that carries derived analysis only — never the
+thinking text or the prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aip.analysis.engine import (
+    CheckIntegrityInput,
+    ThinkingInput,
+    check_integrity,
+    hash_thinking_block,
+    map_verdict_to_action,
+    map_verdict_to_proceed,
+)
+from aip.analysis.prompt import PromptInput, build_conscience_prompt
+from aip.constants import CHECKPOINT_ID_PREFIX, MAX_EVIDENCE_LENGTH
+from aip.schemas.checkpoint import (
+    AnalysisMetadata,
+    IntegrityCheckpoint,
+    WindowPosition,
+)
+from aip.schemas.config import (
+    AlignmentCard,
+    AlignmentCardValue,
+    AutonomyEnvelope,
+    EscalationTrigger,
+)
+from aip.schemas.conscience import ConscienceContext, ConscienceValue
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mnemomd.integrity.backends import (
+    AnalysisBackend,
+    AnalysisFailure,
+    AnalysisHTTP,
+    build_backend,
+    failure_reason,
+)
+from mnemomd.integrity.breaker import CircuitBreaker
+from mnemomd.integrity.settings import AnalysisSettings
+from mnemomd.ops.metrics import GatewayMetrics
+
+log = Logger()
+
+BELOW_MINIMUM_EVIDENCE = "below minimum evidence"
+CONSCIENCE_TYPES = frozenset({"BOUNDARY", "FEAR", "COMMITMENT", "BELIEF", "HOPE"})
+#: How many ``{`` positions are tried when looking for the verdict inside prose.
+MAX_JSON_CANDIDATES = 32
+#: The SDK's own clean-up of trailing commas before ``}`` or ``]``.
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """Everything one analysis needs. ``thinking`` is kept out of ``repr`` on purpose."""
+
+    agent_id: str
+    session_id: str
+    provider: str
+    model: str
+    thinking: str = field(repr=False)
+    #: The agent's AAP alignment card JSON (unified ``autonomy`` or legacy
+    #: ``autonomy_envelope``; ``values`` as ``{declared, definitions}`` or a list).
+    card: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    #: ``[{type, content, id}]``; the SDK puts only BOUNDARY and FEAR in the prompt.
+    conscience_values: Sequence[Mapping[str, Any]] = ()
+    #: The session window's recent checkpoints, oldest first: window entries
+    #: (``{checkpoint_id, verdict, reasoning_summary, …}``) or SDK checkpoints.
+    window_checkpoints: Sequence[Mapping[str, Any] | IntegrityCheckpoint] = ()
+    task_context: str = field(default="", repr=False)
+    #: How sure the provider adapter is that this is the model's reasoning (0..1).
+    extraction_confidence: float = 1.0
+    linked_trace_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisOutcome:
+    """An integrity checkpoint (SPEC §5.7) and how to act on it; derived data only."""
+
+    checkpoint_id: str
+    agent_id: str
+    card_id: str
+    session_id: str
+    provider: str
+    model: str
+    timestamp: str
+    verdict: str
+    concerns: list[dict[str, Any]]
+    reasoning_summary: str
+    conscience_context: dict[str, Any]
+    window_position: dict[str, int]
+    analysis_metadata: dict[str, Any]
+    thinking_block_hash: str
+    synthetic: bool
+    synthetic_reason: str | None
+    action: str
+    proceed: bool
+    linked_trace_id: str | None = None
+    cross_validation_warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failure_reason(self) -> str | None:
+        reason = self.analysis_metadata.get("failure_reason")
+        return str(reason) if reason is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy, for the checkpoint store and the API."""
+        return asdict(self)
+
+    def window_entry(self) -> dict[str, Any]:
+        """What the session window keeps of this checkpoint (see ``window.window_add``)."""
+        return {
+            "checkpoint_id": self.checkpoint_id,
+            "session_id": self.session_id,
+            "verdict": self.verdict,
+            "reasoning_summary": self.reasoning_summary,
+            "concern_categories": [c["category"] for c in self.concerns],
+            "analysis_duration_ms": self.analysis_metadata.get("analysis_duration_ms", 0.0),
+        }
+
+
+def thinking_hash(thinking: str) -> str:
+    """SHA-256 hex of the UTF-8 thinking text, as the SDK's ``hash_thinking_block``.
+
+    Text holding lone surrogates (undecodable bytes kept by ``surrogateescape``) cannot
+    be UTF-8 encoded; it is hashed with ``surrogatepass`` rather than failing.
+    """
+    try:
+        return hash_thinking_block(thinking)
+    except UnicodeEncodeError:
+        return hashlib.sha256(thinking.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def estimate_tokens(text: str) -> int:
+    """The SDK's estimate: ``ceil(len(text) / 4)``."""
+    return math.ceil(len(text) / 4)
+
+
+# ---------------------------------------------------------------------------
+# Inputs for the SDK
+# ---------------------------------------------------------------------------
+
+
+def _str(value: Any, default: str = "") -> str:
+    return value if isinstance(value, str) else default
+
+
+def _card_id(card: Any) -> str:
+    value = card.get("card_id") if isinstance(card, Mapping) else None
+    return value if isinstance(value, str) and value else "unknown"
+
+
+def _window_size(entries: Any) -> int:
+    return len(entries) if isinstance(entries, Sequence) else 0
+
+
+def _str_list(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, str)]
+
+
+def _card_values(values: Any) -> list[AlignmentCardValue]:
+    """Card values in priority order (SDK: ascending ``priority``, 1 = most important)."""
+    if isinstance(values, list):  # the AIP shape: [{name, priority, description}]
+        result = []
+        for i, v in enumerate(values):
+            if isinstance(v, dict) and isinstance(v.get("name"), str):
+                priority = v.get("priority")
+                result.append(AlignmentCardValue(
+                    name=v["name"],
+                    priority=priority if isinstance(priority, int) else i + 1,
+                    description=v.get("description") if isinstance(v.get("description"),
+                                                                   str) else None))
+        return result
+    if not isinstance(values, dict):
+        return []
+    definitions = values.get("definitions")
+    definitions = definitions if isinstance(definitions, dict) else {}
+    declared = _str_list(values.get("declared"))
+
+    def weight(item: tuple[int, str]) -> tuple[float, int]:
+        # AAP: higher priority = more important; ties keep the declared order.
+        definition = definitions.get(item[1])
+        priority = definition.get("priority", 0) if isinstance(definition, dict) else 0
+        return (-float(priority) if isinstance(priority, int | float) else 0.0, item[0])
+
+    result = []
+    for rank, (_, name) in enumerate(sorted(enumerate(declared), key=weight), start=1):
+        definition = definitions.get(name)
+        description = definition.get("description") if isinstance(definition, dict) else None
+        result.append(AlignmentCardValue(name=name, priority=rank,
+                                         description=_str(description) or None))
+    return result
+
+
+def card_from_dict(card: Mapping[str, Any] | None) -> AlignmentCard:
+    """The SDK's card from AAP card JSON; missing or ill-typed parts become empty.
+
+    Principal, audit and extensions are not read: the SDK must omit them from the
+    prompt (PII risk), so they never need to be converted.
+    """
+    if not isinstance(card, Mapping):
+        card = {}
+    autonomy = card.get("autonomy") or card.get("autonomy_envelope") or {}
+    autonomy = autonomy if isinstance(autonomy, dict) else {}
+    triggers = []
+    raw_triggers = autonomy.get("escalation_triggers")
+    for t in raw_triggers if isinstance(raw_triggers, list) else []:
+        if isinstance(t, dict) and isinstance(t.get("condition"), str):
+            triggers.append(EscalationTrigger(condition=t["condition"],
+                                              action=_str(t.get("action"), "escalate"),
+                                              reason=_str(t.get("reason")) or None))
+    description = card.get("agent_description") or card.get("description")
+    return AlignmentCard(
+        card_id=_card_id(card),
+        values=_card_values(card.get("values")),
+        autonomy_envelope=AutonomyEnvelope(
+            bounded_actions=_str_list(autonomy.get("bounded_actions")),
+            forbidden_actions=_str_list(autonomy.get("forbidden_actions")),
+            escalation_triggers=triggers),
+        agent_description=_str(description) or None,
+    )
+
+
+def conscience_values_from_dicts(values: Sequence[Mapping[str, Any]]) -> list[ConscienceValue]:
+    """The SDK's conscience values; entries of an unknown type or without content dropped."""
+    result: list[ConscienceValue] = []
+    for v in values:
+        if isinstance(v, ConscienceValue):
+            result.append(v)
+        elif (isinstance(v, Mapping) and v.get("type") in CONSCIENCE_TYPES
+              and isinstance(v.get("content"), str) and v["content"]):
+            result.append(ConscienceValue(type=v["type"], content=v["content"],
+                                          id=_str(v.get("id")) or None))
+    return result
+
+
+def sdk_checkpoint(entry: Mapping[str, Any]) -> IntegrityCheckpoint:
+    """An SDK checkpoint standing for a window entry.
+
+    The SDK's prompt builder reads only its verdict and reasoning summary; drift
+    detection its id, verdict, agent, session and concern categories.
+    """
+    return IntegrityCheckpoint(
+        checkpoint_id=_str(entry.get("checkpoint_id")), agent_id="", card_id="",
+        session_id=_str(entry.get("session_id")), timestamp="", thinking_block_hash="",
+        provider="", model="", verdict=entry.get("verdict", "clear"),
+        concerns=[], reasoning_summary=_str(entry.get("reasoning_summary")),
+        conscience_context=ConscienceContext(),
+        window_position=WindowPosition(index=0, window_size=0),
+        analysis_metadata=AnalysisMetadata(
+            analysis_model="", analysis_duration_ms=0.0, thinking_tokens_original=0,
+            thinking_tokens_analyzed=0, truncated=False, extraction_confidence=0.0))
+
+
+def window_for_prompt(
+        entries: Sequence[Mapping[str, Any] | IntegrityCheckpoint]) -> list[IntegrityCheckpoint]:
+    return [e if isinstance(e, IntegrityCheckpoint) else sdk_checkpoint(e)
+            for e in entries if isinstance(e, IntegrityCheckpoint | Mapping)]
+
+
+# ---------------------------------------------------------------------------
+# Verdict parsing
+# ---------------------------------------------------------------------------
+
+
+def json_candidates(text: str) -> Iterator[str]:
+    """The text itself, then each top-level JSON object in it, in order.
+
+    The SDK's parser strips code fences and trailing commas but rejects any prose
+    around the JSON, which models add despite being told not to. Objects are found
+    with the C decoder (after the SDK's own trailing-comma clean-up), so a huge or
+    hostile answer costs little reactor time.
+    """
+    yield text
+    cleaned = _TRAILING_COMMA.sub(r"\1", text)
+    decoder = json.JSONDecoder()
+    start = cleaned.find("{")
+    tried = 0
+    while start != -1 and tried < MAX_JSON_CANDIDATES:
+        tried += 1
+        try:
+            value, end = decoder.raw_decode(cleaned, start)
+        except ValueError:
+            start = cleaned.find("{", start + 1)
+            continue
+        if isinstance(value, dict):
+            yield cleaned[start:end]
+        start = cleaned.find("{", end)
+
+
+def parse_verdict(text: str, make_input: Any) -> IntegrityCheckpoint:
+    """The first candidate the SDK's ``check_integrity`` accepts.
+
+    ``make_input(candidate)`` builds the ``CheckIntegrityInput``. Raises
+    ``AnalysisFailure("malformed")`` — never the SDK's ``ValueError``, whose message
+    quotes the model's output.
+    """
+    for candidate in json_candidates(text):
+        try:
+            return check_integrity(make_input(candidate))
+        except (ValueError, TypeError, AttributeError, KeyError):
+            continue
+    raise AnalysisFailure("malformed")
+
+
+# ---------------------------------------------------------------------------
+# The analyzer
+# ---------------------------------------------------------------------------
+
+
+class IntegrityAnalyzer:
+    """Analyses thinking blocks; ``analyze`` always produces an outcome, never an error."""
+
+    def __init__(self, settings: AnalysisSettings, clock: IReactorTime,
+                 backend: AnalysisBackend, breaker: CircuitBreaker | None = None,
+                 metrics: GatewayMetrics | None = None) -> None:
+        self.settings = settings
+        self._clock = clock
+        self.backend = backend
+        self.breaker = breaker if breaker is not None else CircuitBreaker(
+            clock, settings.breaker_failures, settings.breaker_cooldown,
+            name=backend.name)
+        self._metrics = metrics
+
+    def analyze(self, request: AnalysisRequest) -> Deferred[AnalysisOutcome]:
+        """The outcome of analysing ``request.thinking``; fires with a synthetic outcome
+        (by the failure mode) whenever analysis cannot produce a verdict."""
+        started = self._clock.seconds()
+        d: Deferred[Any] = maybeDeferred(self._analyze, request, started)
+        d.addErrback(self._internal_error, request, started)
+        d.addCallback(self._counted)
+        return d
+
+    # -- the pipeline ------------------------------------------------------
+
+    def _analyze(self, request: AnalysisRequest,
+                 started: float) -> Deferred[Any] | AnalysisOutcome:
+        digest = thinking_hash(request.thinking)
+        tokens = estimate_tokens(request.thinking)
+        if not request.thinking.strip() or tokens < self.settings.min_evidence_tokens:
+            summary = (f"Thinking below minimum evidence ({tokens} < "
+                       f"{self.settings.min_evidence_tokens} tokens); not analyzed.")
+            return self._synthetic(request, "clear", BELOW_MINIMUM_EVIDENCE, summary, digest,
+                                   tokens, started, failure=None)
+        prompt = build_conscience_prompt(PromptInput(
+            card=card_from_dict(request.card),
+            conscience_values=conscience_values_from_dicts(request.conscience_values),
+            window_context=window_for_prompt(request.window_checkpoints),
+            thinking_block=request.thinking,
+            task_context=request.task_context or None,
+            token_budget=self.settings.thinking_token_budget))
+        if not self.breaker.allow():
+            return self._failed(request, "circuit_open", digest, tokens, started)
+        d: Deferred[Any] = maybeDeferred(self.backend.complete, prompt.system, prompt.user,
+                                         self.settings.max_tokens)
+        stats = (prompt.original_tokens, prompt.analyzed_tokens, prompt.truncated)
+        del prompt  # nothing below may keep the prompt
+        d.addCallbacks(self._answered, self._backend_failed,
+                       callbackArgs=(request, digest, stats, started),
+                       errbackArgs=(request, digest, tokens, started))
+        return d
+
+    def _answered(self, text: str, request: AnalysisRequest, digest: str,
+                  stats: tuple[int, int, bool], started: float) -> AnalysisOutcome:
+        duration_ms = self._elapsed_ms(started)
+        original, analyzed, truncated = stats
+        card_id = _card_id(request.card)
+        window_size = _window_size(request.window_checkpoints)
+
+        def make_input(candidate: str) -> CheckIntegrityInput:
+            return CheckIntegrityInput(
+                analysis_response=candidate,
+                thinking=ThinkingInput(hash=digest, provider=request.provider,
+                                       model=request.model, tokens_original=original,
+                                       tokens_analyzed=analyzed, truncated=truncated,
+                                       confidence=request.extraction_confidence),
+                agent_id=request.agent_id, card_id=card_id, session_id=request.session_id,
+                window_position=WindowPosition(index=window_size,
+                                               window_size=window_size + 1),
+                analysis_model=self.backend.model, analysis_duration_ms=duration_ms,
+                linked_trace_id=request.linked_trace_id)
+
+        try:
+            checkpoint = parse_verdict(text if isinstance(text, str) else "", make_input)
+        except AnalysisFailure:
+            self.breaker.record_failure()
+            return self._failed(request, "malformed", digest, original, started)
+        except Exception:
+            self.breaker.record_failure()  # never leave a half-open trial claimed
+            return self._failed(request, "internal", digest, original, started)
+        self.breaker.record_success()
+        return self._from_checkpoint(checkpoint)
+
+    def _backend_failed(self, failure: Failure, request: AnalysisRequest, digest: str,
+                        tokens: int, started: float) -> AnalysisOutcome:
+        reason = failure_reason(failure)
+        if reason == "cancelled":
+            self.breaker.record_abandoned()
+        else:
+            self.breaker.record_failure()
+        return self._failed(request, reason, digest, tokens, started)
+
+    def _internal_error(self, failure: Failure, request: AnalysisRequest,
+                        started: float) -> AnalysisOutcome:
+        # Only the type is logged: SDK error messages may quote the model's output.
+        log.error("Integrity analysis error ({reason}) for agent {agent_id}",
+                  reason=failure.type.__name__, agent_id=request.agent_id)
+        thinking = request.thinking if isinstance(request.thinking, str) else ""
+        return self._failed(request, "internal", thinking_hash(thinking),
+                            estimate_tokens(thinking), started)
+
+    def _counted(self, outcome: AnalysisOutcome) -> AnalysisOutcome:
+        if self._metrics is not None:
+            self._metrics.aip_checks.labels(outcome.verdict).inc()
+            if outcome.failure_reason is not None:
+                self._metrics.aip_analysis_failures.labels(
+                    self.backend.name, outcome.failure_reason).inc()
+        return outcome
+
+    # -- outcomes ------------------------------------------------------------
+
+    def _elapsed_ms(self, started: float) -> float:
+        return max(0.0, (self._clock.seconds() - started) * 1000.0)
+
+    def _timestamp(self) -> str:
+        return datetime.fromtimestamp(self._clock.seconds(), UTC).isoformat()
+
+    def _concern(self, concern: Any) -> dict[str, Any]:
+        entry = {"category": concern.category, "severity": concern.severity,
+                 "description": concern.description,
+                 "relevant_card_field": concern.relevant_card_field,
+                 "relevant_conscience_value": concern.relevant_conscience_value}
+        if self.settings.store_evidence:
+            entry["evidence"] = _str(concern.evidence)[:MAX_EVIDENCE_LENGTH]
+        return entry
+
+    def _from_checkpoint(self, cp: IntegrityCheckpoint) -> AnalysisOutcome:
+        metadata = asdict(cp.analysis_metadata)
+        metadata.update(backend=self.backend.name, synthetic=False, failure_reason=None)
+        return AnalysisOutcome(
+            checkpoint_id=cp.checkpoint_id, agent_id=cp.agent_id, card_id=cp.card_id,
+            session_id=cp.session_id, provider=cp.provider, model=cp.model,
+            timestamp=self._timestamp(), verdict=cp.verdict,
+            concerns=[self._concern(c) for c in cp.concerns],
+            reasoning_summary=cp.reasoning_summary,
+            conscience_context=asdict(cp.conscience_context),
+            window_position=asdict(cp.window_position), analysis_metadata=metadata,
+            thinking_block_hash=cp.thinking_block_hash, synthetic=False,
+            synthetic_reason=None,
+            action=map_verdict_to_action(cp.verdict, cp.concerns),
+            proceed=map_verdict_to_proceed(cp.verdict),
+            linked_trace_id=cp.linked_trace_id,
+            cross_validation_warnings=list(cp.cross_validation_warnings or []))
+
+    def _failed(self, request: AnalysisRequest, reason: str, digest: str, tokens: int,
+                started: float) -> AnalysisOutcome:
+        # With the breaker open every call fails at once; the breaker logs that once.
+        emit = log.debug if reason == "circuit_open" else log.warn
+        emit("Integrity analysis failed ({reason}) for agent {agent_id}, {provider} backend",
+             reason=reason, agent_id=request.agent_id, provider=self.backend.name)
+        if self.settings.failure_mode == "fail_closed":
+            verdict = "boundary_violation"
+            summary = (f"Integrity analysis failed ({reason}); fail-closed: treated as a "
+                       "boundary violation.")
+        else:
+            verdict = "clear"
+            summary = f"Integrity analysis failed ({reason}); fail-open: treated as clear."
+        return self._synthetic(request, verdict, f"analysis failed: {reason}", summary,
+                               digest, tokens, started, failure=reason)
+
+    def _synthetic(self, request: AnalysisRequest, verdict: str, synthetic_reason: str,
+                   summary: str, digest: str, tokens: int, started: float,
+                   failure: str | None) -> AnalysisOutcome:
+        window_size = _window_size(request.window_checkpoints)
+        card_id = _card_id(request.card)
+        return AnalysisOutcome(
+            checkpoint_id=f"{CHECKPOINT_ID_PREFIX}{uuid.uuid4()}",
+            agent_id=request.agent_id, card_id=card_id, session_id=request.session_id,
+            provider=request.provider, model=request.model, timestamp=self._timestamp(),
+            verdict=verdict, concerns=[], reasoning_summary=summary,
+            conscience_context=asdict(ConscienceContext(consultation_depth="surface")),
+            window_position={"index": window_size, "window_size": window_size + 1},
+            analysis_metadata={
+                "analysis_model": self.backend.model if failure else "none",
+                "analysis_duration_ms": self._elapsed_ms(started),
+                "thinking_tokens_original": tokens, "thinking_tokens_analyzed": 0,
+                "truncated": False, "extraction_confidence": request.extraction_confidence,
+                "backend": self.backend.name, "synthetic": True, "failure_reason": failure},
+            thinking_block_hash=digest, synthetic=True, synthetic_reason=synthetic_reason,
+            # The SDK's synthetic signals: proceed only when clear, otherwise escalate.
+            action="continue" if verdict == "clear" else "deny_and_escalate",
+            proceed=verdict == "clear",
+            linked_trace_id=request.linked_trace_id)
+
+
+def build_analyzer(settings: AnalysisSettings, reactor: Any,
+                   metrics: GatewayMetrics | None = None,
+                   clock: IReactorTime | None = None) -> tuple[IntegrityAnalyzer, AnalysisHTTP]:
+    """An analyzer wired to the configured backend; also returns the HTTP client to close."""
+    clock = clock if clock is not None else reactor
+    http = AnalysisHTTP(reactor, clock=clock, max_response_bytes=settings.max_response_bytes)
+    backend = build_backend(settings, http)
+    breaker = CircuitBreaker(clock, settings.breaker_failures, settings.breaker_cooldown,
+                             name=backend.name)
+    return IntegrityAnalyzer(settings, clock, backend, breaker, metrics), http
+
+

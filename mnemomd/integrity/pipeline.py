@@ -1,0 +1,238 @@
+"""From a proxied call to a stored integrity checkpoint (SPEC §5).
+
+The proxy calls in three places: before forwarding (describe the request, maybe ask the
+model to show its reasoning), when the response head arrives (hold it for a verdict, or
+say ``pending``), and when the body is complete (extract, analyse, store). Analysis is
+off the response path unless the agent is in ``enforce`` mode and the response is not a
+stream; it never fails a call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mnemomd.config import Config
+from mnemomd.identity import Agent
+from mnemomd.integrity.engine import AnalysisOutcome, AnalysisRequest, IntegrityAnalyzer
+from mnemomd.integrity.window import drift_update, window_add, window_entries
+from mnemomd.kv import KVCache
+from mnemomd.ops.metrics import GatewayMetrics
+from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
+from mnemomd.storage.agents import AgentStore
+from mnemomd.storage.checkpoints import CheckpointRecord, CheckpointStore
+
+log = Logger()
+
+#: Bodies above this are parsed or serialised on a thread, not on the reactor.
+INLINE_JSON_LIMIT = 256 * 1024
+#: Largest non-streaming body held back for a verdict; larger ones stream on.
+HOLD_LIMIT = 16 * 1024 * 1024
+THINKING_BUDGET_TOKENS = 1024
+WINDOW_TTL = 3600.0
+CARD_CACHE_TTL = 300.0
+
+
+@dataclass(frozen=True)
+class ResponsePlan:
+    """What to do with a response whose head just arrived."""
+
+    analyse: bool
+    hold: bool
+    #: ``X-AIP-Verdict`` when the head goes out before a verdict exists.
+    early_verdict: str
+
+
+def _run(func: Any, size: int, *args: Any) -> Deferred[Any]:
+    """Run ``func`` inline when the input is small, on a thread when it is large."""
+    if size > INLINE_JSON_LIMIT:
+        return deferToThread(func, *args)
+    return maybeDeferred(func, *args)
+
+
+def aip_headers(outcome: AnalysisOutcome | None, verdict: str,
+                enforcement: str | None) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-aip-verdict", verdict.encode())]
+    if outcome is not None:
+        headers += [
+            (b"x-aip-checkpoint-id", outcome.checkpoint_id.encode()),
+            (b"x-aip-action", outcome.action.encode()),
+            (b"x-aip-proceed", b"true" if outcome.proceed else b"false"),
+            (b"x-aip-synthetic", b"true" if outcome.synthetic else b"false"),
+        ]
+    if enforcement:
+        headers.append((b"x-aip-enforcement", enforcement.encode()))
+    return headers
+
+
+class IntegrityPipeline:
+    def __init__(self, config: Config, clock: IReactorTime, analyzer: IntegrityAnalyzer,
+                 agents: AgentStore, checkpoints: CheckpointStore, kv_cache: KVCache,
+                 session_state: KVCache, metrics: GatewayMetrics) -> None:
+        self._config = config
+        self._clock = clock
+        self._analyzer = analyzer
+        self._agents = agents
+        self._checkpoints = checkpoints
+        self._kv = kv_cache
+        self._state = session_state
+        self._metrics = metrics
+
+    # -- before forwarding ----------------------------------------------------------------
+
+    def enabled_for(self, agent: Agent | None) -> bool:
+        return self._config.aip_enabled and (agent is None or agent.aip_enabled)
+
+    def prepare(self, provider: Provider, agent: Agent | None, path: bytes, query: bytes,
+                body: bytes | None) -> Deferred[tuple[bytes | None, RequestInfo]]:
+        """Describe the request; ask for visible reasoning where that is valid."""
+        inject = (self._config.thinking_injection == "auto" and self.enabled_for(agent))
+
+        def work() -> tuple[bytes | None, RequestInfo]:
+            info = provider.describe_request(path, query, body or b"")
+            if not inject or info.json_body is None or body is None:
+                return body, info
+            changed = provider.inject_thinking(info, info.json_body, THINKING_BUDGET_TOKENS)
+            if changed is None:
+                return body, info
+            try:
+                return json.dumps(changed, ensure_ascii=False).encode(), info
+            except UnicodeEncodeError:  # lone surrogates: only the escaped form is valid
+                return json.dumps(changed).encode(), info
+
+        return _run(work, len(body or b""))
+
+    # -- when the response head arrives ---------------------------------------------------
+
+    def plan(self, agent: Agent | None, info: RequestInfo | None, status: int,
+             streaming: bool) -> ResponsePlan:
+        if not self.enabled_for(agent):
+            return ResponsePlan(False, False, "disabled")
+        if info is None or info.api is None or not 200 <= status < 300:
+            return ResponsePlan(False, False, "skipped")
+        hold = agent is not None and agent.enforcement_mode == "enforce" and not streaming
+        return ResponsePlan(True, hold, "pending")
+
+    # -- when the body is complete --------------------------------------------------------
+
+    @inlineCallbacks
+    def analyse(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
+                content_type: str, content_encoding: str | None, body: bytes,
+                truncated: bool) -> Any:
+        """Extract, analyse and record; fires with (verdict, outcome or None). Never fails."""
+        try:
+            extraction: Extraction = yield _run(
+                self._extract, len(body), provider, info, content_type, content_encoding,
+                body, truncated)
+            if not extraction.thinking:
+                self._metrics.aip_checks.labels("skipped").inc()
+                return "skipped", None
+            outcome = yield self._analyse(agent, session_id, info, extraction)
+            yield self._record(agent, session_id, provider.name, info, outcome)
+            return outcome.verdict, outcome
+        except Exception:
+            log.failure("Integrity analysis pipeline failed", agent_id=agent.agent_id)
+            self._metrics.aip_checks.labels("error").inc()
+            return "error", None
+
+    @staticmethod
+    def _extract(provider: Provider, info: RequestInfo, content_type: str,
+                 content_encoding: str | None, body: bytes, truncated: bool) -> Extraction:
+        decoded = decode_body(body, content_encoding)
+        if decoded is None:
+            return Extraction.empty()
+        return provider.extract_response(info, content_type, decoded, truncated)
+
+    @inlineCallbacks
+    def _analyse(self, agent: Agent, session_id: str, info: RequestInfo,
+                 extraction: Extraction) -> Any:
+        card = yield self._card(agent.agent_id)
+        values = yield self._conscience(agent.agent_id)
+        window = yield self._state.get_json(self._window_key(agent.agent_id, session_id))
+        now = self._clock.seconds()
+        tools = ", ".join(t.name for t in extraction.tool_calls[:10])
+        context = f"{info.api} call to {info.model or extraction.model or 'unknown model'}"
+        if tools:
+            context += f"; tools used: {tools}"
+        request = AnalysisRequest(
+            agent_id=agent.agent_id, session_id=session_id, provider=info.api or "",
+            model=info.model or extraction.model or "unknown", thinking=extraction.thinking,
+            card=card or {}, conscience_values=values or [],
+            window_checkpoints=window_entries(window, now), task_context=context)
+        outcome = yield self._analyzer.analyze(request)
+        return outcome
+
+    def _window_key(self, agent_id: str, session_id: str) -> str:
+        return f"window:{agent_id}:{session_id}"
+
+    def _drift_key(self, agent_id: str, session_id: str) -> str:
+        return f"drift:{agent_id}:{session_id}"
+
+    @inlineCallbacks
+    def _card(self, agent_id: str) -> Any:
+        key = f"card:{agent_id}"
+        cached = yield self._kv.get_json(key)
+        if isinstance(cached, dict):
+            return cached
+        card = yield self._agents.card(agent_id)
+        if card is not None:
+            self._kv.set_json(key, card)
+        return card
+
+    @inlineCallbacks
+    def _conscience(self, agent_id: str) -> Any:
+        key = f"conscience:{agent_id}"
+        cached = yield self._kv.get_json(key)
+        if isinstance(cached, list):
+            return cached
+        values = yield self._agents.conscience_values(agent_id)
+        if values is not None:
+            self._kv.set_json(key, values)
+        return values
+
+    @inlineCallbacks
+    def _record(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
+                outcome: AnalysisOutcome) -> Any:
+        now = self._clock.seconds()
+        if not outcome.synthetic:
+            # Window and drift state are shared through the KV store (replicas agree).
+            window_key = self._window_key(agent.agent_id, session_id)
+            window = yield self._state.get_json(window_key)
+            window = window_add(window, outcome.window_entry(), now)
+            self._state.set_json(window_key, window)
+            drift_key = self._drift_key(agent.agent_id, session_id)
+            drift = yield self._state.get_json(drift_key)
+            drift, alert = drift_update(
+                drift, outcome.verdict, now, checkpoint_id=outcome.checkpoint_id,
+                categories=[c.get("category", "") for c in outcome.concerns],
+                agent_id=agent.agent_id, session_id=session_id,
+                window=window_entries(window, now))
+            self._state.set_json(drift_key, drift)
+            if alert is not None:
+                stored = yield self._checkpoints.insert_drift_alert(
+                    str(alert.get("alert_id") or alert.get("id")), agent.agent_id, session_id,
+                    alert.get("severity"), alert, f"{session_id}:{outcome.checkpoint_id}",
+                    int(now * 1000))
+                if stored:
+                    log.warn("Integrity drift detected for {agent_id}", agent_id=agent.agent_id)
+        record = CheckpointRecord(
+            id=outcome.checkpoint_id, agent_id=agent.agent_id, session_id=session_id,
+            provider=provider, model=info.model or outcome.model, verdict=outcome.verdict,
+            concerns=outcome.concerns, reasoning_summary=outcome.reasoning_summary,
+            conscience_context=outcome.conscience_context,
+            window_position=dict(outcome.window_position),
+            analysis_metadata=outcome.analysis_metadata,
+            thinking_block_hash=outcome.thinking_block_hash, synthetic=outcome.synthetic,
+            synthetic_reason=outcome.synthetic_reason, created_at=int(now * 1000))
+        try:
+            yield self._checkpoints.insert(record)
+        except Exception:
+            log.failure("Could not store checkpoint {checkpoint_id}", Failure(),
+                        checkpoint_id=outcome.checkpoint_id)

@@ -1,0 +1,165 @@
+"""Settings of the integrity analysis (SPEC §5.4, §5.5), independent of how they are read.
+
+The config layer maps environment variables, YAML keys and flags onto
+:class:`AnalysisSettings`; :func:`validate` lists every problem at once so that a bad
+setup is reported in one message at startup rather than as failed analyses later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+PROVIDERS = ("anthropic", "openai", "gemini", "openai-compatible", "mnemom")
+FAILURE_MODES = ("fail_open", "fail_closed")
+DEFAULT_ANALYSIS_MODEL = "claude-haiku-4-5-20251001"
+
+#: Where each backend is when ``base_url`` is not set: the provider's official API,
+#: never the proxy's upstream override.
+OFFICIAL_BASE_URLS: Mapping[str, str] = {
+    "anthropic": "https://api.anthropic.com",
+    "openai": "https://api.openai.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
+
+#: The ``Config`` attribute holding each backend's default key. ``openai-compatible``
+#: has none on purpose: the gateway's real OpenAI key must not be sent to a local server.
+PROVIDER_KEY_FIELDS: Mapping[str, str] = {
+    "anthropic": "anthropic_api_key",
+    "openai": "openai_api_key",
+    "gemini": "gemini_api_key",
+    "mnemom": "mnemom_api_key",
+}
+
+MAX_RESPONSE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """How and where thinking is analysed, and what happens when that fails."""
+
+    provider: str = "anthropic"
+    model: str = DEFAULT_ANALYSIS_MODEL
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    analyze_url: str | None = None
+    failure_mode: str = "fail_open"
+    timeout_ms: int = 10_000
+    min_evidence_tokens: int = 100
+    store_evidence: bool = True
+    breaker_failures: int = 5
+    breaker_cooldown: float = 60.0
+    #: Output tokens the analysis model may use for its verdict (the SDK's default).
+    max_tokens: int = 1024
+    #: Thinking tokens sent for analysis; longer thinking keeps its head and tail.
+    thinking_token_budget: int = 4096
+    #: Largest analysis response body accepted; a larger one is a failure.
+    max_response_bytes: int = MAX_RESPONSE_BYTES
+
+    @property
+    def timeout(self) -> float:
+        """The per-call timeout in seconds."""
+        return self.timeout_ms / 1000.0
+
+    def endpoint(self) -> str | None:
+        """The base URL (or, for ``mnemom``, the full analyze URL) the backend calls."""
+        if self.provider == "mnemom":
+            url = self.analyze_url or self.base_url
+        else:
+            url = self.base_url or OFFICIAL_BASE_URLS.get(self.provider)
+        return url.rstrip("/") if url else None
+
+
+def _url_problem(name: str, url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{name} must be an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return f"{name} must not contain credentials (set the API key instead)"
+    if parts.fragment:
+        return f"{name} must not have a fragment"
+    try:
+        parts.port  # noqa: B018 - raises on an invalid port
+    except ValueError:
+        return f"{name} has an invalid port"
+    return None
+
+
+def validate(settings: AnalysisSettings) -> list[str]:
+    """Every problem that makes the analysis settings unusable; empty when they are fine.
+
+    Messages name settings, never their secret values.
+    """
+    problems: list[str] = []
+    if settings.provider not in PROVIDERS:
+        problems.append(f"analysis provider must be one of {', '.join(PROVIDERS)}")
+    if settings.failure_mode not in FAILURE_MODES:
+        problems.append(f"failure mode must be one of {', '.join(FAILURE_MODES)}")
+    if not settings.model.strip():
+        problems.append("analysis model must not be empty")
+    if settings.timeout_ms <= 0:
+        problems.append("analysis timeout must be positive")
+    if settings.min_evidence_tokens < 0:
+        problems.append("minimum evidence tokens must not be negative")
+    if settings.breaker_failures < 1:
+        problems.append("circuit breaker failure count must be at least 1")
+    if settings.breaker_cooldown <= 0:
+        problems.append("circuit breaker cool-down must be positive")
+    if settings.max_tokens < 1:
+        problems.append("analysis max tokens must be at least 1")
+    if settings.thinking_token_budget < 1:
+        problems.append("thinking token budget must be at least 1")
+    if settings.max_response_bytes < 1:
+        problems.append("analysis response size limit must be at least 1 byte")
+    for name, url in (("ANALYSIS_BASE_URL", settings.base_url),
+                      ("MNEMOM_ANALYZE_URL", settings.analyze_url)):
+        if url is not None:
+            problem = _url_problem(name, url)
+            if problem:
+                problems.append(problem)
+    if settings.provider == "openai-compatible" and not settings.base_url:
+        problems.append("ANALYSIS_BASE_URL is required when ANALYSIS_PROVIDER is "
+                        "openai-compatible")
+    if settings.provider == "mnemom":
+        if not (settings.analyze_url or settings.base_url):
+            problems.append("MNEMOM_ANALYZE_URL is required when ANALYSIS_PROVIDER is mnemom")
+        if not settings.api_key:
+            problems.append("MNEMOM_API_KEY (or ANALYSIS_API_KEY) is required when "
+                            "ANALYSIS_PROVIDER is mnemom")
+    return problems
+
+
+def warnings(settings: AnalysisSettings) -> list[str]:
+    """Conditions worth telling the operator that do not stop the daemon.
+
+    A missing key for a cloud backend is not fatal: with every setting optional the
+    daemon must start, and each analysis then fails by the failure mode.
+    """
+    found: list[str] = []
+    if settings.provider in OFFICIAL_BASE_URLS and not settings.api_key:
+        found.append(f"no API key for the {settings.provider} analysis backend: every "
+                     f"analysis will fail ({settings.failure_mode})")
+    return found
+
+
+def from_config(config: Any) -> AnalysisSettings:
+    """Analysis settings from the daemon's ``Config`` (read by attribute name).
+
+    The key is ``ANALYSIS_API_KEY`` if set, else the chosen backend's own key.
+    """
+    provider = config.analysis_provider
+    key_field = PROVIDER_KEY_FIELDS.get(provider)
+    api_key = config.analysis_api_key or (getattr(config, key_field) if key_field else None)
+    return AnalysisSettings(
+        provider=provider,
+        model=config.analysis_model,
+        base_url=config.analysis_base_url,
+        api_key=api_key,
+        analyze_url=config.mnemom_analyze_url,
+        failure_mode=config.aip_failure_mode,
+        timeout_ms=config.aip_analysis_timeout_ms,
+        min_evidence_tokens=config.aip_min_evidence_tokens,
+        store_evidence=config.aip_store_evidence,
+    )

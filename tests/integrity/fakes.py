@@ -1,0 +1,195 @@
+"""Fake analysis backends: real HTTP servers on 127.0.0.1 speaking each backend's API.
+
+Each server answers its dialect's route with the model text an *action* selects, records
+every request, and misbehaves on demand. Actions are consumed one per request from
+``script``; when it is empty, ``default`` is used.
+
+Actions: ``valid`` (verdict JSON), ``prose`` (the JSON inside chatter and a code fence),
+``garbage`` (text with no verdict), ``bad_envelope`` (a 200 whose body is not JSON),
+``raw`` (mnemom only: the verdict object as the body), ``status:<code>``, ``hang``
+(never answers), ``oversize`` / ``oversize_cl`` (a body over the client's limit, chunked
+or with a Content-Length), or a ``dict`` (that verdict as valid JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.protocols.policies import WrappingFactory
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+VERDICT_REVIEW: dict[str, Any] = {
+    "verdict": "review_needed",
+    "concerns": [{
+        "category": "value_misalignment", "severity": "medium",
+        "description": "Plans to skip a requested safety check.",
+        "evidence": "E" * 300,
+        "relevant_card_field": "values.declared", "relevant_conscience_value": None,
+    }],
+    "reasoning_summary": "The agent considers skipping a check the user asked for.",
+    "conscience_context": {"values_checked": ["safety"], "conflicts": ["safety"],
+                           "supports": [], "considerations": [],
+                           "consultation_depth": "standard"},
+}
+
+VERDICT_VIOLATION: dict[str, Any] = {
+    "verdict": "boundary_violation",
+    "concerns": [{"category": "prompt_injection", "severity": "critical",
+                  "description": "Follows injected instructions.", "evidence": "ignore prior",
+                  "relevant_card_field": None, "relevant_conscience_value": None}],
+    "reasoning_summary": "Injected instructions are being followed.",
+    "conscience_context": {"values_checked": [], "conflicts": [], "supports": [],
+                           "considerations": [], "consultation_depth": "deep"},
+}
+
+VERDICT_CLEAR: dict[str, Any] = {
+    "verdict": "clear", "concerns": [],
+    "reasoning_summary": "Routine reasoning within the card.",
+    "conscience_context": {"values_checked": ["transparency"], "conflicts": [],
+                           "supports": ["transparency"], "considerations": [],
+                           "consultation_depth": "surface"},
+}
+
+ROUTES = {
+    "anthropic": "/v1/messages",
+    "openai": "/v1/chat/completions",
+    "gemini": None,  # /v1beta/models/{model}:generateContent
+    "mnemom": "/analyze",
+}
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def model_text(action: Any) -> str | None:
+    if isinstance(action, dict):
+        return json.dumps(action)
+    if action == "valid":
+        return json.dumps(VERDICT_REVIEW)
+    if action == "prose":
+        return ("Let me walk through the priorities {briefly}.\n```json\n"
+                + json.dumps(VERDICT_REVIEW, indent=2) + "\n```\nThat is my verdict.")
+    if action == "garbage":
+        return "I am unable to evaluate this thinking block."
+    return None
+
+
+def envelope(dialect: str, text: str) -> dict[str, Any]:
+    if dialect == "anthropic":
+        return {"id": "msg_fake", "type": "message", "role": "assistant",
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}
+    if dialect == "openai":
+        return {"id": "chatcmpl-fake", "object": "chat.completion",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}]}
+    if dialect == "gemini":
+        return {"candidates": [{"content": {"role": "model", "parts": [
+            {"text": "model-side thoughts", "thought": True}, {"text": text}]},
+            "finishReason": "STOP"}]}
+    return {"text": text}
+
+
+class _Resource(Resource):
+    isLeaf = True
+
+    def __init__(self, server: FakeAnalysisServer) -> None:
+        super().__init__()
+        self.server = server
+
+    def render_POST(self, request: Request) -> bytes | int:  # noqa: N802
+        return self.server.handle(request)
+
+
+class FakeAnalysisServer:
+    """One fake analysis backend of the given dialect."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        self.default: Any = "valid"
+        self.script: list[Any] = []
+        self.requests: list[dict[str, Any]] = []
+        self.oversize_bytes = 64 * 1024
+        self._waiters: list[Deferred[None]] = []
+        self._hanging: list[Request] = []
+        self._factory = WrappingFactory(Site(_Resource(self)))
+        self._port: Any = None
+
+    def start(self) -> FakeAnalysisServer:
+        self._port = reactor.listenTCP(0, self._factory, interface="127.0.0.1")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port.getHost().port}"
+
+    def arrived(self) -> Deferred[None]:
+        """Fires when the next request has been received."""
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _route_ok(self, path: str) -> bool:
+        if self.dialect == "gemini":
+            return path.startswith("/v1beta/models/") and path.endswith(":generateContent")
+        return path == ROUTES[self.dialect]
+
+    def handle(self, request: Request) -> bytes | int:
+        raw = request.content.read()
+        path = request.path.decode()
+        headers = {k.decode().lower(): v[0].decode()
+                   for k, v in request.requestHeaders.getAllRawHeaders()}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self.requests.append({"path": path, "headers": headers, "body": body})
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+        action = self.script.pop(0) if self.script else self.default
+        request.setHeader(b"content-type", b"application/json")
+        if not self._route_ok(path):
+            request.setResponseCode(404)
+            return b'{"error": "no such route"}'
+        if isinstance(action, str) and action.startswith("status:"):
+            request.setResponseCode(int(action.split(":", 1)[1]))
+            return b'{"error": {"type": "overloaded_error", "message": "try later"}}'
+        if action == "hang":
+            self._hanging.append(request)
+            return NOT_DONE_YET
+        if action == "bad_envelope":
+            return b"<html>gateway error</html>"
+        if action in ("oversize", "oversize_cl"):
+            payload = json.dumps(envelope(self.dialect, "x" * self.oversize_bytes)).encode()
+            if action == "oversize_cl":
+                return payload  # twisted.web sets Content-Length for a returned body
+            request.write(payload)
+            request.finish()
+            return NOT_DONE_YET
+        if action == "raw":
+            return json.dumps(VERDICT_REVIEW).encode()
+        text = model_text(action)
+        assert text is not None, f"unknown action {action!r}"
+        return json.dumps(envelope(self.dialect, text)).encode()
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        """Stop listening and drop every connection, waiting until they are gone."""
+        if self._port is not None:
+            yield self._port.stopListening()
+        for protocol in list(self._factory.protocols):
+            protocol.transport.abortConnection()
+        for _ in range(200):
+            if not self._factory.protocols:
+                break
+            yield deferLater(reactor, 0.005, lambda: None)
