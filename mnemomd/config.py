@@ -9,6 +9,7 @@ per restart.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -489,4 +490,13 @@ def load_config(
         values["database_url"] = f"sqlite://{data_dir}/mnemomd.db"
     if problems:
         raise ConfigError(problems)
-    return Config(**values, config_path=path, sources=sources, warnings=tuple(warnings))
+    config = Config(**values, config_path=path, sources=sources, warnings=tuple(warnings))
+    from mnemomd.integrity import settings as analysis
+
+    analysis_settings = analysis.from_config(config)
+    if analysis_problems := analysis.validate(analysis_settings):
+        raise ConfigError(analysis_problems)
+    if config.aip_enabled:
+        config = dataclasses.replace(
+            config, warnings=config.warnings + tuple(analysis.warnings(analysis_settings)))
+    return config

@@ -22,6 +22,9 @@ from mnemomd import __version__
 from mnemomd.config import EX_CONFIG, Config
 from mnemomd.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
 from mnemomd.gateway import Gateway, GatewayFactory
+from mnemomd.integrity.engine import build_analyzer
+from mnemomd.integrity.pipeline import CARD_CACHE_TTL, WINDOW_TTL, IntegrityPipeline
+from mnemomd.integrity.settings import from_config as analysis_settings
 from mnemomd.kv import KeyValueStore, KVCache, make_kv_store, readiness_check
 from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
@@ -29,6 +32,7 @@ from mnemomd.ops.notify import SystemdNotifier
 from mnemomd.proxy.handler import ProxyHandler
 from mnemomd.proxy.relay import UpstreamClient
 from mnemomd.storage.agents import AgentStore
+from mnemomd.storage.checkpoints import CheckpointStore
 from mnemomd.storage.database import Database
 from mnemomd.storage.migrations import MigrationError, check_schema, migrate
 
@@ -234,6 +238,20 @@ class MnemomService(MultiService):
         self._reactor = reactor
         #: What ``mnemomd run`` exits with once the reactor stops.
         self.exit_code = 0
+        self._cleanups: list[Callable[[], Any]] = []
+
+    def addCleanup(self, cleanup: Callable[[], Any]) -> None:  # noqa: N802
+        """Run ``cleanup`` after every child service has stopped."""
+        self._cleanups.append(cleanup)
+
+    @inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        yield super().stopService()
+        for cleanup in self._cleanups:
+            try:
+                yield cleanup()
+            except Exception:
+                log.failure("Cleanup failed")
 
     def fatal(self, code: int) -> None:
         """Stop the daemon because it cannot work; the process exits with ``code``."""
@@ -274,8 +292,14 @@ def make_service(config: Config, reactor: Any = None,
     StorageService(config, reactor, db, kv, directory, health,
                    root.fatal).setServiceParent(root)
 
+    analyzer, analysis_http = build_analyzer(analysis_settings(config), reactor, metrics)
+    integrity = IntegrityPipeline(config, reactor, analyzer, AgentStore(db),
+                                  CheckpointStore(db), KVCache(kv, "", CARD_CACHE_TTL),
+                                  KVCache(kv, "", WINDOW_TTL), metrics)
+    root.addCleanup(analysis_http.close)
+
     client = UpstreamClient(reactor, config.upstream_max_connections_per_host)
-    proxy = ProxyHandler(config, reactor, client, directory, metrics)
+    proxy = ProxyHandler(config, reactor, client, directory, metrics, integrity)
     gateway = Gateway(reactor, config.role, config.max_request_body_bytes, health, metrics,
                       proxy)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)

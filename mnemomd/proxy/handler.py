@@ -8,11 +8,13 @@ gets out of the way; what the provider answers, the client gets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import readBody
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
@@ -29,8 +31,11 @@ from mnemomd.identity import (
     default_session_id,
     is_valid_session_id,
 )
+from mnemomd.integrity.engine import AnalysisOutcome
+from mnemomd.integrity.pipeline import HOLD_LIMIT, IntegrityPipeline, ResponsePlan, aip_headers
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS
+from mnemomd.providers.base import RequestInfo, injection_rejected
 from mnemomd.proxy.headers import client_response_headers, upstream_request_headers
 from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay, UpstreamClient
 from mnemomd.proxy.routing import ProxyTarget, upstream_url
@@ -55,6 +60,9 @@ class Call:
     streaming: bool = False
     overhead_ms: float = 0.0
     timed_out: bool = False
+    info: RequestInfo | None = None
+    #: The client's own body when the gateway sent a rewritten one.
+    original_body: bytes | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -70,7 +78,9 @@ def has_body(headers: Headers) -> bool:
 
 class ProxyHandler:
     def __init__(self, config: Config, clock: IReactorTime, client: UpstreamClient,
-                 agents: AgentDirectory, metrics: GatewayMetrics) -> None:
+                 agents: AgentDirectory, metrics: GatewayMetrics,
+                 integrity: IntegrityPipeline) -> None:
+        self._integrity = integrity
         self._config = config
         self._clock = clock
         self._client = client
@@ -144,9 +154,27 @@ class ProxyHandler:
     def _forward(self, agent: Agent, call: Call) -> Deferred[None]:
         call.agent = agent
         request = call.request
+        body = request.content.getvalue() if has_body(request.requestHeaders) else None
+        provider = PROVIDERS[call.target.provider]
+        d = self._integrity.prepare(provider, agent, call.target.rest, call.target.query,
+                                    body)
+
+        def unchanged(failure: Failure) -> tuple[bytes | None, None]:
+            log.failure("Request preparation failed; forwarding unchanged", failure,
+                        request_id=request.request_id)
+            return body, None
+
+        d.addErrback(unchanged)
+        d.addCallback(self._send, call, body)
+        return d
+
+    def _send(self, prepared: tuple[bytes | None, RequestInfo | None],
+              call: Call, client_body: bytes | None) -> Deferred[None]:
+        body, call.info = prepared
+        call.original_body = client_body if body is not client_body else None
+        request = call.request
         target = call.target
         headers = upstream_request_headers(request.requestHeaders)
-        body = request.content.getvalue() if has_body(request.requestHeaders) else None
         url = upstream_url(self._config.upstream_base_url(target.provider), target)
 
         sent_at = self._clock.seconds()
@@ -172,9 +200,57 @@ class ProxyHandler:
     def _relay(self, response: IResponse, call: Call, sent_at: float) -> Deferred[None]:
         provider = call.target.provider
         self._metrics.upstream_ttfb.labels(provider).observe(self._clock.seconds() - sent_at)
+        if response.code == 400 and call.original_body is not None:
+            return self._check_injection_refused(response, call)
         request = call.request
         call.status = response.code
         call.streaming = is_streaming(response.headers)
+        plan = self._integrity.plan(call.agent, call.info, response.code, call.streaming)
+        enforcement = call.agent.enforcement_mode if call.agent else None
+        early = aip_headers(None, plan.early_verdict, enforcement)
+        if not plan.hold:
+            self._write_head(call, response, early)
+        capture_limit = self._config.stream_capture_bytes if plan.analyse else 0
+        relay = StreamRelay(request, self._clock, self._config.stream_idle_timeout,
+                            ResponseCapture(capture_limit), request.request_id,
+                            hold_limit=HOLD_LIMIT if plan.hold else None,
+                            on_release=lambda: self._write_head(call, response, early))
+        response.deliverBody(relay)
+        return relay.done.addCallback(self._relayed, call, response, plan)
+
+    def _check_injection_refused(self, response: IResponse, call: Call) -> Deferred[None]:
+        """A 400 to a body the gateway rewrote: if the rewrite was the reason, send the
+        client's own body instead, so asking for reasoning never costs the client a call."""
+        original, call.original_body = call.original_body, None
+        d = readBody(response)
+
+        def decide(error_body: bytes) -> Deferred[None] | None:
+            if call.info is not None and injection_rejected(call.info, 400, error_body):
+                log.info("Upstream refused the reasoning request; resending the call as sent",
+                         request_id=call.request.request_id, provider=call.target.provider)
+                return self._send((original, call.info), call, original)
+            call.status = response.code
+            call.streaming = False
+            self._write_head(call, response, aip_headers(None, "skipped", None))
+            call.request.responseHeaders.setRawHeaders(b"content-length",
+                                                       [b"%d" % len(error_body)])
+            call.request.write(error_body)
+            call.request.finish()
+            self._account(call, call.status)
+            return None
+
+        def broken(failure: Failure) -> None:
+            log.warn("Upstream error body could not be read: {reason}",
+                     reason=failure.getErrorMessage(), request_id=call.request.request_id)
+            call.request.loseConnection()
+            self._account(call, 502)
+
+        return d.addCallbacks(decide, broken)
+
+    def _write_head(self, call: Call, response: IResponse,
+                    extra: list[tuple[bytes, bytes]]) -> None:
+        """Status and headers as upstream sent them, plus the gateway's own."""
+        request = call.request
         request.setResponseCode(response.code, response.phrase or None)
         for name, values in client_response_headers(response.headers):
             request.responseHeaders.setRawHeaders(name, values)
@@ -184,13 +260,8 @@ class ProxyHandler:
             # so the client gets the same framing the provider chose.
             request.responseHeaders.setRawHeaders(b"content-length",
                                                   [b"%d" % response.length])
-        for name, value in self._gateway_headers(call):
+        for name, value in self._gateway_headers(call) + extra:
             request.responseHeaders.setRawHeaders(name, [value])
-        relay = StreamRelay(request, self._clock, self._config.stream_idle_timeout,
-                            ResponseCapture(self._config.stream_capture_bytes),
-                            request.request_id)
-        response.deliverBody(relay)
-        return relay.done.addCallback(self._relayed, call)
 
     def _gateway_headers(self, call: Call) -> list[tuple[bytes, bytes]]:
         assert call.agent is not None
@@ -208,10 +279,56 @@ class ProxyHandler:
         headers += cors.response_headers(origin, self._config.cors_allowed_origins)
         return headers
 
-    def _relayed(self, outcome: RelayOutcome, call: Call) -> None:
+    def _relayed(self, outcome: RelayOutcome, call: Call, response: IResponse,
+                 plan: ResponsePlan) -> Deferred[None] | None:
         call.extra["bytes_sent"] = outcome.bytes_sent
         if outcome.ending != "complete":
             call.extra["reason"] = outcome.ending
+        analysable = plan.analyse and outcome.ending in ("complete", "client_gone") \
+            and call.info is not None and call.agent is not None
+        if outcome.held_body is None:
+            self._account(call, call.status)
+            if not analysable:
+                return None
+            # Off the response path: the client already has everything.
+            return self._analyse(call, response, outcome).addCallback(lambda _: None)
+        if not analysable:
+            self._answer_held(("skipped", None), call, response, outcome.held_body)
+            return None
+        d = self._analyse(call, response, outcome)
+        d.addCallback(self._answer_held, call, response, outcome.held_body)
+        return d
+
+    def _analyse(self, call: Call, response: IResponse, outcome: RelayOutcome) -> Deferred[Any]:
+        assert call.agent is not None and call.info is not None
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
+        return self._integrity.analyse(
+            PROVIDERS[call.target.provider], call.agent, call.session_id, call.info,
+            content_type.decode("latin-1"), encoding.decode("latin-1") if encoding else None,
+            outcome.capture.getvalue(), outcome.capture.truncated)
+
+    def _answer_held(self, result: tuple[str, AnalysisOutcome | None], call: Call,
+                     response: IResponse, body: bytes) -> None:
+        """The verdict is in: send the held response, or refuse it (enforce mode)."""
+        verdict, outcome = result
+        request = call.request
+        headers = aip_headers(outcome, verdict, "enforce")
+        if request._disconnected:
+            self._account(call, call.status)
+            return
+        if verdict == "boundary_violation" and outcome is not None:
+            call.status = 403
+            payload = error_payload(
+                "The response was withheld: its reasoning crossed the agent's boundaries",
+                "integrity_violation", checkpoint_id=outcome.checkpoint_id,
+                concerns=[{k: c.get(k) for k in ("category", "severity", "description")}
+                          for c in outcome.concerns])
+            send_json(request, 403, payload, self._gateway_headers(call) + headers)
+        else:
+            self._write_head(call, response, headers)
+            request.write(body)
+            request.finish()
         self._account(call, call.status)
 
     def _upstream_failed(self, failure: Failure, call: Call) -> None:

@@ -130,6 +130,14 @@ class AgentStore:
 
         return self._db.run_interaction("get_card", read)
 
+    def conscience_values(self, agent_id: str) -> Deferred[list[dict[str, Any]] | None]:
+        def read(cursor: Cursor) -> list[dict[str, Any]] | None:
+            row = cursor.execute("SELECT value_set FROM conscience_values WHERE agent_id = ?",
+                                 (agent_id,)).fetchone()
+            return json.loads(row[0]) if row else None
+
+        return self._db.run_interaction("get_conscience_values", read)
+
     def count(self) -> Deferred[int]:
         return self._db.run_interaction(
             "count_agents", lambda c: int(c.execute("SELECT COUNT(*) FROM agents").fetchone()[0]))

@@ -197,3 +197,25 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@contextmanager
+def run_fake_analysis(startup_timeout: float = 15.0) -> Iterator[str]:
+    """Start ``python -m tests.fakes.analysis --port 0`` and yield its base URL."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.analysis", "--port", "0"],
+                            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE)
+    try:
+        yield f"http://127.0.0.1:{_read_port_line(proc, startup_timeout)}"
+    finally:
+        _stop(proc)
+
+
+def analysis_control(base_url: str, method: str, route: str, payload: Any = None) -> Any:
+    """Call a control route of the fake analysis model; returns the decoded JSON."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(f"{base_url}/_fake/{route}", data=data, method=method)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read() or b"null")

@@ -133,7 +133,7 @@ def parse_scenario(value: str | None) -> Scenario:
     if raw in ("", "ok"):
         return Scenario()
     name, sep, arg = raw.partition(":")
-    if name in ("silent", "echo") and not sep:
+    if name in ("silent", "echo", "refuse_reasoning") and not sep:
         return Scenario(kind=name)
     if name == "split":
         if not sep:
@@ -570,6 +570,14 @@ class FakeUpstreamResource(Resource):
         if scenario.kind == "echo":
             request.setHeader(b"content-type", b"application/octet-stream")
             return body
+        if scenario.kind == "refuse_reasoning" and b'"reasoning"' in body:
+            # What OpenAI answers organisations not verified for reasoning summaries.
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"error": {
+                "message": "Your organization must be verified to generate reasoning "
+                           "summaries.", "type": "invalid_request_error",
+                "param": "reasoning.summary", "code": "unsupported_value"}}).encode()
         if scenario.kind == "silent":
             # Never answer; just swallow the eventual disconnect.
             request.notifyFinish().addErrback(lambda _reason: None)

@@ -1,0 +1,233 @@
+"""Integrity analysis through the daemon, with a fake analysis model (SPEC §5)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import sqlite3
+import uuid
+
+import anthropic
+import openai
+import pytest
+from google import genai
+from google.genai import types
+
+from tests.e2e.daemon import Daemon
+from tests.fakes import canned
+from tests.fakes.process import analysis_control, run_fake_analysis, wait_until
+from tests.fakes.rawhttp import raw_request
+from tests.integrity.fakes import VERDICT_VIOLATION
+
+THINKING_HASH = hashlib.sha256(canned.THINKING_TEXT.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def analysis_url():
+    with run_fake_analysis() as url:
+        yield url
+
+
+@pytest.fixture
+def analysis(analysis_url):
+    analysis_control(analysis_url, "POST", "script", {"actions": [], "default": "valid"})
+    analysis_control(analysis_url, "POST", "release")
+    analysis_control(analysis_url, "DELETE", "requests")
+    return analysis_url
+
+
+def analysed_daemon(start, tmp_path, analysis_url, **env) -> tuple[Daemon, str]:
+    database = tmp_path / "state" / "mnemomd.db"
+    daemon = start({"MNEMOM_DATA_DIR": str(tmp_path / "state"), "ANALYSIS_BASE_URL": analysis_url,
+                    "ANTHROPIC_API_KEY": "sk-analysis-key", "AIP_MIN_EVIDENCE_TOKENS": "1",
+                    **env})
+    return daemon, str(database)
+
+
+def checkpoints(database: str) -> list[dict]:
+    with sqlite3.connect(database) as connection:
+        connection.row_factory = sqlite3.Row
+        return [dict(r) for r in connection.execute(
+            "SELECT * FROM integrity_checkpoints ORDER BY created_at")]
+
+
+def wait_checkpoints(database: str, count: int) -> list[dict]:
+    return wait_until(lambda: len(rows := checkpoints(database)) >= count and rows,
+                      timeout=20, interval=0.05, what=f"{count} checkpoint(s)")
+
+
+def test_each_sdk_call_with_thinking_gets_one_checkpoint(start, tmp_path, analysis):
+    daemon, database = analysed_daemon(start, tmp_path, analysis)
+    gw = daemon.base_url
+    messages = [{"role": "user", "content": "hello"}]
+    ant = anthropic.Anthropic(base_url=f"{gw}/anthropic", api_key="sk-a", max_retries=0)
+    response = ant.messages.with_raw_response.create(model="claude-x", max_tokens=2048,
+                                                     messages=messages)
+    assert response.headers["x-aip-verdict"] == "pending"
+    with ant.messages.stream(model="claude-x", max_tokens=2048, messages=messages) as s:
+        s.get_final_message()
+    oai = openai.OpenAI(base_url=f"{gw}/openai/v1", api_key="sk-o", max_retries=0)
+    oai.responses.create(model="o4-mini", input="hello")
+    list(oai.responses.create(model="o4-mini", input="hello", stream=True))
+    gem = genai.Client(api_key="g-k", http_options=types.HttpOptions(base_url=f"{gw}/gemini"))
+    gem.models.generate_content(model="gemini-2.5-pro", contents="hello")
+    list(gem.models.generate_content_stream(model="gemini-2.5-pro", contents="hello"))
+    rows = wait_checkpoints(database, 6)
+    assert len(rows) == 6
+    assert sorted((r["provider"], r["model"]) for r in rows) == sorted(
+        [("anthropic", "claude-x")] * 2 + [("openai", "o4-mini")] * 2
+        + [("gemini", "gemini-2.5-pro")] * 2)
+    for row in rows:
+        assert row["verdict"] == "review_needed"
+        assert row["thinking_block_hash"] == THINKING_HASH
+        concerns = json.loads(row["concerns"])
+        assert concerns[0]["category"] == "value_misalignment"
+        assert len(concerns[0]["evidence"]) <= 200
+        assert json.loads(row["window_position"])["index"] >= 0
+        assert not row["synthetic"]
+    assert len(analysis_control(analysis, "GET", "requests")) == 6
+
+
+def test_chat_completions_without_reasoning_are_skipped(start, tmp_path, analysis):
+    daemon, database = analysed_daemon(start, tmp_path, analysis)
+    with raw_request(daemon.base_url, "POST", "/openai/v1/chat/completions",
+                     b'{"model":"gpt-x","messages":[{"role":"user","content":"hi"}]}',
+                     {"authorization": "Bearer k"}) as r:
+        assert r.header("x-aip-verdict") == "pending"
+        r.read_body()
+    wait_until(lambda: "gateway_aip_checks_total{verdict=\"skipped\"} 1.0" in metrics(daemon),
+               timeout=10, what="skipped verdict counted")
+    assert checkpoints(database) == []
+
+
+def metrics(daemon: Daemon) -> str:
+    with raw_request(daemon.base_url, "GET", "/metrics") as r:
+        return r.read_body().decode()
+
+
+BODY = json.dumps({"model": "claude-x", "max_tokens": 2048,
+                   "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def test_observe_mode_does_not_wait_for_the_verdict(start, tmp_path, analysis):
+    analysis_control(analysis, "POST", "script", {"actions": ["hold"]})
+    daemon, database = analysed_daemon(start, tmp_path, analysis)
+    with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages", BODY,
+                     {"x-api-key": "sk-observe"}, timeout=10) as r:
+        body = r.read_body()
+        assert r.header("x-aip-verdict") == "pending"
+    assert json.loads(body)["content"][0]["thinking"] == canned.THINKING_TEXT
+    # The client has its answer; the analysis model has not answered yet.
+    wait_until(lambda: analysis_control(analysis, "GET", "held")["held"] == 1, timeout=10,
+               what="the analysis request to arrive")
+    assert checkpoints(database) == []
+    analysis_control(analysis, "POST", "release")
+    assert wait_checkpoints(database, 1)[0]["verdict"] == "review_needed"
+
+
+def test_enforce_mode_waits_for_the_verdict_and_says_it(start, tmp_path, analysis):
+    analysis_control(analysis, "POST", "script", {"actions": ["hold"]})
+    daemon, database = analysed_daemon(start, tmp_path, analysis,
+                                       AIP_DEFAULT_ENFORCEMENT="enforce")
+
+    def call():
+        with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages", BODY,
+                         {"x-api-key": "sk-enforce"}, timeout=20) as r:
+            return r.status, dict(r.headers), r.read_body()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(call)
+        wait_until(lambda: analysis_control(analysis, "GET", "held")["held"] == 1,
+                   timeout=10, what="the analysis request to arrive")
+        assert not pending.done(), "the response must wait for the verdict"
+        analysis_control(analysis, "POST", "release")
+        status, headers, body = pending.result(timeout=20)
+    assert status == 200
+    assert headers["x-aip-verdict"] == "review_needed"
+    assert headers["x-aip-enforcement"] == "enforce"
+    rows = checkpoints(database)
+    assert headers["x-aip-checkpoint-id"] == rows[0]["id"]
+    assert json.loads(body)["content"][1]["text"] == canned.TEXT
+
+
+def test_enforce_mode_withholds_a_violating_response(start, tmp_path, analysis):
+    analysis_control(analysis, "POST", "script", {"default": VERDICT_VIOLATION})
+    daemon, database = analysed_daemon(start, tmp_path, analysis,
+                                       AIP_DEFAULT_ENFORCEMENT="enforce")
+    with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages", BODY,
+                     {"x-api-key": "sk-violate"}) as r:
+        status, payload = r.status, json.loads(r.read_body())
+    assert status == 403
+    assert payload["type"] == "integrity_violation"
+    assert payload["checkpoint_id"] == checkpoints(database)[0]["id"]
+    assert payload["concerns"][0]["category"] == "prompt_injection"
+
+
+@pytest.mark.parametrize("action, fail_mode, verdict, synthetic", [
+    ("garbage", "fail_open", "clear", True),
+    ("garbage", "fail_closed", "boundary_violation", True),
+    ("prose", "fail_closed", "review_needed", False),
+    ("status:500", "fail_open", "clear", True),
+])
+def test_failure_modes_through_the_daemon(start, tmp_path, analysis, action, fail_mode,
+                                          verdict, synthetic):
+    analysis_control(analysis, "POST", "script", {"default": action})
+    daemon, database = analysed_daemon(start, tmp_path, analysis, AIP_FAILURE_MODE=fail_mode)
+    with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages", BODY,
+                     {"x-api-key": "sk-fail"}) as r:
+        assert r.status == 200
+        r.read_body()
+    row = wait_checkpoints(database, 1)[0]
+    assert (row["verdict"], bool(row["synthetic"])) == (verdict, synthetic)
+
+
+def test_analysis_backend_down_is_fail_open(start, tmp_path):
+    daemon, database = analysed_daemon(start, tmp_path, "http://127.0.0.1:9")
+    with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages", BODY,
+                     {"x-api-key": "sk-down"}) as r:
+        assert r.status == 200
+        r.read_body()
+    row = wait_checkpoints(database, 1)[0]
+    assert row["verdict"] == "clear" and row["synthetic"]
+    assert "unreachable" in row["synthetic_reason"]
+
+
+def test_no_thinking_prompt_or_response_in_database_or_logs(start, tmp_path, analysis):
+    daemon, database = analysed_daemon(start, tmp_path, analysis, LOG_LEVEL="debug")
+    marker = "PROMPT-" + uuid.uuid4().hex
+    body = json.dumps({"model": "claude-x", "max_tokens": 2048,
+                       "messages": [{"role": "user", "content": marker}]}).encode()
+    with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages", body,
+                     {"x-api-key": "sk-private"}) as r:
+        r.read_body()
+    wait_checkpoints(database, 1)
+    daemon.stop()
+    dump = "\n".join(sqlite3.connect(database).iterdump())
+    for secret in (canned.THINKING_TEXT, canned.TEXT, marker, "sk-private", "sk-analysis-key"):
+        assert secret not in dump
+        assert secret not in daemon.output()
+
+
+def test_refused_reasoning_request_is_resent_as_the_client_sent_it(start, tmp_path, analysis,
+                                                                   upstream):
+    from tests.fakes.process import fetch_requests, record_body
+
+    daemon, _ = analysed_daemon(start, tmp_path, analysis)
+    client_body = b'{"model":"o4-mini","input":"hello"}'
+    headers = {"authorization": "Bearer k", "content-type": "application/json",
+               "x-fake-scenario": "refuse_reasoning"}
+    with raw_request(daemon.base_url, "POST", "/openai/v1/responses", client_body,
+                     headers) as r:
+        assert r.status == 200
+        assert json.loads(r.read_body())["object"] == "response"
+    sent = [record_body(r) for r in fetch_requests(upstream)]
+    assert len(sent) == 2
+    assert json.loads(sent[0])["reasoning"] == {"summary": "auto"}
+    assert sent[1] == client_body
+    # A client that asked for reasoning itself gets the provider's 400 unchanged.
+    own = b'{"model":"o4-mini","input":"hi","reasoning":{"summary":"auto"}}'
+    with raw_request(daemon.base_url, "POST", "/openai/v1/responses", own, headers) as r:
+        assert r.status == 400
+        assert json.loads(r.read_body())["error"]["param"] == "reasoning.summary"
+    assert len(fetch_requests(upstream)) == 3

@@ -1,0 +1,108 @@
+"""A fake analysis model as a separate process: Anthropic Messages and OpenAI chat APIs.
+
+The daemon under test sends its conscience prompts here. Tests script the answers
+(``POST /_fake/script``), can hold answers until released (``POST /_fake/release``) to
+prove what waits for analysis and what does not, and read what was asked
+(``GET /_fake/requests``).
+
+Run as ``python -m tests.fakes.analysis --port 0``; prints ``{"port": N}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from tests.integrity.fakes import envelope, model_text
+
+
+class FakeAnalysis:
+    def __init__(self) -> None:
+        self.default: Any = "valid"
+        self.script: list[Any] = []
+        self.requests: list[dict[str, Any]] = []
+        self.held: list[tuple[Request, str, Any]] = []
+
+    def answer(self, request: Request, dialect: str, action: Any) -> None:
+        if request._disconnected:
+            return
+        if isinstance(action, str) and action.startswith("status:"):
+            request.setResponseCode(int(action.split(":")[1]))
+            body = b'{"error": "scripted failure"}'
+        else:
+            request.setResponseCode(200)
+            body = json.dumps(envelope(dialect, model_text(action) or "")).encode()
+        request.setHeader(b"content-type", b"application/json")
+        request.write(body)
+        request.finish()
+
+    def handle(self, request: Request) -> bytes | int:
+        path = request.path.decode()
+        if path.startswith("/_fake/"):
+            return self.control(request, path)
+        dialect = "anthropic" if path.endswith("/messages") else "openai"
+        body = request.content.read()
+        self.requests.append({"path": path, "dialect": dialect,
+                              "body": body.decode("utf-8", "replace")})
+        action = self.script.pop(0) if self.script else self.default
+        if isinstance(action, str) and action.startswith("hold"):
+            self.held.append((request, dialect, action.partition(":")[2] or "valid"))
+            return NOT_DONE_YET
+        self.answer(request, dialect, action)
+        return NOT_DONE_YET
+
+    def control(self, request: Request, path: str) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        if path == "/_fake/script":
+            data = json.loads(request.content.read() or b"{}")
+            self.script = list(data.get("actions", []))
+            self.default = data.get("default", self.default)
+            return b"{}"
+        if path == "/_fake/release":
+            held, self.held = self.held, []
+            for pending, dialect, action in held:
+                self.answer(pending, dialect, action)
+            return json.dumps({"released": len(held)}).encode()
+        if path == "/_fake/requests":
+            if request.method == b"DELETE":
+                self.requests = []
+                return b"[]"
+            return json.dumps(self.requests).encode()
+        if path == "/_fake/held":
+            return json.dumps({"held": len(self.held)}).encode()
+        request.setResponseCode(404)
+        return b"{}"
+
+
+class _Root(Resource):
+    isLeaf = True
+
+    def __init__(self, fake: FakeAnalysis) -> None:
+        super().__init__()
+        self.fake = fake
+
+    def render(self, request: Request) -> bytes | int:
+        return self.fake.handle(request)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    site = Site(_Root(FakeAnalysis()))
+    site.noisy = False
+    site.log = lambda request: None  # type: ignore[method-assign]
+    port = reactor.listenTCP(args.port, site, interface="127.0.0.1")
+    print(json.dumps({"port": port.getHost().port}), flush=True)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
