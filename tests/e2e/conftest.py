@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from tests.e2e.daemon import Daemon, start_daemon
 from tests.fakes.process import clear_requests, run_fake_upstream
+from tests.storage.engines import create_postgres_database, drop_postgres_database
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +51,21 @@ def start(tmp_path: Path, upstream_url: str) -> Iterator[Callable[..., Daemon]]:
 @pytest.fixture
 def daemon(start: Callable[..., Daemon]) -> Daemon:
     return start()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test, dropped afterwards."""
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
+
+
+def pg_rows(url: str, sql: str) -> list[tuple]:
+    connection = psycopg2.connect(url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchall()
+    finally:
+        connection.close()

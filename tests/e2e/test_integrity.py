@@ -14,6 +14,7 @@ import pytest
 from google import genai
 from google.genai import types
 
+from tests.e2e.conftest import pg_rows
 from tests.e2e.daemon import Daemon
 from tests.fakes import canned
 from tests.fakes.process import analysis_control, run_fake_analysis, wait_until
@@ -231,3 +232,53 @@ def test_refused_reasoning_request_is_resent_as_the_client_sent_it(start, tmp_pa
         assert r.status == 400
         assert json.loads(r.read_body())["error"]["param"] == "reasoning.summary"
     assert len(fetch_requests(upstream)) == 3
+
+
+def test_openai_compatible_local_analysis_model(start, tmp_path, analysis):
+    daemon, database = analysed_daemon(start, tmp_path, analysis,
+                                       ANALYSIS_PROVIDER="openai-compatible",
+                                       ANALYSIS_MODEL="local-llama")
+    with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages", BODY,
+                     {"x-api-key": "sk-local"}) as r:
+        r.read_body()
+    assert wait_checkpoints(database, 1)[0]["verdict"] == "review_needed"
+    asked = analysis_control(analysis, "GET", "requests")
+    assert [a["dialect"] for a in asked] == ["openai"]
+    assert json.loads(asked[0]["body"])["model"] == "local-llama"
+
+
+def test_aip_disabled_says_so_and_analyses_nothing(start, tmp_path, analysis):
+    daemon, database = analysed_daemon(start, tmp_path, analysis, AIP_ENABLED="false")
+    with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages", BODY,
+                     {"x-api-key": "sk-off"}) as r:
+        assert r.header("x-aip-verdict") == "disabled"
+        r.read_body()
+    assert analysis_control(analysis, "GET", "requests") == []
+
+
+def test_one_drift_alert_per_streak_across_two_daemons(start, analysis, postgres_url):
+    # The shared Redis outlives this test: a key of its own keeps its state apart.
+    key = f"sk-drift-{uuid.uuid4().hex}"
+    env = {"DATABASE_URL": postgres_url, "REDIS_URL": "redis://127.0.0.1:6379/0",
+           "ANALYSIS_BASE_URL": analysis, "ANTHROPIC_API_KEY": "sk-analysis-key",
+           "AIP_MIN_EVIDENCE_TOKENS": "1"}
+    daemons = [start(env), start(env)]
+    clear = {"verdict": "clear", "concerns": [], "reasoning_summary": "fine",
+             "conscience_context": {"values_checked": [], "conflicts": [], "supports": [],
+                                    "considerations": [], "consultation_depth": "surface"}}
+    script = ["valid"] * 4 + [clear] + ["valid"] * 3
+    analysis_control(analysis, "POST", "script", {"actions": script, "default": clear})
+    def stored() -> int:
+        return pg_rows(postgres_url, "SELECT COUNT(*) FROM integrity_checkpoints")[0][0]
+
+    for n in range(len(script)):
+        daemon = daemons[n % 2]
+        with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages", BODY,
+                         {"x-api-key": key, "x-mnemom-session": "run-1"}) as r:
+            r.read_body()
+        # One call at a time: wait for its checkpoint before the next.
+        wait_until(lambda expected=n + 1: stored() == expected, timeout=20,
+                   what=f"checkpoint {n + 1}")
+    alerts = pg_rows(postgres_url, "SELECT agent_id, session_id FROM drift_alerts")
+    assert len(alerts) == 2, alerts
+    assert {a[1] for a in alerts} == {"run-1"}

@@ -14,11 +14,11 @@ import uuid
 import psycopg2
 import pytest
 
+from tests.e2e.conftest import pg_rows
 from tests.e2e.daemon import daemon_environment, mnemomd_command
 from tests.e2e.tcpgate import TcpGate
 from tests.fakes.process import wait_until
 from tests.fakes.rawhttp import raw_request
-from tests.storage.engines import create_postgres_database, drop_postgres_database
 
 BODY = json.dumps({"model": "m", "max_tokens": 8,
                    "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -39,23 +39,6 @@ def readiness(daemon) -> tuple[int, dict]:
 def wait_ready(daemon, timeout: float = 30) -> dict:
     return wait_until(lambda: (r := readiness(daemon))[0] == 200 and r[1], timeout=timeout,
                       interval=0.05, what="readiness 200")
-
-
-@pytest.fixture
-def postgres_url():
-    url = create_postgres_database()
-    yield url
-    drop_postgres_database(url)
-
-
-def pg_rows(url: str, sql: str) -> list[tuple]:
-    connection = psycopg2.connect(url)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-            return cursor.fetchall()
-    finally:
-        connection.close()
 
 
 def test_sqlite_by_default_and_agents_survive_a_restart(start, tmp_path):
