@@ -162,6 +162,14 @@ class GatewayChannel(http.HTTPChannel):
             self.transport.write(head + data)
         self.loseConnection()
 
+    _host_address: Any = None
+
+    def getHost(self) -> Any:  # noqa: N802
+        # Asked by every request object; one getsockname() per connection is enough.
+        if self._host_address is None:
+            self._host_address = super().getHost()
+        return self._host_address
+
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802
         self.gateway.channels.discard(self)
         super().connectionLost(reason)

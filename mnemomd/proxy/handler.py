@@ -82,6 +82,10 @@ class ProxyHandler:
                  integrity: IntegrityPipeline) -> None:
         self._integrity = integrity
         self._config = config
+        # Formatting an access line costs as much as a large share of the proxying;
+        # skip building it when the level would drop it anyway.
+        self._log_access = config.log_level in ("debug", "info")
+        self._request_counters: dict[tuple[str, int], Any] = {}
         self._clock = clock
         self._client = client
         self._agents = agents
@@ -128,7 +132,8 @@ class ProxyHandler:
                          name=target.agent_name)
 
         d = self._agents.resolve(hash_, target.agent_name)
-        d.addTimeout(AGENT_LOOKUP_TIMEOUT, self._clock)
+        if not d.called:
+            d.addTimeout(AGENT_LOOKUP_TIMEOUT, self._clock)
         d.addErrback(fallback_agent)
         d.addCallback(self._forward, call)
         d.addBoth(lambda _: done.callback(None))
@@ -352,8 +357,14 @@ class ProxyHandler:
         """Metrics and the access log line, once per call."""
         provider = call.target.provider
         duration = self._clock.seconds() - call.started
-        self._metrics.requests.labels(provider, str(status)).inc()
+        counter = self._request_counters.get((provider, status))
+        if counter is None:
+            counter = self._metrics.requests.labels(provider, str(status))
+            self._request_counters[(provider, status)] = counter
+        counter.inc()
         self._metrics.request_duration.labels(provider).observe(duration)
+        if not self._log_access:
+            return
         path = call.target.rest.decode("latin-1")
         log.info("{method} /{provider}{path} {status}",
                  method=call.request.method.decode("latin-1"), provider=provider,

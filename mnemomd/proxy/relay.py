@@ -117,6 +117,25 @@ class BytesProducer:
         pass
 
 
+class _EndpointCachingAgent(Agent):
+    """An Agent that builds each upstream's endpoint once, not on every call.
+
+    Upstreams are a handful of fixed base URLs; rebuilding the endpoint (hostname
+    parsing, IDNA encoding) per request was a measurable share of the gateway's CPU.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
+
+    def _getEndpoint(self, uri: Any) -> Any:  # noqa: N802
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = super()._getEndpoint(uri)
+        return endpoint
+
+
 class UpstreamClient:
     """HTTP/1.1 client for the providers with a large persistent connection pool.
 
@@ -128,7 +147,7 @@ class UpstreamClient:
         self.pool = _QuietPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = max_per_host
         self.pool.cachedConnectionTimeout = idle_seconds
-        self.agent = Agent(reactor, pool=self.pool, connectTimeout=30)
+        self.agent = _EndpointCachingAgent(reactor, pool=self.pool, connectTimeout=30)
 
     def request(self, method: bytes, url: bytes, headers: Headers,
                 body: bytes | None) -> Deferred[IResponse]:
