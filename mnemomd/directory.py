@@ -25,6 +25,9 @@ log = Logger()
 
 AGENT_CACHE_TTL = 300.0
 LAST_SEEN_FLUSH_SECONDS = 30.0
+#: How often the database is asked which agents changed, to drop stale cache entries
+#: (changes made by another process that could not reach this one's cache).
+CHANGE_POLL_SECONDS = 2.0
 
 
 def agent_cache_key(hash_: str) -> str:
@@ -44,6 +47,9 @@ class PersistentAgentDirectory:
         self._last_seen: dict[str, int] = {}
         self._flusher = LoopingCall(self.flush_last_seen)
         self._flusher.clock = clock
+        self._watcher = LoopingCall(self.drop_changed)
+        self._watcher.clock = clock
+        self._changes_seen_ms = self._now_ms()
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -87,6 +93,18 @@ class PersistentAgentDirectory:
     def invalidate(self, hash_: str) -> Deferred[Any]:
         return self._cache.invalidate(agent_cache_key(hash_))
 
+    def drop_changed(self) -> Deferred[Any]:
+        """Invalidate cached agents whose rows changed since the last look."""
+        def drop(changed: list[tuple[str, int]]) -> None:
+            for hash_, updated_at in changed:
+                self.invalidate(hash_)
+                self._changes_seen_ms = max(self._changes_seen_ms, updated_at)
+
+        def failed(failure: Failure) -> None:
+            log.debug("Agent change poll failed: {reason}", reason=failure.getErrorMessage())
+
+        return self._store.changed_since(self._changes_seen_ms).addCallbacks(drop, failed)
+
     def flush_last_seen(self) -> Deferred[Any]:
         if not self._last_seen:
             return succeed(0)
@@ -103,8 +121,11 @@ class PersistentAgentDirectory:
 
     def start(self) -> None:
         self._flusher.start(LAST_SEEN_FLUSH_SECONDS, now=False)
+        self._watcher.start(CHANGE_POLL_SECONDS, now=False)
 
     def stop(self) -> Deferred[Any]:
+        if self._watcher.running:
+            self._watcher.stop()
         if self._flusher.running:
             self._flusher.stop()
         return self.flush_last_seen()

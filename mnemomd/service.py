@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from mnemomd import __version__
 from mnemomd.config import EX_CONFIG, Config
 from mnemomd.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
+from mnemomd.enforcement import NUDGE_FLAG_TTL, Enforcement
 from mnemomd.gateway import Gateway, GatewayFactory
 from mnemomd.integrity.engine import build_analyzer
 from mnemomd.integrity.pipeline import CARD_CACHE_TTL, WINDOW_TTL, IntegrityPipeline
@@ -34,6 +35,7 @@ from mnemomd.proxy.relay import UpstreamClient
 from mnemomd.storage.agents import AgentStore
 from mnemomd.storage.checkpoints import CheckpointStore
 from mnemomd.storage.database import Database
+from mnemomd.storage.enforcement import EnforcementStore
 from mnemomd.storage.migrations import MigrationError, check_schema, migrate
 
 log = Logger()
@@ -298,8 +300,12 @@ def make_service(config: Config, reactor: Any = None,
                                   KVCache(kv, "", WINDOW_TTL), metrics)
     root.addCleanup(analysis_http.close)
 
+    enforcement = Enforcement(reactor, EnforcementStore(db),
+                              KVCache(kv, "", NUDGE_FLAG_TTL), directory.invalidate)
+    integrity.on_outcome = enforcement.on_outcome
+
     client = UpstreamClient(reactor, config.upstream_max_connections_per_host)
-    proxy = ProxyHandler(config, reactor, client, directory, metrics, integrity)
+    proxy = ProxyHandler(config, reactor, client, directory, metrics, integrity, enforcement)
     gateway = Gateway(reactor, config.role, config.max_request_body_bytes, health, metrics,
                       proxy)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)

@@ -84,6 +84,8 @@ class IntegrityPipeline:
         self._kv = kv_cache
         self._state = session_state
         self._metrics = metrics
+        #: Called after each stored checkpoint (enforcement: nudges, auto-containment).
+        self.on_outcome: Any = None
 
     # -- before forwarding ----------------------------------------------------------------
 
@@ -91,21 +93,31 @@ class IntegrityPipeline:
         return self._config.aip_enabled and (agent is None or agent.aip_enabled)
 
     def prepare(self, provider: Provider, agent: Agent | None, path: bytes, query: bytes,
-                body: bytes | None) -> Deferred[tuple[bytes | None, RequestInfo]]:
-        """Describe the request; ask for visible reasoning where that is valid."""
+                body: bytes | None, notice: str | None = None,
+                ) -> Deferred[tuple[bytes | None, RequestInfo, bool]]:
+        """Describe the request; ask for visible reasoning where that is valid, and add
+        the integrity notice of pending nudges. Fires with (body, info, notice added)."""
         inject = (self._config.thinking_injection == "auto" and self.enabled_for(agent))
 
-        def work() -> tuple[bytes | None, RequestInfo]:
+        def work() -> tuple[bytes | None, RequestInfo, bool]:
             info = provider.describe_request(path, query, body or b"")
-            if not inject or info.json_body is None or body is None:
-                return body, info
-            changed = provider.inject_thinking(info, info.json_body, THINKING_BUDGET_TOKENS)
-            if changed is None:
-                return body, info
+            if info.json_body is None or body is None:
+                return body, info, False
+            changed = None
+            if inject:
+                changed = provider.inject_thinking(info, info.json_body,
+                                                   THINKING_BUDGET_TOKENS)
+            nudged = None
+            if notice:
+                nudged = provider.inject_nudge(info, changed or info.json_body, notice)
+            final = nudged or changed
+            if final is None:
+                return body, info, False
             try:
-                return json.dumps(changed, ensure_ascii=False).encode(), info
+                encoded = json.dumps(final, ensure_ascii=False).encode()
             except UnicodeEncodeError:  # lone surrogates: only the escaped form is valid
-                return json.dumps(changed).encode(), info
+                encoded = json.dumps(final).encode()
+            return encoded, info, nudged is not None
 
         return _run(work, len(body or b""))
 
@@ -136,6 +148,9 @@ class IntegrityPipeline:
                 return "skipped", None
             outcome = yield self._analyse(agent, session_id, info, extraction)
             yield self._record(agent, session_id, provider.name, info, outcome)
+            if self.on_outcome is not None:
+                yield self.on_outcome(agent, session_id, outcome.verdict,
+                                      outcome.checkpoint_id, outcome.concerns)
             return outcome.verdict, outcome
         except Exception:
             log.failure("Integrity analysis pipeline failed", agent_id=agent.agent_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -21,6 +21,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from mnemomd import cors
 from mnemomd.config import Config
+from mnemomd.enforcement import Enforcement, combined_notice, containment_refusal
 from mnemomd.gateway import GatewayRequest, error_payload, send_empty, send_json
 from mnemomd.identity import (
     SESSION_HEADER,
@@ -63,6 +64,8 @@ class Call:
     info: RequestInfo | None = None
     #: The client's own body when the gateway sent a rewritten one.
     original_body: bytes | None = None
+    #: Pending nudges whose notice this call carries.
+    nudges: list[Any] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -79,8 +82,9 @@ def has_body(headers: Headers) -> bool:
 class ProxyHandler:
     def __init__(self, config: Config, clock: IReactorTime, client: UpstreamClient,
                  agents: AgentDirectory, metrics: GatewayMetrics,
-                 integrity: IntegrityPipeline) -> None:
+                 integrity: IntegrityPipeline, enforcement: Enforcement) -> None:
         self._integrity = integrity
+        self._enforcement = enforcement
         self._config = config
         # Formatting an access line costs as much as a large share of the proxying;
         # skip building it when the level would drop it anyway.
@@ -156,22 +160,38 @@ class ProxyHandler:
                 "invalid_request_error")
         return None
 
-    def _forward(self, agent: Agent, call: Call) -> Deferred[None]:
+    @inlineCallbacks
+    def _forward(self, agent: Agent, call: Call) -> Any:
         call.agent = agent
         request = call.request
+        refusal = containment_refusal(agent)
+        if refusal is not None:
+            # Nothing is forwarded for a contained agent, on any replica.
+            origin = request.requestHeaders.getRawHeaders(b"origin", [None])[0]
+            send_json(request, 403, refusal,
+                      cors.response_headers(origin, self._config.cors_allowed_origins))
+            self._account(call, 403)
+            return None
         body = request.content.getvalue() if has_body(request.requestHeaders) else None
         provider = PROVIDERS[call.target.provider]
-        d = self._integrity.prepare(provider, agent, call.target.rest, call.target.query,
-                                    body)
-
-        def unchanged(failure: Failure) -> tuple[bytes | None, None]:
-            log.failure("Request preparation failed; forwarding unchanged", failure,
+        try:
+            nudges = yield self._enforcement.take_nudges(agent)
+        except Exception:
+            log.failure("Pending nudges could not be read", request_id=request.request_id)
+            nudges = []
+        notice = combined_notice(nudges) if nudges else None
+        try:
+            prepared = yield self._integrity.prepare(provider, agent, call.target.rest,
+                                                     call.target.query, body, notice)
+        except Exception:
+            log.failure("Request preparation failed; forwarding unchanged",
                         request_id=request.request_id)
-            return body, None
-
-        d.addErrback(unchanged)
-        d.addCallback(self._send, call, body)
-        return d
+            prepared = (body, None, False)
+        sent_body, info, nudged = prepared
+        if nudged:
+            call.nudges = nudges
+        yield self._send((sent_body, info), call, body)
+        return None
 
     def _send(self, prepared: tuple[bytes | None, RequestInfo | None],
               call: Call, client_body: bytes | None) -> Deferred[None]:
@@ -185,6 +205,10 @@ class ProxyHandler:
         sent_at = self._clock.seconds()
         call.overhead_ms = (sent_at - call.started) * 1000
         d = self._client.request(request.method, url, headers, body)
+        if call.nudges and call.agent is not None and call.original_body is not None:
+            # Delivered: the notice is in a request that has left for the provider.
+            self._enforcement.delivered(call.agent, call.nudges).addErrback(
+                lambda f: log.failure("Could not mark nudges delivered", f))
 
         def expire() -> None:
             call.timed_out = True
@@ -280,6 +304,8 @@ class ProxyHandler:
         ]
         if call.streaming:
             headers.append((b"x-accel-buffering", b"no"))
+        if call.nudges:
+            headers.append((b"x-aip-nudge-count", b"%d" % len(call.nudges)))
         origin = call.request.requestHeaders.getRawHeaders(b"origin", [None])[0]
         headers += cors.response_headers(origin, self._config.cors_allowed_origins)
         return headers

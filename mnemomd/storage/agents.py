@@ -138,6 +138,14 @@ class AgentStore:
 
         return self._db.run_interaction("get_conscience_values", read)
 
+    def changed_since(self, since_ms: int) -> Deferred[list[tuple[str, int]]]:
+        """(agent_hash, updated_at) of agents changed after ``since_ms``."""
+        return self._db.run_interaction(
+            "agents_changed_since",
+            lambda c: [(h, int(u)) for h, u in c.execute(
+                "SELECT agent_hash, updated_at FROM agents WHERE updated_at > ?",
+                (since_ms,)).fetchall()])
+
     def count(self) -> Deferred[int]:
         return self._db.run_interaction(
             "count_agents", lambda c: int(c.execute("SELECT COUNT(*) FROM agents").fetchone()[0]))

@@ -1,0 +1,211 @@
+"""Enforcement through the daemon: observe, nudge, enforce, containment (SPEC §6)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import pg_rows
+from tests.e2e.daemon import daemon_environment, mnemomd_command
+from tests.fakes.process import (
+    analysis_control,
+    fetch_requests,
+    record_body,
+    run_fake_analysis,
+    wait_until,
+)
+from tests.fakes.rawhttp import raw_request
+from tests.integrity.fakes import VERDICT_VIOLATION
+
+NOTICE = "[INTEGRITY NOTICE]"
+#: The shared Redis; every test uses agents of its own, so their keys never meet.
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="module")
+def analysis_url():
+    with run_fake_analysis() as url:
+        yield url
+
+
+@pytest.fixture
+def violating(analysis_url):
+    analysis_control(analysis_url, "POST", "script",
+                     {"actions": [], "default": VERDICT_VIOLATION})
+    analysis_control(analysis_url, "DELETE", "requests")
+    return analysis_url
+
+
+class Setup:
+    """A daemon on its own SQLite file, and the CLI pointed at the same file."""
+
+    def __init__(self, start, tmp_path: Path, analysis: str, **env: str) -> None:
+        self.env = {"MNEMOM_DATA_DIR": str(tmp_path / "state"), "ANALYSIS_BASE_URL": analysis,
+                    "ANTHROPIC_API_KEY": "sk-analysis-key", "AIP_MIN_EVIDENCE_TOKENS": "1",
+                    **env}
+        self.tmp = tmp_path
+        self.daemon = start(self.env)
+        self.database = str(tmp_path / "state" / "mnemomd.db")
+        self.key = f"sk-{uuid.uuid4().hex}"
+
+    def cli(self, *args: str) -> dict:
+        result = subprocess.run([*mnemomd_command(), *args, "--json"],
+                                env=daemon_environment(self.tmp / "cli", self.env),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def call(self, path: str = "/anthropic/v1/messages", body: dict | None = None,
+             headers: dict | None = None, key_header: str = "x-api-key") -> tuple:
+        body = body or {"model": "claude-x", "max_tokens": 2048,
+                        "messages": [{"role": "user", "content": "hi"}]}
+        auth = {key_header: self.key if key_header != "authorization" else f"Bearer {self.key}"}
+        with raw_request(self.daemon.base_url, "POST", path, json.dumps(body).encode(),
+                         auth | {"content-type": "application/json"} | (headers or {}),
+                         timeout=20) as r:
+            return r.status, dict(r.headers), r.read_body()
+
+    def rows(self, sql: str) -> list[tuple]:
+        with sqlite3.connect(self.database) as connection:
+            return connection.execute(sql).fetchall()
+
+    def wait(self, sql: str, expected: int) -> None:
+        wait_until(lambda: self.rows(sql)[0][0] >= expected, timeout=20, interval=0.05,
+                   what=sql)
+
+
+def test_observe_records_but_does_not_interfere(start, tmp_path, violating, upstream):
+    s = Setup(start, tmp_path, violating)
+    status, headers, _ = s.call()
+    assert status == 200 and headers["x-aip-verdict"] == "pending"
+    s.wait("SELECT COUNT(*) FROM integrity_checkpoints WHERE verdict='boundary_violation'", 1)
+    assert s.rows("SELECT COUNT(*) FROM nudges")[0][0] == 0
+    s.call()
+    assert NOTICE not in record_body(fetch_requests(upstream)[-1]).decode()
+
+
+SHAPES = [
+    ("anthropic string system", "/anthropic/v1/messages", "x-api-key",
+     {"model": "claude-x", "max_tokens": 64, "system": "Be brief.",
+      "messages": [{"role": "user", "content": "next"}]},
+     lambda b: b["system"]),
+    ("anthropic block system", "/anthropic/v1/messages", "x-api-key",
+     {"model": "claude-x", "max_tokens": 64, "system": [{"type": "text", "text": "Be brief."}],
+      "messages": [{"role": "user", "content": "next"}]},
+     lambda b: "\n".join(block["text"] for block in b["system"])),
+    ("openai chat", "/openai/v1/chat/completions", "authorization",
+     {"model": "gpt-x", "messages": [{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "next"}]},
+     lambda b: b["messages"][0]["content"]),
+    ("openai responses", "/openai/v1/responses", "authorization",
+     {"model": "gpt-x", "input": "next", "instructions": "Be brief."},
+     lambda b: b["instructions"]),
+    ("gemini", "/gemini/v1beta/models/gemini-x:generateContent", "x-goog-api-key",
+     {"contents": [{"role": "user", "parts": [{"text": "next"}]}],
+      "systemInstruction": {"parts": [{"text": "Be brief."}]}},
+     lambda b: "\n".join(part["text"] for part in b["systemInstruction"]["parts"])),
+]
+
+
+@pytest.mark.parametrize("name, path, key_header, body, field", SHAPES,
+                         ids=[s[0] for s in SHAPES])
+def test_nudge_injected_into_the_next_call(start, tmp_path, violating, upstream, name, path,
+                                           key_header, body, field):
+    s = Setup(start, tmp_path, violating)
+    s.call()  # creates the agent
+    agent_id = s.rows("SELECT id FROM agents")[0][0]
+    assert s.cli("enforcement", "set", agent_id, "nudge")["agent"]["enforcement_mode"] == "nudge"
+    wait_until(lambda: s.call()[1].get("x-aip-enforcement") == "nudge", timeout=20,
+               what="the new mode to apply")
+    s.wait("SELECT COUNT(*) FROM nudges WHERE status='pending'", 1)
+    status, headers, _ = s.call(path, body, key_header=key_header)
+    assert status == 200
+    assert int(headers["x-aip-nudge-count"]) >= 1
+    sent = json.loads(record_body(fetch_requests(upstream)[-1]))
+    text = field(sent)
+    assert text.startswith(NOTICE), text
+    assert "prompt_injection (critical)" in text
+    assert text.rstrip().endswith("Be brief.")
+    shown = s.cli("agent", "show", agent_id)
+    assert any(n["status"] == "delivered" for n in shown["nudges"])
+
+
+def test_enforce_streaming_is_delivered_and_nudges(start, tmp_path, violating):
+    s = Setup(start, tmp_path, violating, AIP_DEFAULT_ENFORCEMENT="enforce")
+    status, headers, body = s.call(body={"model": "claude-x", "max_tokens": 64, "stream": True,
+                                         "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200 and b"message_stop" in body
+    assert headers["x-aip-verdict"] == "pending"
+    s.wait("SELECT COUNT(*) FROM nudges WHERE status='pending'", 1)
+    status, _, payload = s.call()
+    assert status == 403 and json.loads(payload)["type"] == "integrity_violation"
+
+
+def test_nudge_strategy_off_and_threshold(start, tmp_path, violating):
+    # With a shared Redis the CLI's change reaches the daemon's cache at once.
+    s = Setup(start, tmp_path, violating, AIP_DEFAULT_ENFORCEMENT="nudge", REDIS_URL=REDIS)
+    s.call()
+    agent_id = s.rows("SELECT id FROM agents")[0][0]
+    # The first call's violation may have nudged under "always"; count from here.
+    s.wait("SELECT COUNT(*) FROM integrity_checkpoints", 1)
+    s.cli("agent", "settings", agent_id, "--nudge-strategy", "threshold",
+          "--nudge-threshold", "3")
+    session = {"x-mnemom-session": "t-1"}
+    before = s.rows("SELECT COUNT(*) FROM nudges")[0][0]
+    for n in range(1, 4):
+        s.call(headers=session)
+        s.wait("SELECT COUNT(*) FROM integrity_checkpoints WHERE session_id='t-1'", n)
+    s.wait("SELECT COUNT(*) FROM nudges", before + 1)
+    assert s.rows("SELECT COUNT(*) FROM nudges WHERE session_id='t-1'")[0][0] == 1
+
+
+def test_auto_containment_pauses_then_resume_restores(start, tmp_path, violating, upstream):
+    s = Setup(start, tmp_path, violating, REDIS_URL=REDIS)
+    s.call()
+    agent_id = s.rows("SELECT id FROM agents")[0][0]
+    s.cli("agent", "settings", agent_id, "--auto-containment", "2")
+    s.wait("SELECT COUNT(*) FROM integrity_checkpoints", 1)
+    s.call()
+    s.wait("SELECT COUNT(*) FROM containment_log", 1)
+    before = len(fetch_requests(upstream))
+    status, _, body = wait_until(lambda: (r := s.call())[0] == 403 and r, timeout=20,
+                                 what="the paused agent to be refused")
+    assert json.loads(body) == {"error": "Agent contained", "type": "containment_error",
+                                "reason": "agent_paused"}
+    assert len(fetch_requests(upstream)) <= before + 1  # nothing forwarded once refused
+    refused_at = len(fetch_requests(upstream))
+    assert s.call()[0] == 403 and len(fetch_requests(upstream)) == refused_at
+    s.cli("agent", "resume", agent_id, "--reason", "reviewed", "--actor", "ops@example")
+    wait_until(lambda: s.call()[0] == 200, timeout=20, what="service restored")
+    log = s.cli("agent", "show", agent_id)["containment_log"]
+    assert [(e["action"], e["actor"]) for e in log] == [("pause", "system"),
+                                                       ("resume", "ops@example")]
+    assert log[0]["reason"] == "2 consecutive boundary violations"
+    assert log[1]["reason"] == "reviewed"
+
+
+def test_pause_applies_on_every_replica_at_once(start, tmp_path, violating, postgres_url):
+    key = f"sk-{uuid.uuid4().hex}"
+    env = {"DATABASE_URL": postgres_url, "REDIS_URL": "redis://127.0.0.1:6379/0",
+           "AIP_ENABLED": "false"}
+    one, two = start(env), start(env)
+
+    def call(daemon) -> int:
+        with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages",
+                         b'{"model":"m","max_tokens":5,"messages":[]}', {"x-api-key": key}) as r:
+            r.read_body()
+            return r.status
+
+    assert call(one) == 200 and call(two) == 200  # both replicas have the agent cached
+    agent_id = pg_rows(postgres_url, "SELECT id FROM agents")[0][0]
+    result = subprocess.run([*mnemomd_command(), "agent", "pause", agent_id],
+                            env=daemon_environment(tmp_path / "cli", env),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "active -> paused" in result.stdout
+    assert call(two) == 403 and call(one) == 403
