@@ -115,7 +115,12 @@ def run(config: Config, environ: Mapping[str, str]) -> int:
     log = Logger(namespace="mnemomd")
     for warning in config.warnings:
         log.warn("Configuration: {warning}", warning=warning)
-    service = make_service(config, reactor, environ)
+    try:
+        service = make_service(config, reactor, environ)
+    except OSError as e:
+        log.critical("Cannot open the data directory or database: {reason}",
+                     reason=f"{e.strerror}: {e.filename}")
+        return EX_CONFIG
     try:
         service.privilegedStartService()
     except SystemExit as e:
@@ -136,7 +141,12 @@ def migrate_database(config: Config, out: IO[str]) -> int:
     outcome: dict[str, object] = {}
 
     def go() -> None:
-        db = Database(reactor, config.database_url)
+        try:
+            db = Database(reactor, config.database_url)
+        except OSError as e:
+            outcome["result"] = MigrationError(f"cannot open the database ({e.strerror})")
+            reactor.stop()
+            return
         db.start()
         d = migrate(db, int(reactor.seconds() * 1000))
         d.addBoth(lambda result: outcome.setdefault("result", result))

@@ -184,16 +184,10 @@ def parse_database_url_setting(value: Any) -> str:
 
 
 def parse_redis_url_setting(value: Any) -> str:
+    from mnemomd.kv import parse_redis_target
+
     text = _text(value)
-    parts = urlsplit(text)
-    if parts.scheme == "rediss":
-        raise ValueError("TLS to Redis is not supported; use a local TLS tunnel and redis://")
-    if parts.scheme not in ("redis", "unix") or (parts.scheme == "redis" and not parts.hostname):
-        raise ValueError("must be redis://[:password@]host[:port][/db]")
-    try:
-        parts.port  # noqa: B018 - raises on an invalid port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
+    parse_redis_target(text)  # ValueError with a message that never repeats the URL
     return text
 
 

@@ -106,7 +106,8 @@ class GatewayService(Service):
         log.info("mnemomd {version} listening on {listen} (role {role})",
                  version=__version__, listen=where, role=self._config.role,
                  host=host, port=port_number)
-        self._notifier.notify("READY=1")
+        # systemd hears READY=1 when /health/startup would say ok (schema included).
+        self._health.when_started(lambda: self._notifier.notify("READY=1"))
         self._notifier.start_watchdog(self._reactor)
         self.listening.callback(port)
 
@@ -248,7 +249,14 @@ class MnemomService(MultiService):
 
     @inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
-        yield super().stopService()
+        # One child at a time, newest first: the gateway drains its calls (and their
+        # background analyses) while storage is still there to record them.
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            try:
+                yield child.stopService()
+            except Exception:
+                log.failure("Stopping {name} failed", name=child.name)
         for cleanup in self._cleanups:
             try:
                 yield cleanup()

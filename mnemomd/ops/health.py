@@ -26,12 +26,25 @@ class HealthState:
         self._checks: dict[str, Check] = {}
         #: Components that must report in before /health/startup says ok.
         self._starting: set[str] = {"listener"}
+        self._on_started: list[Callable[[], object]] = []
 
     def expect(self, component: str) -> None:
         self._starting.add(component)
 
     def component_ready(self, component: str) -> None:
+        was_starting = bool(self._starting)
         self._starting.discard(component)
+        if was_starting and not self._starting:
+            callbacks, self._on_started = self._on_started, []
+            for callback in callbacks:
+                callback()
+
+    def when_started(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` once every component has reported in (now, if they have)."""
+        if self.started:
+            callback()
+        else:
+            self._on_started.append(callback)
 
     @property
     def started(self) -> bool:

@@ -46,6 +46,8 @@ log = Logger()
 SSE_CONTENT_TYPE = b"text/event-stream"
 #: Longest wait for the agent record before the call is forwarded without it.
 AGENT_LOOKUP_TIMEOUT = 2.0
+#: Time allowed on top of AIP_ANALYSIS_TIMEOUT_MS for a held response's bookkeeping.
+HOLD_GRACE_SECONDS = 2.0
 
 
 @dataclass
@@ -327,6 +329,9 @@ class ProxyHandler:
             self._answer_held(("skipped", None), call, response, outcome.held_body)
             return None
         d = self._analyse(call, response, outcome)
+        # The analyzer bounds the model call; this bounds everything around it too.
+        d.addTimeout(self._config.aip_analysis_timeout_ms / 1000 + HOLD_GRACE_SECONDS,
+                     self._clock, onTimeoutCancel=lambda *_: ("error", None))
         d.addCallback(self._answer_held, call, response, outcome.held_body)
         return d
 

@@ -282,3 +282,21 @@ def test_one_drift_alert_per_streak_across_two_daemons(start, analysis, postgres
     alerts = pg_rows(postgres_url, "SELECT agent_id, session_id FROM drift_alerts")
     assert len(alerts) == 2, alerts
     assert {a[1] for a in alerts} == {"run-1"}
+
+
+def test_shutdown_waits_for_background_analysis(start, tmp_path, analysis):
+    import signal
+
+    analysis_control(analysis, "POST", "script", {"actions": ["hold"]})
+    daemon, database = analysed_daemon(start, tmp_path, analysis)
+    with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages", BODY,
+                     {"x-api-key": "sk-drain"}) as r:
+        r.read_body()
+    wait_until(lambda: analysis_control(analysis, "GET", "held")["held"] == 1, timeout=10,
+               what="the analysis request to arrive")
+    daemon.signal(signal.SIGTERM)
+    daemon.wait_for_line("Shutting down")
+    assert daemon.proc.poll() is None, "exited with an analysis in flight"
+    analysis_control(analysis, "POST", "release")
+    assert daemon.wait(30) == 0
+    assert [r["verdict"] for r in checkpoints(database)] == ["review_needed"]

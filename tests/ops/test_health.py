@@ -53,3 +53,17 @@ def test_raising_check_counts_as_failure():
 def test_legacy_health():
     assert HealthState(Clock(), "9.9", False).legacy() == (
         200, {"status": "ok", "version": "9.9", "aip_enabled": False})
+
+
+def test_started_callbacks_run_once_when_every_component_is_in():
+    health = HealthState(Clock(), "1.0", True)
+    health.expect("schema")
+    calls = []
+    health.when_started(lambda: calls.append("early"))
+    health.component_ready("listener")
+    assert calls == []
+    health.component_ready("schema")
+    health.component_ready("schema")
+    assert calls == ["early"]
+    health.when_started(lambda: calls.append("late"))
+    assert calls == ["early", "late"]
