@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import (
     ConnectError,
     ConnectionClosed,
@@ -22,7 +22,7 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError,
 )
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
@@ -39,11 +39,11 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from mnemomd import __version__
 from mnemomd.integrity.settings import AnalysisSettings
+from mnemomd.proxy.relay import BytesProducer
 
 USER_AGENT = f"mnemomd/{__version__} (integrity analysis)".encode()
 ANTHROPIC_VERSION = "2023-06-01"
@@ -77,28 +77,6 @@ class AnalysisBackend(Protocol):
     def complete(self, system: str, user: str, max_tokens: int) -> Deferred[str]:
         """The analysis model's text for this prompt, or an ``AnalysisFailure``."""
         ...
-
-
-@implementer(IBodyProducer)
-class _JSONBody:
-    """A request body already in memory, written at once with its length known."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:  # noqa: N802
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:  # noqa: N802
-        pass
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        pass
-
-    def stopProducing(self) -> None:  # noqa: N802
-        pass
 
 
 class _BoundedBody(TwistedProtocol):
@@ -202,7 +180,7 @@ class AnalysisHTTP:
                 request_headers.setRawHeaders(name.encode("ascii"), [value.encode("latin-1")])
             payload = json.dumps(body).encode("ascii")
             d = self._agent.request(b"POST", url.encode("ascii"), request_headers,
-                                    _JSONBody(payload))
+                                    BytesProducer(payload))
         except Exception:
             return fail(AnalysisFailure("internal"))
         d.addCallback(self._read)
