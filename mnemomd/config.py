@@ -142,6 +142,17 @@ def parse_base_url(value: Any) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
+def parse_heartbeat_url(value: Any) -> str:
+    """A full endpoint URL: unlike base URLs it keeps its path."""
+    text = _text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials")
+    return text
+
+
 def parse_host(value: Any) -> str:
     text = _text(value)
     if not text or any(c.isspace() for c in text):
@@ -293,6 +304,22 @@ SETTINGS: tuple[Setting, ...] = (
             "hybrid analysis endpoint (ANALYSIS_PROVIDER=mnemom)"),
     Setting("MNEMOM_API_KEY", _text, None, "key for the hybrid analysis endpoint",
             secret=True),
+    Setting("MNEMOM_LICENSE_JWT", _text, None, "the license token", secret=True),
+    Setting("MNEMOM_LICENSE_PUBLIC_KEY", parse_path, None,
+            "PEM file, or directory of <kid>.pem files, with the keys trusted to sign "
+            "licenses"),
+    Setting("LICENSE_REQUIRED", parse_bool, False,
+            "refuse to start without a license (default: unlicensed evaluation)"),
+    Setting("MNEMOM_API_URL", parse_base_url, "https://api.mnemom.ai",
+            "where online license validation goes"),
+    Setting("HEARTBEAT_URL", parse_heartbeat_url, "https://api.mnemom.ai/v1/deployments/heartbeat",
+            "where the deployment heartbeat goes"),
+    Setting("MNEMOM_OFFLINE", parse_bool, False,
+            "no outbound calls except the LLM upstreams and the analysis backend"),
+    Setting("OBSERVER_HEARTBEAT_INTERVAL_SECONDS", _seconds(0.01, 86400), 60.0,
+            "seconds between heartbeats"),
+    Setting("OBSERVER_LICENSE_INTERVAL_SECONDS", _seconds(0.01, 86400 * 7), 3600.0,
+            "seconds between online license checks"),
 )
 
 SETTINGS_BY_ENV = {s.env: s for s in SETTINGS}
@@ -340,6 +367,14 @@ class Config:
     gemini_api_key: str | None = None
     mnemom_analyze_url: str | None = None
     mnemom_api_key: str | None = None
+    mnemom_license_jwt: str | None = None
+    mnemom_license_public_key: str | None = None
+    license_required: bool = False
+    mnemom_api_url: str = "https://api.mnemom.ai"
+    heartbeat_url: str = "https://api.mnemom.ai/v1/deployments/heartbeat"
+    mnemom_offline: bool = False
+    observer_heartbeat_interval_seconds: float = 60.0
+    observer_license_interval_seconds: float = 3600.0
     config_path: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -488,8 +523,11 @@ def load_config(
     from mnemomd.integrity import settings as analysis
 
     analysis_settings = analysis.from_config(config)
-    if analysis_problems := analysis.validate(analysis_settings):
-        raise ConfigError(analysis_problems)
+    cross_problems = analysis.validate(analysis_settings)
+    if config.license_required and not config.mnemom_license_jwt:
+        cross_problems.append("LICENSE_REQUIRED is true but MNEMOM_LICENSE_JWT is not set")
+    if cross_problems:
+        raise ConfigError(cross_problems)
     if config.aip_enabled:
         config = dataclasses.replace(
             config, warnings=config.warnings + tuple(analysis.warnings(analysis_settings)))

@@ -95,10 +95,9 @@ class Enforcement:
     def delivered(self, agent: Agent, nudges: list[Nudge]) -> Deferred[Any]:
         if not nudges:
             return succeed(None)
-        d = self._store.mark_delivered([n.id for n in nudges], self._now_ms())
-        if len(nudges) < 5:
-            d.addCallback(lambda _: self._flags.invalidate(self._flag(agent.agent_id)))
-        return d
+        # The flag stays: the next call finds nothing pending and clears it, so a nudge
+        # created meanwhile is never left without one.
+        return self._store.mark_delivered([n.id for n in nudges], self._now_ms())
 
     @inlineCallbacks
     def on_outcome(self, agent: Agent, session_id: str, verdict: str, checkpoint_id: str,

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-CheckResult = tuple[bool, str | None]
+CheckResult = tuple[bool, "str | dict[str, Any] | None"]
 Check = Callable[[], "Deferred[CheckResult] | CheckResult"]
 
 
@@ -70,7 +70,10 @@ class HealthState:
                 "status": "ok" if ok else "fail",
                 "latency_ms": round((self._clock.seconds() - start) * 1000, 3),
             }
-            if detail:
+            if isinstance(detail, dict):
+                entry.update(detail)  # a check may name its own status (license state)
+                entry["ok"] = ok
+            elif detail:
                 entry["detail"] = detail
             return entry
 
@@ -83,7 +86,7 @@ class HealthState:
 
         def assemble(results: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
             by_name = dict(zip(names, results, strict=True))
-            failing = [n for n, r in by_name.items() if r["status"] != "ok"]
+            failing = [n for n, r in by_name.items() if not r.get("ok", r["status"] == "ok")]
             if self.shutting_down:
                 status = "shutting_down"
             elif not self.started:

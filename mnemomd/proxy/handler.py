@@ -207,10 +207,6 @@ class ProxyHandler:
         sent_at = self._clock.seconds()
         call.overhead_ms = (sent_at - call.started) * 1000
         d = self._client.request(request.method, url, headers, body)
-        if call.nudges and call.agent is not None and call.original_body is not None:
-            # Delivered: the notice is in a request that has left for the provider.
-            self._enforcement.delivered(call.agent, call.nudges).addErrback(
-                lambda f: log.failure("Could not mark nudges delivered", f))
 
         def expire() -> None:
             call.timed_out = True
@@ -231,6 +227,10 @@ class ProxyHandler:
     def _relay(self, response: IResponse, call: Call, sent_at: float) -> Deferred[None]:
         provider = call.target.provider
         self._metrics.upstream_ttfb.labels(provider).observe(self._clock.seconds() - sent_at)
+        if call.nudges and call.agent is not None and response.code != 400:
+            # Delivered: the provider has answered a request that carried the notice.
+            self._enforcement.delivered(call.agent, call.nudges).addErrback(
+                lambda f: log.failure("Could not mark nudges delivered", f))
         if response.code == 400 and call.original_body is not None:
             return self._check_injection_refused(response, call)
         request = call.request
@@ -257,6 +257,7 @@ class ProxyHandler:
 
         def decide(error_body: bytes) -> Deferred[None] | None:
             if call.info is not None and injection_rejected(call.info, 400, error_body):
+                call.nudges = []  # the body resent is the client's own, without the notice
                 log.info("Upstream refused the reasoning request; resending the call as sent",
                          request_id=call.request.request_id, provider=call.target.provider)
                 return self._send((original, call.info), call, original)
@@ -368,6 +369,7 @@ class ProxyHandler:
         self._account(call, call.status)
 
     def _upstream_failed(self, failure: Failure, call: Call) -> None:
+        call.nudges = []  # never reached the model: stays pending for the next call
         request = call.request
         if call.timed_out:
             status = 504
