@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply pending database migrations")
     add_config_flags(migrate)
     commands.add_parser("version", help="print the version and build")
+    license_parser = commands.add_parser("license", help="show the configured license")
+    license_commands = license_parser.add_subparsers(dest="license_command", required=True)
+    show_license = license_commands.add_parser("show", help="claims, state and days left")
+    show_license.add_argument("--json", action="store_true", help="print JSON")
+    add_config_flags(show_license)
 
     enforcement = commands.add_parser("enforcement", help="set an agent's enforcement mode")
     enforcement_commands = enforcement.add_subparsers(dest="enforcement_command",
@@ -131,6 +136,35 @@ def run(config: Config, environ: Mapping[str, str]) -> int:
     return service.exit_code
 
 
+def show_license_info(config: Config, as_json: bool, out: IO[str]) -> int:
+    """``mnemomd license show``: what the daemon would make of its license right now."""
+    import json
+    import time
+
+    from mnemomd.ops.license import LicenseInfo, load_trusted_keys, verify_license
+
+    if not config.mnemom_license_jwt:
+        info = LicenseInfo.unlicensed()
+    else:
+        info = verify_license(config.mnemom_license_jwt,
+                              load_trusted_keys(config.mnemom_license_public_key), time.time())
+    summary = info.summary()
+    if info.feature_flags:
+        summary["feature_flags"] = info.feature_flags
+    if info.limits:
+        summary["limits"] = info.limits
+    if config.mnemom_license_jwt:
+        summary["is_offline"] = info.is_offline
+    if "seconds_to_expiry" in summary:
+        summary["days_left"] = round(summary["seconds_to_expiry"] / 86400, 1)
+    if as_json:
+        out.write(json.dumps(summary, indent=2, default=str) + "\n")
+    else:
+        for name, value in summary.items():
+            out.write(f"{name:<18} {value}\n")
+    return 0 if info.allows_traffic else 1
+
+
 def migrate_database(config: Config, out: IO[str]) -> int:
     """``mnemomd migrate``: bring the schema to this build's version, then exit."""
     from twisted.internet import reactor
@@ -175,7 +209,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "version":
         print(version_text())
         return 0
-    if args.command not in ("run", "check-config", "migrate", "enforcement", "agent"):
+    if args.command not in ("run", "check-config", "migrate", "enforcement", "agent",
+                            "license"):
         parser.print_help()
         return 2
     try:
@@ -187,6 +222,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return check_config(config, args.strict, sys.stdout)
     if args.command == "migrate":
         return migrate_database(config, sys.stdout)
+    if args.command == "license":
+        return show_license_info(config, args.json, sys.stdout)
     if args.command in ("enforcement", "agent"):
         from mnemomd.admin import run_admin_command
 

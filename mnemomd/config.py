@@ -526,6 +526,13 @@ def load_config(
     cross_problems = analysis.validate(analysis_settings)
     if config.license_required and not config.mnemom_license_jwt:
         cross_problems.append("LICENSE_REQUIRED is true but MNEMOM_LICENSE_JWT is not set")
+    if config.mnemom_license_public_key:
+        from mnemomd.ops.license import LicenseKeyError, load_trusted_keys
+
+        try:
+            load_trusted_keys(config.mnemom_license_public_key)
+        except LicenseKeyError as e:
+            cross_problems.append(f"MNEMOM_LICENSE_PUBLIC_KEY: {e}")
     if cross_problems:
         raise ConfigError(cross_problems)
     if config.aip_enabled:

@@ -28,6 +28,9 @@ from mnemomd.integrity.pipeline import CARD_CACHE_TTL, WINDOW_TTL, IntegrityPipe
 from mnemomd.integrity.settings import from_config as analysis_settings
 from mnemomd.kv import KeyValueStore, KVCache, make_kv_store, readiness_check
 from mnemomd.ops.health import CheckResult, HealthState
+from mnemomd.ops.heartbeat import Heartbeat, load_or_create_deployment_id, readiness_snapshot
+from mnemomd.ops.jobs import PeriodicJob
+from mnemomd.ops.license import LicenseState, OnlineValidator, load_trusted_keys
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
 from mnemomd.ops.notify import SystemdNotifier
 from mnemomd.proxy.handler import ProxyHandler
@@ -229,6 +232,56 @@ class StorageService(Service):
             self.db.close()
 
 
+class SchedulerService(Service):
+    """The periodic jobs of SPEC §8.2 that exist so far: heartbeat and license check.
+
+    With ``MNEMOM_OFFLINE=true`` the jobs still tick (and are counted) but make no call,
+    so an operator sees the scheduler alive and the network untouched.
+    """
+
+    name = "scheduler"
+
+    def __init__(self, jobs: list[PeriodicJob]) -> None:
+        self.jobs = jobs
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        for job in self.jobs:
+            job.start(now=False)
+
+    @inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        for job in self.jobs:
+            yield job.stop()
+
+
+def scheduler_jobs(config: Config, reactor: Any, health: HealthState,
+                   metrics: GatewayMetrics, license_state: LicenseState,
+                   root: MnemomService) -> list[PeriodicJob]:
+    offline = config.mnemom_offline
+    heartbeat = Heartbeat(reactor, reactor, config.heartbeat_url,
+                          load_or_create_deployment_id(config.mnemom_data_dir), __version__,
+                          reactor.seconds(), readiness_snapshot(health))
+    root.addCleanup(heartbeat.close)
+    validator = OnlineValidator(reactor, reactor, config.mnemom_api_url, state=license_state,
+                                token=config.mnemom_license_jwt)
+    root.addCleanup(validator.close)
+
+    def beat() -> Deferred[None] | None:
+        return None if offline else heartbeat.send()
+
+    def check_license() -> Deferred[None] | None:
+        return None if offline else validator.check()
+
+    return [
+        PeriodicJob("heartbeat", config.observer_heartbeat_interval_seconds, beat, reactor,
+                    metrics),
+        PeriodicJob("license", config.observer_license_interval_seconds, check_license,
+                    reactor, metrics),
+    ]
+
+
 class MnemomService(MultiService):
     """The whole daemon, one child per responsibility (SPEC §2)."""
 
@@ -241,6 +294,7 @@ class MnemomService(MultiService):
         self._reactor = reactor
         #: What ``mnemomd run`` exits with once the reactor stops.
         self.exit_code = 0
+        self.license: LicenseState | None = None
         self._cleanups: list[Callable[[], Any]] = []
 
     def addCleanup(self, cleanup: Callable[[], Any]) -> None:  # noqa: N802
@@ -312,8 +366,19 @@ def make_service(config: Config, reactor: Any = None,
                               KVCache(kv, "", NUDGE_FLAG_TTL), directory.invalidate)
     integrity.on_outcome = enforcement.on_outcome
 
+    license_state = LicenseState.from_token(
+        config.mnemom_license_jwt, load_trusted_keys(config.mnemom_license_public_key),
+        required=config.license_required, clock=reactor, metrics=metrics)
+    health.add_check("license", license_state.readiness)
+    root.addCleanup(license_state.stop)
+    root.license = license_state
+    if config.role in ("all", "scheduler"):
+        jobs = scheduler_jobs(config, reactor, health, metrics, license_state, root)
+        SchedulerService(jobs).setServiceParent(root)
+
     client = UpstreamClient(reactor, config.upstream_max_connections_per_host)
-    proxy = ProxyHandler(config, reactor, client, directory, metrics, integrity, enforcement)
+    proxy = ProxyHandler(config, reactor, client, directory, metrics, integrity, enforcement,
+                         license_state)
     gateway = Gateway(reactor, config.role, config.max_request_body_bytes, health, metrics,
                       proxy)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)

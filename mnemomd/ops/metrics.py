@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -61,6 +62,25 @@ class GatewayMetrics:
             "Integrity analyses that failed, by backend and reason (timeout, unreachable, "
             "http_<status>, malformed, circuit_open, ...)",
             ["backend", "reason"], registry=self.registry)
+        self.license_state = Gauge(
+            "gateway_license_state",
+            "1 for the license's current state, 0 for the others (valid, grace, expired, "
+            "invalid, not_yet_valid, unlicensed)",
+            ["state"], registry=self.registry)
+        self.license_seconds_to_expiry = Gauge(
+            "gateway_license_seconds_to_expiry",
+            "Seconds until the license expires: negative during the grace period, NaN "
+            "without a verified license",
+            registry=self.registry)
+        self.cron_runs = Counter(
+            "gateway_cron_runs",
+            "Background job ticks by job and result (ok, error, skipped: the previous run "
+            "was still going)",
+            ["job", "result"], registry=self.registry)
+        self.cron_duration = Histogram(
+            "gateway_cron_duration_seconds",
+            "How long each background job run took, failed runs included",
+            ["job"], buckets=DURATION_BUCKETS, registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

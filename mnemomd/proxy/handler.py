@@ -84,7 +84,9 @@ def has_body(headers: Headers) -> bool:
 class ProxyHandler:
     def __init__(self, config: Config, clock: IReactorTime, client: UpstreamClient,
                  agents: AgentDirectory, metrics: GatewayMetrics,
-                 integrity: IntegrityPipeline, enforcement: Enforcement) -> None:
+                 integrity: IntegrityPipeline, enforcement: Enforcement,
+                 license_state: Any = None) -> None:
+        self._license = license_state
         self._integrity = integrity
         self._enforcement = enforcement
         self._config = config
@@ -148,6 +150,8 @@ class ProxyHandler:
     def _refusal(self, request: GatewayRequest,
                  target: ProxyTarget) -> tuple[int, dict[str, object]] | None:
         """The gateway's own reasons to answer without forwarding, if any."""
+        if self._license is not None and not self._license.allows_traffic():
+            return 403, error_payload("License invalid or expired", "license_error")
         if request.content.too_large:
             return 413, error_payload(
                 f"Request body exceeds {request.content.limit} bytes", "request_too_large")
