@@ -11,6 +11,7 @@ import pytest
 
 from tests.e2e.daemon import Daemon
 from tests.fakes import canned
+from tests.fakes.local import closed_port
 from tests.fakes.process import fetch_requests, record_body, record_headers
 from tests.fakes.rawhttp import raw_request
 
@@ -28,12 +29,6 @@ def call(daemon: Daemon, method: str, path: str, body: bytes = b"",
     with raw_request(daemon.base_url, method, path, body, headers or {}, timeout=20) as r:
         data = r.read_body()
         return r.status, dict(r.headers), data
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("provider, header", [
@@ -158,7 +153,7 @@ def test_upstream_errors_pass_through(daemon, code):
 
 
 def test_upstream_down_is_502(start):
-    daemon = start({"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{free_port()}"})
+    daemon = start({"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{closed_port()}"})
     status, headers, body = call(daemon, "POST", "/anthropic/v1/messages", BODY,
                                  AUTH["anthropic"])
     assert status == 502

@@ -17,6 +17,7 @@ import pytest
 from tests.e2e.conftest import pg_rows
 from tests.e2e.daemon import daemon_environment, mnemomd_command
 from tests.e2e.tcpgate import TcpGate
+from tests.fakes.local import closed_port
 from tests.fakes.process import wait_until
 from tests.fakes.rawhttp import raw_request
 
@@ -117,17 +118,11 @@ def test_newer_schema_refuses_to_start(tmp_path, postgres_url):
     assert "newer than this build" in result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     """A redis-server of the test's own, on a port of its own."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = closed_port()
         self.dir = tempfile.mkdtemp()
         self.proc: subprocess.Popen | None = None
 
@@ -211,7 +206,7 @@ def test_database_outage_keeps_forwarding_and_recovers(start, postgres_url):
 
 
 def test_database_down_at_startup_still_forwards(start, tmp_path):
-    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    url = f"postgresql://postgres@127.0.0.1:{closed_port()}/nothing"
     daemon = start({"DATABASE_URL": url}, wait_started=False)
     assert call(daemon, "sk-no-db")[0] == 200
     with raw_request(daemon.base_url, "GET", "/health/startup") as r:

@@ -14,15 +14,11 @@ or with a Content-Length), or a ``dict`` (that verdict as valid JSON).
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import deferLater
-from twisted.protocols.policies import WrappingFactory
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
+
+from tests.fakes.local import LocalServer
 
 VERDICT_REVIEW: dict[str, Any] = {
     "verdict": "review_needed",
@@ -64,13 +60,6 @@ ROUTES = {
 }
 
 
-def closed_port() -> int:
-    """A local port nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def model_text(action: Any) -> str | None:
     if isinstance(action, dict):
         return json.dumps(action)
@@ -99,44 +88,16 @@ def envelope(dialect: str, text: str) -> dict[str, Any]:
     return {"text": text}
 
 
-class _Resource(Resource):
-    isLeaf = True
-
-    def __init__(self, server: FakeAnalysisServer) -> None:
-        super().__init__()
-        self.server = server
-
-    def render_POST(self, request: Request) -> bytes | int:  # noqa: N802
-        return self.server.handle(request)
-
-
-class FakeAnalysisServer:
+class FakeAnalysisServer(LocalServer):
     """One fake analysis backend of the given dialect."""
 
     def __init__(self, dialect: str) -> None:
+        super().__init__()
         self.dialect = dialect
         self.default: Any = "valid"
         self.script: list[Any] = []
-        self.requests: list[dict[str, Any]] = []
         self.oversize_bytes = 64 * 1024
-        self._waiters: list[Deferred[None]] = []
         self._hanging: list[Request] = []
-        self._factory = WrappingFactory(Site(_Resource(self)))
-        self._port: Any = None
-
-    def start(self) -> FakeAnalysisServer:
-        self._port = reactor.listenTCP(0, self._factory, interface="127.0.0.1")
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port.getHost().port}"
-
-    def arrived(self) -> Deferred[None]:
-        """Fires when the next request has been received."""
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        return d
 
     def _route_ok(self, path: str) -> bool:
         if self.dialect == "gemini":
@@ -152,10 +113,7 @@ class FakeAnalysisServer:
             body = json.loads(raw)
         except ValueError:
             body = None
-        self.requests.append({"path": path, "headers": headers, "body": body})
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        self.record({"path": path, "headers": headers, "body": body})
         action = self.script.pop(0) if self.script else self.default
         request.setHeader(b"content-type", b"application/json")
         if not self._route_ok(path):
@@ -182,14 +140,3 @@ class FakeAnalysisServer:
         assert text is not None, f"unknown action {action!r}"
         return json.dumps(envelope(self.dialect, text)).encode()
 
-    @inlineCallbacks
-    def stop(self) -> Any:
-        """Stop listening and drop every connection, waiting until they are gone."""
-        if self._port is not None:
-            yield self._port.stopListening()
-        for protocol in list(self._factory.protocols):
-            protocol.transport.abortConnection()
-        for _ in range(200):
-            if not self._factory.protocols:
-                break
-            yield deferLater(reactor, 0.005, lambda: None)

@@ -13,7 +13,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from mnemomd.integrity.engine import BELOW_MINIMUM_EVIDENCE
-from tests.integrity.fakes import VERDICT_CLEAR, closed_port
+from tests.fakes.local import closed_port
+from tests.integrity.fakes import VERDICT_CLEAR
 from tests.integrity.helpers import (
     API_KEY,
     DIALECTS,

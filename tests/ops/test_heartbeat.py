@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, globalLogPublisher
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial import unittest
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from mnemomd.ops.health import HealthState
 from mnemomd.ops.heartbeat import (
@@ -32,6 +30,7 @@ from mnemomd.ops.heartbeat import (
     readiness_snapshot,
     sanitize_health,
 )
+from tests.fakes.local import LocalServer, closed_port
 
 DEPLOYMENT_ID = "5f0c7a52-3a0e-4d55-9a43-2a8c1de0b6a1"
 STARTED_AT = 1_000.0
@@ -63,52 +62,24 @@ LOADED_SNAPSHOT: dict[str, Any] = {
 }
 
 
-def closed_port() -> int:
-    """A local port nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Endpoint(Resource):
-    isLeaf = True
-
-    def __init__(self, receiver: Receiver) -> None:
-        super().__init__()
-        self.receiver = receiver
-
-    def render_POST(self, request: Request) -> bytes | int:  # noqa: N802
-        return self.receiver.handle(request)
-
-
-class Receiver:
+class Receiver(LocalServer):
     """A heartbeat receiver: records each request and answers as ``mode`` says."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.mode = "ok"  # ok | status:<code> | hang
-        self.requests: list[dict[str, Any]] = []
-        self._arrivals: list[Deferred[None]] = []
-        self._factory = WrappingFactory(Site(_Endpoint(self)))
-        self._port = reactor.listenTCP(0, self._factory, interface="127.0.0.1")
+        self.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port.getHost().port}{PATH}"
-
-    def arrived(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._arrivals.append(d)
-        return d
+        return super().url + PATH
 
     def handle(self, request: Request) -> bytes | int:
         raw = request.content.read()
-        self.requests.append({
+        self.record({
             "method": request.method, "path": request.path.decode(), "raw": raw,
             "headers": {k.decode().lower(): v[0].decode()
                         for k, v in request.requestHeaders.getAllRawHeaders()}})
-        arrivals, self._arrivals = self._arrivals, []
-        for d in arrivals:
-            d.callback(None)
         if self.mode == "hang":
             return NOT_DONE_YET
         if self.mode.startswith("status:"):
@@ -116,17 +87,6 @@ class Receiver:
             return b'{"error": "receiver broke"}'
         request.setResponseCode(202)
         return b'{"accepted": true}'
-
-    @inlineCallbacks
-    def stop(self) -> Any:
-        """Stop listening and drop every connection, waiting until they are gone."""
-        yield self._port.stopListening()
-        for protocol in list(self._factory.protocols):
-            protocol.transport.abortConnection()
-        for _ in range(200):
-            if not self._factory.protocols:
-                break
-            yield deferLater(reactor, 0.005, lambda: None)
 
 
 class HeartbeatTests(unittest.TestCase):

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,13 +19,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial import unittest
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from mnemomd.ops.license import (
     GRACE_SECONDS,
@@ -39,6 +36,7 @@ from mnemomd.ops.license import (
     verify_license,
 )
 from mnemomd.ops.metrics import GatewayMetrics
+from tests.fakes.local import LocalServer, closed_port
 
 NOW = 1_750_000_000.0
 DAY = 24 * 3600.0
@@ -482,18 +480,7 @@ def test_a_new_token_replaces_the_license(tmp_path):
 # --------------------------------------------------------------------------- online check
 
 
-class _ValidateResource(Resource):
-    isLeaf = True
-
-    def __init__(self, server: FakeLicenseServer) -> None:
-        super().__init__()
-        self.server = server
-
-    def render_POST(self, request: Request) -> bytes | int:  # noqa: N802
-        return self.server.handle(request)
-
-
-class FakeLicenseServer:
+class FakeLicenseServer(LocalServer):
     """The vendor's license server on 127.0.0.1, answering as ``script`` says.
 
     Actions: ``valid``, ``rejected``, ``status:<code>``, ``garbage`` (a 200 that is not
@@ -501,28 +488,14 @@ class FakeLicenseServer:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.script: list[str] = []
         self.default = "valid"
-        self.requests: list[dict[str, Any]] = []
-        self._arrivals: list[Deferred[None]] = []
-        self._factory = WrappingFactory(Site(_ValidateResource(self)))
-        self._port: Any = reactor.listenTCP(0, self._factory, interface="127.0.0.1")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port.getHost().port}"
-
-    def arrived(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._arrivals.append(d)
-        return d
+        self.start()
 
     def handle(self, request: Request) -> bytes | int:
-        self.requests.append({"path": request.path.decode(),
-                              "body": json.loads(request.content.read())})
-        arrivals, self._arrivals = self._arrivals, []
-        for d in arrivals:
-            d.callback(None)
+        self.record({"path": request.path.decode(),
+                     "body": json.loads(request.content.read())})
         action = self.script.pop(0) if self.script else self.default
         request.setHeader(b"content-type", b"application/json")
         if action == "hang":
@@ -536,21 +509,9 @@ class FakeLicenseServer:
             return b'{"valid": false, "reason": "license revoked by the vendor"}'
         return b'{"valid": true, "reason": null}'
 
-    @inlineCallbacks
-    def stop(self) -> Any:
-        yield self._port.stopListening()
-        for protocol in list(self._factory.protocols):
-            protocol.transport.abortConnection()
-        for _ in range(200):
-            if not self._factory.protocols:
-                break
-            yield deferLater(reactor, 0.005, lambda: None)
-
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{closed_port()}"
 
 
 class OnlineValidation(unittest.TestCase):
