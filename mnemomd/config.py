@@ -318,6 +318,12 @@ SETTINGS: tuple[Setting, ...] = (
             "no outbound calls except the LLM upstreams and the analysis backend"),
     Setting("OBSERVER_HEARTBEAT_INTERVAL_SECONDS", _seconds(0.01, 86400), 60.0,
             "seconds between heartbeats"),
+    Setting("OBSERVER_NUDGES_INTERVAL_SECONDS", _seconds(0.01, 86400), 300.0,
+            "seconds between runs of the nudge expiry job"),
+    Setting("OBSERVER_RETENTION_INTERVAL_SECONDS", _seconds(0.01, 86400 * 7), 3600.0,
+            "seconds between runs of the retention job"),
+    Setting("RETENTION_DAYS", _int_in(1, 36500), 365,
+            "checkpoints, traces and webhook delivery logs older than this are deleted"),
     Setting("OBSERVER_LICENSE_INTERVAL_SECONDS", _seconds(0.01, 86400 * 7), 3600.0,
             "seconds between online license checks"),
 )
@@ -374,6 +380,9 @@ class Config:
     heartbeat_url: str = "https://api.mnemom.ai/v1/deployments/heartbeat"
     mnemom_offline: bool = False
     observer_heartbeat_interval_seconds: float = 60.0
+    observer_nudges_interval_seconds: float = 300.0
+    observer_retention_interval_seconds: float = 3600.0
+    retention_days: int = 365
     observer_license_interval_seconds: float = 3600.0
     config_path: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict)

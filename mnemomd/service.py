@@ -27,6 +27,9 @@ from mnemomd.integrity.engine import build_analyzer
 from mnemomd.integrity.pipeline import CARD_CACHE_TTL, WINDOW_TTL, IntegrityPipeline
 from mnemomd.integrity.settings import from_config as analysis_settings
 from mnemomd.kv import KeyValueStore, KVCache, make_kv_store, readiness_check
+from mnemomd.observer.lease import lease_owner, leased
+from mnemomd.observer.nudges import expire_nudges
+from mnemomd.observer.retention import retention_run
 from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.heartbeat import Heartbeat, load_or_create_deployment_id, readiness_snapshot
 from mnemomd.ops.jobs import PeriodicJob
@@ -258,7 +261,8 @@ class SchedulerService(Service):
 
 def scheduler_jobs(config: Config, reactor: Any, health: HealthState,
                    metrics: GatewayMetrics, license_state: LicenseState,
-                   root: MnemomService) -> list[PeriodicJob]:
+                   root: MnemomService, db: Database,
+                   kv: KeyValueStore) -> list[PeriodicJob]:
     offline = config.mnemom_offline
     heartbeat = Heartbeat(reactor, reactor, config.heartbeat_url,
                           load_or_create_deployment_id(config.mnemom_data_dir), __version__,
@@ -274,11 +278,24 @@ def scheduler_jobs(config: Config, reactor: Any, health: HealthState,
     def check_license() -> Deferred[None] | None:
         return None if offline else validator.check()
 
+    owner = lease_owner()
+
+    def shared(name: str, interval: float, func: Callable[[], Any]) -> PeriodicJob:
+        """A job that runs in one scheduler process at a time, whatever their number."""
+        lease_ttl = max(60.0, interval * 2)
+        return PeriodicJob(name, interval, leased(kv, name, owner, lease_ttl, func), reactor,
+                           metrics)
+
+    store = EnforcementStore(db)
     return [
         PeriodicJob("heartbeat", config.observer_heartbeat_interval_seconds, beat, reactor,
                     metrics),
         PeriodicJob("license", config.observer_license_interval_seconds, check_license,
                     reactor, metrics),
+        shared("nudges", config.observer_nudges_interval_seconds,
+               lambda: expire_nudges(reactor, store)),
+        shared("retention", config.observer_retention_interval_seconds,
+               lambda: retention_run(reactor, db, config.retention_days)),
     ]
 
 
@@ -373,7 +390,7 @@ def make_service(config: Config, reactor: Any = None,
     root.addCleanup(license_state.stop)
     root.license = license_state
     if config.role in ("all", "scheduler"):
-        jobs = scheduler_jobs(config, reactor, health, metrics, license_state, root)
+        jobs = scheduler_jobs(config, reactor, health, metrics, license_state, root, db, kv)
         SchedulerService(jobs).setServiceParent(root)
 
     client = UpstreamClient(reactor, config.upstream_max_connections_per_host)

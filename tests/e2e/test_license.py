@@ -125,6 +125,8 @@ def test_offline_mode_opens_no_connection_but_the_configured_ones(start, recorde
                     "MNEMOM_API_URL": tripwires[1].url,
                     "OBSERVER_HEARTBEAT_INTERVAL_SECONDS": "0.05",
                     "OBSERVER_LICENSE_INTERVAL_SECONDS": "0.05",
+                    "OBSERVER_NUDGES_INTERVAL_SECONDS": "0.05",
+                    "OBSERVER_RETENTION_INTERVAL_SECONDS": "0.05",
                     "MNEMOM_LICENSE_PUBLIC_KEY": key_path,
                     "MNEMOM_LICENSE_JWT": token(time.time() + DAY, is_offline=False)})
     assert call(daemon)[0] == 200
@@ -136,7 +138,8 @@ def test_offline_mode_opens_no_connection_but_the_configured_ones(start, recorde
                     return float(line.split()[-1])
         return 0.0
 
-    wait_until(lambda: runs("heartbeat") >= 3 and runs("license") >= 3, timeout=20,
+    jobs = ("heartbeat", "license", "nudges", "retention")
+    wait_until(lambda: all(runs(job) >= 3 for job in jobs), timeout=20,
                what="every job to run several times")
     assert [t.connections for t in tripwires] == [0, 0]
 

@@ -1,0 +1,1 @@
+"""The observer: periodic jobs of SPEC §8, one module per job."""
