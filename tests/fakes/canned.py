@@ -292,17 +292,22 @@ def _anthropic_message(req: CannedRequest) -> dict[str, Any]:
     }
 
 
-def _anthropic_events(req: CannedRequest) -> list[bytes]:
-    start_message = {
+def _anthropic_start_message(model: str) -> dict[str, Any]:
+    """The message of a stream's ``message_start`` event: empty content so far."""
+    return {
         "id": ANTHROPIC_MESSAGE_ID,
         "type": "message",
         "role": "assistant",
-        "model": req.model,
+        "model": model,
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
         "usage": _anthropic_usage(1),
     }
+
+
+def _anthropic_events(req: CannedRequest) -> list[bytes]:
+    start_message = _anthropic_start_message(req.model)
     events = [
         _sse("message_start", {"type": "message_start", "message": start_message}),
         _sse(
@@ -779,16 +784,7 @@ def flood_events(model: str, total_bytes: int) -> Iterator[bytes]:
     stream, the minimal stream (slightly larger) is produced.
     """
     req = CannedRequest(api=Api.ANTHROPIC_MESSAGES, model=model, stream=True)
-    start_message = {
-        "id": ANTHROPIC_MESSAGE_ID,
-        "type": "message",
-        "role": "assistant",
-        "model": req.model,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": _anthropic_usage(1),
-    }
+    start_message = _anthropic_start_message(req.model)
     head = [
         _sse("message_start", {"type": "message_start", "message": start_message}),
         _sse(

@@ -2,41 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from mnemomd.observer.retention import DAY_MS, purge
 from mnemomd.storage.agents import AgentStore
-from mnemomd.storage.database import Database
 from mnemomd.storage.enforcement import NUDGE_MAX_AGE_MS, EnforcementStore
-from mnemomd.storage.migrations import migrate
-from tests.storage.engines import discard_database_url, new_database_url
+from tests.storage.engines import MigratedDatabase
 
 NOW = 400 * DAY_MS
 
 
-class RetentionTests:
-    engine = ""
-
+class RetentionTests(MigratedDatabase):
     @inlineCallbacks
     def setUp(self):
-        self.tmp = Path(tempfile.mkdtemp())
-        self.url = new_database_url(self.engine, self.tmp)
-        self.db = Database(reactor, self.url)
-        self.db.start()
-        yield migrate(self.db, 1)
+        yield super().setUp()
         agent = yield AgentStore(self.db).get_or_create("0000111122223333", None, "nudge", 1)
         self.agent_id = agent.agent_id
-
-    def tearDown(self):
-        self.db.close()
-        discard_database_url(self.url)
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
     @inlineCallbacks
     def seed(self, name, created_at, expires_at):

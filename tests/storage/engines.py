@@ -7,11 +7,18 @@ server with trust auth) and create one database per test, dropped afterwards.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+
+from mnemomd.storage.database import Database
+from mnemomd.storage.migrations import migrate
 
 POSTGRES_URL = os.environ.get("MNEMOMD_TEST_POSTGRES_URL",
                               "postgresql://postgres@127.0.0.1:5432/test")
@@ -56,3 +63,32 @@ def new_database_url(engine: str, tmp: Path) -> str:
 def discard_database_url(url: str) -> None:
     if url.startswith("postgresql"):
         drop_postgres_database(url)
+
+
+class MigratedDatabase:
+    """Trial mixin: a fresh, migrated database of ``engine`` per test, on either engine.
+
+    ``open_database()`` gives further pools on the same database (replicas, in tests).
+    """
+
+    engine = ""
+
+    @inlineCallbacks
+    def setUp(self):  # noqa: ANN201
+        self.tmp = Path(tempfile.mkdtemp())
+        self.url = new_database_url(self.engine, self.tmp)
+        self.databases: list[Database] = []
+        self.db = self.open_database()
+        yield migrate(self.db, 1)
+
+    def open_database(self) -> Database:
+        db = Database(reactor, self.url)
+        db.start()
+        self.databases.append(db)
+        return db
+
+    def tearDown(self) -> None:
+        for db in self.databases:
+            db.close()
+        discard_database_url(self.url)
+        shutil.rmtree(self.tmp, ignore_errors=True)

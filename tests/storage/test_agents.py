@@ -3,44 +3,20 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
 from aap.schemas.alignment_card import AlignmentCard
-from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
 from mnemomd.storage.agents import DEFAULT_DECLARED_VALUES, AgentStore
-from mnemomd.storage.database import Database
-from mnemomd.storage.migrations import migrate
-from tests.storage.engines import discard_database_url, new_database_url
+from tests.storage.engines import MigratedDatabase
 
 
-class AgentStoreTests:
-    engine = ""
-
+class AgentStoreTests(MigratedDatabase):
     @inlineCallbacks
     def setUp(self):
-        self.tmp = Path(tempfile.mkdtemp())
-        self.url = new_database_url(self.engine, self.tmp)
-        self.databases = []
-        self.db = self.open_database()
-        yield migrate(self.db, 1)
+        yield super().setUp()
         self.store = AgentStore(self.db)
-
-    def open_database(self) -> Database:
-        db = Database(reactor, self.url)
-        db.start()
-        self.databases.append(db)
-        return db
-
-    def tearDown(self):
-        for db in self.databases:
-            db.close()
-        discard_database_url(self.url)
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
     @inlineCallbacks
     def count(self, table):

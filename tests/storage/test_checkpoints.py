@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from mnemomd.storage.agents import AgentStore
 from mnemomd.storage.checkpoints import CheckpointRecord, CheckpointStore
-from mnemomd.storage.database import Database
-from mnemomd.storage.migrations import migrate
-from tests.storage.engines import discard_database_url, new_database_url
+from tests.storage.engines import MigratedDatabase
 
 
 def record(n: int, agent_id: str, verdict: str = "clear", session: str = "s1"):
@@ -28,24 +21,13 @@ def record(n: int, agent_id: str, verdict: str = "clear", session: str = "s1"):
         thinking_block_hash="a" * 64, synthetic=False, synthetic_reason=None, created_at=n)
 
 
-class CheckpointStoreTests:
-    engine = ""
-
+class CheckpointStoreTests(MigratedDatabase):
     @inlineCallbacks
     def setUp(self):
-        self.tmp = Path(tempfile.mkdtemp())
-        self.url = new_database_url(self.engine, self.tmp)
-        self.db = Database(reactor, self.url)
-        self.db.start()
-        yield migrate(self.db, 1)
+        yield super().setUp()
         agent = yield AgentStore(self.db).get_or_create("abcdabcdabcdabcd", None, "observe", 1)
         self.agent_id = agent.agent_id
         self.store = CheckpointStore(self.db)
-
-    def tearDown(self):
-        self.db.close()
-        discard_database_url(self.url)
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
     @inlineCallbacks
     def test_insert_get_round_trip_and_idempotent(self):
