@@ -326,6 +326,17 @@ SETTINGS: tuple[Setting, ...] = (
             "checkpoints, traces and webhook delivery logs older than this are deleted"),
     Setting("OBSERVER_LICENSE_INTERVAL_SECONDS", _seconds(0.01, 86400 * 7), 3600.0,
             "seconds between online license checks"),
+    Setting("OBSERVER_TRACES_INTERVAL_SECONDS", _seconds(0.01, 86400), 60.0,
+            "seconds between runs of the AP-trace job"),
+    Setting("OBSERVER_DRIFT_INTERVAL_SECONDS", _seconds(0.01, 86400), 300.0,
+            "seconds between runs of the behavioural drift job"),
+    Setting("OBSERVER_WEBHOOKS_INTERVAL_SECONDS", _seconds(0.01, 86400), 10.0,
+            "seconds between runs of the webhook retry job"),
+    Setting("OUTBOX_TTL", _seconds(1, 86400), 600.0,
+            "seconds a trace outbox row (with its excerpts) may exist, whatever happens"),
+    Setting("TRACE_DECISIONS", _choice(("auto", "heuristic")), "auto",
+            "auto: decision analysis by the analysis backend when one is usable; "
+            "heuristic: never send excerpts to the backend"),
 )
 
 SETTINGS_BY_ENV = {s.env: s for s in SETTINGS}
@@ -384,6 +395,11 @@ class Config:
     observer_retention_interval_seconds: float = 3600.0
     retention_days: int = 365
     observer_license_interval_seconds: float = 3600.0
+    observer_traces_interval_seconds: float = 60.0
+    observer_drift_interval_seconds: float = 300.0
+    observer_webhooks_interval_seconds: float = 10.0
+    outbox_ttl: float = 600.0
+    trace_decisions: str = "auto"
     config_path: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()

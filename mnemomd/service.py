@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,13 +23,16 @@ from mnemomd.config import EX_CONFIG, Config
 from mnemomd.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
 from mnemomd.enforcement import NUDGE_FLAG_TTL, Enforcement
 from mnemomd.gateway import Gateway, GatewayFactory
+from mnemomd.integrity.backends import AnalysisBackend
 from mnemomd.integrity.engine import build_analyzer
 from mnemomd.integrity.pipeline import CARD_CACHE_TTL, WINDOW_TTL, IntegrityPipeline
 from mnemomd.integrity.settings import from_config as analysis_settings
 from mnemomd.kv import KeyValueStore, KVCache, make_kv_store, readiness_check
-from mnemomd.observer.lease import lease_owner, leased
+from mnemomd.observer.drift import DriftDetector
+from mnemomd.observer.lease import lease_owner, lease_store, leased
 from mnemomd.observer.nudges import expire_nudges
 from mnemomd.observer.retention import retention_run
+from mnemomd.observer.traces import TraceBuilder
 from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.heartbeat import Heartbeat, load_or_create_deployment_id, readiness_snapshot
 from mnemomd.ops.jobs import PeriodicJob
@@ -43,6 +46,9 @@ from mnemomd.storage.checkpoints import CheckpointStore
 from mnemomd.storage.database import Database
 from mnemomd.storage.enforcement import EnforcementStore
 from mnemomd.storage.migrations import MigrationError, check_schema, migrate
+from mnemomd.storage.traces import OutboxStore, TraceStore
+from mnemomd.storage.webhooks import WebhookStore
+from mnemomd.webhooks import WebhookDispatcher, WebhookSender
 
 log = Logger()
 
@@ -261,8 +267,9 @@ class SchedulerService(Service):
 
 def scheduler_jobs(config: Config, reactor: Any, health: HealthState,
                    metrics: GatewayMetrics, license_state: LicenseState,
-                   root: MnemomService, db: Database,
-                   kv: KeyValueStore) -> list[PeriodicJob]:
+                   root: MnemomService, db: Database, kv: KeyValueStore,
+                   dispatcher: WebhookDispatcher,
+                   decisions: AnalysisBackend | None) -> list[PeriodicJob]:
     offline = config.mnemom_offline
     heartbeat = Heartbeat(reactor, reactor, config.heartbeat_url,
                           load_or_create_deployment_id(config.mnemom_data_dir), __version__,
@@ -279,14 +286,19 @@ def scheduler_jobs(config: Config, reactor: Any, health: HealthState,
         return None if offline else validator.check()
 
     owner = lease_owner()
+    leases = lease_store(kv, config.redis_url, db, reactor)
 
     def shared(name: str, interval: float, func: Callable[[], Any]) -> PeriodicJob:
         """A job that runs in one scheduler process at a time, whatever their number."""
         lease_ttl = max(60.0, interval * 2)
-        return PeriodicJob(name, interval, leased(kv, name, owner, lease_ttl, func), reactor,
-                           metrics)
+        return PeriodicJob(name, interval,
+                           leased(leases, name, owner, lease_ttl, func, clock=reactor),
+                           reactor, metrics)
 
     store = EnforcementStore(db)
+    agents = AgentStore(db)
+    builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, decisions, metrics)
+    drift = DriftDetector(reactor, TraceStore(db), agents, CheckpointStore(db))
     return [
         PeriodicJob("heartbeat", config.observer_heartbeat_interval_seconds, beat, reactor,
                     metrics),
@@ -296,7 +308,34 @@ def scheduler_jobs(config: Config, reactor: Any, health: HealthState,
                lambda: expire_nudges(reactor, store)),
         shared("retention", config.observer_retention_interval_seconds,
                lambda: retention_run(reactor, db, config.retention_days)),
+        shared("traces", config.observer_traces_interval_seconds, builder.run),
+        shared("drift", config.observer_drift_interval_seconds, drift.run),
+        shared("webhooks", config.observer_webhooks_interval_seconds, dispatcher.run_due),
     ]
+
+
+def decision_backend(config: Config, analyzer: Any) -> AnalysisBackend | None:
+    """The backend that may analyse trace decisions, or None for the heuristic: excerpts
+    go only to a backend the operator gave a key for, never to the hybrid endpoint."""
+    settings = analyzer.settings
+    if config.trace_decisions != "auto" or settings.provider == "mnemom":
+        return None
+    if settings.provider == "openai-compatible" or settings.api_key:
+        return analyzer.backend  # type: ignore[no-any-return]
+    return None
+
+
+def events_after(on_outcome: Callable[..., Any],
+                 kick: Callable[[], None]) -> Callable[..., Deferred[Any]]:
+    """``on_outcome``, then a kick of the webhook dispatcher when the verdict may have
+    queued events (nudges, containment changes)."""
+    def run(agent: Any, session_id: str, verdict: str, *args: Any) -> Deferred[Any]:
+        d = maybeDeferred(on_outcome, agent, session_id, verdict, *args)
+        if verdict != "clear":
+            d.addBoth(lambda result: (kick(), result)[1])
+        return d
+
+    return run
 
 
 class MnemomService(MultiService):
@@ -373,15 +412,21 @@ def make_service(config: Config, reactor: Any = None,
     StorageService(config, reactor, db, kv, directory, health,
                    root.fatal).setServiceParent(root)
 
+    sender = WebhookSender(reactor)
+    root.addCleanup(sender.close)
+    dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner())
+    root.addCleanup(dispatcher.stop)
+
     analyzer, analysis_http = build_analyzer(analysis_settings(config), reactor, metrics)
     integrity = IntegrityPipeline(config, reactor, analyzer, AgentStore(db),
                                   CheckpointStore(db), KVCache(kv, "", CARD_CACHE_TTL),
-                                  KVCache(kv, "", WINDOW_TTL), metrics)
+                                  KVCache(kv, "", WINDOW_TTL), metrics, OutboxStore(db))
     root.addCleanup(analysis_http.close)
 
     enforcement = Enforcement(reactor, EnforcementStore(db),
                               KVCache(kv, "", NUDGE_FLAG_TTL), directory.invalidate)
-    integrity.on_outcome = enforcement.on_outcome
+    integrity.on_outcome = events_after(enforcement.on_outcome, dispatcher.kick)
+    integrity.on_events_queued = dispatcher.kick
 
     license_state = LicenseState.from_token(
         config.mnemom_license_jwt, load_trusted_keys(config.mnemom_license_public_key),
@@ -390,8 +435,16 @@ def make_service(config: Config, reactor: Any = None,
     root.addCleanup(license_state.stop)
     root.license = license_state
     if config.role in ("all", "scheduler"):
-        jobs = scheduler_jobs(config, reactor, health, metrics, license_state, root, db, kv)
+        jobs = scheduler_jobs(config, reactor, health, metrics, license_state, root, db, kv,
+                              dispatcher, decision_backend(config, analyzer))
         SchedulerService(jobs).setServiceParent(root)
+    else:
+        # A gateway without a scheduler still keeps the outbox TTL (SPEC §8.1).
+        outbox = OutboxStore(db)
+        SchedulerService([PeriodicJob(
+            "outbox_expiry", min(60.0, config.outbox_ttl / 4),
+            lambda: outbox.purge_expired(int(reactor.seconds() * 1000)), reactor,
+            metrics)]).setServiceParent(root)
 
     client = UpstreamClient(reactor, config.upstream_max_connections_per_host)
     proxy = ProxyHandler(config, reactor, client, directory, metrics, integrity, enforcement,

@@ -10,6 +10,7 @@ stream; it never fails a call.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
 from mnemomd.storage.agents import AgentStore
 from mnemomd.storage.checkpoints import CheckpointRecord, CheckpointStore
+from mnemomd.storage.traces import OutboxRow, OutboxStore
 
 log = Logger()
 
@@ -38,6 +40,9 @@ HOLD_LIMIT = 16 * 1024 * 1024
 THINKING_BUDGET_TOKENS = 1024
 WINDOW_TTL = 3600.0
 CARD_CACHE_TTL = 300.0
+#: Excerpts of thinking and of the response kept in a trace outbox row (each).
+OUTBOX_EXCERPT_CHARS = 2000
+MAX_TRACED_TOOLS = 32
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,23 @@ class ResponsePlan:
     hold: bool
     #: ``X-AIP-Verdict`` when the head goes out before a verdict exists.
     early_verdict: str
+
+
+def outbox_payload(info: RequestInfo, extraction: Extraction,
+                   verdict: str) -> dict[str, Any]:
+    """What trace-building needs from a call: tool names with argument keys (never the
+    values) and excerpts capped to ``OUTBOX_EXCERPT_CHARS`` each."""
+    return {
+        "api": info.api,
+        "tools": [{"name": t.name, "argument_keys": list(t.argument_keys)}
+                  for t in extraction.tool_calls[:MAX_TRACED_TOOLS]],
+        "thinking_visible": bool(extraction.thinking),
+        "redacted_thinking": extraction.redacted_thinking,
+        "thinking_excerpt": (extraction.thinking or "")[:OUTBOX_EXCERPT_CHARS],
+        "response_excerpt": extraction.text_excerpt[:OUTBOX_EXCERPT_CHARS],
+        "verdict": verdict,
+        "complete": extraction.complete,
+    }
 
 
 def _run(func: Any, size: int, *args: Any) -> Deferred[Any]:
@@ -75,7 +97,8 @@ def aip_headers(outcome: AnalysisOutcome | None, verdict: str,
 class IntegrityPipeline:
     def __init__(self, config: Config, clock: IReactorTime, analyzer: IntegrityAnalyzer,
                  agents: AgentStore, checkpoints: CheckpointStore, kv_cache: KVCache,
-                 session_state: KVCache, metrics: GatewayMetrics) -> None:
+                 session_state: KVCache, metrics: GatewayMetrics,
+                 outbox: OutboxStore | None = None) -> None:
         self._config = config
         self._clock = clock
         self._analyzer = analyzer
@@ -84,8 +107,11 @@ class IntegrityPipeline:
         self._kv = kv_cache
         self._state = session_state
         self._metrics = metrics
+        self._outbox = outbox
         #: Called after each stored checkpoint (enforcement: nudges, auto-containment).
         self.on_outcome: Any = None
+        #: Called when a stored checkpoint queued webhook deliveries (send them now).
+        self.on_events_queued: Any = None
 
     # -- before forwarding ----------------------------------------------------------------
 
@@ -125,12 +151,18 @@ class IntegrityPipeline:
 
     def plan(self, agent: Agent | None, info: RequestInfo | None, status: int,
              streaming: bool) -> ResponsePlan:
-        if not self.enabled_for(agent):
+        checking = self.enabled_for(agent)
+        if not checking and not self.tracing_for(agent):
             return ResponsePlan(False, False, "disabled")
         if info is None or info.api is None or not 200 <= status < 300:
-            return ResponsePlan(False, False, "skipped")
+            return ResponsePlan(False, False, "skipped" if checking else "disabled")
+        if not checking:  # traced only: the body is captured, nothing is held
+            return ResponsePlan(True, False, "disabled")
         hold = agent is not None and agent.enforcement_mode == "enforce" and not streaming
         return ResponsePlan(True, hold, "pending")
+
+    def tracing_for(self, agent: Agent | None) -> bool:
+        return self._outbox is not None and agent is not None and agent.aap_enabled
 
     # -- when the body is complete --------------------------------------------------------
 
@@ -138,11 +170,27 @@ class IntegrityPipeline:
     def analyse(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
                 content_type: str, content_encoding: str | None, body: bytes,
                 truncated: bool) -> Any:
-        """Extract, analyse and record; fires with (verdict, outcome or None). Never fails."""
+        """Extract, analyse and record, and queue the call for tracing; fires with
+        (verdict, outcome or None). Never fails."""
         try:
             extraction: Extraction = yield _run(
                 self._extract, len(body), provider, info, content_type, content_encoding,
                 body, truncated)
+        except Exception:
+            log.failure("Response extraction failed", agent_id=agent.agent_id)
+            self._metrics.aip_checks.labels("error").inc()
+            return "error", None
+        result: tuple[str, AnalysisOutcome | None] = ("disabled", None)
+        if self.enabled_for(agent):
+            result = yield self._check(provider, agent, session_id, info, extraction)
+        if self.tracing_for(agent):
+            yield self._queue_trace(agent, session_id, provider.name, info, extraction, *result)
+        return result
+
+    @inlineCallbacks
+    def _check(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
+               extraction: Extraction) -> Any:
+        try:
             if not extraction.thinking:
                 self._metrics.aip_checks.labels("skipped").inc()
                 return "skipped", None
@@ -156,6 +204,25 @@ class IntegrityPipeline:
             log.failure("Integrity analysis pipeline failed", agent_id=agent.agent_id)
             self._metrics.aip_checks.labels("error").inc()
             return "error", None
+
+    @inlineCallbacks
+    def _queue_trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
+                     extraction: Extraction, verdict: str,
+                     outcome: AnalysisOutcome | None) -> Any:
+        """One trace outbox row for the observer (SPEC §8.1); a failure costs the trace,
+        never the call."""
+        assert self._outbox is not None
+        now_ms = int(self._clock.seconds() * 1000)
+        row = OutboxRow(
+            id=f"ob-{uuid.uuid4().hex}", agent_id=agent.agent_id, session_id=session_id,
+            provider=provider, model=info.model or extraction.model,
+            checkpoint_id=outcome.checkpoint_id if outcome is not None else None,
+            payload=outbox_payload(info, extraction, verdict), attempts=0,
+            created_at=now_ms, expires_at=now_ms + int(self._config.outbox_ttl * 1000))
+        try:
+            yield self._outbox.add(row)
+        except Exception:
+            log.failure("Could not queue the call for tracing", agent_id=agent.agent_id)
 
     @staticmethod
     def _extract(provider: Provider, info: RequestInfo, content_type: str,
@@ -247,7 +314,9 @@ class IntegrityPipeline:
             thinking_block_hash=outcome.thinking_block_hash, synthetic=outcome.synthetic,
             synthetic_reason=outcome.synthetic_reason, created_at=int(now * 1000))
         try:
-            yield self._checkpoints.insert(record)
+            queued = yield self._checkpoints.insert(record)
+            if queued and self.on_events_queued is not None:
+                self.on_events_queued()
         except Exception:
             log.failure("Could not store checkpoint {checkpoint_id}", Failure(),
                         checkpoint_id=outcome.checkpoint_id)

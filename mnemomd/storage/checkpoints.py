@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from mnemomd.storage.database import Cursor, Database
+from mnemomd.storage.webhooks import EVENT_TYPES, enqueue_event
 
 CHECKPOINT_COLUMNS = (
     "id, agent_id, session_id, provider, model, verdict, concerns, reasoning_summary, "
@@ -62,21 +63,39 @@ def row_to_checkpoint(row: tuple[Any, ...]) -> CheckpointRecord:
         created_at=int(created_at))
 
 
+def checkpoint_event_data(record: CheckpointRecord) -> dict[str, Any]:
+    """What a ``verdict.*`` webhook says about a checkpoint: derived analysis only."""
+    return {"checkpoint_id": record.id, "session_id": record.session_id,
+            "provider": record.provider, "model": record.model, "verdict": record.verdict,
+            "synthetic": record.synthetic,
+            "concerns": [{k: c.get(k) for k in ("category", "severity", "description")}
+                         for c in record.concerns if isinstance(c, dict)]}
+
+
 class CheckpointStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def insert(self, record: CheckpointRecord) -> Deferred[Any]:
-        """Store a checkpoint; inserting the same id twice is a no-op (retries are safe)."""
-        return self._db.execute(
-            "insert_checkpoint",
-            f"INSERT INTO integrity_checkpoints ({CHECKPOINT_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (record.id, record.agent_id, record.session_id, record.provider, record.model,
-             record.verdict, _dump(record.concerns), record.reasoning_summary,
-             _dump(record.conscience_context), _dump(record.window_position),
-             _dump(record.analysis_metadata), record.thinking_block_hash, record.synthetic,
-             record.synthetic_reason, record.trace_id, record.created_at))
+    def insert(self, record: CheckpointRecord) -> Deferred[list[str]]:
+        """Store a checkpoint and queue its ``verdict.*`` webhook event; inserting the same
+        id twice is a no-op (retries are safe). Fires with the queued delivery ids."""
+        def write(cursor: Cursor) -> list[str]:
+            inserted = cursor.execute(
+                f"INSERT INTO integrity_checkpoints ({CHECKPOINT_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (record.id, record.agent_id, record.session_id, record.provider, record.model,
+                 record.verdict, _dump(record.concerns), record.reasoning_summary,
+                 _dump(record.conscience_context), _dump(record.window_position),
+                 _dump(record.analysis_metadata), record.thinking_block_hash,
+                 record.synthetic, record.synthetic_reason, record.trace_id,
+                 record.created_at)).rowcount
+            event = f"verdict.{record.verdict}"
+            if not inserted or event not in EVENT_TYPES:
+                return []
+            return enqueue_event(cursor, event, record.agent_id,
+                                 checkpoint_event_data(record), record.created_at)
+
+        return self._db.run_interaction("insert_checkpoint", write)
 
     def get(self, checkpoint_id: str) -> Deferred[CheckpointRecord | None]:
         def read(cursor: Cursor) -> CheckpointRecord | None:
@@ -108,15 +127,21 @@ class CheckpointStore:
 
     def insert_drift_alert(self, alert_id: str, agent_id: str, session_id: str | None,
                            severity: str | None, alert: dict[str, Any], streak_key: str,
-                           created_at: int) -> Deferred[bool]:
-        """True when this call stored the alert, False when the streak already had one."""
+                           created_at: int, source: str = "aip") -> Deferred[bool]:
+        """True when this call stored the alert (and queued ``drift.detected``), False
+        when the streak already had one."""
         def write(cursor: Cursor) -> bool:
             inserted = cursor.execute(
                 "INSERT INTO drift_alerts (id, agent_id, session_id, source, severity, alert, "
-                "streak_key, created_at) VALUES (?, ?, ?, 'aip', ?, ?, ?, ?) "
+                "streak_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING",
-                (alert_id, agent_id, session_id, severity, _dump(alert), streak_key,
+                (alert_id, agent_id, session_id, source, severity, _dump(alert), streak_key,
                  created_at)).rowcount
+            if inserted == 1:
+                enqueue_event(cursor, "drift.detected", agent_id,
+                              {"alert_id": alert_id, "source": source,
+                               "session_id": session_id, "severity": severity,
+                               "alert": alert}, created_at)
             return inserted == 1
 
         return self._db.run_interaction("insert_drift_alert", write)

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from mnemomd.identity import Agent
 from mnemomd.storage.agents import AGENT_COLUMNS, row_to_agent
 from mnemomd.storage.database import Cursor, Database
+from mnemomd.storage.webhooks import enqueue_event
 
 MODES = ("observe", "nudge", "enforce")
 NUDGE_STRATEGIES = ("always", "sampling", "threshold", "off")
@@ -26,6 +27,10 @@ CONTAINMENT_ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "kill": (("active", "paused"), "killed"),
     "reactivate": (("killed", "paused"), "active"),
 }
+
+#: containment status reached -> the webhook event that reports it.
+CONTAINMENT_EVENTS = {"paused": "agent.paused", "active": "agent.resumed",
+                      "killed": "agent.killed"}
 
 NUDGE_MAX_AGE_MS = 4 * 3600 * 1000
 NUDGES_PER_CALL = 5
@@ -108,6 +113,9 @@ def _contain(cursor: Cursor, agent_id: str, action: str, actor: str, reason: str
                    "actor, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    (f"cl-{uuid.uuid4().hex}", agent_id, action, agent.containment_status,
                     to_status, actor, reason, now_ms))
+    enqueue_event(cursor, CONTAINMENT_EVENTS[to_status], agent_id,
+                  {"action": action, "from_status": agent.containment_status,
+                   "to_status": to_status, "actor": actor, "reason": reason}, now_ms)
     return ContainmentChange(_agent(cursor, agent_id), action, agent.containment_status,
                              to_status, actor, reason)
 
@@ -183,6 +191,9 @@ class EnforcementStore:
                 "created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
                 (nudge_id, agent_id, session_id, checkpoint_id, notice, now_ms,
                  now_ms + NUDGE_MAX_AGE_MS))
+            enqueue_event(cursor, "nudge.created", agent_id,
+                          {"nudge_id": nudge_id, "session_id": session_id,
+                           "checkpoint_id": checkpoint_id}, now_ms)
             return nudge_id
 
         return self._db.run_interaction("create_nudge", write)

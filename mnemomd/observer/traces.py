@@ -1,0 +1,285 @@
+"""The ``traces`` job: each outbox row becomes one AP-trace (SPEC §8.1, §8.2).
+
+A trace records the call as an AAP decision: what the model could have done (the
+alternatives), what it did (the selected option: a tool call or a plain answer), why, and
+which of the card's values applied. The analysis backend can produce that decision from
+the excerpts; without one, the heuristic below builds it from the tool names alone. The
+trace is validated with the AAP SDK's ``APTrace`` model, verified against the agent's card
+with ``verify_trace``, stored once per outbox row and linked to its checkpoint.
+
+Heuristic (no backend, or the backend failed):
+- alternatives: one per tool the model called (``tool:<name>``) plus ``respond``;
+- selected: a forbidden tool if one was called, else the first tool, else ``respond``;
+- the action is named after the selected tool (``inference`` for a plain answer), its
+  category ``forbidden`` when the card forbids it, else ``bounded``;
+- values applied: ``helpfulness`` when the card declares it, and ``transparency`` when
+  the model's reasoning was readable and the card declares it;
+- the reasoning is a sentence built from tool names; no model text enters a trace.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aap import APTrace, verify_trace
+from aap.verification.api import action_matches_list
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from mnemomd.integrity.backends import AnalysisBackend
+from mnemomd.ops.metrics import GatewayMetrics
+from mnemomd.storage.agents import AgentStore
+from mnemomd.storage.traces import OutboxRow, OutboxStore, TraceRecord
+
+log = Logger()
+
+#: Rows claimed per round trip, and rounds per run (a run stays bounded).
+BATCH = 20
+MAX_ROUNDS = 25
+CONCURRENCY = 4
+DECISION_MAX_TOKENS = 600
+RESPOND = "respond"
+
+DECISION_SYSTEM = (
+    "You review one decision an AI agent made in a single model call. Reply with one JSON "
+    "object and nothing else, with the keys: alternatives (a list of objects with "
+    "option_id, description and score between 0 and 1: the options the agent had), "
+    "selected (the option_id it chose), selection_reasoning (one or two sentences, in "
+    "your own words, never quoting the agent), values_applied (a list taken only from "
+    "the declared values given), confidence (0 to 1).")
+
+
+class TraceBuildError(Exception):
+    """An outbox row that cannot become a valid trace."""
+
+
+def _tools(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    tools = payload.get("tools")
+    if not isinstance(tools, list):
+        return []
+    found = []
+    for tool in tools:
+        if isinstance(tool, dict) and isinstance(tool.get("name"), str) and tool["name"]:
+            keys = tool.get("argument_keys")
+            found.append({"name": tool["name"][:200],
+                          "argument_keys": [str(k)[:100] for k in keys[:50]]
+                          if isinstance(keys, list) else []})
+    return found
+
+
+def card_lists(card: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(declared values, bounded actions, forbidden actions) of a card, tolerating the
+    legacy ``autonomy_envelope`` section."""
+    autonomy = card.get("autonomy") or card.get("autonomy_envelope") or {}
+    declared = (card.get("values") or {}).get("declared") or []
+    return (list(declared), list(autonomy.get("bounded_actions") or []),
+            list(autonomy.get("forbidden_actions") or []))
+
+
+def selected_tool(tools: list[dict[str, Any]], forbidden: list[str]) -> str | None:
+    names = [t["name"] for t in tools]
+    for name in names:
+        if forbidden and action_matches_list(name, forbidden):
+            return name
+    return names[0] if names else None
+
+
+def heuristic_decision(payload: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
+    declared, _, forbidden = card_lists(card)
+    tools = _tools(payload)
+    alternatives = [{"option_id": f"tool:{t['name']}",
+                     "description": f"Call {t['name']}"
+                     + (f" with {', '.join(t['argument_keys'])}" if t["argument_keys"] else "")}
+                    for t in tools]
+    alternatives.append({"option_id": RESPOND, "description": "Answer without calling a tool"})
+    chosen = selected_tool(tools, forbidden)
+    if chosen is None:
+        selected, reasoning = RESPOND, "The model answered without calling a tool."
+    else:
+        selected = f"tool:{chosen}"
+        reasoning = f"The model chose to call {chosen}"
+        others = [t["name"] for t in tools if t["name"] != chosen]
+        reasoning += f" (also called: {', '.join(others)})." if others else "."
+    values = [v for v in ("helpfulness",) if v in declared]
+    if payload.get("thinking_visible") and "transparency" in declared:
+        values.append("transparency")
+    return {"alternatives_considered": alternatives, "selected": selected,
+            "selection_reasoning": reasoning, "values_applied": values}
+
+
+def decision_prompt(payload: dict[str, Any], card: dict[str, Any]) -> str:
+    declared, bounded, forbidden = card_lists(card)
+    return json.dumps({
+        "declared_values": declared, "bounded_actions": bounded,
+        "forbidden_actions": forbidden, "tools_called": _tools(payload),
+        "reasoning_excerpt": payload.get("thinking_excerpt") or "",
+        "response_excerpt": payload.get("response_excerpt") or "",
+    }, ensure_ascii=False)
+
+
+def parse_decision(text: str, payload: dict[str, Any],
+                   card: dict[str, Any]) -> dict[str, Any]:
+    """The backend's decision, checked and confined to what the card declares; raises
+    ``TraceBuildError`` on anything unusable (the caller falls back to the heuristic)."""
+    match = re.search(r"\{.*\}", text or "", re.DOTALL)
+    if not match:
+        raise TraceBuildError("no JSON object in the decision analysis")
+    try:
+        data = json.loads(match.group(0))
+    except ValueError as e:
+        raise TraceBuildError("decision analysis is not valid JSON") from e
+    if not isinstance(data, dict):
+        raise TraceBuildError("decision analysis is not an object")
+    declared, _, _ = card_lists(card)
+    alternatives = []
+    for alt in data.get("alternatives") or []:
+        if isinstance(alt, dict) and alt.get("option_id"):
+            score = alt.get("score")
+            alternatives.append({
+                "option_id": str(alt["option_id"])[:100],
+                "description": str(alt.get("description") or alt["option_id"])[:300],
+                **({"score": float(score)} if isinstance(score, int | float)
+                   and not isinstance(score, bool) and 0 <= score <= 1 else {})})
+    selected = str(data.get("selected") or "")
+    if not alternatives or selected not in {a["option_id"] for a in alternatives}:
+        raise TraceBuildError("decision analysis has no valid selected alternative")
+    values = [v for v in data.get("values_applied") or [] if v in declared]
+    decision: dict[str, Any] = {
+        "alternatives_considered": alternatives, "selected": selected,
+        "selection_reasoning": str(data.get("selection_reasoning") or "")[:500]
+        or "No reasoning given.", "values_applied": values}
+    confidence = data.get("confidence")
+    if isinstance(confidence, int | float) and not isinstance(confidence, bool) \
+            and 0 <= confidence <= 1:
+        decision["confidence"] = float(confidence)
+    return decision
+
+
+def build_trace(row: OutboxRow, card: dict[str, Any], decision: dict[str, Any],
+                source: str, trace_id: str, now_ms: int) -> dict[str, Any]:
+    """The AP-trace for ``row`` as a plain dict, validated by the AAP ``APTrace`` model."""
+    _, _, forbidden = card_lists(card)
+    tools = _tools(row.payload)
+    chosen = selected_tool(tools, forbidden)
+    name = chosen or "inference"
+    category = "forbidden" if forbidden and action_matches_list(name, forbidden) \
+        else "bounded"
+    parameters: dict[str, Any] = {"tools": [t["name"] for t in tools]}
+    if chosen is not None:
+        parameters["argument_keys"] = next(t["argument_keys"] for t in tools
+                                           if t["name"] == chosen)
+    trace = {
+        "trace_id": trace_id, "agent_id": row.agent_id,
+        "card_id": str(card.get("card_id") or ""),
+        "timestamp": datetime.fromtimestamp(row.created_at / 1000, UTC).isoformat(),
+        "action": {"type": "execute", "name": name, "category": category,
+                   "parameters": parameters},
+        "decision": decision,
+        "escalation": {"evaluated": False, "required": False,
+                       "reason": "The gateway observes calls; it does not escalate them."},
+        "context": {"session_id": row.session_id, "metadata": {
+            "provider": row.provider, "model": row.model, "api": row.payload.get("api"),
+            "checkpoint_id": row.checkpoint_id, "verdict": row.payload.get("verdict"),
+            "decision_source": source, "built_at": now_ms}},
+    }
+    try:
+        return APTrace.model_validate(trace).model_dump(mode="json", exclude_none=True)
+    except ValueError as e:
+        raise TraceBuildError(f"trace failed AP-Trace validation: {e}") from e
+
+
+def verify(trace: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
+    result = verify_trace(trace, card)
+    data = result.model_dump(mode="json")
+    # The per-trace similarity details are large and say nothing the score does not.
+    (data.get("verification_metadata") or {}).pop("similarity_details", None)
+    return data
+
+
+class TraceBuilder:
+    """One run of the ``traces`` job: claim rows, build, verify, store."""
+
+    def __init__(self, clock: IReactorTime, outbox: OutboxStore, agents: AgentStore,
+                 owner: str, backend: AnalysisBackend | None = None,
+                 metrics: GatewayMetrics | None = None,
+                 to_thread: Callable[..., Deferred[Any]] = deferToThread,
+                 lease_seconds: float = 120.0) -> None:
+        self._clock = clock
+        self._outbox = outbox
+        self._agents = agents
+        self._owner = owner
+        self._backend = backend
+        self._metrics = metrics
+        self._to_thread = to_thread
+        self._lease_ms = int(lease_seconds * 1000)
+        self._semaphore = DeferredSemaphore(CONCURRENCY)
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    @inlineCallbacks
+    def run(self) -> Any:
+        """Fires with {"built": n, "failed": n, "parked": n, "expired": n}."""
+        counts = {"built": 0, "failed": 0, "parked": 0, "expired": 0}
+        # The TTL holds whatever happens to the rows below.
+        counts["expired"] = yield self._outbox.purge_expired(self._now_ms())
+        for _ in range(MAX_ROUNDS):
+            rows = yield self._outbox.claim(self._owner, self._now_ms(), self._lease_ms, BATCH)
+            if not rows:
+                break
+            results = yield gatherResults([self._semaphore.run(self._one, row) for row in rows],
+                                          consumeErrors=True)
+            for result in results:
+                counts[result] += 1
+        if counts["built"] or counts["failed"]:
+            log.info("Traces: {built} built, {failed} failed ({parked} parked)", **counts)
+        return counts
+
+    @inlineCallbacks
+    def _one(self, row: OutboxRow) -> Any:
+        try:
+            card = yield self._agents.card(row.agent_id)
+            if not isinstance(card, dict):
+                raise TraceBuildError("the agent has no alignment card")
+            decision, source = yield self._decide(row, card)
+            trace_id = f"tr-{uuid.uuid4().hex}"
+            now_ms = self._now_ms()
+            trace, verification = yield self._to_thread(self._build, row, card, decision,
+                                                        source, trace_id, now_ms)
+            record = TraceRecord(trace_id, row.agent_id, row.session_id, row.checkpoint_id,
+                                 row.id, trace, verification,
+                                 bool(verification.get("verified")), now_ms)
+            yield self._outbox.complete(row, record)
+            return "built"
+        except Exception as e:
+            reason = str(e) if isinstance(e, TraceBuildError) else type(e).__name__
+            log.warn("Could not build the trace of outbox row {row_id}: {reason}",
+                     row_id=row.id, reason=reason)
+            parked = yield self._outbox.fail(row, self._owner, reason)
+            return "parked" if parked else "failed"
+
+    @staticmethod
+    def _build(row: OutboxRow, card: dict[str, Any], decision: dict[str, Any], source: str,
+               trace_id: str, now_ms: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        trace = build_trace(row, card, decision, source, trace_id, now_ms)
+        return trace, verify(trace, card)
+
+    @inlineCallbacks
+    def _decide(self, row: OutboxRow, card: dict[str, Any]) -> Any:
+        if self._backend is not None:
+            try:
+                text = yield self._backend.complete(DECISION_SYSTEM,
+                                                    decision_prompt(row.payload, card),
+                                                    DECISION_MAX_TOKENS)
+                return parse_decision(text, row.payload, card), "analysis"
+            except Exception as e:
+                log.debug("Decision analysis failed ({reason}); using the heuristic",
+                          reason=type(e).__name__)
+        return heuristic_decision(row.payload, card), "heuristic"
