@@ -307,11 +307,24 @@ def scheduler_jobs(config: Config, reactor: Any, health: HealthState,
         shared("nudges", config.observer_nudges_interval_seconds,
                lambda: expire_nudges(reactor, store)),
         shared("retention", config.observer_retention_interval_seconds,
-               lambda: retention_run(reactor, db, config.retention_days)),
-        shared("traces", config.observer_traces_interval_seconds, builder.run),
+               lambda: scrubbed(db, retention_run(reactor, db, config.retention_days))),
+        shared("traces", config.observer_traces_interval_seconds,
+               lambda: scrubbed(db, builder.run())),
         shared("drift", config.observer_drift_interval_seconds, drift.run),
         shared("webhooks", config.observer_webhooks_interval_seconds, dispatcher.run_due),
     ]
+
+
+def scrubbed(db: Database, run: Deferred[Any]) -> Deferred[Any]:
+    """``run``, then the database's log scrubbed: a job that deleted outbox excerpts must
+    not leave their page images in SQLite's write-ahead log."""
+    def scrub(result: Any) -> Any:
+        changed = any(result.values()) if isinstance(result, dict) else bool(result)
+        if not changed:
+            return result
+        return db.scrub_log().addCallback(lambda _: result)
+
+    return run.addCallback(scrub)
 
 
 def decision_backend(config: Config, analyzer: Any) -> AnalysisBackend | None:
@@ -443,7 +456,7 @@ def make_service(config: Config, reactor: Any = None,
         outbox = OutboxStore(db)
         SchedulerService([PeriodicJob(
             "outbox_expiry", min(60.0, config.outbox_ttl / 4),
-            lambda: outbox.purge_expired(int(reactor.seconds() * 1000)), reactor,
+            lambda: scrubbed(db, outbox.purge_expired(int(reactor.seconds() * 1000))), reactor,
             metrics)]).setServiceParent(root)
 
     client = UpstreamClient(reactor, config.upstream_max_connections_per_host)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -126,6 +126,8 @@ def _sqlite_connection_setup(connection: Any) -> None:
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA foreign_keys=ON")
     connection.execute("PRAGMA busy_timeout=5000")
+    # Deleted rows (the trace outbox's excerpts) are overwritten, not left in free pages.
+    connection.execute("PRAGMA secure_delete=ON")
 
 
 def _postgres_connection_setup(connection: Any) -> None:
@@ -202,6 +204,14 @@ class Database:
 
     def execute(self, desc: str, sql: str, params: Sequence[Any] = ()) -> Deferred[Any]:
         return self.run_interaction(desc, lambda c: c.execute(sql, params).rowcount)
+
+    def scrub_log(self) -> Deferred[Any]:
+        """On SQLite, fold the write-ahead log into the database and truncate it, so that
+        page images of deleted rows do not linger in the ``-wal`` file. A no-op on
+        PostgreSQL (its own vacuum reclaims dead rows)."""
+        if self.engine != "sqlite":
+            return succeed(None)
+        return self.fetchone("scrub_log", "PRAGMA wal_checkpoint(TRUNCATE)")
 
     def ping(self) -> Deferred[Any]:
         """A trivial round trip, for readiness."""

@@ -17,6 +17,8 @@ class Recorder:
         self.requests: list[dict[str, Any]] = []
         self.connections = 0
         self.status = 200
+        #: Statuses for the next requests, in order; ``status`` once it runs out.
+        self.statuses: list[int] = []
         self.answer: Any = {"valid": True}
         recorder = self
 
@@ -29,9 +31,12 @@ class Recorder:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 recorder.requests.append({"path": self.path, "headers": dict(self.headers),
-                                          "body": body.decode("utf-8", "replace")})
+                                          "body": body.decode("utf-8", "replace"),
+                                          "raw": body})
                 data = json.dumps(recorder.answer).encode()
-                self.send_response(recorder.status)
+                status = recorder.statuses.pop(0) if recorder.statuses else recorder.status
+                recorder.requests[-1]["status"] = status
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
