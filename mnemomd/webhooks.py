@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -167,15 +166,19 @@ class WebhookSender:
             return reader.done.addCallback(lambda _: SendResult(response.code, None))
 
         def failed(failure: Failure) -> SendResult:
-            if failure.check(DeferredTimeout):
-                return SendResult(None, f"timed out after {self._timeout:g} s")
             if failure.check(ResponseDone):
                 return SendResult(None, "connection closed")
             return SendResult(None, failure.type.__name__)
 
+        def timed_out(_: Any, timeout: float) -> SendResult:
+            # Cancelling a request in flight fails it with ResponseNeverReceived, not
+            # CancelledError, so the default conversion to TimeoutError cannot be relied on.
+            return SendResult(None, f"timed out after {timeout:g} s")
+
         d.addCallback(answered)
-        d.addTimeout(self._timeout, self._clock)
-        return d.addErrback(failed)
+        d.addErrback(failed)
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
+        return d
 
     def close(self) -> Deferred[Any]:
         return self.pool.closeCachedConnections()

@@ -1,9 +1,13 @@
 """The ``drift`` job: AAP behavioural drift per agent (SPEC §8.2).
 
-Once an agent has at least ``MIN_TRACES`` traces, its latest ones are compared with its
-card by the AAP SDK's ``detect_drift``. A streak of low-similarity traces is one alert:
-the streak is keyed by its first trace, so later runs that see the same streak store
-nothing new, and each stored alert queues a ``drift.detected`` webhook event.
+Once an agent has at least ``MIN_TRACES`` traces, its latest ones are compared with a
+baseline by the AAP SDK's drift algorithm: features of each trace, cosine similarity to
+the centroid of the baseline, an alert after ``SUSTAINED`` consecutive traces below
+``THRESHOLD``. The SDK's ``detect_drift`` takes its baseline from the first traces of
+the list it is given, so the baseline would move as traces accumulate and one streak
+would be seen again under another first trace; here the baseline is fixed (the agent's
+first ``MIN_TRACES`` traces), so a streak is always keyed by the same first trace and
+later runs that see it store nothing new. Each stored alert queues ``drift.detected``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from aap import detect_drift
+from aap import DriftAlert
+from aap.verification.constants import (
+    DEFAULT_SIMILARITY_THRESHOLD as THRESHOLD,
+)
+from aap.verification.constants import (
+    DEFAULT_SUSTAINED_TURNS_THRESHOLD as SUSTAINED,
+)
+from aap.verification.divergence import DivergenceDetector
+from aap.verification.features import FeatureExtractor, compute_centroid, cosine_similarity
+from aap.verification.models import DriftAnalysis, DriftDirection
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
@@ -26,12 +39,42 @@ log = Logger()
 
 MIN_TRACES = 10
 #: How many of an agent's latest traces one run looks at.
-WINDOW = 100
+WINDOW = 500
 
 
-def drift_alerts(card: dict[str, Any], traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """AAP drift alerts for ``traces`` (oldest first), as plain dicts."""
-    return [alert.model_dump(mode="json") for alert in detect_drift(card, traces)]
+def drift_alerts(card: dict[str, Any], baseline: list[dict[str, Any]],
+                 traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """AAP drift alerts for ``traces`` (oldest first) against ``baseline``, as dicts."""
+    extractor = FeatureExtractor()
+    centroid = compute_centroid([extractor.extract_trace_features(t) for t in baseline])
+    sdk = DivergenceDetector(THRESHOLD, SUSTAINED)
+    escalations = [1.0 if (t.get("escalation") or {}).get("required") else 0.0
+                   for t in baseline]
+    values: dict[str, int] = {}
+    alerts = []
+    streak: list[tuple[dict[str, Any], float]] = []
+    for trace in traces:
+        similarity = cosine_similarity(extractor.extract_trace_features(trace), centroid)
+        escalations.append(1.0 if (trace.get("escalation") or {}).get("required") else 0.0)
+        for value in (trace.get("decision") or {}).get("values_applied") or []:
+            values[value] = values.get(value, 0) + 1
+        streak = streak + [(trace, similarity)] if similarity < THRESHOLD else []
+        if len(streak) != SUSTAINED:
+            continue
+        try:  # the SDK's own reading of the streak, where it can give one
+            direction = sdk._infer_drift_direction(streak, card, escalations, values)
+            indicators = sdk._build_drift_indicators(streak, card, escalations)
+        except Exception:
+            direction, indicators = DriftDirection.UNKNOWN, []
+        alert = DriftAlert(
+            agent_id=str(trace.get("agent_id") or ""), card_id=str(card.get("card_id") or ""),
+            analysis=DriftAnalysis(similarity_score=round(max(similarity, 0.0), 4),
+                                   sustained_traces=len(streak), threshold=THRESHOLD,
+                                   drift_direction=direction,
+                                   specific_indicators=indicators),
+            trace_ids=[str(t.get("trace_id") or "") for t, _ in streak])
+        alerts.append(alert.model_dump(mode="json"))
+    return alerts
 
 
 def severity(alert: dict[str, Any]) -> str:
@@ -67,8 +110,11 @@ class DriftDetector:
         card = yield self._agents.card(agent_id)
         if not isinstance(card, dict):
             return 0
+        baseline = yield self._traces.earliest(agent_id, MIN_TRACES)
         records = yield self._traces.latest(agent_id, WINDOW)
-        alerts = yield self._to_thread(drift_alerts, card, [r.trace for r in records])
+        first = {r.id for r in baseline}
+        alerts = yield self._to_thread(drift_alerts, card, [r.trace for r in baseline],
+                                       [r.trace for r in records if r.id not in first])
         stored = 0
         for alert in alerts:
             trace_ids = alert.get("trace_ids") or []

@@ -104,7 +104,8 @@ class OutboxStore:
         return self._db.run_interaction("store_trace", _complete, row, trace)
 
     def fail(self, row: OutboxRow, owner: str, error: str) -> Deferred[bool]:
-        """Release a row that could not be traced; fires True when it is now parked."""
+        """Give up on a row for now (it is claimable again when its lease runs out); fires
+        True when it is now parked."""
         return self._db.run_interaction("fail_trace_outbox", _fail, row, owner, error)
 
     def purge_expired(self, now_ms: int) -> Deferred[int]:
@@ -160,9 +161,10 @@ def _complete(cursor: Cursor, row: OutboxRow, trace: TraceRecord) -> bool:
 
 def _fail(cursor: Cursor, row: OutboxRow, owner: str, error: str) -> bool:
     parked = row.attempts >= MAX_ATTEMPTS
-    cursor.execute("UPDATE trace_outbox SET parked = ?, last_error = ?, lease_owner = NULL, "
-                   "lease_expires_at = NULL WHERE id = ? AND lease_owner = ?",
-                   (parked, error[:500], row.id, owner))
+    # The lease's expiry is kept: the row is tried again only once it has run out, so one
+    # run of the job (which claims until nothing is left) cannot spend all the attempts.
+    cursor.execute("UPDATE trace_outbox SET parked = ?, last_error = ?, lease_owner = NULL "
+                   "WHERE id = ? AND lease_owner = ?", (parked, error[:500], row.id, owner))
     return parked
 
 
@@ -202,6 +204,16 @@ class TraceStore:
                 "SELECT agent_id FROM ap_traces GROUP BY agent_id "
                 "HAVING COUNT(*) >= ? AND MAX(created_at) >= ? ORDER BY agent_id",
                 (minimum, since_ms)).fetchall()])
+
+    def earliest(self, agent_id: str, count: int) -> Deferred[list[TraceRecord]]:
+        """The agent's first ``count`` traces still stored, oldest first."""
+        def read(cursor: Cursor) -> list[TraceRecord]:
+            rows = cursor.execute(
+                f"SELECT {', '.join(TRACE_FIELDS)} FROM ap_traces WHERE agent_id = ? "
+                "ORDER BY created_at, id LIMIT ?", (agent_id, count)).fetchall()
+            return [row_to_trace(r) for r in rows]
+
+        return self._db.run_interaction("earliest_traces", read)
 
     def latest(self, agent_id: str, count: int) -> Deferred[list[TraceRecord]]:
         """The agent's latest ``count`` traces, oldest first."""

@@ -1,0 +1,344 @@
+"""The traces job: decisions, AP-trace building and verification, and TraceBuilder runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aap import APTrace
+from twisted.internet.defer import fail, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from mnemomd.integrity.backends import AnalysisFailure
+from mnemomd.observer.traces import (
+    RESPOND,
+    TraceBuilder,
+    TraceBuildError,
+    build_trace,
+    heuristic_decision,
+    parse_decision,
+    verify,
+)
+from mnemomd.storage.agents import AgentStore, default_alignment_card
+from mnemomd.storage.checkpoints import CheckpointRecord, CheckpointStore
+from mnemomd.storage.traces import MAX_ATTEMPTS, OutboxRow, OutboxStore, TraceStore
+from tests.storage.engines import MigratedDatabase
+
+NOW = 1_700_000_000_000
+
+
+def card(forbidden=("delete_file",), bounded=("inference", "search"), declared=None):
+    result = default_alignment_card("smith-1", NOW)
+    result["autonomy"]["bounded_actions"] = list(bounded)
+    result["autonomy"]["forbidden_actions"] = list(forbidden)
+    if declared is not None:
+        result["values"]["declared"] = list(declared)
+    return result
+
+
+def tools(*names):
+    return [{"name": n, "argument_keys": [f"{n}_arg"]} for n in names]
+
+
+def row(payload, agent_id="smith-1", n=1, checkpoint_id=None, ttl=600_000):
+    return OutboxRow(f"ob-{n}", agent_id, "s1", "anthropic", "claude-x", checkpoint_id,
+                     payload, 1, NOW + n, NOW + n + ttl)
+
+
+# -- the heuristic -------------------------------------------------------------------------
+
+
+def test_no_tools_means_respond():
+    decision = heuristic_decision({"tools": []}, card())
+    assert decision["selected"] == RESPOND
+    assert [a["option_id"] for a in decision["alternatives_considered"]] == [RESPOND]
+    trace = build_trace(row({}), card(), decision, "heuristic", "tr-1", NOW)
+    assert trace["action"]["name"] == "inference"
+    assert trace["action"]["category"] == "bounded"
+
+
+def test_a_forbidden_tool_is_selected_over_the_others():
+    payload = {"tools": tools("search", "delete_file", "read")}
+    decision = heuristic_decision(payload, card())
+    assert decision["selected"] == "tool:delete_file"
+    assert [a["option_id"] for a in decision["alternatives_considered"]] == \
+        ["tool:search", "tool:delete_file", "tool:read", RESPOND]
+    trace = build_trace(row(payload), card(), decision, "heuristic", "tr-1", NOW)
+    assert (trace["action"]["name"], trace["action"]["category"]) == ("delete_file",
+                                                                     "forbidden")
+    assert trace["action"]["parameters"]["argument_keys"] == ["delete_file_arg"]
+
+
+def test_without_a_forbidden_tool_the_first_is_selected():
+    decision = heuristic_decision({"tools": tools("search", "read")}, card())
+    assert decision["selected"] == "tool:search"
+
+
+def test_values_come_only_from_the_declared_ones():
+    visible = {"tools": [], "thinking_visible": True}
+    assert heuristic_decision(visible, card())["values_applied"] == \
+        ["helpfulness", "transparency"]
+    assert heuristic_decision({"tools": []}, card())["values_applied"] == ["helpfulness"]
+    assert heuristic_decision(visible, card(declared=["safety"]))["values_applied"] == []
+    assert heuristic_decision(visible, card(declared=["transparency"]))["values_applied"] == \
+        ["transparency"]
+
+
+def test_no_model_text_enters_the_heuristic_trace():
+    payload = {"tools": tools("search"), "thinking_excerpt": "SECRET-PLAN",
+               "response_excerpt": "SECRET-ANSWER", "thinking_visible": True}
+    decision = heuristic_decision(payload, card())
+    trace = build_trace(row(payload), card(), decision, "heuristic", "tr-1", NOW)
+    assert "SECRET" not in json.dumps(trace)
+
+
+# -- parse_decision ------------------------------------------------------------------------
+
+GOOD = {"alternatives": [{"option_id": "tool:search", "description": "Search", "score": 0.8},
+                         {"option_id": RESPOND, "description": "Answer", "score": 0.2}],
+        "selected": "tool:search", "selection_reasoning": "Needed facts.",
+        "values_applied": ["helpfulness", "accuracy"], "confidence": 0.7}
+
+
+def test_prose_around_the_json_is_tolerated():
+    text = f"Sure! Here is the analysis:\n```json\n{json.dumps(GOOD)}\n```\nHope it helps."
+    decision = parse_decision(text, {}, card())
+    assert decision["selected"] == "tool:search"
+    assert [a["score"] for a in decision["alternatives_considered"]] == [0.8, 0.2]
+    assert decision["values_applied"] == ["helpfulness", "accuracy"]
+    assert decision["confidence"] == 0.7
+    assert decision["selection_reasoning"] == "Needed facts."
+
+
+@pytest.mark.parametrize("text", [
+    "no json here",
+    "{not json}",
+    json.dumps({**GOOD, "selected": "tool:delete_everything"}),
+    json.dumps({**GOOD, "selected": ""}),
+    json.dumps({**GOOD, "alternatives": []}),
+    json.dumps({**GOOD, "alternatives": [{"description": "no id"}]}),
+    "",
+])
+def test_unusable_decisions_are_rejected(text):
+    with pytest.raises(TraceBuildError):
+        parse_decision(text, {}, card())
+
+
+def test_undeclared_values_are_filtered():
+    text = json.dumps({**GOOD, "values_applied": ["helpfulness", "profit", "world_domination"]})
+    assert parse_decision(text, {}, card())["values_applied"] == ["helpfulness"]
+
+
+def test_bad_scores_and_confidence_are_dropped():
+    alternatives = [{"option_id": "a", "score": 1.5}, {"option_id": "b", "score": -0.1},
+                    {"option_id": "c", "score": "0.5"}, {"option_id": "d", "score": True},
+                    {"option_id": "e", "score": 1}]
+    text = json.dumps({"alternatives": alternatives, "selected": "e", "confidence": 7})
+    decision = parse_decision(text, {}, card())
+    scores = {a["option_id"]: a.get("score") for a in decision["alternatives_considered"]}
+    assert scores == {"a": None, "b": None, "c": None, "d": None, "e": 1.0}
+    assert "confidence" not in decision
+    assert decision["selection_reasoning"]  # never empty
+
+
+# -- build_trace and verify ----------------------------------------------------------------
+
+
+def test_built_traces_validate_as_ap_traces():
+    the_card = card()
+    payload = {"tools": tools("search"), "api": "messages", "verdict": "clear"}
+    trace = build_trace(row(payload, checkpoint_id="ic-1"), the_card,
+                        heuristic_decision(payload, the_card), "heuristic", "tr-9", NOW)
+    assert APTrace.model_validate(trace).trace_id == "tr-9"
+    assert trace["card_id"] == the_card["card_id"]
+    metadata = trace["context"]["metadata"]
+    assert (metadata["decision_source"], metadata["checkpoint_id"], metadata["verdict"]) == \
+        ("heuristic", "ic-1", "clear")
+
+
+def test_an_invalid_decision_fails_validation():
+    bad = {"alternatives_considered": "nope", "selected": 3}
+    with pytest.raises(TraceBuildError):
+        build_trace(row({}), card(), bad, "analysis", "tr-1", NOW)
+
+
+def test_a_forbidden_tool_is_a_forbidden_action_violation():
+    the_card = card()
+    payload = {"tools": tools("search", "delete_file")}
+    trace = build_trace(row(payload), the_card, heuristic_decision(payload, the_card),
+                        "heuristic", "tr-1", NOW)
+    result = verify(trace, the_card)
+    assert result["verified"] is False
+    assert "forbidden_action" in [v["type"] for v in result["violations"]]
+
+
+def test_a_bounded_tool_verifies_clean():
+    the_card = card()
+    payload = {"tools": tools("search")}
+    trace = build_trace(row(payload), the_card, heuristic_decision(payload, the_card),
+                        "heuristic", "tr-1", NOW)
+    result = verify(trace, the_card)
+    assert result["verified"] is True
+    assert result["violations"] == []
+    assert "similarity_details" not in (result.get("verification_metadata") or {})
+
+
+# -- TraceBuilder runs on a migrated database ---------------------------------------------
+
+
+class FakeBackend:
+    def __init__(self, answer):
+        self.answer = answer
+        self.prompts = []
+
+    def complete(self, system, user, max_tokens):
+        self.prompts.append(json.loads(user))
+        return self.answer() if callable(self.answer) else succeed(self.answer)
+
+
+class BrokenAgents:
+    def card(self, agent_id):
+        return fail(ConnectionError("database went away"))
+
+
+def synchronously(func, *args):
+    return maybeDeferred(func, *args)
+
+
+class TraceBuilderTests(MigratedDatabase, unittest.TestCase):
+    engine = "sqlite"
+
+    @inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        self.clock = Clock()
+        self.clock.advance(NOW / 1000)
+        self.agents = AgentStore(self.db)
+        agent = yield self.agents.get_or_create("abcdabcdabcdabcd", None, "observe", NOW)
+        self.agent_id = agent.agent_id
+        the_card = yield self.agents.card(self.agent_id)
+        the_card["autonomy"]["bounded_actions"] = ["inference", "search"]
+        the_card["autonomy"]["forbidden_actions"] = ["delete_file"]
+        self.card = the_card
+        yield self.db.execute("t", "UPDATE alignment_cards SET card = ? WHERE agent_id = ?",
+                              (json.dumps(the_card), self.agent_id))
+        self.outbox = OutboxStore(self.db)
+        self.traces = TraceStore(self.db)
+
+    def builder(self, backend=None, agents=None):
+        return TraceBuilder(self.clock, self.outbox, agents or self.agents, "me", backend,
+                            to_thread=synchronously, lease_seconds=120)
+
+    def now_ms(self):
+        return int(self.clock.seconds() * 1000)
+
+    @inlineCallbacks
+    def add(self, n, payload, agent_id=None, checkpoint_id=None, ttl=3_600_000):
+        yield self.outbox.add(OutboxRow(f"ob-{n}", agent_id or self.agent_id, "s1",
+                                        "anthropic", "claude-x", checkpoint_id, payload, 0,
+                                        self.now_ms() + n, self.now_ms() + ttl))
+
+    @inlineCallbacks
+    def outbox_rows(self):
+        rows = yield self.db.fetchall("t", "SELECT id, attempts, parked FROM trace_outbox "
+                                           "ORDER BY id")
+        return [(r[0], int(r[1]), bool(r[2])) for r in rows]
+
+    @inlineCallbacks
+    def test_builds_verifies_stores_and_links_each_ready_row(self):
+        yield CheckpointStore(self.db).insert(CheckpointRecord(
+            id="ic-1", agent_id=self.agent_id, session_id="s1", provider="anthropic",
+            model=None, verdict="clear", concerns=[], reasoning_summary=None,
+            conscience_context=None, window_position=None, analysis_metadata=None,
+            thinking_block_hash=None, synthetic=False, synthetic_reason=None,
+            created_at=NOW))
+        yield self.add(1, {"tools": tools("search")}, checkpoint_id="ic-1")
+        yield self.add(2, {"tools": tools("delete_file")})
+        yield self.add(3, {"tools": []})
+        counts = yield self.builder().run()
+        self.assertEqual(counts, {"built": 3, "failed": 0, "parked": 0, "expired": 0})
+        self.assertEqual((yield self.outbox_rows()), [])
+        records, total = yield self.traces.list_for_agent(self.agent_id)
+        self.assertEqual(total, 3)
+        by_row = {r.outbox_id: r for r in records}
+        for record in records:
+            APTrace.model_validate(record.trace)
+            self.assertEqual(record.trace["trace_id"], record.id)
+            self.assertEqual(record.trace["context"]["metadata"]["decision_source"],
+                             "heuristic")
+        self.assertEqual((by_row["ob-1"].verified, by_row["ob-2"].verified,
+                          by_row["ob-3"].verified), (True, False, True))
+        self.assertIn("forbidden_action",
+                      [v["type"] for v in by_row["ob-2"].verification["violations"]])
+        self.assertEqual((yield CheckpointStore(self.db).get("ic-1")).trace_id,
+                         by_row["ob-1"].id)
+        # Nothing left: a second run builds nothing more.
+        self.assertEqual((yield self.builder().run())["built"], 0)
+        self.assertEqual((yield self.traces.list_for_agent(self.agent_id))[1], 3)
+
+    @inlineCallbacks
+    def test_a_failing_row_is_retried_on_later_runs_then_parked_without_blocking(self):
+        yield self.add(1, {"tools": []}, agent_id="smith-ghost")  # no card
+        yield self.add(2, {"tools": tools("search")})
+        builder = self.builder()
+        counts = yield builder.run()
+        self.assertEqual(counts, {"built": 1, "failed": 1, "parked": 0, "expired": 0})
+        self.assertEqual((yield self.outbox_rows()), [("ob-1", 1, False)])
+        # Not again within the same lease period, however often the job runs.
+        self.assertEqual((yield builder.run())["failed"], 0)
+        self.assertEqual((yield self.outbox_rows()), [("ob-1", 1, False)])
+        for attempt in range(2, MAX_ATTEMPTS + 1):
+            self.clock.advance(121)
+            yield self.add(10 + attempt, {"tools": tools("search")})
+            counts = yield builder.run()
+            parked = attempt == MAX_ATTEMPTS
+            self.assertEqual(counts, {"built": 1, "failed": 0 if parked else 1,
+                                      "parked": 1 if parked else 0, "expired": 0})
+            self.assertEqual((yield self.outbox_rows()), [("ob-1", attempt, parked)])
+        self.clock.advance(3000)
+        self.assertEqual((yield builder.run()),
+                         {"built": 0, "failed": 0, "parked": 0, "expired": 0})
+        self.assertEqual((yield self.outbox_rows()), [("ob-1", MAX_ATTEMPTS, True)])
+        self.assertEqual((yield self.traces.list_for_agent(self.agent_id))[1], MAX_ATTEMPTS)
+
+    @inlineCallbacks
+    def test_expired_rows_are_purged_first_even_when_building_fails(self):
+        yield self.add(1, {"tools": []}, ttl=1000)
+        yield self.add(2, {"tools": []})
+        self.clock.advance(2)
+        counts = yield self.builder(agents=BrokenAgents()).run()
+        self.assertEqual(counts, {"built": 0, "failed": 1, "parked": 0, "expired": 1})
+        self.assertEqual((yield self.outbox_rows()), [("ob-2", 1, False)])
+
+    @inlineCallbacks
+    def test_the_analysis_backend_decides_when_configured(self):
+        answer = ("Analysis follows. " + json.dumps(
+            {**GOOD, "values_applied": ["helpfulness", "greed"]}) + " Done.")
+        backend = FakeBackend(answer)
+        yield self.add(1, {"tools": tools("search"), "thinking_excerpt": "think",
+                           "response_excerpt": "answer"})
+        self.assertEqual((yield self.builder(backend).run())["built"], 1)
+        [record], _ = yield self.traces.list_for_agent(self.agent_id)
+        self.assertEqual(record.trace["context"]["metadata"]["decision_source"], "analysis")
+        self.assertEqual(record.trace["decision"]["selection_reasoning"], "Needed facts.")
+        self.assertEqual(record.trace["decision"]["values_applied"], ["helpfulness"])
+        [prompt] = backend.prompts
+        self.assertEqual(prompt["tools_called"], tools("search"))
+        self.assertEqual(prompt["forbidden_actions"], ["delete_file"])
+
+    @inlineCallbacks
+    def test_a_backend_failure_falls_back_to_the_heuristic(self):
+        failing = FakeBackend(lambda: fail(AnalysisFailure("timeout")))
+        nonsense = FakeBackend("I cannot help with that.")
+        yield self.add(1, {"tools": tools("search")})
+        yield self.add(2, {"tools": tools("delete_file")})
+        self.assertEqual((yield self.builder(failing).run())["built"], 2)
+        yield self.add(3, {"tools": tools("search")})
+        self.assertEqual((yield self.builder(nonsense).run())["built"], 1)
+        records, _ = yield self.traces.list_for_agent(self.agent_id)
+        self.assertEqual(len(records), 3)
+        for record in records:
+            self.assertEqual(record.trace["context"]["metadata"]["decision_source"],
+                             "heuristic")
+        self.assertEqual(len(failing.prompts), 2)
