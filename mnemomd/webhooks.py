@@ -128,8 +128,14 @@ class _DiscardBody(Protocol):
     """Reads a receiver's answer only to finish the exchange; nothing is kept."""
 
     def __init__(self) -> None:
-        self.done: Deferred[None] = Deferred()
+        # Cancelled (by the attempt's timeout) while the body trickles in: drop the
+        # connection rather than leave it to the receiver.
+        self.done: Deferred[None] = Deferred(lambda _: self._abort())
         self._size = 0
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self._size += len(data)
@@ -137,7 +143,8 @@ class _DiscardBody(Protocol):
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # noqa: N802
-        self.done.callback(None)
+        if not self.done.called:
+            self.done.callback(None)
 
 
 class WebhookSender:

@@ -381,9 +381,10 @@ class _Hook(Resource):
 class LocalReceiver:
     """An HTTP server on 127.0.0.1 answering POSTs with ``code``, or never (``hang``)."""
 
-    def __init__(self, code: int = 200, hang: bool = False) -> None:
+    def __init__(self, code: int = 200, hang: bool = False, stall_body: bool = False) -> None:
         self.code = code
-        self.hang = hang
+        self.hang = hang or stall_body
+        self.stall_body = stall_body
         self.requests: list[dict[str, Any]] = []
         self.hanging: list[Deferred[None]] = []
         self.arrived: Deferred[None] = Deferred()
@@ -402,6 +403,10 @@ class LocalReceiver:
             self.hanging.append(request.notifyFinish().addErrback(lambda _: None))
         if not self.arrived.called:
             reactor.callLater(0, self.arrived.callback, None)
+        if self.stall_body:  # the head and a little of the body, then nothing
+            request.setResponseCode(self.code)
+            request.setHeader(b"content-length", b"1000")
+            request.write(b"x" * 10)
         if self.hang:
             return NOT_DONE_YET
         request.setResponseCode(self.code)
@@ -471,6 +476,19 @@ class SenderTests(unittest.TestCase):
         self.assertIsNone(result.status)
         self.assertIn("timed out", result.error)
         yield server.hanging[0]  # the connection was dropped
+
+    @inlineCallbacks
+    def test_a_receiver_stalling_its_body_times_out_and_is_disconnected(self):
+        server = self.receiver(stall_body=True)
+        clock = Clock()
+        sender = self.make(clock=clock, timeout=5)
+        d = sender.send(server.url, {}, b"{}")
+        yield server.arrived
+        clock.advance(5)
+        result = yield d
+        self.assertIsNone(result.status)
+        self.assertIn("timed out", result.error)
+        yield server.hanging[0]  # the sender dropped the connection itself
 
     @inlineCallbacks
     def test_connection_refused_is_an_error_result(self):
