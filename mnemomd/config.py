@@ -337,6 +337,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRACE_DECISIONS", _choice(("auto", "heuristic")), "auto",
             "auto: decision analysis by the analysis backend when one is usable; "
             "heuristic: never send excerpts to the backend"),
+    Setting("INTERNAL_API_KEY", _text, None,
+            "bearer token with the admin role on the management API", secret=True),
+    Setting("MNEMOM_JWT_SECRET", _text, None,
+            "HS256 secret that signs management API tokens (role admin or viewer)",
+            secret=True),
+    Setting("SUPABASE_JWT_SECRET", _text, None,
+            "a Supabase project's JWT secret, accepted like MNEMOM_JWT_SECRET", secret=True),
 )
 
 SETTINGS_BY_ENV = {s.env: s for s in SETTINGS}
@@ -400,6 +407,9 @@ class Config:
     observer_webhooks_interval_seconds: float = 10.0
     outbox_ttl: float = 600.0
     trace_decisions: str = "auto"
+    internal_api_key: str | None = None
+    mnemom_jwt_secret: str | None = None
+    supabase_jwt_secret: str | None = None
     config_path: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()

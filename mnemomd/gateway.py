@@ -241,16 +241,19 @@ class InFlight:
 
 
 class Gateway:
-    """Routes each request to the proxy, health or metrics."""
+    """Routes each request to the proxy, the management API, health or metrics."""
 
     def __init__(self, clock: IReactorTime, role: str, max_body_bytes: int,
-                 health: HealthState, metrics: GatewayMetrics, proxy: Any) -> None:
+                 health: HealthState, metrics: GatewayMetrics, proxy: Any,
+                 api: Any = None) -> None:
         self.clock = clock
         self.role = role
         self.max_body_bytes = max_body_bytes
         self.health = health
         self.metrics = metrics
         self.proxy = proxy
+        #: The management API (``/v1/…``); None where it is not served (scheduler role).
+        self.api = api
         self.in_flight = InFlight()
         #: Open client connections, so shutdown can close the idle ones.
         self.channels: set[GatewayChannel] = set()
@@ -273,6 +276,9 @@ class Gateway:
             check_path(path)
             if path.startswith(b"/health") or path == b"/metrics":
                 self._ops(request, path)
+                return
+            if self.api is not None and (path == b"/v1" or path.startswith(b"/v1/")):
+                self.in_flight.track(self.api.handle(request, path, query))
                 return
             target = parse_proxy_target(path, query) if self.role != "scheduler" else None
         except RouteError as e:

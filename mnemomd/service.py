@@ -19,10 +19,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mnemomd import __version__
+from mnemomd.api.auth import credentials_from_config
+from mnemomd.api.handlers import ApiHandlers
+from mnemomd.api.openapi import build_openapi
+from mnemomd.api.resource import ManagementApi
+from mnemomd.api.webhook_endpoints import WebhookEndpointStore
 from mnemomd.config import EX_CONFIG, Config
 from mnemomd.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
 from mnemomd.enforcement import NUDGE_FLAG_TTL, Enforcement
-from mnemomd.gateway import Gateway, GatewayFactory
+from mnemomd.gateway import Gateway, GatewayFactory, send_json
 from mnemomd.integrity.backends import AnalysisBackend
 from mnemomd.integrity.engine import build_analyzer
 from mnemomd.integrity.pipeline import CARD_CACHE_TTL, WINDOW_TTL, IntegrityPipeline
@@ -45,6 +50,7 @@ from mnemomd.storage.agents import AgentStore
 from mnemomd.storage.checkpoints import CheckpointStore
 from mnemomd.storage.database import Database
 from mnemomd.storage.enforcement import EnforcementStore
+from mnemomd.storage.management import ManagementStore
 from mnemomd.storage.migrations import MigrationError, check_schema, migrate
 from mnemomd.storage.traces import OutboxStore, TraceStore
 from mnemomd.storage.webhooks import WebhookStore
@@ -404,6 +410,24 @@ class MnemomService(MultiService):
         return self.getServiceNamed("storage")  # type: ignore[return-value]
 
 
+def make_management_api(config: Config, reactor: Any, db: Database, kv: KeyValueStore,
+                        directory: PersistentAgentDirectory,
+                        metrics: GatewayMetrics) -> ManagementApi:
+    """The ``/v1`` API over the same storage and KV store as the proxy."""
+    openapi: dict[str, Any] = {}
+
+    def document() -> dict[str, Any]:
+        if not openapi:
+            openapi.update(build_openapi())
+        return openapi
+
+    handlers = ApiHandlers(reactor, ManagementStore(db), EnforcementStore(db),
+                           WebhookEndpointStore(db), KVCache(kv, "", CARD_CACHE_TTL),
+                           directory.invalidate, document)
+    return ManagementApi(reactor, credentials_from_config(config), handlers, send_json,
+                         metrics)
+
+
 def make_service(config: Config, reactor: Any = None,
                  environ: Mapping[str, str] | None = None,
                  metrics: GatewayMetrics | None = None) -> MnemomService:
@@ -462,8 +486,10 @@ def make_service(config: Config, reactor: Any = None,
     client = UpstreamClient(reactor, config.upstream_max_connections_per_host)
     proxy = ProxyHandler(config, reactor, client, directory, metrics, integrity, enforcement,
                          license_state)
+    api = make_management_api(config, reactor, db, kv, directory, metrics) \
+        if config.role != "scheduler" else None
     gateway = Gateway(reactor, config.role, config.max_request_body_bytes, health, metrics,
-                      proxy)
+                      proxy, api)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)
     GatewayService(config, reactor, gateway, health, client, SystemdNotifier(environ),
                    lag).setServiceParent(root)

@@ -1,0 +1,1 @@
+"""The local management API (SPEC §10): agents, enforcement, checkpoints, webhooks."""

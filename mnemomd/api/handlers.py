@@ -1,0 +1,399 @@
+"""What each management API operation does: thin steps over the stores.
+
+A handler takes an ``ApiCall`` and returns ``(status, payload)`` or a Deferred of it;
+problems are raised as ``ApiError``. Every change to what the gateway acts on drops the
+affected KV cache entries at once (replicas sharing Redis see it on their next call)
+and bumps ``agents.updated_at`` (replicas on their own cache notice within seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aap.schemas.alignment_card import AlignmentCard
+from pydantic import ValidationError
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+
+from mnemomd.api import schemas as s
+from mnemomd.api.auth import Principal
+from mnemomd.api.routes import ApiError, Route, describe_validation_error
+from mnemomd.api.webhook_endpoints import (
+    WebhookEndpointStore,
+    WebhookURLError,
+    check_webhook_url,
+)
+from mnemomd.kv import KVCache
+from mnemomd.storage.enforcement import EnforcementError, EnforcementStore
+from mnemomd.storage.management import ManagementStore, Page, new_card_id
+
+SETTINGS_FIELDS = ("aip_enabled", "aap_enabled", "nudge_strategy", "nudge_rate",
+                   "nudge_threshold")
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiCall:
+    route: Route
+    params: dict[str, str]
+    query: dict[str, Any]
+    body: Any
+    principal: Principal
+    now_ms: int
+
+
+def page_payload(page: Page, query: dict[str, Any]) -> dict[str, Any]:
+    return {"items": page.items, "total": page.total, "limit": query["limit"],
+            "offset": query["offset"]}
+
+
+def not_found(what: str, ident: str) -> ApiError:
+    return ApiError(404, f"No {what} {ident}", "not_found")
+
+
+def validate_card(agent_id: str, document: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """An alignment card the AAP model accepts, with the agent's id and a card id.
+
+    ``agent_id`` may be omitted but not name another agent; ``card_id`` and
+    ``issued_at`` are filled in when missing.
+    """
+    if document.get("agent_id", agent_id) != agent_id:
+        raise ApiError(400, f"card.agent_id must be {agent_id}")
+    filled = {"card_id": new_card_id(),
+              "issued_at": datetime.fromtimestamp(now_ms / 1000, UTC).isoformat(),
+              **document, "agent_id": agent_id}
+    try:
+        card = AlignmentCard.model_validate(filled)
+    except ValidationError as e:
+        raise ApiError(400, f"invalid alignment card: {describe_validation_error(e)}") from None
+    return card.model_dump(mode="json", exclude_none=True)
+
+
+def settings_view(agent: dict[str, Any]) -> dict[str, Any]:
+    return {"agent_id": agent["agent_id"], **{k: agent[k] for k in SETTINGS_FIELDS}}
+
+
+def containment_actor(call: ApiCall) -> str:
+    """Who the log names: the caller's choice, else the authenticated principal."""
+    body = call.body
+    return body.actor if body is not None and body.actor else call.principal.name
+
+
+class ApiHandlers:
+    """One method per operation of the route table (``Route.handler`` names it)."""
+
+    def __init__(self, clock: IReactorTime, store: ManagementStore,
+                 enforcement: EnforcementStore, webhooks: WebhookEndpointStore,
+                 cache: KVCache, invalidate_agent: Callable[[str], Any],
+                 openapi: Callable[[], dict[str, Any]]) -> None:
+        self._clock = clock
+        self._store = store
+        self._enforcement = enforcement
+        self._webhooks = webhooks
+        self._cache = cache
+        self._invalidate_agent = invalidate_agent
+        self._openapi = openapi
+
+    def dispatch(self, call: ApiCall) -> Any:
+        return getattr(self, call.route.handler)(call)
+
+    def openapi(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
+        return 200, self._openapi()
+
+    # -- agents -----------------------------------------------------------------------
+
+    @inlineCallbacks
+    def _agent(self, agent_id: str) -> Any:
+        agent = yield self._store.agent(agent_id)
+        if agent is None:
+            raise not_found("agent", agent_id)
+        return agent
+
+    @inlineCallbacks
+    def list_agents(self, call: ApiCall) -> Any:
+        q = call.query
+        result = yield self._store.list_agents(q["limit"], q["offset"],
+                                               q["containment_status"], q["enforcement_mode"])
+        return 200, page_payload(result, q)
+
+    @inlineCallbacks
+    def get_agent(self, call: ApiCall) -> Any:
+        agent = yield self._agent(call.params["agent_id"])
+        return 200, agent
+
+    @inlineCallbacks
+    def get_enforcement(self, call: ApiCall) -> Any:
+        agent = yield self._agent(call.params["agent_id"])
+        return 200, {"agent_id": agent["agent_id"], "mode": agent["enforcement_mode"]}
+
+    @inlineCallbacks
+    def _change_settings(self, agent_id: str, changes: dict[str, Any], now_ms: int) -> Any:
+        yield self._agent(agent_id)
+        try:
+            agent = yield self._enforcement.update_settings(agent_id, changes, now_ms)
+        except EnforcementError as e:
+            raise ApiError(400, str(e)) from None
+        yield self._invalidate_agent(agent.agent_hash)
+        fresh = yield self._agent(agent_id)
+        return fresh
+
+    @inlineCallbacks
+    def put_enforcement(self, call: ApiCall) -> Any:
+        agent = yield self._change_settings(call.params["agent_id"],
+                                            {"enforcement_mode": call.body.mode}, call.now_ms)
+        return 200, {"agent_id": agent["agent_id"], "mode": agent["enforcement_mode"]}
+
+    @inlineCallbacks
+    def get_settings(self, call: ApiCall) -> Any:
+        agent = yield self._agent(call.params["agent_id"])
+        return 200, settings_view(agent)
+
+    @inlineCallbacks
+    def put_settings(self, call: ApiCall) -> Any:
+        changes = call.body.model_dump(exclude_none=True)
+        if not changes:
+            raise ApiError(400, f"give at least one of {', '.join(SETTINGS_FIELDS)}")
+        agent = yield self._change_settings(call.params["agent_id"], changes, call.now_ms)
+        return 200, settings_view(agent)
+
+    # -- card and conscience ----------------------------------------------------------
+
+    @inlineCallbacks
+    def get_card(self, call: ApiCall) -> Any:
+        agent_id = call.params["agent_id"]
+        yield self._agent(agent_id)
+        stored = yield self._store.card(agent_id)
+        if stored is None:
+            raise not_found("alignment card for agent", agent_id)
+        return 200, {"agent_id": agent_id, **stored}
+
+    @inlineCallbacks
+    def put_card(self, call: ApiCall) -> Any:
+        agent_id = call.params["agent_id"]
+        agent = yield self._agent(agent_id)
+        card = validate_card(agent_id, call.body, call.now_ms)
+        yield self._store.replace_card(agent_id, card, call.now_ms)
+        yield self._cache.invalidate(f"card:{agent_id}")
+        yield self._invalidate_agent(agent["agent_hash"])
+        return 200, {"agent_id": agent_id, "card": card, "updated_at": call.now_ms}
+
+    @inlineCallbacks
+    def get_conscience(self, call: ApiCall) -> Any:
+        agent_id = call.params["agent_id"]
+        stored = yield self._store.conscience(agent_id)
+        if stored is None:
+            raise not_found("agent", agent_id)
+        return 200, {"agent_id": agent_id, **stored}
+
+    @inlineCallbacks
+    def _replace_conscience(self, call: ApiCall, values: list[dict[str, Any]] | None) -> Any:
+        agent_id = call.params["agent_id"]
+        agent = yield self._agent(agent_id)
+        yield self._store.replace_conscience(agent_id, values, call.now_ms)
+        yield self._cache.invalidate(f"conscience:{agent_id}")
+        yield self._invalidate_agent(agent["agent_hash"])
+        stored = yield self._store.conscience(agent_id)
+        return 200, {"agent_id": agent_id, **stored}
+
+    def put_conscience(self, call: ApiCall) -> Deferred[Any]:
+        values = [v.model_dump(exclude_none=True) for v in call.body.values]
+        return self._replace_conscience(call, values)
+
+    def reset_conscience(self, call: ApiCall) -> Deferred[Any]:
+        return self._replace_conscience(call, None)
+
+    # -- checkpoints, integrity, drift, traces, timeline ------------------------------
+
+    @inlineCallbacks
+    def list_checkpoints(self, call: ApiCall) -> Any:
+        agent_id, q = call.params["agent_id"], call.query
+        yield self._agent(agent_id)
+        result = yield self._store.checkpoints(agent_id, q["limit"], q["offset"], q["verdict"],
+                                               q["session_id"])
+        return 200, page_payload(result, q)
+
+    @inlineCallbacks
+    def get_checkpoint(self, call: ApiCall) -> Any:
+        checkpoint = yield self._store.checkpoint(call.params["checkpoint_id"])
+        if checkpoint is None:
+            raise not_found("checkpoint", call.params["checkpoint_id"])
+        return 200, checkpoint
+
+    @inlineCallbacks
+    def get_integrity(self, call: ApiCall) -> Any:
+        agent_id = call.params["agent_id"]
+        yield self._agent(agent_id)
+        score = yield self._store.integrity_score(agent_id)
+        return 200, score
+
+    @inlineCallbacks
+    def list_drift(self, call: ApiCall) -> Any:
+        agent_id, q = call.params["agent_id"], call.query
+        yield self._agent(agent_id)
+        result = yield self._store.drift_alerts(agent_id, q["limit"], q["offset"])
+        return 200, page_payload(result, q)
+
+    @inlineCallbacks
+    def list_traces(self, call: ApiCall) -> Any:
+        agent_id, q = call.params["agent_id"], call.query
+        yield self._agent(agent_id)
+        result = yield self._store.traces(agent_id, q["limit"], q["offset"], q["session_id"])
+        return 200, page_payload(result, q)
+
+    @inlineCallbacks
+    def get_trace(self, call: ApiCall) -> Any:
+        trace = yield self._store.trace(call.params["trace_id"])
+        if trace is None:
+            raise not_found("trace", call.params["trace_id"])
+        return 200, trace
+
+    @inlineCallbacks
+    def get_timeline(self, call: ApiCall) -> Any:
+        agent_id, q = call.params["agent_id"], call.query
+        yield self._agent(agent_id)
+        kinds = (q["kind"],) if q["kind"] else ("checkpoint", "trace", "nudge", "containment")
+        result = yield self._store.timeline(agent_id, q["limit"], q["offset"], kinds)
+        return 200, page_payload(result, q)
+
+    # -- containment ------------------------------------------------------------------
+
+    @inlineCallbacks
+    def get_containment(self, call: ApiCall) -> Any:
+        agent = yield self._agent(call.params["agent_id"])
+        log = yield self._store.containment_log(agent["agent_id"], 100, 0)
+        return 200, {"agent_id": agent["agent_id"], "status": agent["containment_status"],
+                     "reason": agent["containment_reason"],
+                     "changed_at": agent["containment_changed_at"],
+                     "auto_containment_threshold": agent["auto_containment_threshold"],
+                     "log": log.items}
+
+    @inlineCallbacks
+    def _contain(self, call: ApiCall, action: str) -> Any:
+        agent_id = call.params["agent_id"]
+        yield self._agent(agent_id)
+        actor = containment_actor(call)
+        try:
+            change = yield self._enforcement.contain(agent_id, action, actor, call.body.reason,
+                                                     call.now_ms)
+        except EnforcementError as e:
+            raise ApiError(409, str(e), "conflict") from None
+        yield self._invalidate_agent(change.agent.agent_hash)
+        return 200, {"agent_id": agent_id, "action": action, "from_status": change.from_status,
+                     "to_status": change.to_status, "actor": actor,
+                     "reason": change.reason}
+
+    def containment_pause(self, call: ApiCall) -> Deferred[Any]:
+        return self._contain(call, "pause")
+
+    def containment_resume(self, call: ApiCall) -> Deferred[Any]:
+        return self._contain(call, "resume")
+
+    def containment_kill(self, call: ApiCall) -> Deferred[Any]:
+        return self._contain(call, "kill")
+
+    def containment_reactivate(self, call: ApiCall) -> Deferred[Any]:
+        return self._contain(call, "reactivate")
+
+    @inlineCallbacks
+    def put_policy(self, call: ApiCall) -> Any:
+        threshold = call.body.auto_containment_threshold
+        agent = yield self._change_settings(call.params["agent_id"],
+                                            {"auto_containment_threshold": threshold},
+                                            call.now_ms)
+        return 200, {"agent_id": agent["agent_id"],
+                     "auto_containment_threshold": agent["auto_containment_threshold"]}
+
+    # -- webhooks ---------------------------------------------------------------------
+
+    @inlineCallbacks
+    def create_webhook(self, call: ApiCall) -> Any:
+        body = call.body
+        try:
+            url = check_webhook_url(body.url, body.allow_http)
+        except WebhookURLError as e:
+            raise ApiError(400, str(e)) from None
+        events = body.event_types or list(s.DEFAULT_WEBHOOK_EVENTS)
+        endpoint = yield self._webhooks.create(url, body.description,
+                                               list(dict.fromkeys(events)), body.allow_http,
+                                               body.enabled, call.now_ms)
+        return 201, endpoint
+
+    @inlineCallbacks
+    def list_webhooks(self, call: ApiCall) -> Any:
+        result = yield self._webhooks.list(call.query["limit"], call.query["offset"])
+        return 200, page_payload(result, call.query)
+
+    @inlineCallbacks
+    def _endpoint(self, webhook_id: str) -> Any:
+        endpoint = yield self._webhooks.get(webhook_id)
+        if endpoint is None:
+            raise not_found("webhook endpoint", webhook_id)
+        return endpoint
+
+    @inlineCallbacks
+    def get_webhook(self, call: ApiCall) -> Any:
+        endpoint = yield self._endpoint(call.params["webhook_id"])
+        return 200, endpoint
+
+    @inlineCallbacks
+    def update_webhook(self, call: ApiCall) -> Any:
+        webhook_id = call.params["webhook_id"]
+        current = yield self._endpoint(webhook_id)
+        changes = call.body.model_dump(exclude_unset=True)
+        for name in ("url", "event_types", "allow_http", "enabled"):
+            if name in changes and changes[name] is None:
+                raise ApiError(400, f"{name} cannot be null")
+        if not changes:
+            raise ApiError(400, "give at least one field to change")
+        url = changes.get("url", current["url"])
+        try:
+            check_webhook_url(url, changes.get("allow_http", current["allow_http"]))
+        except WebhookURLError as e:
+            raise ApiError(400, str(e)) from None
+        if "event_types" in changes:
+            changes["event_types"] = list(dict.fromkeys(changes["event_types"]))
+        endpoint = yield self._webhooks.update(webhook_id, changes, call.now_ms)
+        if endpoint is None:
+            raise not_found("webhook endpoint", webhook_id)
+        return 200, endpoint
+
+    @inlineCallbacks
+    def delete_webhook(self, call: ApiCall) -> Any:
+        webhook_id = call.params["webhook_id"]
+        deleted = yield self._webhooks.delete(webhook_id)
+        if not deleted:
+            raise not_found("webhook endpoint", webhook_id)
+        return 200, {"id": webhook_id, "deleted": True}
+
+    @inlineCallbacks
+    def rotate_webhook_secret(self, call: ApiCall) -> Any:
+        endpoint = yield self._webhooks.rotate_secret(call.params["webhook_id"], call.now_ms)
+        if endpoint is None:
+            raise not_found("webhook endpoint", call.params["webhook_id"])
+        return 200, endpoint
+
+    @inlineCallbacks
+    def test_webhook(self, call: ApiCall) -> Any:
+        delivery = yield self._webhooks.queue_test(call.params["webhook_id"], call.now_ms)
+        if delivery is None:
+            raise not_found("webhook endpoint", call.params["webhook_id"])
+        return 202, delivery
+
+    @inlineCallbacks
+    def list_deliveries(self, call: ApiCall) -> Any:
+        q = call.query
+        result = yield self._webhooks.deliveries(call.params["webhook_id"], q["limit"],
+                                                 q["offset"], q["status"])
+        if result is None:
+            raise not_found("webhook endpoint", call.params["webhook_id"])
+        return 200, page_payload(result, q)
+
+    @inlineCallbacks
+    def redeliver(self, call: ApiCall) -> Any:
+        delivery = yield self._webhooks.redeliver(call.params["webhook_id"],
+                                                  call.params["delivery_id"], call.now_ms)
+        if delivery is None:
+            raise not_found("delivery", call.params["delivery_id"])
+        return 202, delivery

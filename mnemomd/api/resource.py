@@ -1,0 +1,102 @@
+"""The Twisted side of the management API: authenticate, route, validate, answer.
+
+The gateway hands every ``/v1`` request here. Decisions are made by the pure functions
+of ``auth`` and ``routes``; this layer only reads the request, runs the handler's
+Deferred and writes JSON. The Authorization header is never logged, at any level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mnemomd.api.auth import ApiCredentials, AuthRefused, Principal, authenticate
+from mnemomd.api.handlers import ApiCall, ApiHandlers
+from mnemomd.api.routes import ApiError, match, parse_body, parse_query
+
+log = Logger()
+
+SendJSON = Callable[..., None]
+
+
+def peer_host(request: Any) -> str | None:
+    """The client's IP address; None for a Unix socket peer (local by definition)."""
+    address = request.getClientAddress()
+    return getattr(address, "host", None)
+
+
+class ManagementApi:
+    """Serves ``/v1/…`` for the gateway (roles ``all`` and ``gateway``)."""
+
+    def __init__(self, clock: IReactorTime, credentials: ApiCredentials,
+                 handlers: ApiHandlers, send_json: SendJSON, metrics: Any) -> None:
+        self._clock = clock
+        self._credentials = credentials
+        self._handlers = handlers
+        self._send_json = send_json
+        self._metrics = metrics
+
+    def handle(self, request: Any, path: bytes, query: bytes) -> Deferred[None]:
+        started = self._clock.seconds()
+        method = request.method.decode("latin-1")
+        text_path = path.decode("utf-8", "replace")
+        principal: Principal | None = None
+
+        def run() -> Any:
+            nonlocal principal
+            principal = authenticate(self._credentials, request.getHeader(b"authorization"),
+                                     peer_host(request))
+            route, params = match(method, text_path)
+            if not principal.may(route.role):
+                raise ApiError(403, f"The {principal.role} role cannot {route.summary[0].lower()}"
+                                    f"{route.summary[1:]}", "permission_error")
+            call = ApiCall(route, params, parse_query(route, query),
+                           parse_body(route, request_body(request)), principal,
+                           int(started * 1000))
+            return self._handlers.dispatch(call)
+
+        def answered(result: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any], tuple]:
+            status, payload = result
+            return status, payload, ()
+
+        def refused(failure: Failure) -> tuple[int, dict[str, Any], tuple]:
+            if failure.check(AuthRefused):
+                refusal: AuthRefused = failure.value  # type: ignore[assignment]
+                kind = "authentication_error" if refusal.status == 401 else "permission_error"
+                headers = ((b"www-authenticate", b'Bearer realm="mnemomd"'),) \
+                    if refusal.status == 401 else ()
+                return refusal.status, {"error": refusal.message, "type": kind}, headers
+            if failure.check(ApiError):
+                error: ApiError = failure.value  # type: ignore[assignment]
+                return error.status, {"error": error.message, "type": error.error_type}, \
+                    error.headers
+            log.failure("Management API {method} {path} failed", failure, method=method,
+                        path=text_path[:256], request_id=request.request_id)
+            return 500, {"error": "Internal error", "type": "internal_error"}, ()
+
+        def respond(outcome: tuple[int, dict[str, Any], tuple]) -> None:
+            status, payload, headers = outcome
+            self._send_json(request, status, payload, list(headers))
+            self._metrics.requests.labels("api", str(status)).inc()
+            log.info("{method} {path} {status}", method=method, path=text_path[:256],
+                     status=status, request_id=request.request_id,
+                     duration_ms=round((self._clock.seconds() - started) * 1000, 1),
+                     role=principal.role if principal else None)
+
+        d = maybeDeferred(run)
+        d.addCallbacks(answered, refused)
+        d.addCallback(respond)
+        return d
+
+
+def request_body(request: Any) -> bytes:
+    """The body as received; an oversized one is refused before it is parsed."""
+    content = request.content
+    if getattr(content, "too_large", False):
+        raise ApiError(413, "request body too large", "request_too_large")
+    return content.getvalue() if content is not None else b""

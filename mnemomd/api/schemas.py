@@ -1,0 +1,185 @@
+"""The shapes the management API accepts and returns, in one place.
+
+Request bodies are pydantic models: the same class validates a body and describes it in
+the OpenAPI document. Responses are JSON Schema written out here; the handlers build
+plain dicts and a test walks every operation to check they carry the keys promised.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MODES = ("observe", "nudge", "enforce")
+NUDGE_STRATEGIES = ("always", "sampling", "threshold", "off")
+VERDICTS = ("clear", "review_needed", "boundary_violation")
+CONTAINMENT_STATUSES = ("active", "paused", "killed")
+CONSCIENCE_TYPES = ("BOUNDARY", "FEAR", "COMMITMENT", "BELIEF", "HOPE")
+#: Events a webhook endpoint may subscribe to (SPEC §7).
+WEBHOOK_EVENTS = ("verdict.clear", "verdict.review_needed", "verdict.boundary_violation",
+                  "drift.detected", "agent.paused", "agent.resumed", "agent.killed",
+                  "nudge.created", "webhook.test")
+#: What an endpoint created without ``event_types`` hears: everything but clear verdicts.
+DEFAULT_WEBHOOK_EVENTS = tuple(e for e in WEBHOOK_EVENTS if e != "verdict.clear")
+
+Mode = Literal["observe", "nudge", "enforce"]
+NudgeStrategy = Literal["always", "sampling", "threshold", "off"]
+WebhookEvent = Literal["verdict.clear", "verdict.review_needed", "verdict.boundary_violation",
+                       "drift.detected", "agent.paused", "agent.resumed", "agent.killed",
+                       "nudge.created", "webhook.test"]
+
+
+class Body(BaseModel):
+    """A request body: unknown fields and loose types are mistakes worth a 400."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class EnforcementBody(Body):
+    mode: Mode
+
+
+class SettingsBody(Body):
+    """Any subset of the settings; omitted ones keep their value."""
+
+    aip_enabled: bool | None = None
+    aap_enabled: bool | None = None
+    nudge_strategy: NudgeStrategy | None = None
+    nudge_rate: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    nudge_threshold: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+
+class ConscienceValueBody(Body):
+    type: Literal["BOUNDARY", "FEAR", "COMMITMENT", "BELIEF", "HOPE"]
+    content: Annotated[str, Field(min_length=1, max_length=2000)]
+    id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+class ConscienceBody(Body):
+    values: Annotated[list[ConscienceValueBody], Field(min_length=1, max_length=100)]
+
+
+class ContainmentBody(Body):
+    reason: Annotated[str, Field(max_length=500)] | None = None
+    actor: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+class PolicyBody(Body):
+    """``null`` turns auto-containment off."""
+
+    auto_containment_threshold: Annotated[int, Field(ge=2, le=1000)] | None
+
+
+class WebhookCreateBody(Body):
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    description: Annotated[str, Field(max_length=500)] | None = None
+    event_types: Annotated[list[WebhookEvent], Field(min_length=1)] | None = None
+    allow_http: bool = False
+    enabled: bool = True
+
+
+class WebhookUpdateBody(Body):
+    url: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    description: Annotated[str, Field(max_length=500)] | None = None
+    event_types: Annotated[list[WebhookEvent], Field(min_length=1)] | None = None
+    allow_http: bool | None = None
+    enabled: bool | None = None
+
+
+# -- response schemas ------------------------------------------------------------------
+
+STRING: dict[str, Any] = {"type": "string"}
+INTEGER: dict[str, Any] = {"type": "integer"}
+NUMBER: dict[str, Any] = {"type": "number"}
+BOOLEAN: dict[str, Any] = {"type": "boolean"}
+OBJECT: dict[str, Any] = {"type": "object"}
+MILLIS: dict[str, Any] = {"type": "integer", "description": "epoch milliseconds"}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def enum(values: tuple[str, ...]) -> dict[str, Any]:
+    return {"type": "string", "enum": list(values)}
+
+
+def array(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
+
+
+def obj(properties: dict[str, dict[str, Any]], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An object whose properties are all present (``optional`` ones may be missing)."""
+    return {"type": "object", "properties": properties,
+            "required": [k for k in properties if k not in optional]}
+
+
+def page(items: dict[str, Any]) -> dict[str, Any]:
+    return obj({"items": array(items), "total": INTEGER, "limit": INTEGER,
+                "offset": INTEGER})
+
+
+ERROR = obj({"error": STRING, "type": STRING})
+
+AGENT = obj({
+    "agent_id": STRING, "agent_hash": STRING, "name": nullable(STRING),
+    "enforcement_mode": enum(MODES), "aip_enabled": BOOLEAN, "aap_enabled": BOOLEAN,
+    "nudge_strategy": enum(NUDGE_STRATEGIES), "nudge_rate": NUMBER,
+    "nudge_threshold": INTEGER, "containment_status": enum(CONTAINMENT_STATUSES),
+    "containment_reason": nullable(STRING), "containment_changed_at": nullable(MILLIS),
+    "auto_containment_threshold": nullable(INTEGER), "created_at": MILLIS,
+    "updated_at": MILLIS, "last_seen_at": nullable(MILLIS)})
+ENFORCEMENT = obj({"agent_id": STRING, "mode": enum(MODES)})
+SETTINGS = obj({"agent_id": STRING, "aip_enabled": BOOLEAN, "aap_enabled": BOOLEAN,
+                "nudge_strategy": enum(NUDGE_STRATEGIES), "nudge_rate": NUMBER,
+                "nudge_threshold": INTEGER})
+CARD = obj({"agent_id": STRING, "card": OBJECT, "updated_at": MILLIS})
+CONSCIENCE_VALUE = obj({"type": enum(CONSCIENCE_TYPES), "content": STRING,
+                        "id": nullable(STRING)}, optional=("id",))
+CONSCIENCE = obj({"agent_id": STRING, "values": array(CONSCIENCE_VALUE),
+                  "is_default": BOOLEAN, "updated_at": nullable(MILLIS)})
+CHECKPOINT = obj({
+    "id": STRING, "agent_id": STRING, "session_id": STRING, "provider": STRING,
+    "model": nullable(STRING), "verdict": STRING, "concerns": array(OBJECT),
+    "reasoning_summary": nullable(STRING), "conscience_context": nullable(OBJECT),
+    "window_position": nullable(OBJECT), "analysis_metadata": nullable(OBJECT),
+    "thinking_block_hash": nullable(STRING), "synthetic": BOOLEAN,
+    "synthetic_reason": nullable(STRING), "trace_id": nullable(STRING),
+    "created_at": MILLIS})
+SCORE = obj({"agent_id": STRING, "total_checks": INTEGER, "clear_count": INTEGER,
+             "review_count": INTEGER, "violation_count": INTEGER, "integrity_ratio": NUMBER,
+             "latest_verdict": nullable(STRING), "latest_at": nullable(MILLIS)})
+DRIFT_ALERT = obj({"id": STRING, "agent_id": STRING, "session_id": nullable(STRING),
+                   "source": STRING, "severity": nullable(STRING), "alert": OBJECT,
+                   "created_at": MILLIS})
+TRACE = obj({"id": STRING, "agent_id": STRING, "session_id": nullable(STRING),
+             "checkpoint_id": nullable(STRING), "trace": OBJECT,
+             "verification": nullable(OBJECT), "verified": nullable(BOOLEAN),
+             "created_at": MILLIS})
+TIMELINE_ENTRY = obj({"kind": enum(("checkpoint", "trace", "nudge", "containment")),
+                      "id": STRING, "created_at": MILLIS, "data": OBJECT})
+CONTAINMENT_EVENT = obj({"id": STRING, "action": STRING, "from_status": STRING,
+                         "to_status": STRING, "actor": STRING, "reason": nullable(STRING),
+                         "created_at": MILLIS})
+CONTAINMENT = obj({"agent_id": STRING, "status": enum(CONTAINMENT_STATUSES),
+                   "reason": nullable(STRING), "changed_at": nullable(MILLIS),
+                   "auto_containment_threshold": nullable(INTEGER),
+                   "log": array(CONTAINMENT_EVENT)})
+CONTAINMENT_CHANGE = obj({"agent_id": STRING, "action": STRING, "from_status": STRING,
+                          "to_status": STRING, "actor": STRING, "reason": nullable(STRING)})
+POLICY = obj({"agent_id": STRING, "auto_containment_threshold": nullable(INTEGER)})
+WEBHOOK = obj({"id": STRING, "url": STRING, "description": nullable(STRING),
+               "event_types": array(enum(WEBHOOK_EVENTS)), "allow_http": BOOLEAN,
+               "enabled": BOOLEAN, "consecutive_failures": INTEGER,
+               "disabled_reason": nullable(STRING), "created_at": MILLIS,
+               "updated_at": MILLIS})
+WEBHOOK_WITH_SECRET = {**WEBHOOK, "properties": {**WEBHOOK["properties"], "secret": STRING},
+                       "required": [*WEBHOOK["required"], "secret"]}
+DELIVERY = obj({"id": STRING, "endpoint_id": STRING, "event_id": STRING,
+                "event_type": STRING, "agent_id": nullable(STRING), "status": STRING,
+                "attempts": INTEGER, "next_attempt_at": nullable(MILLIS),
+                "last_status_code": nullable(INTEGER), "last_error": nullable(STRING),
+                "created_at": MILLIS, "delivered_at": nullable(MILLIS)})
+DELETED = obj({"id": STRING, "deleted": BOOLEAN})
+OPENAPI = obj({"openapi": STRING, "info": OBJECT, "paths": OBJECT})
