@@ -1,133 +1,442 @@
-"""Agent administration from the command line, straight through the storage layer.
+"""Management commands (``mnemomd agents …``, ``agent …``, ``webhooks …``) over the API.
 
-Changes are written to the database and the agent's cache entry is dropped from the
-shared KV store, so every replica applies them to the agent's next call; a replica on
-an in-memory store notices the changed row within seconds.
+The commands are clients of a running daemon's management API, never of its database:
+the daemon validates, logs, invalidates caches and reaches every replica, and the CLI
+needs no database credentials. A command is one short-lived process making one or two
+HTTP calls, so it uses the standard library's blocking client rather than a reactor.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
-
-from twisted.internet.defer import inlineCallbacks
+from urllib.parse import quote, urlencode
 
 from mnemomd.config import Config
-from mnemomd.directory import agent_cache_key
-from mnemomd.kv import KVCache, make_kv_store
-from mnemomd.storage.database import Database
-from mnemomd.storage.enforcement import EnforcementError, EnforcementStore
+
+URL_ENV = "MNEMOMD_URL"
+TOKEN_ENV = "MNEMOMD_TOKEN"
+REQUEST_TIMEOUT_SECONDS = 30.0
+#: Exit statuses: the API refused or failed the request; the daemon was not reachable.
+EXIT_API_ERROR = 1
+EXIT_UNREACHABLE = 3
 
 
-def settings_changes(args: argparse.Namespace) -> dict[str, Any]:
-    """The columns an ``agent settings`` call changes."""
-    changes: dict[str, Any] = {}
-    if args.nudge_strategy is not None:
-        changes["nudge_strategy"] = args.nudge_strategy
-    if args.nudge_rate is not None:
-        changes["nudge_rate"] = args.nudge_rate
-    if args.nudge_threshold is not None:
-        changes["nudge_threshold"] = args.nudge_threshold
-    if args.aip is not None:
-        changes["aip_enabled"] = args.aip == "on"
-    if args.aap is not None:
-        changes["aap_enabled"] = args.aap == "on"
-    if args.auto_containment is not None:
-        text = args.auto_containment.strip().lower()
-        if text == "off":
-            changes["auto_containment_threshold"] = None
-        elif text.isdigit():
-            changes["auto_containment_threshold"] = int(text)
-        else:
-            raise EnforcementError("--auto-containment takes a number >= 2, or off")
-    return changes
+class CommandError(Exception):
+    """A command that did not succeed, with the message and exit status to show."""
+
+    def __init__(self, message: str, status: int = EXIT_API_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def _when(ms: int | None) -> str:
+def api_url(config: Config, given: str | None, environ: Mapping[str, str]) -> str:
+    """``--url``, else ``$MNEMOMD_URL``, else where the configuration says the daemon listens."""
+    url = given or environ.get(URL_ENV)
+    if url:
+        return url.rstrip("/")
+    host, port = config.host, config.port
+    if config.listen:
+        found = re.fullmatch(r"tcp6?:(\d+)(?::interface=(.+))?", config.listen)
+        if found is None:
+            raise CommandError(f"cannot reach LISTEN={config.listen} over HTTP from here; "
+                               f"give --url or {URL_ENV}", EXIT_UNREACHABLE)
+        port = int(found.group(1))
+        host = (found.group(2) or "127.0.0.1").replace("\\:", ":")
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+@dataclass
+class ApiClient:
+    base_url: str
+    token: str | None
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                query: Mapping[str, Any] | None = None) -> Any:
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        url = self.base_url + path + (f"?{urlencode(params)}" if params else "")
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method)
+        if data is not None:
+            request.add_header("content-type", "application/json")
+        if self.token:
+            request.add_header("authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                message = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode("utf-8", "replace")[:200] or e.reason
+            raise CommandError(f"{e.code} {message}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise CommandError(f"the daemon is not reachable at {self.base_url} ({reason})",
+                               EXIT_UNREACHABLE) from None
+
+
+def segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def when(ms: int | None) -> str:
     if not ms:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-@inlineCallbacks
-def _execute(reactor: Any, config: Config, args: argparse.Namespace) -> Any:
-    db = Database(reactor, config.database_url)
-    db.start()
-    kv = make_kv_store(reactor, config.redis_url, config.redis_password, None)
-    store = EnforcementStore(db)
-    now_ms = int(reactor.seconds() * 1000)
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]],
+          out: IO[str]) -> None:
+    """Aligned columns under a header; ``columns`` is (key, title), ``*_at`` keys are times."""
+    cells = [[when(row.get(key)) if key.endswith("_at") else cell(row.get(key))
+              for key, _ in columns] for row in rows]
+    titles = [title for _, title in columns]
+    widths = [max([len(t)] + [len(r[i]) for r in cells]) for i, t in enumerate(titles)]
+    for line in [titles, *cells]:
+        out.write("  ".join(text.ljust(width) for text, width in zip(line, widths,
+                                                                     strict=True)).rstrip()
+                  + "\n")
+
+
+def fields(record: Mapping[str, Any], names: Sequence[tuple[str, str]], out: IO[str]) -> None:
+    """One ``name  value`` line per field of a single record."""
+    width = max(len(title) for _, title in names)
+    for key, title in names:
+        value = record.get(key)
+        text = when(value) if key.endswith("_at") else cell(value)
+        out.write(f"{title:<{width}}  {text}\n")
+
+
+def page_footer(result: Mapping[str, Any], out: IO[str]) -> None:
+    shown = len(result["items"])
+    first = result["offset"] + 1 if shown else 0
+    out.write(f"{first}-{result['offset'] + shown} of {result['total']}\n")
+
+
+AGENT_COLUMNS = (("agent_id", "AGENT"), ("name", "NAME"), ("enforcement_mode", "MODE"),
+                 ("containment_status", "STATUS"), ("last_seen_at", "LAST SEEN"),
+                 ("created_at", "CREATED"))
+AGENT_FIELDS = (("agent_id", "agent"), ("name", "name"), ("enforcement_mode", "enforcement"),
+                ("containment_status", "containment"), ("containment_reason", "reason"),
+                ("aip_enabled", "aip"), ("aap_enabled", "aap"),
+                ("nudge_strategy", "nudge strategy"), ("nudge_rate", "nudge rate"),
+                ("nudge_threshold", "nudge threshold"),
+                ("auto_containment_threshold", "auto-containment"),
+                ("created_at", "created"), ("last_seen_at", "last seen"))
+CHECKPOINT_COLUMNS = (("id", "CHECKPOINT"), ("verdict", "VERDICT"), ("session_id", "SESSION"),
+                      ("model", "MODEL"), ("synthetic", "SYNTHETIC"), ("created_at", "CREATED"))
+TRACE_COLUMNS = (("id", "TRACE"), ("session_id", "SESSION"), ("checkpoint_id", "CHECKPOINT"),
+                 ("verified", "VERIFIED"), ("created_at", "CREATED"))
+LOG_COLUMNS = (("created_at", "WHEN"), ("action", "ACTION"), ("from_status", "FROM"),
+               ("to_status", "TO"), ("actor", "ACTOR"), ("reason", "REASON"))
+WEBHOOK_COLUMNS = (("id", "WEBHOOK"), ("url", "URL"), ("enabled", "ENABLED"),
+                   ("consecutive_failures", "FAILURES"), ("event_types", "EVENTS"))
+WEBHOOK_FIELDS = (("id", "webhook"), ("url", "url"), ("description", "description"),
+                  ("event_types", "events"), ("enabled", "enabled"),
+                  ("allow_http", "allow http"), ("consecutive_failures", "failures"),
+                  ("disabled_reason", "disabled reason"), ("created_at", "created"))
+DELIVERY_COLUMNS = (("id", "DELIVERY"), ("event_type", "EVENT"), ("status", "STATUS"),
+                    ("attempts", "ATTEMPTS"), ("last_status_code", "HTTP"),
+                    ("created_at", "CREATED"))
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def on_off(value: str | None) -> bool | None:
+    return None if value is None else value == "on"
+
+
+def settings_body(args: argparse.Namespace) -> dict[str, Any]:
+    body = {"nudge_strategy": args.nudge_strategy, "nudge_rate": args.nudge_rate,
+            "nudge_threshold": args.nudge_threshold, "aip_enabled": on_off(args.aip),
+            "aap_enabled": on_off(args.aap)}
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def auto_containment(text: str) -> int | None:
+    text = text.strip().lower()
+    if text == "off":
+        return None
+    if not text.isdigit():
+        raise CommandError("--auto-containment takes a number >= 2, or off", 2)
+    return int(text)
+
+
+def _pagination(args: argparse.Namespace) -> dict[str, Any]:
+    return {"limit": args.limit, "offset": args.offset}
+
+
+def execute(client: ApiClient, args: argparse.Namespace, out: IO[str]) -> Any:
+    """Run one management command; returns the JSON result (rendered unless ``--json``)."""
+    command = args.command
+    if command == "agents":
+        if args.agents_command == "list":
+            result = client.request("GET", "/v1/agents", query={
+                **_pagination(args), "containment_status": args.status,
+                "enforcement_mode": args.mode})
+            return result, lambda: (table(result["items"], AGENT_COLUMNS, out),
+                                    page_footer(result, out))
+        agent = client.request("GET", f"/v1/agents/{segment(args.agent_id)}")
+        return agent, lambda: fields(agent, AGENT_FIELDS, out)
+    if command == "enforcement":
+        path = f"/v1/agents/{segment(args.agent_id)}/enforcement"
+        if args.enforcement_command == "set":
+            result = client.request("PUT", path, {"mode": args.mode})
+        else:
+            result = client.request("GET", path)
+        return result, lambda: out.write(f"{result['agent_id']}: {result['mode']}\n")
+    if command == "agent":
+        return agent_command(client, args, out)
+    if command == "checkpoints":
+        result = client.request("GET", f"/v1/agents/{segment(args.agent_id)}/checkpoints",
+                                query={**_pagination(args), "verdict": args.verdict,
+                                       "session_id": args.session})
+        return result, lambda: (table(result["items"], CHECKPOINT_COLUMNS, out),
+                                page_footer(result, out))
+    if command == "traces":
+        result = client.request("GET", f"/v1/agents/{segment(args.agent_id)}/traces",
+                                query={**_pagination(args), "session_id": args.session})
+        return result, lambda: (table(result["items"], TRACE_COLUMNS, out),
+                                page_footer(result, out))
+    if command == "webhooks":
+        return webhook_command(client, args, out)
+    raise CommandError(f"unknown command {command}", 2)
+
+
+def agent_command(client: ApiClient, args: argparse.Namespace, out: IO[str]) -> Any:
+    base = f"/v1/agents/{segment(args.agent_id)}"
+    action = args.agent_command
+    if action == "show":
+        agent = client.request("GET", base)
+        containment = client.request("GET", f"{base}/containment")
+        result = {"agent": agent, "containment_log": containment["log"]}
+
+        def render() -> None:
+            fields(agent, AGENT_FIELDS, out)
+            if containment["log"]:
+                out.write("\n")
+                table(containment["log"], LOG_COLUMNS, out)
+
+        return result, render
+    if action == "settings":
+        result: dict[str, Any] = {}
+        body = settings_body(args)
+        if body:
+            result["settings"] = client.request("PUT", f"{base}/settings", body)
+        if args.auto_containment is not None:
+            result["policy"] = client.request(
+                "PUT", f"{base}/containment/policy",
+                {"auto_containment_threshold": auto_containment(args.auto_containment)})
+        if not result:
+            raise CommandError("nothing to change: give at least one setting option", 2)
+        agent = client.request("GET", base)
+        result["agent"] = agent
+        return result, lambda: fields(agent, AGENT_FIELDS, out)
+    body = {k: v for k, v in (("reason", args.reason), ("actor", args.actor)) if v}
+    change = client.request("POST", f"{base}/containment/{action}", body)
+    return change, lambda: out.write(
+        f"{change['agent_id']}: {change['from_status']} -> {change['to_status']}\n")
+
+
+def webhook_command(client: ApiClient, args: argparse.Namespace, out: IO[str]) -> Any:
+    action = args.webhooks_command
+    if action == "list":
+        result = client.request("GET", "/v1/webhooks", query=_pagination(args))
+        return result, lambda: (table(result["items"], WEBHOOK_COLUMNS, out),
+                                page_footer(result, out))
+    if action == "create":
+        body: dict[str, Any] = {"url": args.endpoint_url, "allow_http": args.allow_http}
+        if args.description is not None:
+            body["description"] = args.description
+        if args.event:
+            body["event_types"] = args.event
+        endpoint = client.request("POST", "/v1/webhooks", body)
+        return endpoint, lambda: show_with_secret(endpoint, out)
+    path = f"/v1/webhooks/{segment(args.webhook_id)}"
+    if action == "show":
+        endpoint = client.request("GET", path)
+        return endpoint, lambda: fields(endpoint, WEBHOOK_FIELDS, out)
+    if action == "update":
+        body = {"url": args.endpoint_url, "description": args.description,
+                "event_types": args.event or None,
+                "enabled": None if args.enable is None else args.enable == "on",
+                "allow_http": None if args.allow_http is None else args.allow_http == "on"}
+        endpoint = client.request("PATCH", path, {k: v for k, v in body.items()
+                                                  if v is not None})
+        return endpoint, lambda: fields(endpoint, WEBHOOK_FIELDS, out)
+    if action == "delete":
+        result = client.request("DELETE", path)
+        return result, lambda: out.write(f"{result['id']}: deleted\n")
+    if action == "rotate-secret":
+        endpoint = client.request("POST", f"{path}/rotate-secret")
+        return endpoint, lambda: show_with_secret(endpoint, out)
+    if action == "test":
+        delivery = client.request("POST", f"{path}/test")
+        return delivery, lambda: out.write(
+            f"{delivery['id']}: {delivery['event_type']} queued\n")
+    if action == "deliveries":
+        result = client.request("GET", f"{path}/deliveries",
+                                query={**_pagination(args), "status": args.status})
+        return result, lambda: (table(result["items"], DELIVERY_COLUMNS, out),
+                                page_footer(result, out))
+    delivery = client.request("POST", f"{path}/deliveries/{segment(args.delivery_id)}"
+                                      f"/redeliver")
+    return delivery, lambda: out.write(f"{delivery['id']}: {delivery['event_type']} queued\n")
+
+
+def show_with_secret(endpoint: Mapping[str, Any], out: IO[str]) -> None:
+    fields(endpoint, WEBHOOK_FIELDS, out)
+    out.write(f"\nsecret: {endpoint['secret']}\n"
+              "Store this secret now: it is not shown again. Verify X-AIP-Signature with it.\n")
+
+
+def run_admin_command(config: Config, args: argparse.Namespace, out: IO[str], err: IO[str],
+                      environ: Mapping[str, str]) -> int:
+    """Run a management command against the daemon's API; returns the exit status."""
     try:
-        if args.command == "enforcement":
-            agent = yield store.update_settings(args.agent_id, {"enforcement_mode": args.mode},
-                                                now_ms)
-            result: dict[str, Any] = {"agent": dataclasses.asdict(agent)}
-        elif args.agent_command == "show":
-            agent = yield store.agent(args.agent_id)
-            log = yield store.containment_log(args.agent_id)
-            nudges = yield store.nudges(args.agent_id)
-            result = {"agent": dataclasses.asdict(agent), "containment_log": log,
-                      "nudges": nudges}
-        elif args.agent_command == "settings":
-            agent = yield store.update_settings(args.agent_id, settings_changes(args), now_ms)
-            result = {"agent": dataclasses.asdict(agent)}
-        else:
-            change = yield store.contain(args.agent_id, args.agent_command, args.actor,
-                                         args.reason, now_ms)
-            agent = change.agent
-            result = {"agent": dataclasses.asdict(agent), "action": change.action,
-                      "from": change.from_status, "to": change.to_status}
-        yield KVCache(kv, "", 1).invalidate(agent_cache_key(agent.agent_hash))
-        return result
-    finally:
-        yield kv.close()
-        db.close()
+        client = ApiClient(api_url(config, args.api_url, environ),
+                           environ.get(TOKEN_ENV) or config.internal_api_key)
+        result, render = execute(client, args, out)
+    except CommandError as e:
+        err.write(f"mnemomd: {e}\n")
+        return e.status
+    if args.json:
+        out.write(json.dumps(result, indent=2) + "\n")
+    else:
+        render()
+    return 0
 
 
-def render(result: dict[str, Any], out: IO[str]) -> None:
-    agent = result["agent"]
-    if "action" in result:
-        out.write(f"{agent['agent_id']}: {result['from']} -> {result['to']}\n")
-    rows = [("agent", agent["agent_id"]), ("name", agent["name"] or "-"),
-            ("enforcement", agent["enforcement_mode"]),
-            ("containment", agent["containment_status"]),
-            ("aip", "on" if agent["aip_enabled"] else "off"),
-            ("nudge strategy", f"{agent['nudge_strategy']} (rate {agent['nudge_rate']:g}, "
-                               f"threshold {agent['nudge_threshold']})"),
-            ("auto-containment", str(agent["auto_containment_threshold"] or "off"))]
-    for name, value in rows:
-        out.write(f"{name:<17} {value}\n")
-    for entry in result.get("containment_log", []):
-        out.write(f"{_when(entry['created_at'])}  {entry['action']:<10} "
-                  f"{entry['from_status']} -> {entry['to_status']}  by {entry['actor']}"
-                  f"  {entry['reason'] or ''}\n")
-    for nudge in result.get("nudges", []):
-        out.write(f"nudge {nudge['id']}  {nudge['status']}  {_when(nudge['created_at'])}\n")
+# -- argument parsing --------------------------------------------------------------------
 
 
-def run_admin_command(config: Config, args: argparse.Namespace, out: IO[str]) -> int:
-    from twisted.internet import reactor
+def add_client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", dest="api_url",
+                        help=f"the daemon's base URL (default: ${URL_ENV}, else "
+                             "http://HOST:PORT from the configuration)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")
 
-    outcome: dict[str, Any] = {}
 
-    def go() -> None:
-        d = _execute(reactor, config, args)
-        d.addBoth(lambda result: outcome.setdefault("result", result))
-        d.addBoth(lambda _: reactor.stop())
+def add_pagination(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, default=50, help="at most this many (1-500)")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many")
 
-    reactor.callWhenRunning(go)
-    reactor.run()
-    result = outcome.get("result")
-    if isinstance(result, dict):
-        if getattr(args, "json", False):
-            out.write(json.dumps(result, indent=2, default=str) + "\n")
-        else:
-            render(result, out)
-        return 0
-    error = getattr(result, "value", result)
-    import sys
 
-    print(f"mnemomd: {error}", file=sys.stderr)
-    return 1 if not isinstance(error, EnforcementError) else 2
+def add_management_commands(commands: Any, common: Any) -> None:
+    """Register the API client commands; ``common`` adds --config and setting flags."""
+
+    def command(parent: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = parent.add_parser(name, help=help_text)
+        add_client_flags(parser)
+        common(parser)
+        return parser
+
+    agents = commands.add_parser("agents", help="list and show agents")
+    agents_commands = agents.add_subparsers(dest="agents_command", required=True)
+    listing = command(agents_commands, "list", "agents, newest first")
+    add_pagination(listing)
+    listing.add_argument("--status", choices=("active", "paused", "killed"))
+    listing.add_argument("--mode", choices=("observe", "nudge", "enforce"))
+    command(agents_commands, "show", "one agent").add_argument("agent_id")
+
+    enforcement = commands.add_parser("enforcement", help="an agent's enforcement mode")
+    enforcement_commands = enforcement.add_subparsers(dest="enforcement_command",
+                                                      required=True)
+    set_mode = command(enforcement_commands, "set", "observe, nudge or enforce")
+    set_mode.add_argument("agent_id")
+    set_mode.add_argument("mode", choices=("observe", "nudge", "enforce"))
+    command(enforcement_commands, "show", "the current mode").add_argument("agent_id")
+
+    agent = commands.add_parser("agent", help="contain an agent or change its settings")
+    agent_commands = agent.add_subparsers(dest="agent_command", required=True)
+    for action in ("pause", "resume", "kill", "reactivate"):
+        sub = command(agent_commands, action, f"{action} the agent")
+        sub.add_argument("agent_id")
+        sub.add_argument("--reason", help="why (kept in the containment log)")
+        sub.add_argument("--actor", help="who (default: the API's name for your token)")
+    command(agent_commands, "show", "the agent and its containment log").add_argument(
+        "agent_id")
+    settings = command(agent_commands, "settings", "change nudge, AIP/AAP and "
+                                                   "auto-containment settings")
+    settings.add_argument("agent_id")
+    settings.add_argument("--nudge-strategy", choices=("always", "sampling", "threshold", "off"))
+    settings.add_argument("--nudge-rate", type=float)
+    settings.add_argument("--nudge-threshold", type=int)
+    settings.add_argument("--aip", choices=("on", "off"))
+    settings.add_argument("--aap", choices=("on", "off"))
+    settings.add_argument("--auto-containment", metavar="N|off",
+                          help="pause after N consecutive boundary violations (N >= 2)")
+
+    checkpoints = command(commands, "checkpoints", "an agent's integrity checkpoints")
+    checkpoints.add_argument("agent_id")
+    checkpoints.add_argument("--verdict", choices=("clear", "review_needed",
+                                                   "boundary_violation"))
+    checkpoints.add_argument("--session", help="only this session id")
+    add_pagination(checkpoints)
+    traces = command(commands, "traces", "an agent's AP-traces")
+    traces.add_argument("agent_id")
+    traces.add_argument("--session", help="only this session id")
+    add_pagination(traces)
+
+    webhooks = commands.add_parser("webhooks", help="webhook endpoints and deliveries")
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    add_pagination(command(webhook_commands, "list", "registered endpoints"))
+    create = command(webhook_commands, "create", "register an endpoint (prints its secret)")
+    create.add_argument("endpoint_url", metavar="URL")
+    create.add_argument("--description")
+    create.add_argument("--event", action="append", metavar="EVENT_TYPE",
+                        help="subscribe to this event type (repeat; default: all but "
+                             "verdict.clear)")
+    create.add_argument("--allow-http", action="store_true",
+                        help="allow a plain http:// URL (internal receivers)")
+    command(webhook_commands, "show", "one endpoint").add_argument("webhook_id")
+    update = command(webhook_commands, "update", "change an endpoint")
+    update.add_argument("webhook_id")
+    update.add_argument("--endpoint-url", metavar="URL", help="the receiver's new URL")
+    update.add_argument("--description")
+    update.add_argument("--event", action="append", metavar="EVENT_TYPE")
+    update.add_argument("--enable", choices=("on", "off"))
+    update.add_argument("--allow-http", choices=("on", "off"))
+    for action, help_text in (("delete", "delete an endpoint and its deliveries"),
+                              ("rotate-secret", "replace the secret (prints the new one)"),
+                              ("test", "queue a webhook.test event")):
+        command(webhook_commands, action, help_text).add_argument("webhook_id")
+    deliveries = command(webhook_commands, "deliveries", "an endpoint's delivery history")
+    deliveries.add_argument("webhook_id")
+    deliveries.add_argument("--status", choices=("pending", "delivered", "failed"))
+    add_pagination(deliveries)
+    redeliver = command(webhook_commands, "redeliver", "send a delivery's event again")
+    redeliver.add_argument("webhook_id")
+    redeliver.add_argument("delivery_id")
+
+
+MANAGEMENT_COMMANDS = ("agents", "enforcement", "agent", "checkpoints", "traces", "webhooks")

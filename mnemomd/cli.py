@@ -1,4 +1,5 @@
-"""The ``mnemomd`` command: run the daemon, check its configuration, say its version.
+"""The ``mnemomd`` command: run the daemon, check its configuration, say its version,
+and manage a running daemon through its API (``mnemomd.admin``).
 
 ``mnemomd run`` builds the service itself and runs the reactor in the foreground, with no
 twistd plugin discovery, because a frozen binary has no plugin directory to scan.
@@ -46,39 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     show_license.add_argument("--json", action="store_true", help="print JSON")
     add_config_flags(show_license)
 
-    enforcement = commands.add_parser("enforcement", help="set an agent's enforcement mode")
-    enforcement_commands = enforcement.add_subparsers(dest="enforcement_command",
-                                                      required=True)
-    set_mode = enforcement_commands.add_parser("set", help="observe, nudge or enforce")
-    set_mode.add_argument("agent_id")
-    set_mode.add_argument("mode", choices=("observe", "nudge", "enforce"))
-    add_config_flags(set_mode)
-    set_mode.add_argument("--json", action="store_true", help="print JSON")
+    from mnemomd.admin import add_management_commands
 
-    agent = commands.add_parser("agent", help="contain an agent or change its settings")
-    agent_commands = agent.add_subparsers(dest="agent_command", required=True)
-    for action in ("pause", "resume", "kill", "reactivate"):
-        sub = agent_commands.add_parser(action, help=f"{action} the agent")
-        sub.add_argument("agent_id")
-        sub.add_argument("--reason", help="why (kept in the containment log)")
-        sub.add_argument("--actor", default="cli", help="who (default: cli)")
-        sub.add_argument("--json", action="store_true", help="print JSON")
-        add_config_flags(sub)
-    show = agent_commands.add_parser("show", help="the agent, its containment log, nudges")
-    show.add_argument("agent_id")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    add_config_flags(show)
-    settings = agent_commands.add_parser("settings", help="change nudge and AIP settings")
-    settings.add_argument("agent_id")
-    settings.add_argument("--nudge-strategy", choices=("always", "sampling", "threshold", "off"))
-    settings.add_argument("--nudge-rate", type=float)
-    settings.add_argument("--nudge-threshold", type=int)
-    settings.add_argument("--aip", choices=("on", "off"))
-    settings.add_argument("--aap", choices=("on", "off"))
-    settings.add_argument("--auto-containment", metavar="N|off",
-                          help="pause after N consecutive boundary violations (N >= 2)")
-    settings.add_argument("--json", action="store_true", help="print JSON")
-    add_config_flags(settings)
+    add_management_commands(commands, add_config_flags)
     return parser
 
 
@@ -209,8 +180,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "version":
         print(version_text())
         return 0
-    if args.command not in ("run", "check-config", "migrate", "enforcement", "agent",
-                            "license"):
+    from mnemomd.admin import MANAGEMENT_COMMANDS
+
+    if args.command not in ("run", "check-config", "migrate", "license",
+                            *MANAGEMENT_COMMANDS):
         parser.print_help()
         return 2
     try:
@@ -224,8 +197,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return migrate_database(config, sys.stdout)
     if args.command == "license":
         return show_license_info(config, args.json, sys.stdout)
-    if args.command in ("enforcement", "agent"):
+    if args.command in MANAGEMENT_COMMANDS:
         from mnemomd.admin import run_admin_command
 
-        return run_admin_command(config, args, sys.stdout)
+        return run_admin_command(config, args, sys.stdout, sys.stderr, environ)
     return run(config, environ)
