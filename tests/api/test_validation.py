@@ -1,0 +1,110 @@
+"""Cards, webhook URLs and the OpenAPI document, checked without a daemon."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from mnemomd.api.handlers import validate_card
+from mnemomd.api.openapi import build_openapi
+from mnemomd.api.routes import ROUTES, ApiError
+from mnemomd.api.webhook_endpoints import (
+    SECRET_PREFIX,
+    WebhookURLError,
+    check_webhook_url,
+    event_body,
+    new_secret,
+)
+from mnemomd.storage.agents import default_alignment_card
+
+NOW_MS = 1_767_225_600_000
+
+
+def test_the_default_card_is_accepted_as_is():
+    card = default_alignment_card("smolt-1", NOW_MS)
+    assert validate_card("smolt-1", card, NOW_MS) == card
+
+
+def test_card_ids_are_filled_in_and_the_agent_is_fixed():
+    card = default_alignment_card("smolt-1", NOW_MS)
+    for key in ("card_id", "issued_at", "agent_id"):
+        card.pop(key)
+    valid = validate_card("smolt-1", card, NOW_MS)
+    assert valid["agent_id"] == "smolt-1" and valid["card_id"].startswith("ac-")
+    assert valid["issued_at"].startswith("2026-01-01")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"agent_id": "smolt-2"}, "card.agent_id must be smolt-1"),
+    ({"values": "honesty"}, "invalid alignment card: values"),
+    ({"autonomy": None}, "invalid alignment card: autonomy"),
+    ({"principal": {"type": "nobody"}}, "invalid alignment card: principal"),
+])
+def test_cards_the_aap_model_rejects_are_400(change, message):
+    card = {**default_alignment_card("smolt-1", NOW_MS), **change}
+    with pytest.raises(ApiError) as caught:
+        validate_card("smolt-1", card, NOW_MS)
+    assert caught.value.status == 400 and caught.value.message.startswith(message)
+
+
+@pytest.mark.parametrize("url, allow_http", [
+    ("https://hooks.example.com/mnemom", False), ("https://10.0.0.5:8443/h?x=1", False),
+    ("http://receiver.internal/h", True)])
+def test_acceptable_webhook_urls(url, allow_http):
+    assert check_webhook_url(url, allow_http) == url
+
+
+@pytest.mark.parametrize("url, allow_http, message", [
+    ("http://receiver.internal/h", False, "https://"),
+    ("ftp://x/h", True, "https://"), ("https:///nohost", False, "host"),
+    ("https://user:pw@x/h", False, "credentials"), ("https://x/h#frag", False, "fragment"),
+    ("https://x:99999/h", False, "port")])
+def test_refused_webhook_urls(url, allow_http, message):
+    with pytest.raises(WebhookURLError, match=message):
+        check_webhook_url(url, allow_http)
+
+
+def test_secrets_are_32_random_bytes():
+    one, two = new_secret(), new_secret()
+    assert one != two and one.startswith(SECRET_PREFIX)
+    assert len(bytes.fromhex(one.removeprefix(SECRET_PREFIX))) == 32
+
+
+def test_event_body_has_the_documented_keys():
+    body = event_body("evt-1", "webhook.test", None, {"message": "m"}, NOW_MS)
+    assert body == {"event_id": "evt-1", "event_type": "webhook.test",
+                    "created_at": "2026-01-01T00:00:00.000Z", "agent_id": None,
+                    "data": {"message": "m"}}
+
+
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for value in node.values() for r in _refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _refs(value)]
+    return []
+
+
+def test_openapi_lists_exactly_the_route_table():
+    document = build_openapi()
+    listed = {(method.upper(), path) for path, ops in document["paths"].items()
+              for method in ops}
+    assert listed == {(r.method, r.path) for r in ROUTES}
+    json.dumps(document)  # serialisable as served
+
+
+def test_openapi_references_resolve_and_schemas_are_valid():
+    document = build_openapi()
+    schemas = document["components"]["schemas"]
+    for ref in _refs(document):
+        assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas
+    for route in ROUTES:
+        operation = document["paths"][route.path][route.method.lower()]
+        assert sorted(operation["responses"]) == sorted(str(s) for s in route.statuses)
+        success = operation["responses"][str(route.status)]["content"]["application/json"]
+        Draft202012Validator.check_schema(success["schema"])
+        assert operation["x-required-role"] == route.role
+        assert ("requestBody" in operation) == route.takes_body
