@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from tests.e2e.api import CREDENTIALS, ApiDaemon
 from tests.e2e.daemon import Daemon, start_daemon
 from tests.fakes.process import clear_requests, run_fake_upstream
 from tests.storage.engines import create_postgres_database, drop_postgres_database
@@ -69,3 +70,15 @@ def pg_rows(url: str, sql: str) -> list[tuple]:
             return cursor.fetchall()
     finally:
         connection.close()
+
+
+@pytest.fixture(scope="module")
+def api_daemon(tmp_path_factory: pytest.TempPathFactory,
+               upstream_url: str) -> Iterator[ApiDaemon]:
+    """One daemon per test module with every API credential configured (SQLite,
+    in-memory KV, analysis off), shared by the module's tests."""
+    tmp = tmp_path_factory.mktemp("api")
+    daemon = start_daemon(tmp, provider_env(upstream_url) | CREDENTIALS
+                          | {"AIP_ENABLED": "false"})
+    yield ApiDaemon(daemon, tmp / "data")
+    daemon.stop(10)
