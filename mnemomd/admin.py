@@ -157,6 +157,8 @@ TRACE_COLUMNS = (("id", "TRACE"), ("session_id", "SESSION"), ("checkpoint_id", "
                  ("verified", "VERIFIED"), ("created_at", "CREATED"))
 LOG_COLUMNS = (("created_at", "WHEN"), ("action", "ACTION"), ("from_status", "FROM"),
                ("to_status", "TO"), ("actor", "ACTOR"), ("reason", "REASON"))
+NUDGE_COLUMNS = (("id", "NUDGE"), ("status", "STATUS"), ("session_id", "SESSION"),
+                 ("created_at", "CREATED"))
 WEBHOOK_COLUMNS = (("id", "WEBHOOK"), ("url", "URL"), ("enabled", "ENABLED"),
                    ("consecutive_failures", "FAILURES"), ("event_types", "EVENTS"))
 WEBHOOK_FIELDS = (("id", "webhook"), ("url", "url"), ("description", "description"),
@@ -238,13 +240,21 @@ def agent_command(client: ApiClient, args: argparse.Namespace, out: IO[str]) -> 
     if action == "show":
         agent = client.request("GET", base)
         containment = client.request("GET", f"{base}/containment")
-        result = {"agent": agent, "containment_log": containment["log"]}
+        timeline = client.request("GET", f"{base}/timeline", query={"kind": "nudge",
+                                                                    "limit": 20})
+        nudges = [{"id": e["id"], "created_at": e["created_at"], **e["data"]}
+                  for e in timeline["items"]]
+        # A history reads top-down: oldest first (the API lists newest first).
+        history = list(reversed(containment["log"]))
+        nudges.reverse()
+        result = {"agent": agent, "containment_log": history, "nudges": nudges}
 
         def render() -> None:
             fields(agent, AGENT_FIELDS, out)
-            if containment["log"]:
-                out.write("\n")
-                table(containment["log"], LOG_COLUMNS, out)
+            for rows, columns in ((history, LOG_COLUMNS), (nudges, NUDGE_COLUMNS)):
+                if rows:
+                    out.write("\n")
+                    table(rows, columns, out)
 
         return result, render
     if action == "settings":

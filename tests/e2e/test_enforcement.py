@@ -42,7 +42,7 @@ def violating(analysis_url):
 
 
 class Setup:
-    """A daemon on its own SQLite file, and the CLI pointed at the same file."""
+    """A daemon on its own SQLite file, and the CLI pointed at its API."""
 
     def __init__(self, start, tmp_path: Path, analysis: str, **env: str) -> None:
         self.env = {"MNEMOM_DATA_DIR": str(tmp_path / "state"), "ANALYSIS_BASE_URL": analysis,
@@ -54,8 +54,9 @@ class Setup:
         self.key = f"sk-{uuid.uuid4().hex}"
 
     def cli(self, *args: str) -> dict:
+        env = {**self.env, "MNEMOMD_URL": self.daemon.base_url}
         result = subprocess.run([*mnemomd_command(), *args, "--json"],
-                                env=daemon_environment(self.tmp / "cli", self.env),
+                                env=daemon_environment(self.tmp / "cli", env),
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
@@ -119,7 +120,7 @@ def test_nudge_injected_into_the_next_call(start, tmp_path, violating, upstream,
     s = Setup(start, tmp_path, violating)
     s.call()  # creates the agent
     agent_id = s.rows("SELECT id FROM agents")[0][0]
-    assert s.cli("enforcement", "set", agent_id, "nudge")["agent"]["enforcement_mode"] == "nudge"
+    assert s.cli("enforcement", "set", agent_id, "nudge")["mode"] == "nudge"
     wait_until(lambda: s.call()[1].get("x-aip-enforcement") == "nudge", timeout=20,
                what="the new mode to apply")
     s.wait("SELECT COUNT(*) FROM nudges WHERE status='pending'", 1)
@@ -203,7 +204,8 @@ def test_pause_applies_on_every_replica_at_once(start, tmp_path, violating, post
 
     assert call(one) == 200 and call(two) == 200  # both replicas have the agent cached
     agent_id = pg_rows(postgres_url, "SELECT id FROM agents")[0][0]
-    result = subprocess.run([*mnemomd_command(), "agent", "pause", agent_id],
+    result = subprocess.run([*mnemomd_command(), "agent", "pause", agent_id,
+                             "--url", one.base_url],
                             env=daemon_environment(tmp_path / "cli", env),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
