@@ -53,8 +53,8 @@ class ManagementApi:
                                      peer_host(request))
             route, params = match(method, text_path)
             if not principal.may(route.role):
-                raise ApiError(403, f"The {principal.role} role cannot {route.summary[0].lower()}"
-                                    f"{route.summary[1:]}", "permission_error")
+                raise ApiError(403, f"{route.method} {route.path} needs the {route.role} role",
+                               "permission_error")
             call = ApiCall(route, params, parse_query(route, query),
                            parse_body(route, request_body(request)), principal,
                            int(started * 1000))

@@ -108,11 +108,12 @@ class ApiDaemon:
         with sqlite3.connect(self.data_dir / "mnemomd.db") as db:
             db.execute(
                 "INSERT INTO integrity_checkpoints (id, agent_id, session_id, provider, model, "
-                "verdict, concerns, created_at) VALUES (?, ?, 's-1', 'anthropic', 'claude-x', "
-                "'boundary_violation', ?, ?)",
+                "verdict, concerns, created_at) VALUES (?, ?, 's-1', 'anthropic', "
+                "'claude-sonnet-4-5', 'boundary_violation', ?, ?)",
                 (ids["checkpoint_id"], agent_id,
                  json.dumps([{"category": "deception", "severity": "high",
-                              "description": "d"}]), now - 3000))
+                              "description": "Plans to hide a failed tool call from the user"}]),
+                 now - 3000))
             db.execute(
                 "INSERT INTO ap_traces (id, agent_id, session_id, checkpoint_id, trace, "
                 "verification, verified, created_at) VALUES (?, ?, 's-1', ?, ?, ?, 1, ?)",
