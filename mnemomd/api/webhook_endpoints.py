@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred
 
 from mnemomd.storage.database import Cursor, Database
-from mnemomd.storage.management import Page, _page
+from mnemomd.storage.management import Page, equal_to, page
 
 SECRET_PREFIX = "whsec_"
 ENDPOINT_FIELDS = ("id", "url", "description", "event_types", "allow_http", "enabled",
@@ -122,7 +122,7 @@ class WebhookEndpointStore:
 
     def list(self, limit: int, offset: int) -> Deferred[Page]:
         return self._db.run_interaction(
-            "api_list_webhooks", _page, _ENDPOINT_SELECT, [], [], "created_at DESC, id",
+            "api_list_webhooks", page, _ENDPOINT_SELECT, [], [], "created_at DESC, id",
             limit, offset, _endpoint_dict, "webhook_endpoints")
 
     def get(self, endpoint_id: str) -> Deferred[dict[str, Any] | None]:
@@ -168,15 +168,12 @@ class WebhookEndpointStore:
 
     def deliveries(self, endpoint_id: str, limit: int, offset: int,
                    status: str | None = None) -> Deferred[Page | None]:
-        where, params = ["endpoint_id = ?"], [endpoint_id]
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
+        where, params = equal_to(endpoint_id=endpoint_id, status=status)
 
         def read(cursor: Cursor) -> Page | None:
             if _get_endpoint(cursor, endpoint_id) is None:
                 return None
-            return _page(cursor, _DELIVERY_SELECT, where, params, "created_at DESC, id",
+            return page(cursor, _DELIVERY_SELECT, where, params, "created_at DESC, id",
                          limit, offset, _delivery_dict, "webhook_deliveries")
 
         return self._db.run_interaction("api_list_deliveries", read)

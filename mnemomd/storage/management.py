@@ -52,7 +52,7 @@ def _agent_dict(row: Sequence[Any]) -> dict[str, Any]:
     return agent
 
 
-def _page(cursor: Cursor, select: str, where: list[str], params: list[Any], order: str,
+def page(cursor: Cursor, select: str, where: list[str], params: list[Any], order: str,
           limit: int, offset: int, convert: Callable[[Sequence[Any]], dict[str, Any]],
           table: str) -> Page:
     clause = f" WHERE {' AND '.join(where)}" if where else ""
@@ -60,6 +60,12 @@ def _page(cursor: Cursor, select: str, where: list[str], params: list[Any], orde
                           (*params, limit, offset)).fetchall()
     total = cursor.execute(f"SELECT COUNT(*) FROM {table}{clause}", params).fetchone()
     return Page([convert(r) for r in rows], int(total[0]) if total else 0)
+
+
+def equal_to(**conditions: Any) -> tuple[list[str], list[Any]]:
+    """WHERE terms and parameters for the conditions that are not None (filters)."""
+    given = {column: value for column, value in conditions.items() if value is not None}
+    return [f"{column} = ?" for column in given], list(given.values())
 
 
 def _load_json(value: Any) -> Any:
@@ -131,15 +137,10 @@ class ManagementStore:
 
     def list_agents(self, limit: int, offset: int, containment_status: str | None = None,
                     enforcement_mode: str | None = None) -> Deferred[Page]:
-        where, params = [], []
-        if containment_status is not None:
-            where.append("containment_status = ?")
-            params.append(containment_status)
-        if enforcement_mode is not None:
-            where.append("enforcement_mode = ?")
-            params.append(enforcement_mode)
+        where, params = equal_to(containment_status=containment_status,
+                                 enforcement_mode=enforcement_mode)
         return self._db.run_interaction(
-            "api_list_agents", _page, _AGENT_SELECT, where, params, "created_at DESC, id",
+            "api_list_agents", page, _AGENT_SELECT, where, params, "created_at DESC, id",
             limit, offset, _agent_dict, "agents")
 
     def agent(self, agent_id: str) -> Deferred[dict[str, Any] | None]:
@@ -219,15 +220,9 @@ class ManagementStore:
 
     def checkpoints(self, agent_id: str, limit: int, offset: int, verdict: str | None = None,
                     session_id: str | None = None) -> Deferred[Page]:
-        where, params = ["agent_id = ?"], [agent_id]
-        if verdict is not None:
-            where.append("verdict = ?")
-            params.append(verdict)
-        if session_id is not None:
-            where.append("session_id = ?")
-            params.append(session_id)
+        where, params = equal_to(agent_id=agent_id, verdict=verdict, session_id=session_id)
         return self._db.run_interaction(
-            "api_list_checkpoints", _page,
+            "api_list_checkpoints", page,
             f"SELECT {CHECKPOINT_COLUMNS} FROM integrity_checkpoints", where, params,
             "created_at DESC, id", limit, offset, _checkpoint_dict, "integrity_checkpoints")
 
@@ -262,18 +257,15 @@ class ManagementStore:
 
     def drift_alerts(self, agent_id: str, limit: int, offset: int) -> Deferred[Page]:
         return self._db.run_interaction(
-            "api_list_drift_alerts", _page, f"SELECT {', '.join(DRIFT_FIELDS)} FROM drift_alerts",
+            "api_list_drift_alerts", page, f"SELECT {', '.join(DRIFT_FIELDS)} FROM drift_alerts",
             ["agent_id = ?"], [agent_id], "created_at DESC, id", limit, offset, _drift_dict,
             "drift_alerts")
 
     def traces(self, agent_id: str, limit: int, offset: int,
                session_id: str | None = None) -> Deferred[Page]:
-        where, params = ["agent_id = ?"], [agent_id]
-        if session_id is not None:
-            where.append("session_id = ?")
-            params.append(session_id)
+        where, params = equal_to(agent_id=agent_id, session_id=session_id)
         return self._db.run_interaction(
-            "api_list_traces", _page, f"SELECT {', '.join(TRACE_FIELDS)} FROM ap_traces",
+            "api_list_traces", page, f"SELECT {', '.join(TRACE_FIELDS)} FROM ap_traces",
             where, params, "created_at DESC, id", limit, offset, _trace_dict, "ap_traces")
 
     def trace(self, trace_id: str) -> Deferred[dict[str, Any] | None]:
@@ -306,7 +298,7 @@ class ManagementStore:
     def containment_log(self, agent_id: str, limit: int, offset: int) -> Deferred[Page]:
         fields = ("id", "action", "from_status", "to_status", "actor", "reason", "created_at")
         return self._db.run_interaction(
-            "api_containment_log", _page, f"SELECT {', '.join(fields)} FROM containment_log",
+            "api_containment_log", page, f"SELECT {', '.join(fields)} FROM containment_log",
             ["agent_id = ?"], [agent_id], "created_at DESC, id DESC", limit, offset,
             lambda r: dict(zip(fields, r, strict=True)), "containment_log")
 
