@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -32,6 +32,12 @@ CHANGE_POLL_SECONDS = 2.0
 
 def agent_cache_key(hash_: str) -> str:
     return f"agent:{hash_}"
+
+
+def agent_derived_keys(hash_: str, agent_id: str) -> list[str]:
+    """Every KV cache entry built from an agent's rows: the agent itself, and the card and
+    conscience values the integrity pipeline caches. A change to the agent drops them all."""
+    return [agent_cache_key(hash_), f"card:{agent_id}", f"conscience:{agent_id}"]
 
 
 class PersistentAgentDirectory:
@@ -93,11 +99,17 @@ class PersistentAgentDirectory:
     def invalidate(self, hash_: str) -> Deferred[Any]:
         return self._cache.invalidate(agent_cache_key(hash_))
 
+    def invalidate_all(self, hash_: str, agent_id: str) -> Deferred[Any]:
+        """Drop the agent and everything cached from it (card, conscience values)."""
+        return gatherResults([self._cache.invalidate(key)
+                              for key in agent_derived_keys(hash_, agent_id)])
+
     def drop_changed(self) -> Deferred[Any]:
         """Invalidate cached agents whose rows changed since the last look."""
-        def drop(changed: list[tuple[str, int]]) -> None:
-            for hash_, updated_at in changed:
-                self.invalidate(hash_)
+        def drop(changed: list[tuple[str, int, str]]) -> None:
+            for hash_, updated_at, agent_id in changed:
+                for key in agent_derived_keys(hash_, agent_id):
+                    self._cache.invalidate(key)
                 self._changes_seen_ms = max(self._changes_seen_ms, updated_at)
 
         def failed(failure: Failure) -> None:

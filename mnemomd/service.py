@@ -410,7 +410,7 @@ class MnemomService(MultiService):
         return self.getServiceNamed("storage")  # type: ignore[return-value]
 
 
-def make_management_api(config: Config, reactor: Any, db: Database, kv: KeyValueStore,
+def make_management_api(config: Config, reactor: Any, db: Database,
                         directory: PersistentAgentDirectory,
                         metrics: GatewayMetrics) -> ManagementApi:
     """The ``/v1`` API over the same storage and KV store as the proxy."""
@@ -422,8 +422,7 @@ def make_management_api(config: Config, reactor: Any, db: Database, kv: KeyValue
         return openapi
 
     handlers = ApiHandlers(reactor, ManagementStore(db), EnforcementStore(db),
-                           WebhookEndpointStore(db), KVCache(kv, "", CARD_CACHE_TTL),
-                           directory.invalidate, document)
+                           WebhookEndpointStore(db), directory.invalidate_all, document)
     return ManagementApi(reactor, credentials_from_config(config), handlers, send_json,
                          metrics)
 
@@ -486,7 +485,7 @@ def make_service(config: Config, reactor: Any = None,
     client = UpstreamClient(reactor, config.upstream_max_connections_per_host)
     proxy = ProxyHandler(config, reactor, client, directory, metrics, integrity, enforcement,
                          license_state)
-    api = make_management_api(config, reactor, db, kv, directory, metrics) \
+    api = make_management_api(config, reactor, db, directory, metrics) \
         if config.role != "scheduler" else None
     gateway = Gateway(reactor, config.role, config.max_request_body_bytes, health, metrics,
                       proxy, api)

@@ -2,8 +2,8 @@
 
 A handler takes an ``ApiCall`` and returns ``(status, payload)`` or a Deferred of it;
 problems are raised as ``ApiError``. Every change to what the gateway acts on drops the
-affected KV cache entries at once (replicas sharing Redis see it on their next call)
-and bumps ``agents.updated_at`` (replicas on their own cache notice within seconds).
+agent's KV cache entries at once (replicas sharing Redis see it on their next call) and
+bumps ``agents.updated_at`` (replicas on their own cache drop theirs within seconds).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from mnemomd.api.webhook_endpoints import (
     WebhookURLError,
     check_webhook_url,
 )
-from mnemomd.kv import KVCache
 from mnemomd.storage.enforcement import EnforcementError, EnforcementStore
 from mnemomd.storage.management import ManagementStore, Page, new_card_id
 
@@ -86,13 +85,12 @@ class ApiHandlers:
 
     def __init__(self, clock: IReactorTime, store: ManagementStore,
                  enforcement: EnforcementStore, webhooks: WebhookEndpointStore,
-                 cache: KVCache, invalidate_agent: Callable[[str], Any],
+                 invalidate_agent: Callable[[str, str], Any],
                  openapi: Callable[[], dict[str, Any]]) -> None:
         self._clock = clock
         self._store = store
         self._enforcement = enforcement
         self._webhooks = webhooks
-        self._cache = cache
         self._invalidate_agent = invalidate_agent
         self._openapi = openapi
 
@@ -135,7 +133,7 @@ class ApiHandlers:
             agent = yield self._enforcement.update_settings(agent_id, changes, now_ms)
         except EnforcementError as e:
             raise ApiError(400, str(e)) from None
-        yield self._invalidate_agent(agent.agent_hash)
+        yield self._invalidate_agent(agent.agent_hash, agent_id)
         fresh = yield self._agent(agent_id)
         return fresh
 
@@ -175,8 +173,7 @@ class ApiHandlers:
         agent = yield self._agent(agent_id)
         card = validate_card(agent_id, call.body, call.now_ms)
         yield self._store.replace_card(agent_id, card, call.now_ms)
-        yield self._cache.invalidate(f"card:{agent_id}")
-        yield self._invalidate_agent(agent["agent_hash"])
+        yield self._invalidate_agent(agent["agent_hash"], agent_id)
         return 200, {"agent_id": agent_id, "card": card, "updated_at": call.now_ms}
 
     @inlineCallbacks
@@ -192,8 +189,7 @@ class ApiHandlers:
         agent_id = call.params["agent_id"]
         agent = yield self._agent(agent_id)
         yield self._store.replace_conscience(agent_id, values, call.now_ms)
-        yield self._cache.invalidate(f"conscience:{agent_id}")
-        yield self._invalidate_agent(agent["agent_hash"])
+        yield self._invalidate_agent(agent["agent_hash"], agent_id)
         stored = yield self._store.conscience(agent_id)
         return 200, {"agent_id": agent_id, **stored}
 
@@ -279,7 +275,7 @@ class ApiHandlers:
                                                      call.now_ms)
         except EnforcementError as e:
             raise ApiError(409, str(e), "conflict") from None
-        yield self._invalidate_agent(change.agent.agent_hash)
+        yield self._invalidate_agent(change.agent.agent_hash, agent_id)
         return 200, {"agent_id": agent_id, "action": action, "from_status": change.from_status,
                      "to_status": change.to_status, "actor": actor,
                      "reason": change.reason}

@@ -138,12 +138,12 @@ class AgentStore:
 
         return self._db.run_interaction("get_conscience_values", read)
 
-    def changed_since(self, since_ms: int) -> Deferred[list[tuple[str, int]]]:
-        """(agent_hash, updated_at) of agents changed after ``since_ms``."""
+    def changed_since(self, since_ms: int) -> Deferred[list[tuple[str, int, str]]]:
+        """(agent_hash, updated_at, agent_id) of agents changed after ``since_ms``."""
         return self._db.run_interaction(
             "agents_changed_since",
-            lambda c: [(h, int(u)) for h, u in c.execute(
-                "SELECT agent_hash, updated_at FROM agents WHERE updated_at > ?",
+            lambda c: [(h, int(u), i) for h, u, i in c.execute(
+                "SELECT agent_hash, updated_at, id FROM agents WHERE updated_at > ?",
                 (since_ms,)).fetchall()])
 
     def count(self) -> Deferred[int]:

@@ -25,6 +25,7 @@ from tests.e2e.api import (
     proxied_call,
 )
 from tests.e2e.conftest import pg_rows
+from tests.fakes.process import wait_until
 
 UNKNOWN = {"agent_id": "smolt-00000000", "checkpoint_id": "ic-unknown",
            "trace_id": "tr-unknown", "webhook_id": "wh-unknown", "delivery_id": "whd-unknown"}
@@ -278,3 +279,18 @@ def test_changes_reach_every_replica(start, postgres_url):
     assert proxied_call(one, key)[1].get("x-aip-enforcement") == "enforce"
     assert json.loads(json.dumps(pg_rows(postgres_url, "SELECT enforcement_mode FROM agents")))\
         == [["enforce"]]
+
+
+def test_changes_reach_replicas_without_a_shared_kv_store(start, postgres_url):
+    """Replicas on their own in-memory KV stores: the one that took the change applies it
+    to the next call, the other within its poll of changed agents."""
+    env = {"DATABASE_URL": postgres_url, "INTERNAL_API_KEY": INTERNAL_KEY,
+           "AIP_ENABLED": "false"}
+    one, two = start(env), start(env)
+    key = "sk-memory-" + postgres_url[-12:]
+    assert proxied_call(one, key)[0] == 200 and proxied_call(two, key)[0] == 200
+    agent_id = pg_rows(postgres_url, "SELECT id FROM agents")[0][0]
+    api_call(one.base_url, "POST", f"/v1/agents/{agent_id}/containment/kill")
+    assert proxied_call(one, key)[0] == 403
+    wait_until(lambda: proxied_call(two, key)[0] == 403, timeout=15, interval=0.1,
+               what="the other replica to notice the change")
