@@ -2,7 +2,7 @@
 
 The commands are clients of a running daemon's management API, never of its database:
 the daemon validates, logs, invalidates caches and reaches every replica, and the CLI
-needs no database credentials. A command is one short-lived process making one or two
+needs no database credentials. A command is one short-lived process making a few
 HTTP calls, so it uses the standard library's blocking client rather than a reactor.
 """
 
