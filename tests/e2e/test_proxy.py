@@ -49,7 +49,7 @@ def test_gemini_key_in_query_identifies(daemon, upstream):
     assert fetch_requests(upstream)[0]["query"] == "key=qk"
 
 
-@pytest.mark.parametrize("path", ["/nope", "/anthropicX/v1/messages", "/v1/agents", "/"])
+@pytest.mark.parametrize("path", ["/nope", "/anthropicX/v1/messages", "/v1/unknown", "/"])
 def test_unknown_path_is_404_json(daemon, path):
     status, _, body = call(daemon, "GET", path)
     assert status == 404
