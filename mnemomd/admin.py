@@ -226,7 +226,7 @@ def execute(client: ApiClient, args: argparse.Namespace, out: IO[str]) -> Any:
                                 page_footer(result, out))
     if command == "traces":
         result = client.request("GET", f"/v1/agents/{segment(args.agent_id)}/traces",
-                                query={**_pagination(args), "session_id": args.session})
+                                query=_pagination(args))
         return result, lambda: (table(result["items"], TRACE_COLUMNS, out),
                                 page_footer(result, out))
     if command == "webhooks":
@@ -314,8 +314,7 @@ def webhook_command(client: ApiClient, args: argparse.Namespace, out: IO[str]) -
         return delivery, lambda: out.write(
             f"{delivery['id']}: {delivery['event_type']} queued\n")
     if action == "deliveries":
-        result = client.request("GET", f"{path}/deliveries",
-                                query={**_pagination(args), "status": args.status})
+        result = client.request("GET", f"{path}/deliveries", query=_pagination(args))
         return result, lambda: (table(result["items"], DELIVERY_COLUMNS, out),
                                 page_footer(result, out))
     delivery = client.request("POST", f"{path}/deliveries/{segment(args.delivery_id)}"
@@ -414,7 +413,6 @@ def add_management_commands(commands: Any, common: Any) -> None:
     add_pagination(checkpoints)
     traces = command(commands, "traces", "an agent's AP-traces")
     traces.add_argument("agent_id")
-    traces.add_argument("--session", help="only this session id")
     add_pagination(traces)
 
     webhooks = commands.add_parser("webhooks", help="webhook endpoints and deliveries")
@@ -424,8 +422,8 @@ def add_management_commands(commands: Any, common: Any) -> None:
     create.add_argument("endpoint_url", metavar="URL")
     create.add_argument("--description")
     create.add_argument("--event", action="append", metavar="EVENT_TYPE",
-                        help="subscribe to this event type (repeat; default: all but "
-                             "verdict.clear)")
+                        help="subscribe to this event type (repeat; default: *, every "
+                             "event but verdict.clear and webhook.test)")
     create.add_argument("--allow-http", action="store_true",
                         help="allow a plain http:// URL (internal receivers)")
     command(webhook_commands, "show", "one endpoint").add_argument("webhook_id")
@@ -442,7 +440,6 @@ def add_management_commands(commands: Any, common: Any) -> None:
         command(webhook_commands, action, help_text).add_argument("webhook_id")
     deliveries = command(webhook_commands, "deliveries", "an endpoint's delivery history")
     deliveries.add_argument("webhook_id")
-    deliveries.add_argument("--status", choices=("pending", "delivered", "failed"))
     add_pagination(deliveries)
     redeliver = command(webhook_commands, "redeliver", "send a delivery's event again")
     redeliver.add_argument("webhook_id")

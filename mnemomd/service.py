@@ -23,7 +23,6 @@ from mnemomd.api.auth import credentials_from_config
 from mnemomd.api.handlers import ApiHandlers
 from mnemomd.api.openapi import build_openapi
 from mnemomd.api.resource import ManagementApi
-from mnemomd.api.webhook_endpoints import WebhookEndpointStore
 from mnemomd.config import EX_CONFIG, Config
 from mnemomd.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
 from mnemomd.enforcement import NUDGE_FLAG_TTL, Enforcement
@@ -411,7 +410,7 @@ class MnemomService(MultiService):
 
 
 def make_management_api(config: Config, reactor: Any, db: Database,
-                        directory: PersistentAgentDirectory,
+                        directory: PersistentAgentDirectory, dispatcher: WebhookDispatcher,
                         metrics: GatewayMetrics) -> ManagementApi:
     """The ``/v1`` API over the same storage and KV store as the proxy."""
     openapi: dict[str, Any] = {}
@@ -422,7 +421,8 @@ def make_management_api(config: Config, reactor: Any, db: Database,
         return openapi
 
     handlers = ApiHandlers(reactor, ManagementStore(db), EnforcementStore(db),
-                           WebhookEndpointStore(db), directory.invalidate_all, document)
+                           WebhookStore(db), TraceStore(db), directory.invalidate_all,
+                           dispatcher.kick, document)
     return ManagementApi(reactor, credentials_from_config(config), handlers, send_json,
                          metrics)
 
@@ -485,7 +485,7 @@ def make_service(config: Config, reactor: Any = None,
     client = UpstreamClient(reactor, config.upstream_max_connections_per_host)
     proxy = ProxyHandler(config, reactor, client, directory, metrics, integrity, enforcement,
                          license_state)
-    api = make_management_api(config, reactor, db, directory, metrics) \
+    api = make_management_api(config, reactor, db, directory, dispatcher, metrics) \
         if config.role != "scheduler" else None
     gateway = Gateway(reactor, config.role, config.max_request_body_bytes, health, metrics,
                       proxy, api)

@@ -21,13 +21,11 @@ from twisted.internet.interfaces import IReactorTime
 from mnemomd.api import schemas as s
 from mnemomd.api.auth import Principal
 from mnemomd.api.routes import ApiError, Route, describe_validation_error
-from mnemomd.api.webhook_endpoints import (
-    WebhookEndpointStore,
-    WebhookURLError,
-    check_webhook_url,
-)
 from mnemomd.storage.enforcement import EnforcementError, EnforcementStore
 from mnemomd.storage.management import ManagementStore, Page, new_card_id
+from mnemomd.storage.traces import TraceStore
+from mnemomd.storage.webhooks import WebhookStore
+from mnemomd.webhooks import check_url, new_secret
 
 SETTINGS_FIELDS = ("aip_enabled", "aap_enabled", "nudge_strategy", "nudge_rate",
                    "nudge_threshold")
@@ -84,13 +82,17 @@ class ApiHandlers:
     """One method per operation of the route table (``Route.handler`` names it)."""
 
     def __init__(self, clock: IReactorTime, store: ManagementStore,
-                 enforcement: EnforcementStore, webhooks: WebhookEndpointStore,
+                 enforcement: EnforcementStore, webhooks: WebhookStore, traces: TraceStore,
                  invalidate_agent: Callable[[str, str], Any],
+                 events_queued: Callable[[], None],
                  openapi: Callable[[], dict[str, Any]]) -> None:
         self._clock = clock
         self._store = store
         self._enforcement = enforcement
         self._webhooks = webhooks
+        self._traces = traces
+        #: Tells the webhook dispatcher that deliveries were queued (send them now).
+        self._events_queued = events_queued
         self._invalidate_agent = invalidate_agent
         self._openapi = openapi
 
@@ -235,15 +237,15 @@ class ApiHandlers:
     def list_traces(self, call: ApiCall) -> Any:
         agent_id, q = call.params["agent_id"], call.query
         yield self._agent(agent_id)
-        result = yield self._store.traces(agent_id, q["limit"], q["offset"], q["session_id"])
-        return 200, page_payload(result, q)
+        traces, total = yield self._traces.list_for_agent(agent_id, q["limit"], q["offset"])
+        return 200, page_payload(Page([t.public() for t in traces], total), q)
 
     @inlineCallbacks
     def get_trace(self, call: ApiCall) -> Any:
-        trace = yield self._store.trace(call.params["trace_id"])
+        trace = yield self._traces.get(call.params["trace_id"])
         if trace is None:
             raise not_found("trace", call.params["trace_id"])
-        return 200, trace
+        return 200, trace.public()
 
     @inlineCallbacks
     def get_timeline(self, call: ApiCall) -> Any:
@@ -276,6 +278,7 @@ class ApiHandlers:
         except EnforcementError as e:
             raise ApiError(409, str(e), "conflict") from None
         yield self._invalidate_agent(change.agent.agent_hash, agent_id)
+        self._events_queued()  # agent.paused / resumed / killed
         return 200, {"agent_id": agent_id, "action": action, "from_status": change.from_status,
                      "to_status": change.to_status, "actor": actor,
                      "reason": change.reason}
@@ -306,24 +309,25 @@ class ApiHandlers:
     @inlineCallbacks
     def create_webhook(self, call: ApiCall) -> Any:
         body = call.body
-        try:
-            url = check_webhook_url(body.url, body.allow_http)
-        except WebhookURLError as e:
-            raise ApiError(400, str(e)) from None
-        events = body.event_types or list(s.DEFAULT_WEBHOOK_EVENTS)
-        endpoint = yield self._webhooks.create(url, body.description,
-                                               list(dict.fromkeys(events)), body.allow_http,
-                                               body.enabled, call.now_ms)
-        return 201, endpoint
+        check_webhook_url(body.url, body.allow_http)
+        events = list(dict.fromkeys(body.event_types or s.DEFAULT_WEBHOOK_EVENTS))
+        secret = new_secret()
+        endpoint = yield self._webhooks.create_endpoint(
+            body.url, events, secret, call.now_ms, body.description, body.allow_http)
+        if not body.enabled:
+            endpoint = yield self._webhooks.update_endpoint(endpoint.id, {"enabled": False},
+                                                            call.now_ms)
+        return 201, {**endpoint.public(), "secret": secret}
 
     @inlineCallbacks
     def list_webhooks(self, call: ApiCall) -> Any:
-        result = yield self._webhooks.list(call.query["limit"], call.query["offset"])
-        return 200, page_payload(result, call.query)
+        endpoints, total = yield self._webhooks.endpoints(call.query["limit"],
+                                                          call.query["offset"])
+        return 200, page_payload(Page([e.public() for e in endpoints], total), call.query)
 
     @inlineCallbacks
     def _endpoint(self, webhook_id: str) -> Any:
-        endpoint = yield self._webhooks.get(webhook_id)
+        endpoint = yield self._webhooks.endpoint(webhook_id)
         if endpoint is None:
             raise not_found("webhook endpoint", webhook_id)
         return endpoint
@@ -331,7 +335,7 @@ class ApiHandlers:
     @inlineCallbacks
     def get_webhook(self, call: ApiCall) -> Any:
         endpoint = yield self._endpoint(call.params["webhook_id"])
-        return 200, endpoint
+        return 200, endpoint.public()
 
     @inlineCallbacks
     def update_webhook(self, call: ApiCall) -> Any:
@@ -343,53 +347,72 @@ class ApiHandlers:
                 raise ApiError(400, f"{name} cannot be null")
         if not changes:
             raise ApiError(400, "give at least one field to change")
-        url = changes.get("url", current["url"])
-        try:
-            check_webhook_url(url, changes.get("allow_http", current["allow_http"]))
-        except WebhookURLError as e:
-            raise ApiError(400, str(e)) from None
+        check_webhook_url(changes.get("url", current.url),
+                          changes.get("allow_http", current.allow_http))
         if "event_types" in changes:
             changes["event_types"] = list(dict.fromkeys(changes["event_types"]))
-        endpoint = yield self._webhooks.update(webhook_id, changes, call.now_ms)
+        endpoint = yield self._webhooks.update_endpoint(webhook_id, changes, call.now_ms)
         if endpoint is None:
             raise not_found("webhook endpoint", webhook_id)
-        return 200, endpoint
+        return 200, endpoint.public()
 
     @inlineCallbacks
     def delete_webhook(self, call: ApiCall) -> Any:
         webhook_id = call.params["webhook_id"]
-        deleted = yield self._webhooks.delete(webhook_id)
+        deleted = yield self._webhooks.delete_endpoint(webhook_id)
         if not deleted:
             raise not_found("webhook endpoint", webhook_id)
         return 200, {"id": webhook_id, "deleted": True}
 
     @inlineCallbacks
     def rotate_webhook_secret(self, call: ApiCall) -> Any:
-        endpoint = yield self._webhooks.rotate_secret(call.params["webhook_id"], call.now_ms)
+        secret = new_secret()
+        endpoint = yield self._webhooks.rotate_secret(call.params["webhook_id"], secret,
+                                                      call.now_ms)
         if endpoint is None:
             raise not_found("webhook endpoint", call.params["webhook_id"])
-        return 200, endpoint
+        return 200, {**endpoint.public(), "secret": secret}
+
+    @inlineCallbacks
+    def _queued(self, delivery_id: str) -> Any:
+        delivery = yield self._webhooks.delivery(delivery_id)
+        self._events_queued()
+        return 202, delivery.public()
 
     @inlineCallbacks
     def test_webhook(self, call: ApiCall) -> Any:
-        delivery = yield self._webhooks.queue_test(call.params["webhook_id"], call.now_ms)
-        if delivery is None:
-            raise not_found("webhook endpoint", call.params["webhook_id"])
-        return 202, delivery
+        """A ``webhook.test`` event for this endpoint alone, whatever it subscribes to."""
+        endpoint = yield self._endpoint(call.params["webhook_id"])
+        if not endpoint.enabled:
+            raise ApiError(409, f"webhook endpoint {endpoint.id} is disabled; enable it first",
+                           "conflict")
+        queued = yield self._webhooks.emit("webhook.test", None,
+                                           {"message": "Test event from mnemomd",
+                                            "endpoint_id": endpoint.id},
+                                           call.now_ms, endpoint_id=endpoint.id)
+        result = yield self._queued(queued[0])
+        return result
 
     @inlineCallbacks
     def list_deliveries(self, call: ApiCall) -> Any:
         q = call.query
-        result = yield self._webhooks.deliveries(call.params["webhook_id"], q["limit"],
-                                                 q["offset"], q["status"])
-        if result is None:
-            raise not_found("webhook endpoint", call.params["webhook_id"])
-        return 200, page_payload(result, q)
+        yield self._endpoint(call.params["webhook_id"])
+        deliveries, total = yield self._webhooks.deliveries(call.params["webhook_id"],
+                                                            q["limit"], q["offset"])
+        return 200, page_payload(Page([d.public() for d in deliveries], total), q)
 
     @inlineCallbacks
     def redeliver(self, call: ApiCall) -> Any:
-        delivery = yield self._webhooks.redeliver(call.params["webhook_id"],
-                                                  call.params["delivery_id"], call.now_ms)
-        if delivery is None:
-            raise not_found("delivery", call.params["delivery_id"])
-        return 202, delivery
+        webhook_id, delivery_id = call.params["webhook_id"], call.params["delivery_id"]
+        earlier = yield self._webhooks.delivery(delivery_id)
+        if earlier is None or earlier.endpoint_id != webhook_id:
+            raise not_found("delivery", delivery_id)
+        new_id = yield self._webhooks.redeliver(delivery_id, call.now_ms)
+        result = yield self._queued(new_id)
+        return result
+
+
+def check_webhook_url(url: str, allow_http: bool) -> None:
+    problem = check_url(url, allow_http)
+    if problem is not None:
+        raise ApiError(400, f"url {problem}")

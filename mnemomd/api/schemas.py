@@ -11,23 +11,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mnemomd.storage.webhooks import EVENT_TYPES
+
 MODES = ("observe", "nudge", "enforce")
 NUDGE_STRATEGIES = ("always", "sampling", "threshold", "off")
 VERDICTS = ("clear", "review_needed", "boundary_violation")
 CONTAINMENT_STATUSES = ("active", "paused", "killed")
 CONSCIENCE_TYPES = ("BOUNDARY", "FEAR", "COMMITMENT", "BELIEF", "HOPE")
-#: Events a webhook endpoint may subscribe to (SPEC §7).
-WEBHOOK_EVENTS = ("verdict.clear", "verdict.review_needed", "verdict.boundary_violation",
-                  "drift.detected", "agent.paused", "agent.resumed", "agent.killed",
-                  "nudge.created", "webhook.test")
-#: What an endpoint created without ``event_types`` hears: everything but clear verdicts.
-DEFAULT_WEBHOOK_EVENTS = tuple(e for e in WEBHOOK_EVENTS if e != "verdict.clear")
+#: Events a webhook endpoint may subscribe to (SPEC §7), and ``*``: every event but
+#: ``verdict.clear`` and ``webhook.test``, which are subscribed to by name.
+WEBHOOK_EVENTS = (*EVENT_TYPES, "*")
+#: What an endpoint created without ``event_types`` hears.
+DEFAULT_WEBHOOK_EVENTS = ("*",)
 
 Mode = Literal["observe", "nudge", "enforce"]
 NudgeStrategy = Literal["always", "sampling", "threshold", "off"]
 WebhookEvent = Literal["verdict.clear", "verdict.review_needed", "verdict.boundary_violation",
                        "drift.detected", "agent.paused", "agent.resumed", "agent.killed",
-                       "nudge.created", "webhook.test"]
+                       "nudge.created", "webhook.test", "*"]
 
 
 class Body(BaseModel):

@@ -31,8 +31,6 @@ _AGENT_SELECT = (
 _BOOLEAN_FIELDS = ("aip_enabled", "aap_enabled")
 
 DRIFT_FIELDS = ("id", "agent_id", "session_id", "source", "severity", "alert", "created_at")
-TRACE_FIELDS = ("id", "agent_id", "session_id", "checkpoint_id", "trace", "verification",
-                "verified", "created_at")
 TIMELINE_KINDS = ("checkpoint", "trace", "nudge", "containment")
 
 
@@ -87,14 +85,6 @@ def _checkpoint_dict(row: Sequence[Any]) -> dict[str, Any]:
             "thinking_block_hash": record.thinking_block_hash, "synthetic": record.synthetic,
             "synthetic_reason": record.synthetic_reason, "trace_id": record.trace_id,
             "created_at": record.created_at}
-
-
-def _trace_dict(row: Sequence[Any]) -> dict[str, Any]:
-    trace = dict(zip(TRACE_FIELDS, row, strict=True))
-    trace["trace"] = _load_json(trace["trace"])
-    trace["verification"] = _load_json(trace["verification"])
-    trace["verified"] = None if trace["verified"] is None else bool(trace["verified"])
-    return trace
 
 
 def _drift_dict(row: Sequence[Any]) -> dict[str, Any]:
@@ -216,7 +206,7 @@ class ManagementStore:
 
         return self._db.run_interaction("api_replace_conscience", write)
 
-    # -- checkpoints, score, drift, traces --------------------------------------------
+    # -- checkpoints, score, drift --------------------------------------------
 
     def checkpoints(self, agent_id: str, limit: int, offset: int, verdict: str | None = None,
                     session_id: str | None = None) -> Deferred[Page]:
@@ -260,21 +250,6 @@ class ManagementStore:
             "api_list_drift_alerts", page, f"SELECT {', '.join(DRIFT_FIELDS)} FROM drift_alerts",
             ["agent_id = ?"], [agent_id], "created_at DESC, id", limit, offset, _drift_dict,
             "drift_alerts")
-
-    def traces(self, agent_id: str, limit: int, offset: int,
-               session_id: str | None = None) -> Deferred[Page]:
-        where, params = equal_to(agent_id=agent_id, session_id=session_id)
-        return self._db.run_interaction(
-            "api_list_traces", page, f"SELECT {', '.join(TRACE_FIELDS)} FROM ap_traces",
-            where, params, "created_at DESC, id", limit, offset, _trace_dict, "ap_traces")
-
-    def trace(self, trace_id: str) -> Deferred[dict[str, Any] | None]:
-        def read(cursor: Cursor) -> dict[str, Any] | None:
-            row = cursor.execute(f"SELECT {', '.join(TRACE_FIELDS)} FROM ap_traces WHERE id = ?",
-                                 (trace_id,)).fetchone()
-            return _trace_dict(row) if row else None
-
-        return self._db.run_interaction("api_get_trace", read)
 
     # -- timeline and containment -----------------------------------------------------
 

@@ -21,6 +21,7 @@ import jwt
 
 from tests.e2e.daemon import Daemon
 from tests.fakes.rawhttp import raw_request
+from tests.fakes.recorder import Recorder
 
 INTERNAL_KEY = f"ik-{uuid.uuid4().hex}"
 JWT_SECRET = f"jwt-{uuid.uuid4().hex}"
@@ -74,6 +75,8 @@ class ApiDaemon:
 
     daemon: Daemon
     data_dir: Path
+    #: A local webhook receiver: endpoints registered by tests point here, never outside.
+    receiver: Recorder
     #: Secrets handed out during the tests (webhook secrets): none may reach the log.
     secrets: list[str] = field(default_factory=list)
 
@@ -94,6 +97,14 @@ class ApiDaemon:
         agent_hash = hashlib.sha256(key.encode()).hexdigest()[:16]
         rows = self.rows("SELECT id FROM agents WHERE agent_hash = ?", (agent_hash,))
         return rows[0][0]
+
+    def new_webhook(self, path: str = "/hook", **fields: Any) -> dict[str, Any]:
+        """An endpoint on the local receiver; returns it with its secret."""
+        created = self.call("POST", "/v1/webhooks", {"url": self.receiver.url + path,
+                                                     "allow_http": True, **fields})
+        assert created.status == 201, created.body
+        self.secrets.append(created.body["secret"])
+        return created.body
 
     def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
         with sqlite3.connect(self.data_dir / "mnemomd.db") as connection:

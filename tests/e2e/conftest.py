@@ -11,6 +11,7 @@ import pytest
 from tests.e2e.api import CREDENTIALS, ApiDaemon
 from tests.e2e.daemon import Daemon, start_daemon
 from tests.fakes.process import clear_requests, run_fake_upstream
+from tests.fakes.recorder import Recorder
 from tests.storage.engines import create_postgres_database, drop_postgres_database
 
 
@@ -76,9 +77,12 @@ def pg_rows(url: str, sql: str) -> list[tuple]:
 def api_daemon(tmp_path_factory: pytest.TempPathFactory,
                upstream_url: str) -> Iterator[ApiDaemon]:
     """One daemon per test module with every API credential configured (SQLite,
-    in-memory KV, analysis off), shared by the module's tests."""
+    in-memory KV, analysis off) and a local webhook receiver, shared by the module's
+    tests."""
     tmp = tmp_path_factory.mktemp("api")
     daemon = start_daemon(tmp, provider_env(upstream_url) | CREDENTIALS
                           | {"AIP_ENABLED": "false"})
-    yield ApiDaemon(daemon, tmp / "data")
+    receiver = Recorder()
+    yield ApiDaemon(daemon, tmp / "data", receiver)
     daemon.stop(10)
+    receiver.close()

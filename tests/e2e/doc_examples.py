@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
-_VOLATILE = re.compile(r"\b(smolt|ic|tr|wh|whd|ida|ndg|cl|evt|ac)-[0-9a-f.r]+\b"
+_VOLATILE = re.compile(r"\b(smolt|ic|tr|whk|whd|ida|ndg|cl|evt|ac)-[0-9a-f.r]+\b"
                        r"|\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d|\b\d+(\.\d+)?\b")
 
 

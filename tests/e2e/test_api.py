@@ -8,6 +8,8 @@ the document and the server cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import socket
 from typing import Any
@@ -37,7 +39,9 @@ GOOD_BODIES: dict[str, Any] = {
     "containment_pause": {"reason": "walk"}, "containment_resume": {},
     "containment_kill": {"reason": "walk", "actor": "tester"}, "containment_reactivate": {},
     "put_policy": {"auto_containment_threshold": 3},
-    "create_webhook": {"url": "https://hooks.example.com/walk", "event_types": ["agent.paused"]},
+    # Never sent anything: no verdicts happen here (analysis is off).
+    "create_webhook": {"url": "https://hooks.example.com/walk",
+                       "event_types": ["verdict.boundary_violation"]},
     "update_webhook": {"description": "changed"},
 }
 #: A body each writing operation must refuse with 400.
@@ -80,11 +84,10 @@ def check(response, operation: dict[str, Any], expected: int, what: str) -> None
 def walk_ids(api_daemon: ApiDaemon) -> dict[str, str]:
     agent_id = api_daemon.new_agent()
     seeded = api_daemon.seed(agent_id)
-    created = api_daemon.call("POST", "/v1/webhooks", {"url": "https://hooks.example.com/a"})
-    api_daemon.secrets.append(created.body["secret"])
-    delivery = api_daemon.call("POST", f"/v1/webhooks/{created.body['id']}/test")
+    created = api_daemon.new_webhook("/walk")
+    delivery = api_daemon.call("POST", f"/v1/webhooks/{created['id']}/test")
     return {"agent_id": agent_id, "checkpoint_id": seeded["checkpoint_id"],
-            "trace_id": seeded["trace_id"], "webhook_id": created.body["id"],
+            "trace_id": seeded["trace_id"], "webhook_id": created["id"],
             "delivery_id": delivery.body["id"]}
 
 
@@ -225,18 +228,6 @@ def test_jwt_tokens(api_daemon: ApiDaemon):
     assert by_jwt.body["actor"] == "alice@example"
 
 
-def test_no_token_or_secret_is_logged(api_daemon: ApiDaemon):
-    """Runs last in this module: every token and secret used above is searched for."""
-    tokens = [INTERNAL_KEY, JWT_SECRET, SUPABASE_SECRET, make_jwt(), *api_daemon.secrets]
-    assert api_daemon.secrets, "the walk should have handed out webhook secrets"
-    api_daemon.call("GET", "/v1/agents", token="wrong-" + INTERNAL_KEY)
-    output = api_daemon.daemon.output()
-    assert "/v1/agents" in output  # the calls were logged...
-    for secret in tokens:
-        assert secret not in output  # ...without their credentials
-    assert "wrong-" not in output
-
-
 def _non_loopback_address() -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
@@ -294,3 +285,64 @@ def test_changes_reach_replicas_without_a_shared_kv_store(start, postgres_url):
     assert proxied_call(one, key)[0] == 403
     wait_until(lambda: proxied_call(two, key)[0] == 403, timeout=15, interval=0.1,
                what="the other replica to notice the change")
+
+
+def _signed_by(secret: str, request: dict[str, Any]) -> bool:
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    expected = hmac.new(secret.encode(), headers["x-aip-timestamp"].encode() + b"." +
+                        request["raw"], hashlib.sha256).hexdigest()
+    return hmac.compare_digest(headers["x-aip-signature"], f"sha256={expected}")
+
+
+def test_webhook_test_redeliver_rotate_and_events_reach_the_receiver(api_daemon: ApiDaemon):
+    receiver = api_daemon.receiver
+    endpoint = api_daemon.new_webhook("/events", event_types=["agent.paused", "webhook.test"])
+    path = f"/v1/webhooks/{endpoint['id']}"
+
+    def received(where: str) -> list[dict[str, Any]]:
+        return [r for r in receiver.requests if r["path"] == where]
+
+    queued = api_daemon.call("POST", f"{path}/test")
+    assert queued.status == 202 and queued.body["event_type"] == "webhook.test"
+    first = wait_until(lambda: received("/events"), timeout=15, what="the test event")[0]
+    assert _signed_by(endpoint["secret"], first)
+    event = json.loads(first["raw"])
+    assert (event["event_type"], event["agent_id"]) == ("webhook.test", None)
+    wait_until(lambda: api_daemon.call("GET", f"{path}/deliveries").body["items"][0]["status"]
+               == "delivered", timeout=15, what="the delivery to be recorded")
+
+    again = api_daemon.call("POST", f"{path}/deliveries/{queued.body['id']}/redeliver")
+    assert again.status == 202 and again.body["id"] != queued.body["id"]
+    wait_until(lambda: len(received("/events")) == 2, timeout=15, what="the redelivery")
+    assert json.loads(received("/events")[1]["raw"])["event_id"] == event["event_id"]
+
+    rotated = api_daemon.call("POST", f"{path}/rotate-secret").body
+    api_daemon.secrets.append(rotated["secret"])
+    agent_id = api_daemon.new_agent()
+    api_daemon.call("POST", f"/v1/agents/{agent_id}/containment/pause", {"reason": "hook"})
+    paused = wait_until(lambda: len(received("/events")) == 3 and received("/events")[2],
+                        timeout=15, what="the agent.paused event")
+    assert _signed_by(rotated["secret"], paused)
+    assert not _signed_by(endpoint["secret"], paused)
+    body = json.loads(paused["raw"])
+    assert (body["event_type"], body["agent_id"], body["data"]["reason"]) == \
+        ("agent.paused", agent_id, "hook")
+    history = api_daemon.call("GET", f"{path}/deliveries").body
+    assert history["total"] == 3
+
+    api_daemon.call("PATCH", path, {"enabled": False})
+    refused = api_daemon.call("POST", f"{path}/test")
+    assert refused.status == 409 and refused.body["type"] == "conflict"
+    assert api_daemon.call("POST", f"{path}/deliveries/whd-unknown/redeliver").status == 404
+
+
+def test_no_token_or_secret_is_logged(api_daemon: ApiDaemon):
+    """Runs last in this module: every token and secret used above is searched for."""
+    tokens = [INTERNAL_KEY, JWT_SECRET, SUPABASE_SECRET, make_jwt(), *api_daemon.secrets]
+    assert api_daemon.secrets, "the walk should have handed out webhook secrets"
+    api_daemon.call("GET", "/v1/agents", token="wrong-" + INTERNAL_KEY)
+    output = api_daemon.daemon.output()
+    assert "/v1/agents" in output  # the calls were logged...
+    for secret in tokens:
+        assert secret not in output  # ...without their credentials
+    assert "wrong-" not in output

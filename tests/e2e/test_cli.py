@@ -10,6 +10,7 @@ import pytest
 
 from tests.e2e.api import INTERNAL_KEY, ApiDaemon
 from tests.e2e.daemon import daemon_environment, mnemomd_command
+from tests.fakes.process import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +92,14 @@ def test_checkpoints_and_traces(cli, agent):
     assert "boundary_violation" in lines[1] and lines[-1] == "1-1 of 1"
     assert cli("checkpoints", agent, "--verdict", "clear").stdout.splitlines()[-1] == \
         "0-0 of 0"
-    traces = json.loads(cli("traces", agent, "--session", "s-1", "--json").stdout)
+    traces = json.loads(cli("traces", agent, "--json").stdout)
     assert traces["total"] == 1 and traces["items"][0]["verified"] is True
 
 
 def test_webhooks(cli, api_daemon: ApiDaemon):
-    created = cli("webhooks", "create", "https://hooks.example.com/cli", "--description",
-                  "ops", "--event", "agent.paused", "--event", "agent.killed").stdout
+    created = cli("webhooks", "create", api_daemon.receiver.url + "/cli", "--allow-http",
+                  "--description", "ops", "--event", "agent.paused", "--event",
+                  "agent.killed").stdout
     secret = next(line.split(": ", 1)[1] for line in created.splitlines()
                   if line.startswith("secret: "))
     api_daemon.secrets.append(secret)
@@ -107,16 +109,20 @@ def test_webhooks(cli, api_daemon: ApiDaemon):
     listed = cli("webhooks", "list").stdout
     assert webhook_id in listed and "agent.paused,agent.killed" in listed
     assert secret not in listed and secret not in cli("webhooks", "show", webhook_id).stdout
-    updated = json.loads(cli("webhooks", "update", webhook_id, "--enable", "off",
-                             "--json").stdout)
-    assert updated["enabled"] is False
     queued = cli("webhooks", "test", webhook_id).stdout
     delivery_id = queued.split(":")[0]
     assert queued == f"{delivery_id}: webhook.test queued\n"
-    history = cli("webhooks", "deliveries", webhook_id).stdout
-    assert delivery_id in history and "pending" in history
+    history = wait_until(lambda: (out := cli("webhooks", "deliveries", webhook_id).stdout)
+                         and "delivered" in out and out, timeout=15, what="the delivery")
+    assert delivery_id in history and "webhook.test" in history
     again = cli("webhooks", "redeliver", webhook_id, delivery_id).stdout
     assert again.endswith(": webhook.test queued\n") and not again.startswith(delivery_id)
+    updated = json.loads(cli("webhooks", "update", webhook_id, "--enable", "off",
+                             "--json").stdout)
+    assert updated["enabled"] is False
+    disabled = cli("webhooks", "test", webhook_id, expect=1)
+    assert disabled.stderr == f"mnemomd: 409 webhook endpoint {webhook_id} is disabled; " \
+        "enable it first\n"
     rotated = json.loads(cli("webhooks", "rotate-secret", webhook_id, "--json").stdout)
     api_daemon.secrets.append(rotated["secret"])
     assert rotated["secret"] != secret
@@ -125,8 +131,6 @@ def test_webhooks(cli, api_daemon: ApiDaemon):
     assert gone.stderr == f"mnemomd: 404 No webhook endpoint {webhook_id}\n"
     http = cli("webhooks", "create", "http://receiver.internal/h", expect=1)
     assert "allow_http" in http.stderr
-    assert "secret: " in cli("webhooks", "create", "http://receiver.internal/h",
-                             "--allow-http").stdout
 
 
 def test_errors_are_clear_and_exit_non_zero(cli, api_daemon: ApiDaemon):

@@ -24,9 +24,7 @@ def example_environment(api_daemon: ApiDaemon, home: Path) -> dict[str, str]:
     """The variables the documents promise: the daemon, a token and objects to look at."""
     agent_id = api_daemon.new_agent()
     seeded = api_daemon.seed(agent_id)
-    webhook = api_daemon.call("POST", "/v1/webhooks",
-                              {"url": "https://hooks.example.com/docs"}).body
-    api_daemon.secrets.append(webhook["secret"])
+    webhook = api_daemon.new_webhook("/docs")
     delivery = api_daemon.call("POST", f"/v1/webhooks/{webhook['id']}/test").body
     env = daemon_environment(home, {
         "MNEMOMD_URL": api_daemon.url, "MNEMOMD_TOKEN": INTERNAL_KEY,

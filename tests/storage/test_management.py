@@ -1,4 +1,4 @@
-"""The management API's queries and webhook endpoint store, on both engines."""
+"""The management API's queries, on both engines."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from mnemomd.api.webhook_endpoints import WebhookEndpointStore
 from mnemomd.storage.agents import AgentStore, default_conscience_values
 from mnemomd.storage.checkpoints import CheckpointStore
 from mnemomd.storage.enforcement import EnforcementStore
@@ -26,7 +25,6 @@ class ManagementStoreTests(MigratedDatabase):
             agent = yield agents.get_or_create(f"{n:016x}", f"a{n}", "observe", 10 + n)
             self.ids.append(agent.agent_id)
         self.store = ManagementStore(self.db)
-        self.webhooks = WebhookEndpointStore(self.db)
 
     @inlineCallbacks
     def test_agents_page_with_total_and_filters(self):
@@ -105,45 +103,6 @@ class ManagementStoreTests(MigratedDatabase):
                          (["trace", "checkpoint"], 4))
         only = yield self.store.timeline(agent_id, 10, 0, ("nudge",))
         self.assertEqual([e["kind"] for e in only.items], ["nudge"])
-        trace = yield self.store.trace("tr-1")
-        self.assertEqual((trace["trace"], trace["verified"]), ({"trace_id": "tr-1"}, True))
-        traces = yield self.store.traces(agent_id, 10, 0, session_id="s1")
-        self.assertEqual(traces.total, 1)
-
-    @inlineCallbacks
-    def test_webhook_endpoint_lifecycle(self):
-        created = yield self.webhooks.create("https://h.example/x", "d", ["webhook.test"],
-                                             False, True, 10)
-        secret = created["secret"]
-        listed = yield self.webhooks.list(10, 0)
-        self.assertEqual(listed.total, 1)
-        self.assertNotIn("secret", listed.items[0])
-        self.assertNotIn("secret", (yield self.webhooks.get(created["id"])))
-        rotated = yield self.webhooks.rotate_secret(created["id"], 20)
-        self.assertNotEqual(rotated["secret"], secret)
-        stored = yield self.db.fetchone("s", "SELECT secret FROM webhook_endpoints")
-        self.assertEqual(stored[0], rotated["secret"])
-        yield self.db.execute("fail", "UPDATE webhook_endpoints SET enabled = ?, "
-                                      "consecutive_failures = 100, disabled_reason = 'x'",
-                              (False,))
-        enabled = yield self.webhooks.update(created["id"], {"enabled": True,
-                                                             "event_types": ["agent.paused"]},
-                                             30)
-        self.assertEqual((enabled["enabled"], enabled["consecutive_failures"],
-                          enabled["disabled_reason"], enabled["event_types"]),
-                         (True, 0, None, ["agent.paused"]))
-        test = yield self.webhooks.queue_test(created["id"], 40)
-        self.assertEqual((test["event_type"], test["status"], test["next_attempt_at"]),
-                         ("webhook.test", "pending", 40))
-        again = yield self.webhooks.redeliver(created["id"], test["id"], 50)
-        self.assertNotEqual(again["id"], test["id"])
-        history = yield self.webhooks.deliveries(created["id"], 10, 0)
-        self.assertEqual([d["id"] for d in history.items], [again["id"], test["id"]])
-        self.assertIsNone((yield self.webhooks.redeliver(created["id"], "whd-none", 60)))
-        self.assertIsNone((yield self.webhooks.deliveries("wh-none", 10, 0)))
-        self.assertTrue((yield self.webhooks.delete(created["id"])))
-        self.assertFalse((yield self.webhooks.delete(created["id"])))
-        self.assertIsNone((yield self.webhooks.update(created["id"], {"enabled": True}, 70)))
 
 
 class SQLiteManagementStoreTests(ManagementStoreTests, unittest.TestCase):
