@@ -10,9 +10,16 @@ import pytest
 
 from tests.e2e.api import CREDENTIALS, ApiDaemon
 from tests.e2e.daemon import Daemon, start_daemon
-from tests.fakes.process import clear_requests, run_fake_upstream
+from tests.fakes.process import clear_requests, run_fake_analysis, run_fake_upstream
 from tests.fakes.recorder import Recorder
 from tests.storage.engines import create_postgres_database, drop_postgres_database
+
+
+@pytest.fixture(scope="session")
+def analysis_url() -> Iterator[str]:
+    """A fake analysis model shared by the session; tests script it as they need."""
+    with run_fake_analysis() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

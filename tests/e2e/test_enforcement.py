@@ -16,7 +16,6 @@ from tests.fakes.process import (
     analysis_control,
     fetch_requests,
     record_body,
-    run_fake_analysis,
     wait_until,
 )
 from tests.fakes.rawhttp import raw_request
@@ -25,12 +24,6 @@ from tests.integrity.fakes import VERDICT_VIOLATION
 NOTICE = "[INTEGRITY NOTICE]"
 #: The shared Redis; every test uses agents of its own, so their keys never meet.
 REDIS = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture(scope="module")
-def analysis_url():
-    with run_fake_analysis() as url:
-        yield url
 
 
 @pytest.fixture

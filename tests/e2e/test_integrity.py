@@ -17,17 +17,11 @@ from google.genai import types
 from tests.e2e.conftest import pg_rows
 from tests.e2e.daemon import Daemon
 from tests.fakes import canned
-from tests.fakes.process import analysis_control, run_fake_analysis, wait_until
+from tests.fakes.process import analysis_control, wait_until
 from tests.fakes.rawhttp import raw_request
 from tests.integrity.fakes import VERDICT_VIOLATION
 
 THINKING_HASH = hashlib.sha256(canned.THINKING_TEXT.encode()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def analysis_url():
-    with run_fake_analysis() as url:
-        yield url
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from aap import APTrace
 
 from tests.e2e.conftest import pg_rows
 from tests.fakes import canned
-from tests.fakes.process import analysis_control, run_fake_analysis, wait_until
+from tests.fakes.process import analysis_control, wait_until
 from tests.fakes.recorder import Recorder
 
 FAST_JOBS = {"OBSERVER_TRACES_INTERVAL_SECONDS": "0.2", "OBSERVER_WEBHOOKS_INTERVAL_SECONDS": "0.2",
@@ -32,12 +32,6 @@ def documented_verify():
     namespace: dict = {"__name__": "receiver_example"}
     exec(compile(source, str(DOCS), "exec"), namespace)  # noqa: S102
     return namespace["verify"]
-
-
-@pytest.fixture(scope="module")
-def analysis_url():
-    with run_fake_analysis() as url:
-        yield url
 
 
 @pytest.fixture
