@@ -51,7 +51,7 @@ from mnemomd.storage.database import Database
 from mnemomd.storage.enforcement import EnforcementStore
 from mnemomd.storage.management import ManagementStore
 from mnemomd.storage.migrations import MigrationError, check_schema, migrate
-from mnemomd.storage.traces import OutboxStore, TraceStore
+from mnemomd.storage.traces import OutboxStore, TraceStore, outbox_sweep_interval
 from mnemomd.storage.webhooks import WebhookStore
 from mnemomd.webhooks import WebhookDispatcher, WebhookSender
 
@@ -449,9 +449,10 @@ def make_service(config: Config, reactor: Any = None,
                    root.fatal).setServiceParent(root)
 
     sender = WebhookSender(reactor)
-    root.addCleanup(sender.close)
     dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner())
+    # Cleanups run in order: the send in progress finishes before the pool closes.
     root.addCleanup(dispatcher.stop)
+    root.addCleanup(sender.close)
 
     analyzer, analysis_http = build_analyzer(analysis_settings(config), reactor, metrics)
     integrity = IntegrityPipeline(config, reactor, analyzer, AgentStore(db),
@@ -470,17 +471,16 @@ def make_service(config: Config, reactor: Any = None,
     health.add_check("license", license_state.readiness)
     root.addCleanup(license_state.stop)
     root.license = license_state
+    outbox = OutboxStore(db)
+    # Every role sweeps the outbox, so its TTL holds whatever else runs (SPEC §8.1); rows
+    # are written to expire one sweep early, so none outlives OUTBOX_TTL.
+    jobs = [PeriodicJob("outbox_expiry", outbox_sweep_interval(config.outbox_ttl),
+                        lambda: scrubbed(db, outbox.purge_expired(int(reactor.seconds() * 1000))),
+                        reactor, metrics)]
     if config.role in ("all", "scheduler"):
-        jobs = scheduler_jobs(config, reactor, health, metrics, license_state, root, db, kv,
-                              dispatcher, decision_backend(config, analyzer))
-        SchedulerService(jobs).setServiceParent(root)
-    else:
-        # A gateway without a scheduler still keeps the outbox TTL (SPEC §8.1).
-        outbox = OutboxStore(db)
-        SchedulerService([PeriodicJob(
-            "outbox_expiry", min(60.0, config.outbox_ttl / 4),
-            lambda: scrubbed(db, outbox.purge_expired(int(reactor.seconds() * 1000))), reactor,
-            metrics)]).setServiceParent(root)
+        jobs += scheduler_jobs(config, reactor, health, metrics, license_state, root, db, kv,
+                               dispatcher, decision_backend(config, analyzer))
+    SchedulerService(jobs).setServiceParent(root)
 
     client = UpstreamClient(reactor, config.upstream_max_connections_per_host)
     proxy = ProxyHandler(config, reactor, client, directory, metrics, integrity, enforcement,

@@ -69,6 +69,9 @@ def signed_headers(secret: str, timestamp: int, body: bytes) -> dict[str, str]:
 
 def check_url(url: str, allow_http: bool) -> str | None:
     """Why ``url`` cannot be a webhook endpoint, or None when it can."""
+    if not url.isascii():
+        # Sending needs an ASCII URL: an IDN host goes in punycode, a path percent-encoded.
+        return "must be ASCII (punycode for international host names)"
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -87,6 +87,9 @@ def test_plain_http_needs_allow_http():
     "https://hooks.example.com:0/x",
     "hooks.example.com/x",
     "",
+    # Not sendable as is (the sender needs ASCII): refused up front, not retried for 24 h.
+    "https://exämple.com/hook",
+    "https://hooks.example.com/caf\u00e9",
 ])
 def test_bad_urls_are_refused(url):
     assert check_url(url, allow_http=True) is not None

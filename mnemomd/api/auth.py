@@ -69,6 +69,14 @@ def is_loopback(host: str | None) -> bool:
     return (mapped or address).is_loopback
 
 
+#: Headers that say a request did not come straight from a local program: a reverse proxy
+#: relayed it (its peer address is then the proxy's), or a browser sent it on behalf of
+#: some web page (cross-site requests to a loopback address). Without credentials the API
+#: serves neither.
+INDIRECT_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip",
+                    b"origin")
+
+
 def bearer_token(authorization: bytes | None) -> str | None:
     """The token of an ``Authorization: Bearer …`` header, or None."""
     if not authorization:
@@ -105,11 +113,13 @@ def decode_jwt(token: str, secrets: tuple[str, ...]) -> dict[str, object]:
 
 
 def authenticate(credentials: ApiCredentials, authorization: bytes | None,
-                 peer_host: str | None) -> Principal:
-    """The caller behind a request, or AuthRefused saying why not."""
+                 peer_host: str | None, indirect: bool = False) -> Principal:
+    """The caller behind a request, or AuthRefused saying why not. ``indirect``: the
+    request carries one of ``INDIRECT_HEADERS`` (relayed by a proxy, or sent by a browser),
+    so a loopback peer address does not make it local."""
     token = bearer_token(authorization)
     if not credentials.configured:
-        if not is_loopback(peer_host):
+        if indirect or not is_loopback(peer_host):
             raise AuthRefused(403, "The management API only serves loopback clients until "
                                    "INTERNAL_API_KEY or MNEMOM_JWT_SECRET is set")
         return Principal("admin", "local")

@@ -390,6 +390,9 @@ class ApiHandlers:
                                            {"message": "Test event from mnemomd",
                                             "endpoint_id": endpoint.id},
                                            call.now_ms, endpoint_id=endpoint.id)
+        if not queued:  # disabled between the check above and the emit
+            raise ApiError(409, f"webhook endpoint {endpoint.id} is disabled; enable it first",
+                           "conflict")
         result = yield self._queued(queued[0])
         return result
 

@@ -15,7 +15,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mnemomd.api.auth import ApiCredentials, AuthRefused, Principal, authenticate
+from mnemomd.api.auth import (
+    INDIRECT_HEADERS,
+    ApiCredentials,
+    AuthRefused,
+    Principal,
+    authenticate,
+)
 from mnemomd.api.handlers import ApiCall, ApiHandlers
 from mnemomd.api.routes import ApiError, match, parse_body, parse_query
 
@@ -28,6 +34,11 @@ def peer_host(request: Any) -> str | None:
     """The client's IP address; None for a Unix socket peer (local by definition)."""
     address = request.getClientAddress()
     return getattr(address, "host", None)
+
+
+def indirect(request: Any) -> bool:
+    """Whether a proxy relayed the request or a browser sent it (``INDIRECT_HEADERS``)."""
+    return any(request.getHeader(name) is not None for name in INDIRECT_HEADERS)
 
 
 class ManagementApi:
@@ -50,7 +61,7 @@ class ManagementApi:
         def run() -> Any:
             nonlocal principal
             principal = authenticate(self._credentials, request.getHeader(b"authorization"),
-                                     peer_host(request))
+                                     peer_host(request), indirect(request))
             route, params = match(method, text_path)
             if not principal.may(route.role):
                 raise ApiError(403, f"{route.method} {route.path} needs the {route.role} role",

@@ -49,7 +49,7 @@ class QueryParam:
 
     def parse(self, raw: str) -> Any:
         if self.kind == "integer":
-            if not re.fullmatch(r"-?\d{1,9}", raw):
+            if not re.fullmatch(r"-?[0-9]{1,9}", raw):
                 raise ApiError(400, f"{self.name} must be an integer")
             value = int(raw)
             if self.minimum is not None and value < self.minimum or \
@@ -62,6 +62,8 @@ class QueryParam:
             raise ApiError(400, f"{self.name} must be one of {', '.join(self.choices)}")
         if not raw or len(raw) > self.max_length:
             raise ApiError(400, f"{self.name} must be 1 to {self.max_length} characters")
+        if "\x00" in raw:
+            raise ApiError(400, f"{self.name} must not contain NUL characters")
         return raw
 
     def schema(self) -> dict[str, Any]:
@@ -285,9 +287,30 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, "request body is not UTF-8") from None
     except ValueError:
         raise ApiError(400, "request body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
     if not isinstance(value, dict):
         raise ApiError(400, "request body must be a JSON object")
+    if contains_nul(value):
+        # No store keeps them (PostgreSQL text cannot), and no field needs one.
+        raise ApiError(400, "request body must not contain NUL characters")
     return value
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether a NUL character appears in any key or string of a parsed JSON document."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def parse_body(route: Route, raw: bytes) -> Any:

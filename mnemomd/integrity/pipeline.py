@@ -29,7 +29,7 @@ from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
 from mnemomd.storage.agents import AgentStore
 from mnemomd.storage.checkpoints import CheckpointRecord, CheckpointStore
-from mnemomd.storage.traces import OutboxRow, OutboxStore
+from mnemomd.storage.traces import OutboxRow, OutboxStore, outbox_expiry_ms
 
 log = Logger()
 
@@ -218,7 +218,7 @@ class IntegrityPipeline:
             provider=provider, model=info.model or extraction.model,
             checkpoint_id=outcome.checkpoint_id if outcome is not None else None,
             payload=outbox_payload(info, extraction, verdict), attempts=0,
-            created_at=now_ms, expires_at=now_ms + int(self._config.outbox_ttl * 1000))
+            created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._config.outbox_ttl))
         try:
             yield self._outbox.add(row)
         except Exception:

@@ -28,6 +28,7 @@ from typing import Any
 
 from aap import APTrace, verify_trace
 from aap.verification.api import action_matches_list
+from pydantic import ValidationError
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
@@ -191,8 +192,11 @@ def build_trace(row: OutboxRow, card: dict[str, Any], decision: dict[str, Any],
     }
     try:
         return APTrace.model_validate(trace).model_dump(mode="json", exclude_none=True)
-    except ValueError as e:
-        raise TraceBuildError(f"trace failed AP-Trace validation: {e}") from e
+    except ValidationError as e:
+        # Where it failed, not the values (they may hold text from the analysis model).
+        fields = sorted({".".join(str(p) for p in err["loc"]) for err in e.errors()})
+        raise TraceBuildError(f"trace failed AP-Trace validation at {', '.join(fields)}"
+                              ) from None
 
 
 def verify(trace: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:

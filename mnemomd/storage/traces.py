@@ -27,6 +27,17 @@ TRACE_FIELDS = ("id", "agent_id", "session_id", "checkpoint_id", "outbox_id", "t
                 "verification", "verified", "created_at")
 
 
+def outbox_sweep_interval(ttl: float) -> float:
+    """Seconds between sweeps of expired outbox rows for a TTL of ``ttl`` seconds."""
+    return max(0.25, min(30.0, ttl / 10))
+
+
+def outbox_expiry_ms(created_ms: int, ttl: float) -> int:
+    """When a row written at ``created_ms`` expires: one sweep before its TTL is up, so
+    the sweep deletes it before it outlives the TTL."""
+    return created_ms + int((ttl - outbox_sweep_interval(ttl)) * 1000)
+
+
 @dataclass(frozen=True)
 class OutboxRow:
     id: str

@@ -330,13 +330,17 @@ def _claim_due(cursor: Cursor, owner: str, now_ms: int, lease_ms: int,
 def _record_attempt(cursor: Cursor, result: AttemptResult, owner: str,
                     disable_after: int) -> bool:
     delivered = result.outcome == "delivered"
-    cursor.execute(
+    held = cursor.execute(
         "UPDATE webhook_deliveries SET status = ?, attempts = attempts + 1, "
         "next_attempt_at = ?, last_status_code = ?, last_error = ?, delivered_at = ?, "
         "lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?",
         ({"retry": "pending"}.get(result.outcome, result.outcome), result.next_attempt_at,
          result.status_code, result.error, result.now_ms if delivered else None,
-         result.delivery_id, owner))
+         result.delivery_id, owner)).rowcount
+    if not held:
+        # The lease ran out and another process has the row: its attempt is the one that
+        # counts, for the delivery and for the endpoint's failure streak.
+        return False
     if delivered:
         cursor.execute("UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE id = ?",
                        (result.endpoint_id,))

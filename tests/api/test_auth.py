@@ -58,6 +58,32 @@ def test_no_credential_configured_serves_only_loopback_as_admin():
     assert refused(none, None, "192.0.2.7").status == 403
 
 
+def test_without_credentials_relayed_or_browser_requests_are_not_local():
+    """A reverse proxy on the host makes every client look like 127.0.0.1, and a web page
+    can make a browser POST to a loopback address (text/plain JSON, no preflight): neither
+    is an operator on the host."""
+    none = ApiCredentials()
+    with pytest.raises(AuthRefused) as caught:
+        authenticate(none, None, "127.0.0.1", indirect=True)
+    assert caught.value.status == 403
+    # With credentials, the token decides, wherever the request came from.
+    assert authenticate(BOTH, b"Bearer " + KEY.encode(), "127.0.0.1", indirect=True).role \
+        == "admin"
+
+
+@pytest.mark.parametrize("header", [b"x-forwarded-for", b"forwarded", b"x-real-ip",
+                                    b"x-forwarded-host", b"origin"])
+def test_indirect_requests_are_recognised(header):
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from mnemomd.api.resource import indirect
+
+    request = DummyRequest([b"v1", b"agents"])
+    assert indirect(request) is False
+    request.requestHeaders.addRawHeader(header, b"value")
+    assert indirect(request) is True
+
+
 def test_internal_key_is_admin_from_anywhere():
     principal = authenticate(BOTH, b"Bearer " + KEY.encode(), "192.0.2.7")
     assert principal == Principal("admin", "internal-api-key")

@@ -108,6 +108,27 @@ def test_containment_body_is_optional_and_bodiless_routes_refuse_one():
     assert error_of(parse_body, rotate, b'{"x": 1}').status == 400
 
 
+@pytest.mark.parametrize("raw, message", [
+    # Deeper than the JSON parser's recursion allows: a 400, not a RecursionError (500).
+    (b'{"a":' * 100_000, "nested too deeply"),
+    # PostgreSQL cannot store NUL in text: refused here rather than failing in the write.
+    (b'{"mode": "nudge", "x\\u0000": 1}', "NUL"),
+    (b'{"reason": "a\\u0000b"}', "NUL"),
+])
+def test_hostile_json_bodies_are_400(raw, message):
+    route = route_for("POST", "/v1/agents/smolt-1/containment/pause")
+    error = error_of(parse_body, route, raw)
+    assert error.status == 400 and message in error.message
+
+
+def test_query_values_with_nul_or_non_ascii_digits_are_400():
+    checkpoints = route_for("GET", "/v1/agents/smolt-1/checkpoints")
+    assert error_of(parse_query, checkpoints, b"session_id=s%00").status == 400
+    agents = route_for("GET", "/v1/agents")
+    assert error_of(parse_query, agents, "limit=\uff11".encode()).status == 400
+    assert error_of(parse_query, agents, b"limit=%D9%A3").status == 400
+
+
 def test_oversized_body_is_413():
     route = route_for("PUT", "/v1/agents/smolt-1/card")
     raw = json.dumps({"pad": "x" * MAX_BODY_BYTES}).encode()

@@ -28,6 +28,7 @@ from tests.e2e.api import (
 )
 from tests.e2e.conftest import pg_rows
 from tests.fakes.process import wait_until
+from tests.fakes.rawhttp import raw_request
 
 UNKNOWN = {"agent_id": "smolt-00000000", "checkpoint_id": "ic-unknown",
            "trace_id": "tr-unknown", "webhook_id": "wh-unknown", "delivery_id": "whd-unknown"}
@@ -241,6 +242,15 @@ def _non_loopback_address() -> str | None:
 def test_without_credentials_only_loopback_is_served(start):
     daemon = start(args=("run", "--host", "0.0.0.0", "--port", "0"))
     assert api_call(daemon.base_url, "GET", "/v1/agents", token=None).status == 200
+    # A web page's cross-site POST (text/plain, no preflight) and a request relayed by a
+    # reverse proxy on the host both arrive from 127.0.0.1: neither is served.
+    for header in ({"origin": "https://evil.example", "content-type": "text/plain"},
+                   {"x-forwarded-for": "198.51.100.7"}):
+        with raw_request(daemon.base_url, "POST", "/v1/webhooks",
+                         b'{"url":"https://evil.example/hook"}', header, timeout=20) as r:
+            assert r.status == 403, header
+            r.read_body()
+    assert api_call(daemon.base_url, "GET", "/v1/webhooks", token=None).body["total"] == 0
     address = _non_loopback_address()
     if address is None:
         pytest.skip("no non-loopback address on this host")

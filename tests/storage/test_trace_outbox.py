@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
@@ -186,3 +187,15 @@ class SQLiteOutboxTests(OutboxTests, unittest.TestCase):
 
 class PostgresOutboxTests(OutboxTests, unittest.TestCase):
     engine = "postgresql"
+
+
+@pytest.mark.parametrize("ttl", [1.0, 60.0, 600.0, 86400.0])
+def test_a_row_is_swept_before_its_ttl_is_up(ttl):
+    from mnemomd.storage.traces import outbox_expiry_ms, outbox_sweep_interval
+
+    sweep = outbox_sweep_interval(ttl)
+    expires = outbox_expiry_ms(1_000_000, ttl)
+    assert 0 < sweep <= 30
+    # The last sweep before the TTL runs out is at or after the row's expiry.
+    assert expires + sweep * 1000 <= 1_000_000 + ttl * 1000
+    assert expires > 1_000_000

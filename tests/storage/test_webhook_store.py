@@ -240,6 +240,19 @@ class WebhookStoreTests(MigratedDatabase):
                                         "dead", 100)
         self.assertEqual((yield self.store.delivery(first[0][0].id)).status, "pending")
 
+    @inlineCallbacks
+    def test_a_late_failure_after_the_lease_was_lost_is_not_counted(self):
+        endpoint = yield self.endpoint(["*"])
+        yield self.store.emit("agent.paused", self.agent_id, {}, NOW)
+        [(delivery, _)] = yield self.store.claim_due("dead", NOW, LEASE)
+        yield self.store.claim_due("b", NOW + LEASE + 1, LEASE)
+        disabled = yield self.store.record_attempt(
+            self.attempt(delivery, "retry", 500, NOW + 1, NOW + 1000, "HTTP 500"), "dead", 1)
+        self.assertFalse(disabled)
+        current = yield self.store.endpoint(endpoint.id)
+        self.assertEqual((current.enabled, current.consecutive_failures), (True, 0))
+        self.assertEqual((yield self.store.delivery(delivery.id)).attempts, 0)
+
     # -- attempts -------------------------------------------------------------------------
 
     @inlineCallbacks
