@@ -29,6 +29,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from importlib.metadata import distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,8 +59,10 @@ def source_files() -> Iterable[Path]:
 
 
 def source_hash() -> str:
-    """A digest of the sources and of the Python that freezes them."""
+    """A digest of the sources, and of the Python and packages that freeze them."""
     digest = hashlib.sha256(f"{sys.version}\n{sys.executable}\n".encode())
+    installed = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions())
+    digest.update("\n".join(installed).encode())
     for path in source_files():
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
