@@ -66,13 +66,14 @@ def load_build_script() -> ModuleType:
     return module
 
 
-def run_build(*args: str) -> Path:
-    """Run packaging/build.py as a release would; returns the path it prints."""
+def run_build(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run packaging/build.py as a release would; returns what it made (its last line)."""
     result = subprocess.run([sys.executable, str(BUILD_SCRIPT), *args], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=1200)
+                            capture_output=True, text=True, timeout=1200,
+                            env={**os.environ, **(env or {})})
     if result.returncode != 0:
         raise AssertionError(f"build.py {' '.join(args)} failed:\n{result.stderr[-6000:]}")
-    return Path(result.stdout.strip().splitlines()[-1])
+    return result.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +103,8 @@ def frozen(frozen_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tarball(frozen_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_build("tarball", "--binary", str(frozen_dir),
-                     "--dist", str(tmp_path_factory.mktemp("tarball")))
+    return Path(run_build("tarball", "--binary", str(frozen_dir),
+                          "--dist", str(tmp_path_factory.mktemp("tarball"))))
 
 
 @pytest.fixture
