@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mnemomd import __version__
 from tests.e2e.conftest import provider_env
-from tests.e2e.daemon import start_daemon
+from tests.e2e.daemon import daemon_environment, start_daemon
 from tests.fakes.rawhttp import raw_request
 from tests.packaging.conftest import require_tool, run_script
 
@@ -90,3 +90,14 @@ def test_scripts_pass_shellcheck():
     scripts = sorted((Path(__file__).parents[2] / "packaging").glob("*.sh"))
     result = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_installed_config_template_is_valid_and_names_the_state_directory(installed, tmp_path):
+    env = daemon_environment(tmp_path, {})
+    del env["MNEMOM_DATA_DIR"]
+    result = subprocess.run(
+        [str(installed / "usr/local/bin/mnemomd"), "check-config", "--config",
+         str(installed / "etc/mnemomd/mnemomd.yaml")],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "MNEMOM_DATA_DIR" in result.stdout and "/var/lib/mnemomd  [file " in result.stdout
