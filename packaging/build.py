@@ -110,6 +110,13 @@ def tarball_name() -> str:
     return f"mnemomd-{version()}-linux-{platform.machine()}"
 
 
+def owned_by_root(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Tarball members carry no trace of who built them."""
+    member.uid = member.gid = 0
+    member.uname = member.gname = "root"
+    return member
+
+
 def build_tarball(dist: Path, binary: Path | None) -> Path:
     """``mnemomd-<version>-linux-<arch>.tar.gz``: everything install.sh needs, offline."""
     binary = binary or build_binary(dist / "binary")
@@ -134,7 +141,7 @@ def build_tarball(dist: Path, binary: Path | None) -> Path:
         (top / "VERSION").write_text(f"{version()} {build_id()}\n")
         archive = dist / f"{name}.tar.gz"
         with tarfile.open(archive, "w:gz") as tar:
-            tar.add(top, arcname=name)
+            tar.add(top, arcname=name, filter=owned_by_root)
     return archive
 
 

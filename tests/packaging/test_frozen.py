@@ -120,19 +120,3 @@ def test_sd_notify_ready_watchdog_and_stopping(frozen, tmp_path):
     assert b"WATCHDOG=1" in received
     assert received.index(b"READY=1") < received.index(b"STOPPING=1")
 
-
-def test_listens_on_a_unix_socket_without_plugin_discovery(frozen, tmp_path):
-    socket_path = tmp_path / "http.sock"
-    daemon = start_daemon(tmp_path / "d", {"LISTEN": f"unix:{socket_path}"}, args=("run",),
-                          command=frozen, wait_started=False)
-    try:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(10)
-            sock.connect(str(socket_path))
-            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            reply = b""
-            while chunk := sock.recv(4096):
-                reply += chunk
-        assert reply.startswith(b"HTTP/1.1 200")
-    finally:
-        assert daemon.stop() == 0
