@@ -23,6 +23,7 @@ from types import ModuleType
 import pytest
 
 from tests.e2e.conftest import postgres_url, upstream, upstream_url  # noqa: F401
+from tests.e2e.test_license import signing  # noqa: F401
 from tests.fakes.process import REPO_ROOT
 
 BUILD_SCRIPT = REPO_ROOT / "packaging" / "build.py"

@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -94,6 +95,22 @@ def test_run_proxies_and_serves_metrics(frozen, tmp_path, upstream, database_env
     finally:
         assert daemon.stop() == 0
     assert key not in daemon.output()
+
+    enforce = run_frozen(frozen, tmp_path, "enforcement", "set", agent, "enforce", "--json",
+                         env=database_env)
+    assert enforce.returncode == 0, enforce.stderr
+    shown = run_frozen(frozen, tmp_path, "agent", "show", agent, "--json", env=database_env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["agent"]["enforcement_mode"] == "enforce"
+
+
+def test_license_show_verifies_a_signed_license(frozen, tmp_path, signing):
+    key_path, token = signing
+    result = run_frozen(frozen, tmp_path, "license", "show", "--json",
+                        env={"MNEMOM_LICENSE_PUBLIC_KEY": key_path,
+                             "MNEMOM_LICENSE_JWT": token(time.time() + 86400)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "valid"
 
 
 def test_sd_notify_ready_watchdog_and_stopping(frozen, tmp_path):
