@@ -1,9 +1,11 @@
 """The container image, built with podman from Debian packages and no registry: the base is
 a debootstrap root filesystem imported under the Dockerfile's FROM name.
 
-podman here runs as root with runc, the vfs storage driver, cgroupfs and a file event log,
-in a storage root of the test's own, with ``default_ulimits = []`` (set through
-``CONTAINERS_CONF``) because the host's limits cannot be raised inside the sandbox.
+podman runs as root with runc, the vfs storage driver, cgroupfs and a file event log, in a
+storage root of the test's own, so it works on hosts without overlayfs or a systemd
+manager, and with ``default_ulimits = []`` (through ``CONTAINERS_CONF``) because raising
+the default limits fails on hosts that cap them. If podman is there but cannot run a
+container at all, the test skips with podman's reason.
 """
 
 from __future__ import annotations
