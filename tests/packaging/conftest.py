@@ -85,7 +85,8 @@ def build_script() -> ModuleType:
 @pytest.fixture(scope="session")
 def frozen_dir(build_script: ModuleType) -> Path:
     """The one-dir frozen build (``mnemomd`` and ``_internal/`` inside)."""
-    pytest.importorskip("PyInstaller", reason="PyInstaller is in the test extra")
+    if importlib.util.find_spec("PyInstaller") is None:
+        unavailable("PyInstaller is not installed (it is in the test extra)")
     dist = BUILD_CACHE / f"frozen-{build_script.source_hash()[:16]}"
     binary = dist / "mnemomd"
     if not (binary / "mnemomd").is_file():
