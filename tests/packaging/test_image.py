@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.e2e.conftest import provider_env
 from tests.fakes.local import closed_port
-from tests.fakes.process import wait_until
+from tests.fakes.process import REPO_ROOT, wait_until
 from tests.fakes.rawhttp import raw_request
 from tests.packaging.conftest import require_tool, run_build
 
@@ -121,3 +122,18 @@ def test_container_answers_health_and_proxies(engine, image, upstream):
         assert exit_code.strip() == "0"
     finally:
         engine("rm", "--force", name, check=False)
+
+
+def test_compose_migrates_before_gateway_and_scheduler_start():
+    compose = yaml.safe_load((REPO_ROOT / "packaging" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "migrate", "gateway", "scheduler"}
+    assert services["migrate"]["command"] == ["migrate"]
+    for role in ("gateway", "scheduler"):
+        service = services[role]
+        assert service["command"] == ["run", "--role", role]
+        assert service["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"}
+        assert service["environment"]["MIGRATE_ON_START"] == "false"
+        assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert service["environment"]["DATABASE_URL"].startswith("postgresql://")
