@@ -89,7 +89,7 @@ def flag_values(args: argparse.Namespace) -> dict[str, str]:
 
 
 def build_name() -> str:
-    """``source``, or for a frozen binary what packaging/build.py recorded in BUILD_INFO."""
+    """``source build``, or for a frozen binary what packaging/build.py put in BUILD_INFO."""
     bundle = getattr(sys, "_MEIPASS", None) if getattr(sys, "frozen", False) else None
     if bundle is None:
         return "source build"
