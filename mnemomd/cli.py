@@ -8,6 +8,7 @@ twistd plugin discovery, because a frozen binary has no plugin directory to scan
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -58,11 +59,25 @@ def flag_values(args: argparse.Namespace) -> dict[str, str]:
             if s.flag and getattr(args, s.env, None) is not None}
 
 
+def build_name() -> str:
+    """``source build``, or for a frozen binary what packaging/build.py put in BUILD_INFO."""
+    bundle = getattr(sys, "_MEIPASS", None) if getattr(sys, "frozen", False) else None
+    if bundle is None:
+        return "source build"
+    try:
+        with open(os.path.join(bundle, "BUILD_INFO"), encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return "frozen build"
+    kind, build, built = (info.get(k, "?") for k in ("kind", "build", "built"))
+    return f"frozen {kind} build {build}, {built}"
+
+
 def version_text() -> str:
-    build = "frozen" if getattr(sys, "frozen", False) else "source"
+    build = build_name()
     import twisted
 
-    return (f"mnemomd {__version__} ({build} build; Python {platform.python_version()}, "
+    return (f"mnemomd {__version__} ({build}; Python {platform.python_version()}, "
             f"Twisted {twisted.__version__})")
 
 
