@@ -92,16 +92,19 @@ def test_run_proxies_and_serves_metrics(frozen, tmp_path, upstream, database_env
         assert status == 200
         assert 'gateway_requests_total{provider="anthropic",status="200"} 1.0' in metrics.decode()
         assert "process_resident_memory_bytes" in metrics.decode()
+
+        # The management commands talk to the running daemon's API.
+        url = ("--url", daemon.base_url)
+        enforce = run_frozen(frozen, tmp_path, "enforcement", "set", agent, "enforce",
+                             "--json", *url, env=database_env)
+        assert enforce.returncode == 0, enforce.stderr
+        shown = run_frozen(frozen, tmp_path, "agent", "show", agent, "--json", *url,
+                           env=database_env)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["agent"]["enforcement_mode"] == "enforce"
     finally:
         assert daemon.stop() == 0
     assert key not in daemon.output()
-
-    enforce = run_frozen(frozen, tmp_path, "enforcement", "set", agent, "enforce", "--json",
-                         env=database_env)
-    assert enforce.returncode == 0, enforce.stderr
-    shown = run_frozen(frozen, tmp_path, "agent", "show", agent, "--json", env=database_env)
-    assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["agent"]["enforcement_mode"] == "enforce"
 
 
 def test_license_show_verifies_a_signed_license(frozen, tmp_path, signing):
