@@ -163,11 +163,15 @@ def migrate_database(config: Config, out: IO[str]) -> int:
     def go() -> None:
         try:
             db = Database(reactor, config.database_url)
+            db.start()
         except OSError as e:
             outcome["result"] = MigrationError(f"cannot open the database ({e.strerror})")
             reactor.stop()
             return
-        db.start()
+        except Exception as e:  # anything else must end the command too, never hang it
+            outcome["result"] = e
+            reactor.stop()
+            return
         d = migrate(db, int(reactor.seconds() * 1000))
         d.addBoth(lambda result: outcome.setdefault("result", result))
         d.addBoth(lambda _: db.close())

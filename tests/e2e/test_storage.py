@@ -8,6 +8,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import uuid
 
@@ -254,3 +255,20 @@ def test_nothing_secret_reaches_the_database(start, tmp_path):
     for path in data_dir.iterdir():
         content = path.read_bytes()
         assert key.encode() not in content and prompt.encode() not in content, path
+
+
+def test_migrate_exits_with_an_error_when_the_database_cannot_be_set_up(tmp_path):
+    # Any failure while opening the database ends the command; it must never hang.
+    script = (
+        "import sys\n"
+        "import mnemomd.storage.database as database\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise RuntimeError('driver missing')\n"
+        "database.Database = broken\n"
+        "from mnemomd.cli import main\n"
+        "sys.exit(main(['migrate']))\n")
+    env = daemon_environment(tmp_path, {})
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1, result
+    assert "driver missing" in result.stderr
