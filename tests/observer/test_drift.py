@@ -13,18 +13,14 @@ import json
 from datetime import UTC, datetime
 
 from aap import APTrace
-from twisted.internet.defer import inlineCallbacks, maybeDeferred
-from twisted.internet.task import Clock
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from mnemomd.observer.drift import MIN_TRACES, DriftDetector
-from mnemomd.storage.agents import AgentStore
 from mnemomd.storage.checkpoints import CheckpointStore
 from mnemomd.storage.traces import OutboxRow, OutboxStore, TraceRecord, TraceStore
 from mnemomd.storage.webhooks import WebhookStore
-from tests.storage.engines import MigratedDatabase
-
-NOW = 1_700_000_000_000
+from tests.observer.agentdb import NOW, AgentDatabase, synchronously
 
 
 def ap_trace(n: int, agent_id: str, card_id: str, divergent: bool) -> dict:
@@ -47,22 +43,10 @@ def ap_trace(n: int, agent_id: str, card_id: str, divergent: bool) -> dict:
     return APTrace.model_validate(trace).model_dump(mode="json", exclude_none=True)
 
 
-def synchronously(func, *args):
-    return maybeDeferred(func, *args)
-
-
-class DriftTests(MigratedDatabase, unittest.TestCase):
-    engine = "sqlite"
-
+class DriftTests(AgentDatabase, unittest.TestCase):
     @inlineCallbacks
     def setUp(self):
         yield super().setUp()
-        self.clock = Clock()
-        self.clock.advance(NOW / 1000)
-        self.agents = AgentStore(self.db)
-        agent = yield self.agents.get_or_create("abcdabcdabcdabcd", None, "observe", NOW)
-        self.agent_id = agent.agent_id
-        self.card = yield self.agents.card(self.agent_id)
         self.outbox = OutboxStore(self.db)
         self.webhooks = WebhookStore(self.db)
         self.endpoint = yield self.webhooks.create_endpoint("https://hooks.example/x",

@@ -6,8 +6,7 @@ import json
 
 import pytest
 from aap import APTrace
-from twisted.internet.defer import fail, inlineCallbacks, maybeDeferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.defer import fail, inlineCallbacks, succeed
 from twisted.trial import unittest
 
 from mnemomd.integrity.backends import AnalysisFailure
@@ -20,12 +19,10 @@ from mnemomd.observer.traces import (
     parse_decision,
     verify,
 )
-from mnemomd.storage.agents import AgentStore, default_alignment_card
+from mnemomd.storage.agents import default_alignment_card
 from mnemomd.storage.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.storage.traces import MAX_ATTEMPTS, OutboxRow, OutboxStore, TraceStore
-from tests.storage.engines import MigratedDatabase
-
-NOW = 1_700_000_000_000
+from tests.observer.agentdb import NOW, AgentDatabase, synchronously
 
 
 def card(forbidden=("delete_file",), bounded=("inference", "search"), declared=None):
@@ -202,22 +199,11 @@ class BrokenAgents:
         return fail(ConnectionError("database went away"))
 
 
-def synchronously(func, *args):
-    return maybeDeferred(func, *args)
-
-
-class TraceBuilderTests(MigratedDatabase, unittest.TestCase):
-    engine = "sqlite"
-
+class TraceBuilderTests(AgentDatabase, unittest.TestCase):
     @inlineCallbacks
     def setUp(self):
         yield super().setUp()
-        self.clock = Clock()
-        self.clock.advance(NOW / 1000)
-        self.agents = AgentStore(self.db)
-        agent = yield self.agents.get_or_create("abcdabcdabcdabcd", None, "observe", NOW)
-        self.agent_id = agent.agent_id
-        the_card = yield self.agents.card(self.agent_id)
+        the_card = self.card
         the_card["autonomy"]["bounded_actions"] = ["inference", "search"]
         the_card["autonomy"]["forbidden_actions"] = ["delete_file"]
         self.card = the_card
