@@ -1,5 +1,5 @@
 """Allow ``python -m mnemomd`` as well as the ``mnemomd`` console script."""
 
-from mnemomd.cli import main
+from mnemomd.cli.main import main
 
 raise SystemExit(main())

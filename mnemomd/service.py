@@ -19,41 +19,41 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mnemomd import __version__
+from mnemomd.agents.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
+from mnemomd.agents.store import AgentStore
 from mnemomd.api.auth import credentials_from_config
 from mnemomd.api.handlers import ApiHandlers
 from mnemomd.api.openapi import build_openapi
+from mnemomd.api.queries import ManagementStore
 from mnemomd.api.resource import ManagementApi
+from mnemomd.cloud.heartbeat import Heartbeat, load_or_create_deployment_id, readiness_snapshot
+from mnemomd.cloud.license import LicenseState, OnlineValidator, load_trusted_keys
 from mnemomd.config import EX_CONFIG, Config
-from mnemomd.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
-from mnemomd.enforcement import NUDGE_FLAG_TTL, Enforcement
-from mnemomd.gateway import Gateway, GatewayFactory, send_json
+from mnemomd.config.analysis import from_config as analysis_settings
+from mnemomd.enforcement.enforcer import NUDGE_FLAG_TTL, Enforcement
+from mnemomd.enforcement.expiry import expire_nudges
+from mnemomd.enforcement.store import EnforcementStore
+from mnemomd.http.server import Gateway, GatewayFactory, send_json
 from mnemomd.integrity.backends import AnalysisBackend
+from mnemomd.integrity.checkpoints import CheckpointStore
 from mnemomd.integrity.engine import build_analyzer
 from mnemomd.integrity.pipeline import CARD_CACHE_TTL, WINDOW_TTL, IntegrityPipeline
-from mnemomd.integrity.settings import from_config as analysis_settings
 from mnemomd.kv import KeyValueStore, KVCache, make_kv_store, readiness_check
 from mnemomd.observer.drift import DriftDetector
 from mnemomd.observer.lease import lease_owner, lease_store, leased
-from mnemomd.observer.nudges import expire_nudges
 from mnemomd.observer.retention import retention_run
 from mnemomd.observer.traces import TraceBuilder
 from mnemomd.ops.health import CheckResult, HealthState
-from mnemomd.ops.heartbeat import Heartbeat, load_or_create_deployment_id, readiness_snapshot
 from mnemomd.ops.jobs import PeriodicJob
-from mnemomd.ops.license import LicenseState, OnlineValidator, load_trusted_keys
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
 from mnemomd.ops.notify import SystemdNotifier
 from mnemomd.proxy.handler import ProxyHandler
 from mnemomd.proxy.relay import UpstreamClient
-from mnemomd.storage.agents import AgentStore
-from mnemomd.storage.checkpoints import CheckpointStore
 from mnemomd.storage.database import Database
-from mnemomd.storage.enforcement import EnforcementStore
-from mnemomd.storage.management import ManagementStore
 from mnemomd.storage.migrations import MigrationError, check_schema, migrate
 from mnemomd.storage.traces import OutboxStore, TraceStore, outbox_sweep_interval
-from mnemomd.storage.webhooks import WebhookStore
-from mnemomd.webhooks import WebhookDispatcher, WebhookSender
+from mnemomd.webhooks.delivery import WebhookDispatcher, WebhookSender
+from mnemomd.webhooks.store import WebhookStore
 
 log = Logger()
 
@@ -487,8 +487,8 @@ def make_service(config: Config, reactor: Any = None,
                          license_state)
     api = make_management_api(config, reactor, db, directory, dispatcher, metrics) \
         if config.role != "scheduler" else None
-    gateway = Gateway(reactor, config.role, config.max_request_body_bytes, health, metrics,
-                      proxy, api)
+    gateway = Gateway(reactor, config.max_request_body_bytes, health, metrics,
+                      proxy if config.role != "scheduler" else None, api)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)
     GatewayService(config, reactor, gateway, health, client, SystemdNotifier(environ),
                    lag).setServiceParent(root)

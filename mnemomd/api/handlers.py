@@ -20,12 +20,12 @@ from twisted.internet.interfaces import IReactorTime
 
 from mnemomd.api import schemas as s
 from mnemomd.api.auth import Principal
+from mnemomd.api.queries import ManagementStore, Page, new_card_id
 from mnemomd.api.routes import ApiError, Route, describe_validation_error
-from mnemomd.storage.enforcement import EnforcementError, EnforcementStore
-from mnemomd.storage.management import ManagementStore, Page, new_card_id
+from mnemomd.enforcement.store import EnforcementError, EnforcementStore
 from mnemomd.storage.traces import TraceStore
-from mnemomd.storage.webhooks import WebhookStore
-from mnemomd.webhooks import check_url, new_secret
+from mnemomd.webhooks.delivery import check_url, new_secret
+from mnemomd.webhooks.store import WebhookStore
 
 SETTINGS_FIELDS = ("aip_enabled", "aap_enabled", "nudge_strategy", "nudge_rate",
                    "nudge_threshold")

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mnemomd.storage.webhooks import EVENT_TYPES
+from mnemomd.webhooks.store import EVENT_TYPES
 
 MODES = ("observe", "nudge", "enforce")
 NUDGE_STRATEGIES = ("always", "sampling", "threshold", "off")

@@ -42,8 +42,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from mnemomd import __version__
-from mnemomd.integrity.settings import AnalysisSettings
-from mnemomd.proxy.relay import BytesProducer
+from mnemomd.config.analysis import AnalysisSettings
+from mnemomd.http.client import BytesProducer
 
 USER_AGENT = f"mnemomd/{__version__} (integrity analysis)".encode()
 ANTHROPIC_VERSION = "2023-06-01"

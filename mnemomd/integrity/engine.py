@@ -46,6 +46,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mnemomd.config.analysis import AnalysisSettings
 from mnemomd.integrity.backends import (
     AnalysisBackend,
     AnalysisFailure,
@@ -54,7 +55,6 @@ from mnemomd.integrity.backends import (
     failure_reason,
 )
 from mnemomd.integrity.breaker import CircuitBreaker
-from mnemomd.integrity.settings import AnalysisSettings
 from mnemomd.ops.metrics import GatewayMetrics
 
 log = Logger()

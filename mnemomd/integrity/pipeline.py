@@ -20,15 +20,15 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mnemomd.agents.identity import Agent
+from mnemomd.agents.store import AgentStore
 from mnemomd.config import Config
-from mnemomd.identity import Agent
+from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.integrity.engine import AnalysisOutcome, AnalysisRequest, IntegrityAnalyzer
 from mnemomd.integrity.window import drift_update, window_add, window_entries
 from mnemomd.kv import KVCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
-from mnemomd.storage.agents import AgentStore
-from mnemomd.storage.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.storage.traces import OutboxRow, OutboxStore, outbox_expiry_ms
 
 log = Logger()

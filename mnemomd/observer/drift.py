@@ -31,8 +31,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from mnemomd.storage.agents import AgentStore
-from mnemomd.storage.checkpoints import CheckpointStore
+from mnemomd.agents.store import AgentStore
+from mnemomd.integrity.checkpoints import CheckpointStore
 from mnemomd.storage.traces import TraceStore
 
 log = Logger()

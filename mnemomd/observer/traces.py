@@ -34,9 +34,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from mnemomd.agents.store import AgentStore
 from mnemomd.integrity.backends import AnalysisBackend
 from mnemomd.ops.metrics import GatewayMetrics
-from mnemomd.storage.agents import AgentStore
 from mnemomd.storage.traces import OutboxRow, OutboxStore, TraceRecord
 
 log = Logger()

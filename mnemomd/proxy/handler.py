@@ -19,11 +19,7 @@ from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from mnemomd import cors
-from mnemomd.config import Config
-from mnemomd.enforcement import Enforcement, combined_notice, containment_refusal
-from mnemomd.gateway import GatewayRequest, error_payload, send_empty, send_json
-from mnemomd.identity import (
+from mnemomd.agents.identity import (
     SESSION_HEADER,
     Agent,
     AgentDirectory,
@@ -32,6 +28,10 @@ from mnemomd.identity import (
     default_session_id,
     is_valid_session_id,
 )
+from mnemomd.config import Config
+from mnemomd.enforcement.enforcer import Enforcement, combined_notice, containment_refusal
+from mnemomd.http import cors
+from mnemomd.http.server import GatewayRequest, error_payload, send_empty, send_json
 from mnemomd.integrity.engine import AnalysisOutcome
 from mnemomd.integrity.pipeline import HOLD_LIMIT, IntegrityPipeline, ResponsePlan, aip_headers
 from mnemomd.ops.metrics import GatewayMetrics
@@ -39,7 +39,7 @@ from mnemomd.providers import PROVIDERS
 from mnemomd.providers.base import RequestInfo, injection_rejected
 from mnemomd.proxy.headers import client_response_headers, upstream_request_headers
 from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay, UpstreamClient
-from mnemomd.proxy.routing import ProxyTarget, upstream_url
+from mnemomd.proxy.routing import ProxyTarget, parse_proxy_target, upstream_url
 
 log = Logger()
 
@@ -98,6 +98,10 @@ class ProxyHandler:
         self._client = client
         self._agents = agents
         self._metrics = metrics
+
+    def target(self, path: bytes, query: bytes) -> ProxyTarget | None:
+        """The proxy route a checked path names, or None when it names none."""
+        return parse_proxy_target(path, query)
 
     def handle(self, request: GatewayRequest, target: ProxyTarget) -> Deferred[None]:
         """Handle one call; the Deferred fires when all work for it is over."""

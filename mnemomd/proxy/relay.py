@@ -14,7 +14,6 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
-    IConsumer,
     IDelayedCall,
     IPushProducer,
     IReactorTime,
@@ -40,6 +39,8 @@ from twisted.web.http import PotentialDataLoss, Request
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
+
+from mnemomd.http.client import BytesProducer
 
 log = Logger()
 
@@ -96,27 +97,6 @@ class _QuietPool(HTTPConnectionPool):
 
 
 @implementer(IBodyProducer)
-class BytesProducer:
-    """A request body already in memory, written in one go with its length known."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:  # noqa: N802
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:  # noqa: N802
-        pass
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        pass
-
-    def stopProducing(self) -> None:  # noqa: N802
-        pass
-
-
 class _EndpointCachingAgent(Agent):
     """An Agent that builds each upstream's endpoint once, not on every call.
 

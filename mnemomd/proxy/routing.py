@@ -7,22 +7,12 @@ configuration, so nothing a client sends can point the proxy somewhere else; pat
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from mnemomd.identity import is_valid_agent_name
+from mnemomd.agents.identity import is_valid_agent_name
+from mnemomd.http.paths import RouteError
 from mnemomd.providers import PROVIDERS
-
-
-class RouteError(Exception):
-    """A request target the gateway refuses, with the HTTP answer it deserves."""
-
-    def __init__(self, status: int, message: str, error_type: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.error_type = error_type
 
 
 @dataclass(frozen=True)
@@ -33,28 +23,6 @@ class ProxyTarget:
     rest: bytes
     #: Raw query string including the leading ``?``, or empty.
     query: bytes
-
-
-_ENCODED_SEPARATOR = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)
-_FORBIDDEN_BYTES = re.compile(rb"[\x00-\x20\x7f\\]")
-
-
-def split_target(uri: bytes) -> tuple[bytes, bytes]:
-    """(path, query with its ``?``) of an origin-form request target."""
-    path, sep, query = uri.partition(b"?")
-    return path, sep + query
-
-
-def check_path(path: bytes) -> None:
-    """Refuse request targets that could escape the route they appear to name."""
-    if not path.startswith(b"/"):
-        raise RouteError(400, "Request target must be an absolute path", "invalid_request_error")
-    if _FORBIDDEN_BYTES.search(path) or _ENCODED_SEPARATOR.search(path):
-        raise RouteError(400, "Invalid characters in path", "invalid_request_error")
-    for segment in path.split(b"/"):
-        if unquote(segment.decode("latin-1")) in (".", ".."):
-            raise RouteError(400, "Dot segments are not allowed in paths",
-                             "invalid_request_error")
 
 
 def parse_proxy_target(path: bytes, query: bytes) -> ProxyTarget | None:

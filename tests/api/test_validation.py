@@ -7,10 +7,10 @@ import json
 import pytest
 from jsonschema import Draft202012Validator
 
+from mnemomd.agents.store import default_alignment_card
 from mnemomd.api.handlers import check_webhook_url, validate_card
 from mnemomd.api.openapi import build_openapi
 from mnemomd.api.routes import ROUTES, ApiError
-from mnemomd.storage.agents import default_alignment_card
 
 NOW_MS = 1_767_225_600_000
 

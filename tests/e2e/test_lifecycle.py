@@ -200,7 +200,7 @@ def test_twistd_plugin_runs_the_same_service(tmp_path, upstream: str):
     twistd = start_daemon(
         tmp_path, {"ANTHROPIC_BASE_URL": upstream},
         command=["twistd", "--nodaemon", "--pidfile=", "--logger",
-                 "mnemomd.tap.log_observer", "mnemomd"],
+                 "mnemomd.cli.tap.log_observer", "mnemomd"],
         args=("--host", "127.0.0.1", "--port", "0"))
     try:
         with raw_request(twistd.base_url, "POST", "/anthropic/v1/messages",

@@ -265,7 +265,7 @@ def test_migrate_exits_with_an_error_when_the_database_cannot_be_set_up(tmp_path
         "def broken(*args, **kwargs):\n"
         "    raise RuntimeError('driver missing')\n"
         "database.Database = broken\n"
-        "from mnemomd.cli import main\n"
+        "from mnemomd.cli.main import main\n"
         "sys.exit(main(['migrate']))\n")
     env = daemon_environment(tmp_path, {})
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,

@@ -8,10 +8,10 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
+from mnemomd.config.analysis import AnalysisSettings
 from mnemomd.integrity.backends import AnalysisHTTP, build_backend
 from mnemomd.integrity.breaker import CircuitBreaker
 from mnemomd.integrity.engine import AnalysisRequest, IntegrityAnalyzer
-from mnemomd.integrity.settings import AnalysisSettings
 from mnemomd.ops.metrics import GatewayMetrics
 from tests.integrity.fakes import FakeAnalysisServer
 

@@ -10,6 +10,7 @@ from aip import summarize_card
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
+from mnemomd.config.analysis import AnalysisSettings
 from mnemomd.integrity.backends import AnalysisFailure
 from mnemomd.integrity.engine import (
     IntegrityAnalyzer,
@@ -17,7 +18,6 @@ from mnemomd.integrity.engine import (
     json_candidates,
     thinking_hash,
 )
-from mnemomd.integrity.settings import AnalysisSettings
 from mnemomd.ops.metrics import GatewayMetrics
 from tests.integrity.fakes import VERDICT_CLEAR, VERDICT_REVIEW
 from tests.integrity.helpers import CARD, THINKING, request

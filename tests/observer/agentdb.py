@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.internet.task import Clock
 
-from mnemomd.storage.agents import AgentStore
+from mnemomd.agents.store import AgentStore
 from tests.storage.engines import MigratedDatabase
 
 NOW = 1_700_000_000_000

@@ -16,10 +16,10 @@ from aap import APTrace
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
+from mnemomd.integrity.checkpoints import CheckpointStore
 from mnemomd.observer.drift import MIN_TRACES, DriftDetector
-from mnemomd.storage.checkpoints import CheckpointStore
 from mnemomd.storage.traces import OutboxRow, OutboxStore, TraceRecord, TraceStore
-from mnemomd.storage.webhooks import WebhookStore
+from mnemomd.webhooks.store import WebhookStore
 from tests.observer.agentdb import NOW, AgentDatabase, synchronously
 
 

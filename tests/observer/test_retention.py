@@ -5,9 +5,9 @@ from __future__ import annotations
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
+from mnemomd.agents.store import AgentStore
+from mnemomd.enforcement.store import NUDGE_MAX_AGE_MS, EnforcementStore
 from mnemomd.observer.retention import DAY_MS, purge
-from mnemomd.storage.agents import AgentStore
-from mnemomd.storage.enforcement import NUDGE_MAX_AGE_MS, EnforcementStore
 from tests.storage.engines import MigratedDatabase
 
 NOW = 400 * DAY_MS

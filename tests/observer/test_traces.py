@@ -9,7 +9,9 @@ from aap import APTrace
 from twisted.internet.defer import fail, inlineCallbacks, succeed
 from twisted.trial import unittest
 
+from mnemomd.agents.store import default_alignment_card
 from mnemomd.integrity.backends import AnalysisFailure
+from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.observer.traces import (
     RESPOND,
     TraceBuilder,
@@ -19,8 +21,6 @@ from mnemomd.observer.traces import (
     parse_decision,
     verify,
 )
-from mnemomd.storage.agents import default_alignment_card
-from mnemomd.storage.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.storage.traces import MAX_ATTEMPTS, OutboxRow, OutboxStore, TraceStore
 from tests.observer.agentdb import NOW, AgentDatabase, synchronously
 

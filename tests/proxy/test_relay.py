@@ -169,7 +169,8 @@ class _Request:
 
 
 def retry_rule(method, exception, body=None, headers=None):
-    from mnemomd.proxy.relay import BytesProducer, _ReplayingClientProtocol
+    from mnemomd.http.client import BytesProducer
+    from mnemomd.proxy.relay import _ReplayingClientProtocol
 
     protocol = _ReplayingClientProtocol.__new__(_ReplayingClientProtocol)
     protocol._has_idempotency_key = b"idempotency-key" in (headers or {})

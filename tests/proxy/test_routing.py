@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mnemomd.proxy.routing import (
-    ProxyTarget,
-    RouteError,
-    check_path,
-    parse_proxy_target,
-    split_target,
-    upstream_url,
-)
+from mnemomd.http.paths import RouteError, check_path, split_target
+from mnemomd.proxy.routing import ProxyTarget, parse_proxy_target, upstream_url
 
 
 def route(uri: bytes) -> ProxyTarget | None:

@@ -6,8 +6,8 @@ import pytest
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
-from mnemomd.storage.agents import AgentStore
-from mnemomd.storage.checkpoints import CheckpointRecord, CheckpointStore
+from mnemomd.agents.store import AgentStore
+from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.storage.traces import MAX_ATTEMPTS, OutboxRow, OutboxStore, TraceRecord, TraceStore
 from tests.storage.engines import MigratedDatabase
 

@@ -1,5 +1,5 @@
-"""twistd plugin: ``twistd -n mnemomd``. Options and makeService live in mnemomd.tap."""
+"""twistd plugin: ``twistd -n mnemomd``. Options and makeService live in mnemomd.cli.tap."""
 
 from twisted.application.service import ServiceMaker
 
-mnemomd = ServiceMaker("mnemomd", "mnemomd.tap", "Mnemom integrity gateway", "mnemomd")
+mnemomd = ServiceMaker("mnemomd", "mnemomd.cli.tap", "Mnemom integrity gateway", "mnemomd")

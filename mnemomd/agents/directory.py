@@ -1,0 +1,143 @@
+"""How the proxy finds the agent behind a call: KV cache, then the database.
+
+The lookup sits on the hot path of every call, so it is cached in the KV store (shared by
+replicas, invalidated on change) and concurrent first calls for one agent share a single
+database trip. ``last_seen`` is kept in memory and written in one batch per interval
+instead of one write per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mnemomd.agents.identity import Agent
+from mnemomd.agents.store import AgentStore
+from mnemomd.kv import KVCache
+
+log = Logger()
+
+AGENT_CACHE_TTL = 300.0
+LAST_SEEN_FLUSH_SECONDS = 30.0
+#: How often the database is asked which agents changed, to drop stale cache entries
+#: (changes made by another process that could not reach this one's cache).
+CHANGE_POLL_SECONDS = 2.0
+
+
+def agent_cache_key(hash_: str) -> str:
+    return f"agent:{hash_}"
+
+
+def agent_derived_keys(hash_: str, agent_id: str) -> list[str]:
+    """Every KV cache entry built from an agent's rows: the agent itself, and the card and
+    conscience values the integrity pipeline caches. A change to the agent drops them all."""
+    return [agent_cache_key(hash_), f"card:{agent_id}", f"conscience:{agent_id}"]
+
+
+class PersistentAgentDirectory:
+    """``AgentDirectory`` backed by storage, for the proxy."""
+
+    def __init__(self, clock: IReactorTime, store: AgentStore, cache: KVCache,
+                 default_enforcement: str = "observe") -> None:
+        self._clock = clock
+        self._store = store
+        self._cache = cache
+        self._default_enforcement = default_enforcement
+        self._in_flight: dict[str, list[Deferred[Agent]]] = {}
+        self._last_seen: dict[str, int] = {}
+        self._flusher = LoopingCall(self.flush_last_seen)
+        self._flusher.clock = clock
+        self._watcher = LoopingCall(self.drop_changed)
+        self._watcher.clock = clock
+        self._changes_seen_ms = self._now_ms()
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def resolve(self, hash_: str, name: str | None) -> Deferred[Agent]:
+        waiters = self._in_flight.get(hash_)
+        mine: Deferred[Agent] = Deferred()
+        if waiters is not None:
+            waiters.append(mine)
+            return mine
+        self._in_flight[hash_] = [mine]
+        d = self._cache.get_json(agent_cache_key(hash_))
+        d.addCallback(self._cached_or_stored, hash_, name)
+        d.addBoth(self._deliver, hash_)
+        return mine
+
+    def _cached_or_stored(self, cached: Any, hash_: str, name: str | None) -> Any:
+        if isinstance(cached, dict):
+            try:
+                return Agent(**cached)
+            except TypeError:
+                pass  # written by another version: read it again from the database
+        d = self._store.get_or_create(hash_, name, self._default_enforcement, self._now_ms())
+
+        def remember(agent: Agent) -> Agent:
+            self._cache.set_json(agent_cache_key(hash_), dataclasses.asdict(agent))
+            return agent
+
+        return d.addCallback(remember)
+
+    def _deliver(self, result: Agent | Failure, hash_: str) -> None:
+        for waiter in self._in_flight.pop(hash_, []):
+            if waiter.called:  # the caller gave up waiting (timeout)
+                continue
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                self._last_seen[result.agent_id] = self._now_ms()
+                waiter.callback(result)
+
+    def invalidate(self, hash_: str) -> Deferred[Any]:
+        return self._cache.invalidate(agent_cache_key(hash_))
+
+    def invalidate_all(self, hash_: str, agent_id: str) -> Deferred[Any]:
+        """Drop the agent and everything cached from it (card, conscience values)."""
+        return gatherResults([self._cache.invalidate(key)
+                              for key in agent_derived_keys(hash_, agent_id)])
+
+    def drop_changed(self) -> Deferred[Any]:
+        """Invalidate cached agents whose rows changed since the last look."""
+        def drop(changed: list[tuple[str, int, str]]) -> None:
+            for hash_, updated_at, agent_id in changed:
+                for key in agent_derived_keys(hash_, agent_id):
+                    self._cache.invalidate(key)
+                self._changes_seen_ms = max(self._changes_seen_ms, updated_at)
+
+        def failed(failure: Failure) -> None:
+            log.debug("Agent change poll failed: {reason}", reason=failure.getErrorMessage())
+
+        return self._store.changed_since(self._changes_seen_ms).addCallbacks(drop, failed)
+
+    def flush_last_seen(self) -> Deferred[Any]:
+        if not self._last_seen:
+            return succeed(0)
+        batch, self._last_seen = self._last_seen, {}
+
+        def keep_for_next_time(failure: Failure) -> int:
+            for agent_id, at in batch.items():
+                self._last_seen[agent_id] = max(at, self._last_seen.get(agent_id, 0))
+            log.warn("Could not record last_seen for {count} agent(s): {reason}",
+                     count=len(batch), reason=failure.getErrorMessage())
+            return 0
+
+        return self._store.touch_last_seen(batch).addErrback(keep_for_next_time)
+
+    def start(self) -> None:
+        self._flusher.start(LAST_SEEN_FLUSH_SECONDS, now=False)
+        self._watcher.start(CHANGE_POLL_SECONDS, now=False)
+
+    def stop(self) -> Deferred[Any]:
+        if self._watcher.running:
+            self._watcher.stop()
+        if self._flusher.running:
+            self._flusher.stop()
+        return self.flush_last_seen()

@@ -1,0 +1,282 @@
+"""The queries behind the management API (SPEC §10.2): pages, counts and edits.
+
+Every list is one transaction that reads a page and its total together, so ``total``
+describes the same snapshot as ``items``. Edits that change what the gateway acts on
+bump ``agents.updated_at``: that is how replicas without a shared KV store notice them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from mnemomd.agents.store import default_conscience_values
+from mnemomd.integrity.checkpoints import CHECKPOINT_COLUMNS, row_to_checkpoint
+from mnemomd.storage.database import Cursor, Database
+
+AGENT_FIELDS = ("agent_id", "agent_hash", "name", "enforcement_mode", "aip_enabled",
+                "aap_enabled", "nudge_strategy", "nudge_rate", "nudge_threshold",
+                "containment_status", "containment_reason", "containment_changed_at",
+                "auto_containment_threshold", "created_at", "updated_at", "last_seen_at")
+_AGENT_SELECT = (
+    "SELECT id, agent_hash, name, enforcement_mode, aip_enabled, aap_enabled, nudge_strategy,"
+    " nudge_rate, nudge_threshold, containment_status, containment_reason,"
+    " containment_changed_at, auto_containment_threshold, created_at, updated_at, last_seen_at"
+    " FROM agents")
+_BOOLEAN_FIELDS = ("aip_enabled", "aap_enabled")
+
+DRIFT_FIELDS = ("id", "agent_id", "session_id", "source", "severity", "alert", "created_at")
+TIMELINE_KINDS = ("checkpoint", "trace", "nudge", "containment")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list and the size of the whole list."""
+
+    items: list[dict[str, Any]]
+    total: int
+
+
+def _agent_dict(row: Sequence[Any]) -> dict[str, Any]:
+    agent = dict(zip(AGENT_FIELDS, row, strict=True))
+    for name in _BOOLEAN_FIELDS:
+        agent[name] = bool(agent[name])
+    agent["nudge_rate"] = float(agent["nudge_rate"])
+    return agent
+
+
+def page(cursor: Cursor, select: str, where: list[str], params: list[Any], order: str,
+          limit: int, offset: int, convert: Callable[[Sequence[Any]], dict[str, Any]],
+          table: str) -> Page:
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    rows = cursor.execute(f"{select}{clause} ORDER BY {order} LIMIT ? OFFSET ?",
+                          (*params, limit, offset)).fetchall()
+    total = cursor.execute(f"SELECT COUNT(*) FROM {table}{clause}", params).fetchone()
+    return Page([convert(r) for r in rows], int(total[0]) if total else 0)
+
+
+def equal_to(**conditions: Any) -> tuple[list[str], list[Any]]:
+    """WHERE terms and parameters for the conditions that are not None (filters)."""
+    given = {column: value for column, value in conditions.items() if value is not None}
+    return [f"{column} = ?" for column in given], list(given.values())
+
+
+def _load_json(value: Any) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def _agent_exists(cursor: Cursor, agent_id: str) -> bool:
+    return cursor.execute("SELECT 1 FROM agents WHERE id = ?", (agent_id,)).fetchone() is not None
+
+
+def _checkpoint_dict(row: Sequence[Any]) -> dict[str, Any]:
+    record = row_to_checkpoint(tuple(row))
+    return {"id": record.id, "agent_id": record.agent_id, "session_id": record.session_id,
+            "provider": record.provider, "model": record.model, "verdict": record.verdict,
+            "concerns": record.concerns, "reasoning_summary": record.reasoning_summary,
+            "conscience_context": record.conscience_context,
+            "window_position": record.window_position,
+            "analysis_metadata": record.analysis_metadata,
+            "thinking_block_hash": record.thinking_block_hash, "synthetic": record.synthetic,
+            "synthetic_reason": record.synthetic_reason, "trace_id": record.trace_id,
+            "created_at": record.created_at}
+
+
+def _drift_dict(row: Sequence[Any]) -> dict[str, Any]:
+    alert = dict(zip(DRIFT_FIELDS, row, strict=True))
+    alert["alert"] = _load_json(alert["alert"])
+    return alert
+
+
+#: Each source of the timeline as (kind, table, SELECT of: id, created_at, two details).
+_TIMELINE_SOURCES = (
+    ("checkpoint", "SELECT 'checkpoint', id, created_at, verdict, session_id "
+                   "FROM integrity_checkpoints WHERE agent_id = ?"),
+    ("trace", "SELECT 'trace', id, created_at, checkpoint_id, session_id "
+              "FROM ap_traces WHERE agent_id = ?"),
+    ("nudge", "SELECT 'nudge', id, created_at, status, session_id "
+              "FROM nudges WHERE agent_id = ?"),
+    ("containment", "SELECT 'containment', id, created_at, action, actor "
+                    "FROM containment_log WHERE agent_id = ?"),
+)
+_TIMELINE_DETAILS = {"checkpoint": ("verdict", "session_id"),
+                     "trace": ("checkpoint_id", "session_id"),
+                     "nudge": ("status", "session_id"),
+                     "containment": ("action", "actor")}
+
+
+def _timeline_entry(row: Sequence[Any]) -> dict[str, Any]:
+    kind, id_, created_at, first, second = row
+    names = _TIMELINE_DETAILS[kind]
+    return {"kind": kind, "id": id_, "created_at": int(created_at),
+            "data": {names[0]: first, names[1]: second}}
+
+
+class ManagementStore:
+    """What the management API reads and changes, beyond the gateway's own stores."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # -- agents -----------------------------------------------------------------------
+
+    def list_agents(self, limit: int, offset: int, containment_status: str | None = None,
+                    enforcement_mode: str | None = None) -> Deferred[Page]:
+        where, params = equal_to(containment_status=containment_status,
+                                 enforcement_mode=enforcement_mode)
+        return self._db.run_interaction(
+            "api_list_agents", page, _AGENT_SELECT, where, params, "created_at DESC, id",
+            limit, offset, _agent_dict, "agents")
+
+    def agent(self, agent_id: str) -> Deferred[dict[str, Any] | None]:
+        def read(cursor: Cursor) -> dict[str, Any] | None:
+            row = cursor.execute(f"{_AGENT_SELECT} WHERE id = ?", (agent_id,)).fetchone()
+            return _agent_dict(row) if row else None
+
+        return self._db.run_interaction("api_get_agent", read)
+
+    # -- card and conscience values ---------------------------------------------------
+
+    def card(self, agent_id: str) -> Deferred[dict[str, Any] | None]:
+        def read(cursor: Cursor) -> dict[str, Any] | None:
+            row = cursor.execute(
+                "SELECT card, updated_at FROM alignment_cards WHERE agent_id = ?",
+                (agent_id,)).fetchone()
+            return {"card": json.loads(row[0]), "updated_at": int(row[1])} if row else None
+
+        return self._db.run_interaction("api_get_card", read)
+
+    def replace_card(self, agent_id: str, card: dict[str, Any], now_ms: int) -> Deferred[bool]:
+        """False when there is no such agent."""
+        def write(cursor: Cursor) -> bool:
+            if not _agent_exists(cursor, agent_id):
+                return False
+            text = json.dumps(card, separators=(",", ":"))
+            updated = cursor.execute(
+                "UPDATE alignment_cards SET card_id = ?, card = ?, updated_at = ? "
+                "WHERE agent_id = ?", (card["card_id"], text, now_ms, agent_id)).rowcount
+            if updated == 0:
+                cursor.execute(
+                    "INSERT INTO alignment_cards (agent_id, card_id, card, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?)",
+                    (agent_id, card["card_id"], text, now_ms, now_ms))
+            cursor.execute("UPDATE agents SET updated_at = ? WHERE id = ?", (now_ms, agent_id))
+            return True
+
+        return self._db.run_interaction("api_replace_card", write)
+
+    def conscience(self, agent_id: str) -> Deferred[dict[str, Any] | None]:
+        def read(cursor: Cursor) -> dict[str, Any] | None:
+            row = cursor.execute(
+                "SELECT value_set, is_default, updated_at FROM conscience_values "
+                "WHERE agent_id = ?", (agent_id,)).fetchone()
+            if row is None:
+                if not _agent_exists(cursor, agent_id):
+                    return None
+                return {"values": default_conscience_values(), "is_default": True,
+                        "updated_at": None}
+            return {"values": json.loads(row[0]), "is_default": bool(row[1]),
+                    "updated_at": int(row[2])}
+
+        return self._db.run_interaction("api_get_conscience", read)
+
+    def replace_conscience(self, agent_id: str, values: list[dict[str, Any]] | None,
+                           now_ms: int) -> Deferred[bool]:
+        """Store ``values``, or the defaults when None (a reset); False: no such agent."""
+        is_default = values is None
+        value_set = json.dumps(default_conscience_values() if values is None else values)
+
+        def write(cursor: Cursor) -> bool:
+            if not _agent_exists(cursor, agent_id):
+                return False
+            updated = cursor.execute(
+                "UPDATE conscience_values SET value_set = ?, is_default = ?, updated_at = ? "
+                "WHERE agent_id = ?", (value_set, is_default, now_ms, agent_id)).rowcount
+            if updated == 0:
+                cursor.execute(
+                    "INSERT INTO conscience_values (agent_id, value_set, is_default, "
+                    "updated_at) VALUES (?, ?, ?, ?)", (agent_id, value_set, is_default, now_ms))
+            cursor.execute("UPDATE agents SET updated_at = ? WHERE id = ?", (now_ms, agent_id))
+            return True
+
+        return self._db.run_interaction("api_replace_conscience", write)
+
+    # -- checkpoints, score, drift --------------------------------------------
+
+    def checkpoints(self, agent_id: str, limit: int, offset: int, verdict: str | None = None,
+                    session_id: str | None = None) -> Deferred[Page]:
+        where, params = equal_to(agent_id=agent_id, verdict=verdict, session_id=session_id)
+        return self._db.run_interaction(
+            "api_list_checkpoints", page,
+            f"SELECT {CHECKPOINT_COLUMNS} FROM integrity_checkpoints", where, params,
+            "created_at DESC, id", limit, offset, _checkpoint_dict, "integrity_checkpoints")
+
+    def checkpoint(self, checkpoint_id: str) -> Deferred[dict[str, Any] | None]:
+        def read(cursor: Cursor) -> dict[str, Any] | None:
+            row = cursor.execute(
+                f"SELECT {CHECKPOINT_COLUMNS} FROM integrity_checkpoints WHERE id = ?",
+                (checkpoint_id,)).fetchone()
+            return _checkpoint_dict(row) if row else None
+
+        return self._db.run_interaction("api_get_checkpoint", read)
+
+    def integrity_score(self, agent_id: str) -> Deferred[dict[str, Any]]:
+        """Counts by verdict; ``integrity_ratio`` is clear / total (1.0 with no checks)."""
+        def read(cursor: Cursor) -> dict[str, Any]:
+            counts = dict(cursor.execute(
+                "SELECT verdict, COUNT(*) FROM integrity_checkpoints WHERE agent_id = ? "
+                "GROUP BY verdict", (agent_id,)).fetchall())
+            latest = cursor.execute(
+                "SELECT verdict, created_at FROM integrity_checkpoints WHERE agent_id = ? "
+                "ORDER BY created_at DESC, id DESC LIMIT 1", (agent_id,)).fetchone()
+            total = sum(int(n) for n in counts.values())
+            clear = int(counts.get("clear", 0))
+            return {"agent_id": agent_id, "total_checks": total, "clear_count": clear,
+                    "review_count": int(counts.get("review_needed", 0)),
+                    "violation_count": int(counts.get("boundary_violation", 0)),
+                    "integrity_ratio": round(clear / total, 4) if total else 1.0,
+                    "latest_verdict": latest[0] if latest else None,
+                    "latest_at": int(latest[1]) if latest else None}
+
+        return self._db.run_interaction("api_integrity_score", read)
+
+    def drift_alerts(self, agent_id: str, limit: int, offset: int) -> Deferred[Page]:
+        return self._db.run_interaction(
+            "api_list_drift_alerts", page, f"SELECT {', '.join(DRIFT_FIELDS)} FROM drift_alerts",
+            ["agent_id = ?"], [agent_id], "created_at DESC, id", limit, offset, _drift_dict,
+            "drift_alerts")
+
+    # -- timeline and containment -----------------------------------------------------
+
+    def timeline(self, agent_id: str, limit: int, offset: int,
+                 kinds: Sequence[str] = TIMELINE_KINDS) -> Deferred[Page]:
+        """Checkpoints, traces, nudges and containment changes, newest first."""
+        sources = [sql for kind, sql in _TIMELINE_SOURCES if kind in kinds]
+        union = " UNION ALL ".join(sources)
+        params = [agent_id] * len(sources)
+
+        def read(cursor: Cursor) -> Page:
+            rows = cursor.execute(
+                f"SELECT * FROM ({union}) AS events ORDER BY 3 DESC, 2 DESC LIMIT ? OFFSET ?",
+                (*params, limit, offset)).fetchall()
+            total = cursor.execute(f"SELECT COUNT(*) FROM ({union}) AS events",
+                                   params).fetchone()
+            return Page([_timeline_entry(r) for r in rows], int(total[0]))
+
+        return self._db.run_interaction("api_timeline", read)
+
+    def containment_log(self, agent_id: str, limit: int, offset: int) -> Deferred[Page]:
+        fields = ("id", "action", "from_status", "to_status", "actor", "reason", "created_at")
+        return self._db.run_interaction(
+            "api_containment_log", page, f"SELECT {', '.join(fields)} FROM containment_log",
+            ["agent_id = ?"], [agent_id], "created_at DESC, id DESC", limit, offset,
+            lambda r: dict(zip(fields, r, strict=True)), "containment_log")
+
+
+def new_card_id() -> str:
+    return f"ac-{uuid.uuid4().hex}"

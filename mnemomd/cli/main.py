@@ -1,0 +1,223 @@
+"""The ``mnemomd`` command: run the daemon, check its configuration, say its version,
+and manage a running daemon through its API (``mnemomd.cli.admin``).
+
+``mnemomd run`` builds the service itself and runs the reactor in the foreground, with no
+twistd plugin discovery, because a frozen binary has no plugin directory to scan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+from mnemomd import __version__
+from mnemomd.config import EX_CONFIG, SETTINGS, Config, ConfigError, load_config
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH",
+                        help="YAML configuration file (default: $MNEMOM_CONFIG, else "
+                             "/etc/mnemomd/mnemomd.yaml if present)")
+    for setting in SETTINGS:
+        if setting.flag:
+            parser.add_argument(setting.flag, dest=setting.env, metavar=setting.env,
+                                help=f"{setting.help} [env {setting.env}]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnemomd", description="Mnemom integrity gateway")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    add_config_flags(run)
+    check = commands.add_parser("check-config",
+                                help="validate and print the effective configuration")
+    add_config_flags(check)
+    check.add_argument("--strict", action="store_true",
+                       help="treat warnings (such as deprecated settings) as errors")
+    migrate = commands.add_parser("migrate", help="apply pending database migrations")
+    add_config_flags(migrate)
+    commands.add_parser("version", help="print the version and build")
+    license_parser = commands.add_parser("license", help="show the configured license")
+    license_commands = license_parser.add_subparsers(dest="license_command", required=True)
+    show_license = license_commands.add_parser("show", help="claims, state and days left")
+    show_license.add_argument("--json", action="store_true", help="print JSON")
+    add_config_flags(show_license)
+
+    from mnemomd.cli.admin import add_management_commands
+
+    add_management_commands(commands, add_config_flags)
+    return parser
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, str]:
+    return {s.env: getattr(args, s.env) for s in SETTINGS
+            if s.flag and getattr(args, s.env, None) is not None}
+
+
+def build_name() -> str:
+    """``source build``, or for a frozen binary what packaging/build.py put in BUILD_INFO."""
+    bundle = getattr(sys, "_MEIPASS", None) if getattr(sys, "frozen", False) else None
+    if bundle is None:
+        return "source build"
+    try:
+        with open(os.path.join(bundle, "BUILD_INFO"), encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return "frozen build"
+    kind, build, built = (info.get(k, "?") for k in ("kind", "build", "built"))
+    return f"frozen {kind} build {build}, {built}"
+
+
+def version_text() -> str:
+    build = build_name()
+    import twisted
+
+    return (f"mnemomd {__version__} ({build}; Python {platform.python_version()}, "
+            f"Twisted {twisted.__version__})")
+
+
+def check_config(config: Config, strict: bool, out: IO[str]) -> int:
+    width = max(len(s.env) for s in SETTINGS)
+    out.write(f"Configuration file: {config.config_path or '(none)'}\n")
+    for name, value, source in config.describe():
+        out.write(f"{name:<{width}}  {value}  [{source}]\n")
+    for warning in config.warnings:
+        out.write(f"warning: {warning}\n")
+    if strict and config.warnings:
+        out.write("check-config --strict: warnings count as errors\n")
+        return EX_CONFIG
+    out.write("Configuration OK\n")
+    return 0
+
+
+def run(config: Config, environ: Mapping[str, str]) -> int:
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+
+    from mnemomd.ops.logging import start_logging
+    from mnemomd.service import make_service
+
+    start_logging(config.log_format, config.log_level, f"mnemomd-{config.role}")
+    log = Logger(namespace="mnemomd")
+    for warning in config.warnings:
+        log.warn("Configuration: {warning}", warning=warning)
+    try:
+        service = make_service(config, reactor, environ)
+    except OSError as e:
+        log.critical("Cannot open the data directory or database: {reason}",
+                     reason=f"{e.strerror}: {e.filename}")
+        return EX_CONFIG
+    try:
+        service.privilegedStartService()
+    except SystemExit as e:
+        return int(e.code or 1)
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return service.exit_code
+
+
+def show_license_info(config: Config, as_json: bool, out: IO[str]) -> int:
+    """``mnemomd license show``: what the daemon would make of its license right now."""
+    import json
+    import time
+
+    from mnemomd.cloud.license import LicenseInfo, load_trusted_keys, verify_license
+
+    if not config.mnemom_license_jwt:
+        info = LicenseInfo.unlicensed()
+    else:
+        info = verify_license(config.mnemom_license_jwt,
+                              load_trusted_keys(config.mnemom_license_public_key), time.time())
+    summary = info.summary()
+    if info.feature_flags:
+        summary["feature_flags"] = info.feature_flags
+    if info.limits:
+        summary["limits"] = info.limits
+    if config.mnemom_license_jwt:
+        summary["is_offline"] = info.is_offline
+    if "seconds_to_expiry" in summary:
+        summary["days_left"] = round(summary["seconds_to_expiry"] / 86400, 1)
+    if as_json:
+        out.write(json.dumps(summary, indent=2, default=str) + "\n")
+    else:
+        for name, value in summary.items():
+            out.write(f"{name:<18} {value}\n")
+    return 0 if info.allows_traffic else 1
+
+
+def migrate_database(config: Config, out: IO[str]) -> int:
+    """``mnemomd migrate``: bring the schema to this build's version, then exit."""
+    from twisted.internet import reactor
+
+    from mnemomd.storage.database import Database, mask_database_url
+    from mnemomd.storage.migrations import MigrationError, SchemaTooNew, migrate
+
+    outcome: dict[str, object] = {}
+
+    def go() -> None:
+        try:
+            db = Database(reactor, config.database_url)
+            db.start()
+        except OSError as e:
+            outcome["result"] = MigrationError(f"cannot open the database ({e.strerror})")
+            reactor.stop()
+            return
+        except Exception as e:  # anything else must end the command too, never hang it
+            outcome["result"] = e
+            reactor.stop()
+            return
+        d = migrate(db, int(reactor.seconds() * 1000))
+        d.addBoth(lambda result: outcome.setdefault("result", result))
+        d.addBoth(lambda _: db.close())
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    result = outcome.get("result")
+    display = mask_database_url(config.database_url)
+    if isinstance(result, list):
+        out.write(f"{display}: " + (f"applied {', '.join(result)}\n" if result
+                                     else "schema is up to date\n"))
+        return 0
+    error = getattr(result, "value", result)
+    print(f"mnemomd migrate: {display}: {error}", file=sys.stderr)
+    if isinstance(error, SchemaTooNew | MigrationError):
+        return EX_CONFIG
+    return 1
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(version_text())
+        return 0
+    from mnemomd.cli.admin import MANAGEMENT_COMMANDS
+
+    if args.command not in ("run", "check-config", "migrate", "license",
+                            *MANAGEMENT_COMMANDS):
+        parser.print_help()
+        return 2
+    try:
+        config = load_config(flag_values(args), environ, args.config)
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return EX_CONFIG
+    if args.command == "check-config":
+        return check_config(config, args.strict, sys.stdout)
+    if args.command == "migrate":
+        return migrate_database(config, sys.stdout)
+    if args.command == "license":
+        return show_license_info(config, args.json, sys.stdout)
+    if args.command in MANAGEMENT_COMMANDS:
+        from mnemomd.cli.admin import run_admin_command
+
+        return run_admin_command(config, args, sys.stdout, sys.stderr, environ)
+    return run(config, environ)

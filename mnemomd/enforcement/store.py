@@ -1,0 +1,235 @@
+"""Enforcement state: modes and settings, containment with its log, and nudges.
+
+Every containment change is written together with its log row in one transaction, so
+the log is a complete history of who paused, resumed, killed or reactivated an agent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from mnemomd.agents.identity import Agent
+from mnemomd.agents.store import AGENT_COLUMNS, row_to_agent
+from mnemomd.storage.database import Cursor, Database
+from mnemomd.webhooks.store import enqueue_event
+
+MODES = ("observe", "nudge", "enforce")
+NUDGE_STRATEGIES = ("always", "sampling", "threshold", "off")
+
+#: action -> (states it may start from, state it leads to)
+CONTAINMENT_ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "pause": (("active",), "paused"),
+    "resume": (("paused",), "active"),
+    "kill": (("active", "paused"), "killed"),
+    "reactivate": (("killed", "paused"), "active"),
+}
+
+#: containment status reached -> the webhook event that reports it.
+CONTAINMENT_EVENTS = {"paused": "agent.paused", "active": "agent.resumed",
+                      "killed": "agent.killed"}
+
+NUDGE_MAX_AGE_MS = 4 * 3600 * 1000
+NUDGES_PER_CALL = 5
+
+
+class EnforcementError(ValueError):
+    """A change that cannot be made (unknown agent, invalid value or transition)."""
+
+
+@dataclass(frozen=True)
+class ContainmentChange:
+    agent: Agent
+    action: str
+    from_status: str
+    to_status: str
+    actor: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Nudge:
+    id: str
+    agent_id: str
+    session_id: str | None
+    checkpoint_id: str | None
+    notice: str
+    created_at: int
+
+
+def _agent(cursor: Cursor, agent_id: str) -> Agent:
+    row = cursor.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?",
+                         (agent_id,)).fetchone()
+    if row is None:
+        raise EnforcementError(f"no agent {agent_id}")
+    return row_to_agent(row)
+
+
+SETTING_CHECKS: dict[str, Any] = {
+    "enforcement_mode": lambda v: v in MODES,
+    "nudge_strategy": lambda v: v in NUDGE_STRATEGIES,
+    "nudge_rate": lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+    and 0.0 <= v <= 1.0,
+    "nudge_threshold": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "aip_enabled": lambda v: isinstance(v, bool),
+    "aap_enabled": lambda v: isinstance(v, bool),
+    "auto_containment_threshold": lambda v: v is None or (
+        isinstance(v, int) and not isinstance(v, bool) and v >= 2),
+}
+
+
+def _update_settings(cursor: Cursor, agent_id: str, changes: dict[str, Any],
+                     now_ms: int) -> Agent:
+    for name, value in changes.items():
+        check = SETTING_CHECKS.get(name)
+        if check is None:
+            raise EnforcementError(f"unknown setting {name}")
+        if not check(value):
+            raise EnforcementError(f"invalid value for {name}: {value!r}")
+    _agent(cursor, agent_id)
+    if changes:
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        cursor.execute(f"UPDATE agents SET {assignments}, updated_at = ? WHERE id = ?",
+                       (*changes.values(), now_ms, agent_id))
+    return _agent(cursor, agent_id)
+
+
+def _contain(cursor: Cursor, agent_id: str, action: str, actor: str, reason: str | None,
+             now_ms: int) -> ContainmentChange:
+    if action not in CONTAINMENT_ACTIONS:
+        raise EnforcementError(f"unknown containment action {action}")
+    allowed_from, to_status = CONTAINMENT_ACTIONS[action]
+    agent = _agent(cursor, agent_id)
+    if agent.containment_status not in allowed_from:
+        raise EnforcementError(f"cannot {action} an agent that is {agent.containment_status}")
+    cursor.execute("UPDATE agents SET containment_status = ?, containment_reason = ?, "
+                   "containment_changed_at = ?, updated_at = ? WHERE id = ? "
+                   "AND containment_status = ?",
+                   (to_status, reason, now_ms, now_ms, agent_id, agent.containment_status))
+    cursor.execute("INSERT INTO containment_log (id, agent_id, action, from_status, to_status, "
+                   "actor, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (f"cl-{uuid.uuid4().hex}", agent_id, action, agent.containment_status,
+                    to_status, actor, reason, now_ms))
+    enqueue_event(cursor, CONTAINMENT_EVENTS[to_status], agent_id,
+                  {"action": action, "from_status": agent.containment_status,
+                   "to_status": to_status, "actor": actor, "reason": reason}, now_ms)
+    return ContainmentChange(_agent(cursor, agent_id), action, agent.containment_status,
+                             to_status, actor, reason)
+
+
+def _auto_contain(cursor: Cursor, agent_id: str, threshold: int,
+                  now_ms: int) -> ContainmentChange | None:
+    # Only violations since the last containment change count: a resumed agent starts
+    # a new streak.
+    rows = cursor.execute(
+        "SELECT c.verdict FROM integrity_checkpoints c JOIN agents a ON a.id = c.agent_id "
+        "WHERE c.agent_id = ? AND c.created_at > COALESCE(a.containment_changed_at, 0) "
+        "ORDER BY c.created_at DESC, c.id DESC LIMIT ?", (agent_id, threshold)).fetchall()
+    if len(rows) < threshold or any(r[0] != "boundary_violation" for r in rows):
+        return None
+    if _agent(cursor, agent_id).containment_status != "active":
+        return None
+    return _contain(cursor, agent_id, "pause", "system",
+                    f"{threshold} consecutive boundary violations", now_ms)
+
+
+class EnforcementStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def agent(self, agent_id: str) -> Deferred[Agent]:
+        return self._db.run_interaction("get_agent", _agent, agent_id)
+
+    def update_settings(self, agent_id: str, changes: dict[str, Any],
+                        now_ms: int) -> Deferred[Agent]:
+        return self._db.run_interaction("update_agent_settings", _update_settings, agent_id,
+                                        changes, now_ms)
+
+    def contain(self, agent_id: str, action: str, actor: str, reason: str | None,
+                now_ms: int) -> Deferred[ContainmentChange]:
+        return self._db.run_interaction("contain_agent", _contain, agent_id, action, actor,
+                                        reason, now_ms)
+
+    def auto_contain(self, agent_id: str, threshold: int,
+                     now_ms: int) -> Deferred[ContainmentChange | None]:
+        """Pause the agent if its last ``threshold`` checkpoints were all violations."""
+        return self._db.run_interaction("auto_contain", _auto_contain, agent_id, threshold,
+                                        now_ms)
+
+    def containment_log(self, agent_id: str) -> Deferred[list[dict[str, Any]]]:
+        def read(cursor: Cursor) -> list[dict[str, Any]]:
+            rows = cursor.execute(
+                "SELECT id, action, from_status, to_status, actor, reason, created_at "
+                "FROM containment_log WHERE agent_id = ? ORDER BY created_at, id",
+                (agent_id,)).fetchall()
+            keys = ("id", "action", "from_status", "to_status", "actor", "reason",
+                    "created_at")
+            return [dict(zip(keys, r, strict=True)) for r in rows]
+
+        return self._db.run_interaction("containment_log", read)
+
+    def session_violations(self, agent_id: str, session_id: str) -> Deferred[int]:
+        return self._db.run_interaction(
+            "session_violations",
+            lambda c: int(c.execute(
+                "SELECT COUNT(*) FROM integrity_checkpoints WHERE agent_id = ? AND "
+                "session_id = ? AND verdict = 'boundary_violation'",
+                (agent_id, session_id)).fetchone()[0]))
+
+    # -- nudges -----------------------------------------------------------------------
+
+    def create_nudge(self, agent_id: str, session_id: str | None, checkpoint_id: str | None,
+                     notice: str, now_ms: int) -> Deferred[str]:
+        nudge_id = f"ndg-{uuid.uuid4().hex}"
+
+        def write(cursor: Cursor) -> str:
+            cursor.execute(
+                "INSERT INTO nudges (id, agent_id, session_id, checkpoint_id, notice, status, "
+                "created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (nudge_id, agent_id, session_id, checkpoint_id, notice, now_ms,
+                 now_ms + NUDGE_MAX_AGE_MS))
+            enqueue_event(cursor, "nudge.created", agent_id,
+                          {"nudge_id": nudge_id, "session_id": session_id,
+                           "checkpoint_id": checkpoint_id}, now_ms)
+            return nudge_id
+
+        return self._db.run_interaction("create_nudge", write)
+
+    def pending_nudges(self, agent_id: str, now_ms: int) -> Deferred[list[Nudge]]:
+        def read(cursor: Cursor) -> list[Nudge]:
+            rows = cursor.execute(
+                "SELECT id, agent_id, session_id, checkpoint_id, notice, created_at FROM nudges "
+                "WHERE agent_id = ? AND status = 'pending' AND expires_at > ? "
+                "ORDER BY created_at, id LIMIT ?",
+                (agent_id, now_ms, NUDGES_PER_CALL)).fetchall()
+            return [Nudge(*r) for r in rows]
+
+        return self._db.run_interaction("pending_nudges", read)
+
+    def mark_delivered(self, nudge_ids: list[str], now_ms: int) -> Deferred[int]:
+        def write(cursor: Cursor) -> int:
+            cursor.executemany(
+                "UPDATE nudges SET status = 'delivered', delivered_at = ? "
+                "WHERE id = ? AND status = 'pending'", [(now_ms, i) for i in nudge_ids])
+            return len(nudge_ids)
+
+        return self._db.run_interaction("mark_nudges_delivered", write)
+
+    def expire_nudges(self, now_ms: int) -> Deferred[int]:
+        return self._db.execute("expire_nudges",
+                                "UPDATE nudges SET status = 'expired' WHERE status = 'pending' "
+                                "AND expires_at <= ?", (now_ms,))
+
+    def nudges(self, agent_id: str) -> Deferred[list[dict[str, Any]]]:
+        def read(cursor: Cursor) -> list[dict[str, Any]]:
+            rows = cursor.execute(
+                "SELECT id, status, session_id, checkpoint_id, created_at, delivered_at "
+                "FROM nudges WHERE agent_id = ? ORDER BY created_at, id", (agent_id,)).fetchall()
+            keys = ("id", "status", "session_id", "checkpoint_id", "created_at",
+                    "delivered_at")
+            return [dict(zip(keys, r, strict=True)) for r in rows]
+
+        return self._db.run_interaction("list_nudges", read)

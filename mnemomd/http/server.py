@@ -1,0 +1,320 @@
+"""The HTTP front door: request objects, the connection factory, and the router.
+
+``twisted.web.http`` is used directly rather than ``twisted.web.server``: the proxy needs
+raw request targets, no resource traversal and no form parsing, and every byte of
+overhead counts on the hot path. Request bodies stay in memory (never a temporary file:
+prompts must not touch disk) and are bounded by ``MAX_REQUEST_BODY_BYTES``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from zope.interface import implementer
+
+from mnemomd.http.paths import RouteError, check_path, split_target
+from mnemomd.ops.health import HealthState
+from mnemomd.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mnemomd.ops.metrics import GatewayMetrics
+
+log = Logger()
+
+#: Seconds an idle keep-alive client connection is kept open.
+CLIENT_IDLE_TIMEOUT = 300
+#: A body this many times over the limit is cut off instead of drained.
+OVERSIZE_DRAIN_FACTOR = 2
+EXTRA_REASON_PHRASES = {431: b"Request Header Fields Too Large"}
+
+
+class BoundedBody(BytesIO):
+    """Request body buffer that stops storing past its limit and remembers it did."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.received = 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.received += len(data)
+        if self.received <= self.limit:
+            return super().write(data)
+        return len(data)
+
+    @property
+    def too_large(self) -> bool:
+        return self.received > self.limit
+
+
+def json_body(status: int, payload: dict[str, Any]) -> tuple[int, bytes]:
+    return status, json.dumps(payload, separators=(",", ":")).encode()
+
+
+def error_payload(message: str, error_type: str, **extra: Any) -> dict[str, Any]:
+    return {"error": message, "type": error_type, **extra}
+
+
+def send_json(request: http.Request, status: int, payload: dict[str, Any],
+              headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer with a JSON body; a request whose client has gone is left alone."""
+    if request._disconnected or request.finished:
+        return
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    request.setResponseCode(status)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    request.responseHeaders.setRawHeaders(b"content-length", [str(len(data)).encode()])
+    for name, value in headers or ():
+        request.responseHeaders.setRawHeaders(name, [value])
+    if request.method != b"HEAD":
+        request.write(data)
+    request.finish()
+
+
+def send_empty(request: http.Request, status: int,
+               headers: list[tuple[bytes, bytes]]) -> None:
+    if request._disconnected or request.finished:
+        return
+    request.setResponseCode(status)
+    for name, value in headers:
+        request.responseHeaders.setRawHeaders(name, [value])
+    request.finish()
+
+
+class GatewayRequest(http.Request):
+    """An incoming request whose body is bounded, kept in memory and never form-parsed."""
+
+    defaultContentType = None  # relayed responses keep exactly the upstream's headers
+    content: BoundedBody
+
+    def __init__(self, channel: GatewayChannel, queued: object = None) -> None:
+        # Bodies are relayed, never interpreted as form posts (multipart uploads to the
+        # providers' file APIs must pass through untouched and unparsed).
+        super().__init__(channel, parsePOSTFormSubmission=False)
+        self.request_id = os.urandom(8).hex()
+        self.received_at = 0.0
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802
+        self.content = BoundedBody(self.channel.gateway.max_body_bytes)
+        if length is not None and length > self.content.limit * OVERSIZE_DRAIN_FACTOR:
+            self._refuse_oversized()
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+        self.content.write(data)
+        if self.content.received > self.content.limit * OVERSIZE_DRAIN_FACTOR:
+            self._refuse_oversized()
+
+    def _refuse_oversized(self) -> None:
+        """Far too large to drain politely: answer 413 now and close the connection."""
+        channel = self.channel
+        if channel is None or getattr(self, "_refused", False):
+            return
+        self._refused = True
+        channel.respond_raw(413, error_payload(
+            f"Request body exceeds {self.content.limit} bytes", "request_too_large"))
+
+    def process(self) -> None:
+        if getattr(self, "_refused", False):
+            return
+        gateway = self.channel.gateway
+        self.received_at = gateway.clock.seconds()
+        gateway.handle(self)
+
+    def __repr__(self) -> str:
+        # The query string can carry a Gemini API key: never let it reach a log line.
+        path = split_target(getattr(self, "uri", b"") or b"")[0]
+        return f"<GatewayRequest {self.request_id} {getattr(self, 'method', b'?')!r} {path!r}>"
+
+
+class GatewayChannel(http.HTTPChannel):
+    """HTTP/1.1 connection that answers protocol errors in JSON, like everything else."""
+
+    totalHeadersSize = 65536
+    MAX_LENGTH = 65536
+    gateway: Gateway
+
+    def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802
+        if getattr(self, "_receivedHeaderSize", 0) > self.totalHeadersSize:
+            self.lineLengthExceeded(b"")
+            return
+        self.respond_raw(400, error_payload("Malformed HTTP request", "invalid_request_error"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
+        self.respond_raw(431, error_payload(
+            f"Request line or headers exceed {self.totalHeadersSize} bytes",
+            "invalid_request_error"))
+
+    def respond_raw(self, status: int, payload: dict[str, Any]) -> None:
+        """Answer outside any request object (it could not even be parsed) and close."""
+        log.info("Refused a request at the HTTP layer: {status} {reason}", status=status,
+                 reason=payload["error"])
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        phrase = http.RESPONSES.get(status) or EXTRA_REASON_PHRASES.get(status, b"Error")
+        head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n" % (status, phrase, len(data)))
+        if self.transport is not None:
+            self.transport.write(head + data)
+        self.loseConnection()
+
+    _host_address: Any = None
+
+    def getHost(self) -> Any:  # noqa: N802
+        # Asked by every request object; one getsockname() per connection is enough.
+        if self._host_address is None:
+            self._host_address = super().getHost()
+        return self._host_address
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        self.gateway.channels.discard(self)
+        super().connectionLost(reason)
+
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:  # noqa: N802
+        """While shutting down, every response closes its connection."""
+        if self.gateway.health.shutting_down:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
+
+
+@implementer(IProtocolNegotiationFactory)
+class GatewayFactory(http.HTTPFactory):
+    """Builds gateway connections; Twisted's own access log is off (ours has no secrets).
+
+    It names HTTP/1.1 for ALPN so that native TLS (``LISTEN=ssl:…``) completes the
+    handshake with clients that offer ALPN, which is all modern ones.
+    """
+
+    protocol = GatewayChannel  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(self, gateway: Gateway, clock: IReactorTime) -> None:
+        super().__init__(timeout=CLIENT_IDLE_TIMEOUT, reactor=clock)
+        self.gateway = gateway
+
+    def buildProtocol(self, addr: Any) -> GatewayChannel:  # noqa: N802
+        channel: GatewayChannel = super().buildProtocol(addr)  # type: ignore[assignment]
+        channel.requestFactory = GatewayRequest
+        channel.gateway = self.gateway
+        self.gateway.channels.add(channel)
+        return channel
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+    def acceptableProtocols(self) -> list[bytes]:  # noqa: N802
+        return [b"http/1.1"]
+
+
+class InFlight:
+    """Counts requests still being worked on so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._waiters: list[Deferred[None]] = []
+
+    def track(self, work: Deferred[Any]) -> None:
+        self.count += 1
+
+        def release(result: object) -> None:
+            self.count -= 1
+            if self.count == 0:
+                waiters, self._waiters = self._waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+            if isinstance(result, Failure):
+                log.failure("Request handling failed", result)
+
+        work.addBoth(release)
+
+    def wait_idle(self) -> Deferred[None]:
+        if self.count == 0:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+
+class Gateway:
+    """Routes each request to the proxy, the management API, health or metrics."""
+
+    def __init__(self, clock: IReactorTime, max_body_bytes: int,
+                 health: HealthState, metrics: GatewayMetrics, proxy: Any,
+                 api: Any = None) -> None:
+        self.clock = clock
+        self.max_body_bytes = max_body_bytes
+        self.health = health
+        self.metrics = metrics
+        self.proxy = proxy
+        #: The management API (``/v1/…``); None where it is not served (scheduler role).
+        self.api = api
+        self.in_flight = InFlight()
+        #: Open client connections, so shutdown can close the idle ones.
+        self.channels: set[GatewayChannel] = set()
+
+    def close_connections(self) -> int:
+        """Close every client connection: kept-alive ones would otherwise linger.
+
+        Until then, a kept-alive connection still gets answers (readiness says 503, and
+        each answer closes its connection), so a load balancer's checks see the drain.
+        """
+        closing = list(self.channels)
+        for channel in closing:
+            if channel.transport is not None:
+                channel.transport.loseConnection()
+        return len(closing)
+
+    def handle(self, request: GatewayRequest) -> None:
+        path, query = split_target(request.uri)
+        try:
+            check_path(path)
+            if path.startswith(b"/health") or path == b"/metrics":
+                self._ops(request, path)
+                return
+            if self.api is not None and (path == b"/v1" or path.startswith(b"/v1/")):
+                self.in_flight.track(self.api.handle(request, path, query))
+                return
+            target = self.proxy.target(path, query) if self.proxy is not None else None
+        except RouteError as e:
+            self._refuse(request, path, e.status, error_payload(e.message, e.error_type))
+            return
+        if target is None:
+            self._refuse(request, path, 404, error_payload("Not found", "not_found"))
+            return
+        self.in_flight.track(self.proxy.handle(request, target))
+
+    def _refuse(self, request: GatewayRequest, path: bytes, status: int,
+                payload: dict[str, Any]) -> None:
+        """Answer a request that names no route, and account for it."""
+        send_json(request, status, payload)
+        self.metrics.requests.labels("none", str(status)).inc()
+        log.info("{method} {path} {status}", method=request.method.decode("latin-1"),
+                 path=path.decode("latin-1")[:256], status=status,
+                 request_id=request.request_id, reason=payload["error"])
+
+    def _ops(self, request: GatewayRequest, path: bytes) -> None:
+        if path == b"/metrics":
+            data = self.metrics.render()
+            request.setResponseCode(200)
+            request.responseHeaders.setRawHeaders(b"content-type", [METRICS_CONTENT_TYPE])
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(data)])
+            request.write(data)
+            request.finish()
+            return
+        if path == b"/health/ready":
+            d = self.health.readiness()
+            d.addCallback(lambda result: send_json(request, *result))
+            self.in_flight.track(d)
+            return
+        handlers = {b"/health": self.health.legacy, b"/health/live": self.health.liveness,
+                    b"/health/startup": self.health.startup}
+        handler = handlers.get(path)
+        if handler is None:
+            self._refuse(request, path, 404, error_payload("Not found", "not_found"))
+            return
+        send_json(request, *handler())

@@ -1,0 +1,147 @@
+"""Integrity checkpoints and drift alerts: derived analysis only, never the thinking.
+
+A checkpoint row holds the verdict, the concerns (with evidence excerpts already capped
+or removed by the analyzer), the analysis context and a SHA-256 of the thinking. A drift
+alert is unique per (agent, streak): two replicas that see the same streak store one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from mnemomd.storage.database import Cursor, Database
+from mnemomd.webhooks.store import EVENT_TYPES, enqueue_event
+
+CHECKPOINT_COLUMNS = (
+    "id, agent_id, session_id, provider, model, verdict, concerns, reasoning_summary, "
+    "conscience_context, window_position, analysis_metadata, thinking_block_hash, synthetic, "
+    "synthetic_reason, trace_id, created_at")
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    id: str
+    agent_id: str
+    session_id: str
+    provider: str
+    model: str | None
+    verdict: str
+    concerns: list[dict[str, Any]]
+    reasoning_summary: str | None
+    conscience_context: dict[str, Any] | None
+    window_position: dict[str, Any] | None
+    analysis_metadata: dict[str, Any] | None
+    thinking_block_hash: str | None
+    synthetic: bool
+    synthetic_reason: str | None
+    created_at: int
+    trace_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _load(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def row_to_checkpoint(row: tuple[Any, ...]) -> CheckpointRecord:
+    (id_, agent_id, session_id, provider, model, verdict, concerns, summary, context, window,
+     metadata, thinking_hash, synthetic, reason, trace_id, created_at) = row
+    return CheckpointRecord(
+        id=id_, agent_id=agent_id, session_id=session_id, provider=provider, model=model,
+        verdict=verdict, concerns=_load(concerns) or [], reasoning_summary=summary,
+        conscience_context=_load(context), window_position=_load(window),
+        analysis_metadata=_load(metadata), thinking_block_hash=thinking_hash,
+        synthetic=bool(synthetic), synthetic_reason=reason, trace_id=trace_id,
+        created_at=int(created_at))
+
+
+def checkpoint_event_data(record: CheckpointRecord) -> dict[str, Any]:
+    """What a ``verdict.*`` webhook says about a checkpoint: derived analysis only."""
+    return {"checkpoint_id": record.id, "session_id": record.session_id,
+            "provider": record.provider, "model": record.model, "verdict": record.verdict,
+            "synthetic": record.synthetic,
+            "concerns": [{k: c.get(k) for k in ("category", "severity", "description")}
+                         for c in record.concerns if isinstance(c, dict)]}
+
+
+class CheckpointStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def insert(self, record: CheckpointRecord) -> Deferred[list[str]]:
+        """Store a checkpoint and queue its ``verdict.*`` webhook event; inserting the same
+        id twice is a no-op (retries are safe). Fires with the queued delivery ids."""
+        def write(cursor: Cursor) -> list[str]:
+            inserted = cursor.execute(
+                f"INSERT INTO integrity_checkpoints ({CHECKPOINT_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (record.id, record.agent_id, record.session_id, record.provider, record.model,
+                 record.verdict, _dump(record.concerns), record.reasoning_summary,
+                 _dump(record.conscience_context), _dump(record.window_position),
+                 _dump(record.analysis_metadata), record.thinking_block_hash,
+                 record.synthetic, record.synthetic_reason, record.trace_id,
+                 record.created_at)).rowcount
+            event = f"verdict.{record.verdict}"
+            if not inserted or event not in EVENT_TYPES:
+                return []
+            return enqueue_event(cursor, event, record.agent_id,
+                                 checkpoint_event_data(record), record.created_at)
+
+        return self._db.run_interaction("insert_checkpoint", write)
+
+    def get(self, checkpoint_id: str) -> Deferred[CheckpointRecord | None]:
+        def read(cursor: Cursor) -> CheckpointRecord | None:
+            row = cursor.execute(
+                f"SELECT {CHECKPOINT_COLUMNS} FROM integrity_checkpoints WHERE id = ?",
+                (checkpoint_id,)).fetchone()
+            return row_to_checkpoint(row) if row else None
+
+        return self._db.run_interaction("get_checkpoint", read)
+
+    def list_for_agent(self, agent_id: str, limit: int = 50, offset: int = 0,
+                       verdict: str | None = None,
+                       session_id: str | None = None) -> Deferred[list[CheckpointRecord]]:
+        where, params = ["agent_id = ?"], [agent_id]
+        if verdict is not None:
+            where.append("verdict = ?")
+            params.append(verdict)
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        sql = (f"SELECT {CHECKPOINT_COLUMNS} FROM integrity_checkpoints WHERE "
+               f"{' AND '.join(where)} ORDER BY created_at DESC, id LIMIT ? OFFSET ?")
+
+        def read(cursor: Cursor) -> list[CheckpointRecord]:
+            rows = cursor.execute(sql, (*params, limit, offset)).fetchall()
+            return [row_to_checkpoint(r) for r in rows]
+
+        return self._db.run_interaction("list_checkpoints", read)
+
+    def insert_drift_alert(self, alert_id: str, agent_id: str, session_id: str | None,
+                           severity: str | None, alert: dict[str, Any], streak_key: str,
+                           created_at: int, source: str = "aip") -> Deferred[bool]:
+        """True when this call stored the alert (and queued ``drift.detected``), False
+        when the streak already had one."""
+        def write(cursor: Cursor) -> bool:
+            inserted = cursor.execute(
+                "INSERT INTO drift_alerts (id, agent_id, session_id, source, severity, alert, "
+                "streak_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (alert_id, agent_id, session_id, source, severity, _dump(alert), streak_key,
+                 created_at)).rowcount
+            if inserted == 1:
+                enqueue_event(cursor, "drift.detected", agent_id,
+                              {"alert_id": alert_id, "source": source,
+                               "session_id": session_id, "severity": severity,
+                               "alert": alert}, created_at)
+            return inserted == 1
+
+        return self._db.run_interaction("insert_drift_alert", write)

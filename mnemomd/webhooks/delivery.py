@@ -1,0 +1,312 @@
+"""Webhook delivery: signing, the retry schedule and the dispatcher (SPEC §7).
+
+Every event is a durable row (see ``storage/webhooks.py``). The process that queued it
+sends it at once and retries 1 s, 4 s and 16 s later; after that the scheduler's
+``webhooks`` job keeps retrying due rows until 24 hours after the event, and picks up
+anything a stopped process left behind. A 2xx is delivered; a 4xx other than 408/429 is
+final; everything else (5xx, timeouts, refused connections) is retried. An endpoint is
+disabled after 100 consecutive failed attempts.
+
+Signature: ``X-AIP-Signature: sha256=<hex HMAC-SHA256 of "{timestamp}.{body}">`` keyed
+with the endpoint's secret, where ``timestamp`` is ``X-AIP-Timestamp`` (Unix seconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from mnemomd import __version__
+from mnemomd.http.client import BytesProducer
+from mnemomd.webhooks.store import AttemptResult, Delivery, Endpoint, WebhookStore
+
+log = Logger()
+
+SIGNATURE_VERSION = "1"
+#: Seconds after the 1st, 2nd and 3rd failed attempt; the queuing process waits these.
+QUICK_RETRIES = (1, 4, 16)
+#: After the quick retries, the scheduler retries on this growing schedule (seconds).
+LATER_RETRIES = (60, 300, 900, 1800, 3600)
+GIVE_UP_AFTER_MS = 24 * 3600 * 1000
+DISABLE_AFTER = 100
+TIMEOUT_SECONDS = 10.0
+#: A claimed row is someone else's to retry only once this has passed.
+LEASE_MS = 60_000
+RESPONSE_BODY_LIMIT = 64 * 1024
+BATCH = 50
+
+
+def new_secret() -> str:
+    """A fresh endpoint secret: 32 random bytes, as hex."""
+    return secrets.token_hex(32)
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def signed_headers(secret: str, timestamp: int, body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/json", "User-Agent": f"mnemomd/{__version__}",
+            "X-AIP-Signature": signature(secret, timestamp, body),
+            "X-AIP-Timestamp": str(timestamp), "X-AIP-Version": SIGNATURE_VERSION}
+
+
+def check_url(url: str, allow_http: bool) -> str | None:
+    """Why ``url`` cannot be a webhook endpoint, or None when it can."""
+    if not url.isascii():
+        # Sending needs an ASCII URL: an IDN host goes in punycode, a path percent-encoded.
+        return "must be ASCII (punycode for international host names)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "not a valid URL"
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "must be an https:// URL"
+    if parts.scheme == "http" and not allow_http:
+        return "plain http:// is allowed only with allow_http (internal receivers)"
+    if parts.username or parts.password:
+        return "must not carry credentials"
+    if port == 0 or len(url) > 2048 or any(c in url for c in "\r\n\t "):
+        return "not a valid URL"
+    return None
+
+
+def classify(status: int | None) -> str:
+    """``delivered``, ``final`` or ``retry`` for an HTTP status (None: no answer)."""
+    if status is not None and 200 <= status < 300:
+        return "delivered"
+    if status is not None and 400 <= status < 500 and status not in (408, 429):
+        return "final"
+    return "retry"
+
+
+def next_attempt_at(attempts: int, created_ms: int, now_ms: int) -> int | None:
+    """When to try again after ``attempts`` failed attempts, or None to give up."""
+    if attempts <= len(QUICK_RETRIES):
+        delay = QUICK_RETRIES[attempts - 1]
+    else:
+        delay = LATER_RETRIES[min(attempts - len(QUICK_RETRIES) - 1, len(LATER_RETRIES) - 1)]
+    at = now_ms + delay * 1000
+    return at if at <= created_ms + GIVE_UP_AFTER_MS else None
+
+
+def attempt_result(delivery: Delivery, status: int | None, error: str | None,
+                   now_ms: int) -> AttemptResult:
+    verdict = classify(status)
+    if verdict == "delivered":
+        return AttemptResult(delivery.id, delivery.endpoint_id, "delivered", status, None,
+                             None, now_ms)
+    if verdict == "final":
+        return AttemptResult(delivery.id, delivery.endpoint_id, "failed", status,
+                             error or f"HTTP {status}", None, now_ms)
+    at = next_attempt_at(delivery.attempts + 1, delivery.created_at, now_ms)
+    return AttemptResult(delivery.id, delivery.endpoint_id, "retry" if at else "failed",
+                         status, error or f"HTTP {status}", at, now_ms)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status: int | None
+    error: str | None
+
+
+class _DiscardBody(Protocol):
+    """Reads a receiver's answer only to finish the exchange; nothing is kept."""
+
+    def __init__(self) -> None:
+        # Cancelled (by the attempt's timeout) while the body trickles in: drop the
+        # connection rather than leave it to the receiver.
+        self.done: Deferred[None] = Deferred(lambda _: self._abort())
+        self._size = 0
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self._size += len(data)
+        if self._size > RESPONSE_BODY_LIMIT and self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # noqa: N802
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class WebhookSender:
+    """POSTs signed bodies; never raises, answers with a status or an error reason."""
+
+    def __init__(self, reactor: Any, clock: IReactorTime | None = None,
+                 timeout: float = TIMEOUT_SECONDS) -> None:
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self._timeout = timeout
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 4
+        self._agent = Agent(reactor, pool=self.pool, connectTimeout=timeout)
+
+    def send(self, url: str, headers: dict[str, str], body: bytes) -> Deferred[SendResult]:
+        try:
+            d = self._agent.request(
+                b"POST", url.encode("ascii"),
+                Headers({k.encode(): [v.encode()] for k, v in headers.items()}),
+                BytesProducer(body))
+        except Exception as e:
+            return succeed(SendResult(None, f"request failed: {type(e).__name__}"))
+
+        def answered(response: IResponse) -> Deferred[SendResult]:
+            reader = _DiscardBody()
+            response.deliverBody(reader)
+            return reader.done.addCallback(lambda _: SendResult(response.code, None))
+
+        def failed(failure: Failure) -> SendResult:
+            if failure.check(ResponseDone):
+                return SendResult(None, "connection closed")
+            return SendResult(None, failure.type.__name__)
+
+        def timed_out(_: Any, timeout: float) -> SendResult:
+            # Cancelling a request in flight fails it with ResponseNeverReceived, not
+            # CancelledError, so the default conversion to TimeoutError cannot be relied on.
+            return SendResult(None, f"timed out after {timeout:g} s")
+
+        d.addCallback(answered)
+        d.addErrback(failed)
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
+        return d
+
+    def close(self) -> Deferred[Any]:
+        return self.pool.closeCachedConnections()
+
+
+class WebhookDispatcher:
+    """Sends due deliveries: at once when told an event was queued, and whenever the
+    scheduler's job asks. Each row is claimed first, so processes never race on it."""
+
+    def __init__(self, clock: IReactorTime, store: WebhookStore,
+                 send: Callable[[str, dict[str, str], bytes], Deferred[SendResult]],
+                 owner: str, disable_after: int = DISABLE_AFTER,
+                 lease_ms: int = LEASE_MS) -> None:
+        self._clock = clock
+        self._store = store
+        self._send = send
+        self._owner = owner
+        self._disable_after = disable_after
+        self._lease_ms = lease_ms
+        self._kick_call: IDelayedCall | None = None
+        self._retry_calls: dict[int, IDelayedCall] = {}
+        self._retry_keys = itertools.count()
+        self._running: Deferred[Any] | None = None
+        self._again = False
+        self._stopped = False
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def kick(self) -> None:
+        """An event was queued: send what is due soon, without waiting for the job."""
+        if self._stopped:
+            return
+        if self._running is not None:
+            self._again = True
+        elif self._kick_call is None:
+            self._kick_call = self._clock.callLater(0, self._kicked)
+
+    def _kicked(self) -> None:
+        self._kick_call = None
+        self.run_due()
+
+    def run_due(self) -> Deferred[dict[str, int]]:
+        """Send every due delivery; fires with counts per outcome."""
+        if self._running is not None:
+            self._again = True
+            return succeed({})
+        self._running = d = self._run()
+
+        def finished(result: Any) -> Any:
+            self._running = None
+            if self._again and not self._stopped:
+                self._again = False
+                self.kick()
+            return result
+
+        return d.addBoth(finished)
+
+    @inlineCallbacks
+    def _run(self) -> Any:
+        counts: dict[str, int] = {}
+        while True:
+            claimed = yield self._store.claim_due(self._owner, self._now_ms(),
+                                                  self._lease_ms, BATCH)
+            if not claimed:
+                break
+            results = yield DeferredList([self._attempt(d, e) for d, e in claimed],
+                                         consumeErrors=True)
+            for ok, outcome in results:
+                key = outcome if ok else "error"
+                counts[key] = counts.get(key, 0) + 1
+            if len(claimed) < BATCH:
+                break
+        return counts
+
+    @inlineCallbacks
+    def _attempt(self, delivery: Delivery, endpoint: Endpoint) -> Any:
+        body = delivery.payload.encode()
+        timestamp = int(self._clock.seconds())
+        result = yield self._send(endpoint.url, signed_headers(endpoint.secret, timestamp,
+                                                                body), body)
+        outcome = attempt_result(delivery, result.status, result.error, self._now_ms())
+        disabled = yield self._store.record_attempt(outcome, self._owner, self._disable_after)
+        if disabled:
+            log.warn("Webhook endpoint {endpoint_id} disabled after {count} consecutive "
+                     "failures", endpoint_id=endpoint.id, count=self._disable_after)
+        if outcome.outcome == "failed":
+            log.warn("Webhook delivery {delivery_id} to {endpoint_id} failed for good: "
+                     "{error}", delivery_id=delivery.id, endpoint_id=endpoint.id,
+                     error=outcome.error)
+        elif outcome.outcome == "retry" and outcome.next_attempt_at is not None:
+            delay = (outcome.next_attempt_at - self._now_ms()) / 1000
+            if delay <= QUICK_RETRIES[-1]:
+                self._retry_later(max(delay, 0.0))
+        return outcome.outcome
+
+    def _retry_later(self, delay: float) -> None:
+        if self._stopped:
+            return
+        key = next(self._retry_keys)
+
+        def fire() -> None:
+            self._retry_calls.pop(key, None)
+            self.kick()
+
+        self._retry_calls[key] = self._clock.callLater(delay, fire)
+
+    def stop(self) -> Deferred[Any]:
+        """No new sends; fires when the one in progress (if any) has finished. Rows left
+        pending are sent by the scheduler later."""
+        self._stopped = True
+        for call in [self._kick_call, *self._retry_calls.values()]:
+            if call is not None and call.active():
+                call.cancel()
+        self._kick_call = None
+        self._retry_calls.clear()
+        if self._running is None:
+            return succeed(None)
+        done: Deferred[Any] = Deferred()
+        self._running.addBoth(lambda r: (done.callback(None), r)[1])
+        return done
