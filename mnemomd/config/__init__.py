@@ -15,10 +15,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
+
+from mnemomd.providers import PROVIDERS, ProviderRegistry
 
 #: Exit status for configuration errors (sysexits.h EX_CONFIG); systemd units use it in
 #: ``RestartPreventExitStatus`` so a broken config does not restart in a loop.
@@ -227,6 +229,23 @@ class Setting:
         return self.env.lower()
 
 
+def upstream_settings(providers: ProviderRegistry) -> tuple[Setting, ...]:
+    """``<NAME>_BASE_URL`` of each provider, its official API by default."""
+    return tuple(Setting(p.base_url_setting, parse_base_url, p.base_url,
+                         f"upstream for /{p.name}/… routes") for p in providers.values())
+
+
+def provider_key_settings(providers: ProviderRegistry) -> tuple[Setting, ...]:
+    """``<NAME>_API_KEY``: the gateway's own key for each provider that can analyse."""
+    return tuple(Setting(p.analysis.key_setting, _text, None,
+                         f"the gateway's own {p.title} key, for analysis", secret=True)
+                 for p in providers.values()
+                 if p.analysis is not None and p.analysis.key_setting)
+
+
+#: The per-provider rows, generated from the provider registry.
+PROVIDER_SETTINGS = (upstream_settings(PROVIDERS), provider_key_settings(PROVIDERS))
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("HOST", parse_host, "0.0.0.0", "address to listen on", flag="--host"),
     Setting("PORT", _int_in(0, 65535), 8787, "TCP port to listen on (0 picks a free one)",
@@ -243,12 +262,7 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--log-level"),
     Setting("LOG_FORMAT", _choice(LOG_FORMATS), "json",
             "json (one object per line) or text", flag="--log-format"),
-    Setting("ANTHROPIC_BASE_URL", parse_base_url, "https://api.anthropic.com",
-            "upstream for /anthropic/… routes"),
-    Setting("OPENAI_BASE_URL", parse_base_url, "https://api.openai.com",
-            "upstream for /openai/… routes"),
-    Setting("GEMINI_BASE_URL", parse_base_url, "https://generativelanguage.googleapis.com",
-            "upstream for /gemini/… routes"),
+    *PROVIDER_SETTINGS[0],
     Setting("UPSTREAM_TIMEOUT", _seconds(0.001, 86400), 600.0,
             "seconds to wait for upstream response headers before answering 504"),
     Setting("STREAM_IDLE_TIMEOUT", _seconds(0.001, 86400), 300.0,
@@ -285,21 +299,15 @@ SETTINGS: tuple[Setting, ...] = (
             "keep short evidence excerpts (200 chars) in concerns"),
     Setting("THINKING_INJECTION", _choice(("auto", "off")), "auto",
             "ask models to expose reasoning where that is valid for the request"),
-    Setting("ANALYSIS_PROVIDER",
-            _choice(("anthropic", "openai", "gemini", "openai-compatible", "mnemom")),
-            "anthropic", "analysis backend"),
+    Setting("ANALYSIS_PROVIDER", _choice(tuple(PROVIDERS.analysis)), "anthropic",
+            "analysis backend"),
     Setting("ANALYSIS_MODEL", _text, "claude-haiku-4-5-20251001", "analysis model"),
     Setting("ANALYSIS_BASE_URL", parse_base_url, None,
             "analysis endpoint (required for openai-compatible; default: the backend's "
             "official API)"),
     Setting("ANALYSIS_API_KEY", _text, None,
             "key for the analysis backend (default: the provider key below)", secret=True),
-    Setting("ANTHROPIC_API_KEY", _text, None, "the gateway's own Anthropic key, for analysis",
-            secret=True),
-    Setting("OPENAI_API_KEY", _text, None, "the gateway's own OpenAI key, for analysis",
-            secret=True),
-    Setting("GEMINI_API_KEY", _text, None, "the gateway's own Gemini key, for analysis",
-            secret=True),
+    *PROVIDER_SETTINGS[1],
     Setting("MNEMOM_ANALYZE_URL", parse_base_url, None,
             "hybrid analysis endpoint (ANALYSIS_PROVIDER=mnemom)"),
     Setting("MNEMOM_API_KEY", _text, None, "key for the hybrid analysis endpoint",
@@ -349,8 +357,21 @@ SETTINGS: tuple[Setting, ...] = (
 SETTINGS_BY_ENV = {s.env: s for s in SETTINGS}
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
+_C = TypeVar("_C")
+
+
+def _with_provider_attributes(cls: type[_C]) -> type[_C]:
+    """Adds one attribute per generated provider row (``anthropic_base_url``,
+    ``anthropic_api_key``, …) before ``dataclass`` reads the class, so that registering a
+    provider is enough for its settings to reach ``Config``."""
+    for setting in (*PROVIDER_SETTINGS[0], *PROVIDER_SETTINGS[1]):
+        cls.__annotations__[setting.key] = "str | None" if setting.default is None else "str"
+        setattr(cls, setting.key, setting.default)
+    return cls
+
 
 @dataclass(frozen=True)
+@_with_provider_attributes
 class Config:
     """The effective configuration, typed, plus where each value came from."""
 
@@ -361,9 +382,6 @@ class Config:
     mnemom_data_dir: str = ""
     log_level: str = "info"
     log_format: str = "json"
-    anthropic_base_url: str = "https://api.anthropic.com"
-    openai_base_url: str = "https://api.openai.com"
-    gemini_base_url: str = "https://generativelanguage.googleapis.com"
     upstream_timeout: float = 600.0
     stream_idle_timeout: float = 300.0
     max_request_body_bytes: int = 32 * 1024**2
@@ -386,9 +404,6 @@ class Config:
     analysis_model: str = "claude-haiku-4-5-20251001"
     analysis_base_url: str | None = None
     analysis_api_key: str | None = None
-    anthropic_api_key: str | None = None
-    openai_api_key: str | None = None
-    gemini_api_key: str | None = None
     mnemom_analyze_url: str | None = None
     mnemom_api_key: str | None = None
     mnemom_license_jwt: str | None = None
@@ -427,7 +442,7 @@ class Config:
         return f"tcp:{self.port}:interface={host}"
 
     def upstream_base_url(self, provider: str) -> str:
-        return str(getattr(self, f"{provider}_base_url"))
+        return str(getattr(self, PROVIDERS[provider].base_url_setting.lower()))
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(setting, value with secrets masked, source) for ``check-config``."""

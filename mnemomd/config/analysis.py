@@ -2,36 +2,22 @@
 
 The config layer maps environment variables, YAML keys and flags onto
 :class:`AnalysisSettings`; :func:`validate` lists every problem at once so that a bad
-setup is reported in one message at startup rather than as failed analyses later.
+setup is reported in one message at startup rather than as failed analyses later. Which
+backends exist, their official endpoints and their key settings come from the provider
+registry (``mnemomd.providers``), which every function here takes as an argument.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-PROVIDERS = ("anthropic", "openai", "gemini", "openai-compatible", "mnemom")
+from mnemomd.providers import PROVIDERS, ProviderRegistry
+from mnemomd.providers.analysis import AnalysisTarget
+
 FAILURE_MODES = ("fail_open", "fail_closed")
 DEFAULT_ANALYSIS_MODEL = "claude-haiku-4-5-20251001"
-
-#: Where each backend is when ``base_url`` is not set: the provider's official API,
-#: never the proxy's upstream override.
-OFFICIAL_BASE_URLS: Mapping[str, str] = {
-    "anthropic": "https://api.anthropic.com",
-    "openai": "https://api.openai.com",
-    "gemini": "https://generativelanguage.googleapis.com",
-}
-
-#: The ``Config`` attribute holding each backend's default key. ``openai-compatible``
-#: has none on purpose: the gateway's real OpenAI key must not be sent to a local server.
-PROVIDER_KEY_FIELDS: Mapping[str, str] = {
-    "anthropic": "anthropic_api_key",
-    "openai": "openai_api_key",
-    "gemini": "gemini_api_key",
-    "mnemom": "mnemom_api_key",
-}
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 
@@ -63,13 +49,19 @@ class AnalysisSettings:
         """The per-call timeout in seconds."""
         return self.timeout_ms / 1000.0
 
-    def endpoint(self) -> str | None:
-        """The base URL (or, for ``mnemom``, the full analyze URL) the backend calls."""
-        if self.provider == "mnemom":
+    def endpoint(self, providers: ProviderRegistry = PROVIDERS) -> str | None:
+        """The base URL the backend calls: ``base_url``, else the API's official one; for
+        an API that takes a whole URL (``mnemom``), ``analyze_url`` first."""
+        api = providers.analysis.get(self.provider)
+        if api is not None and api.full_url:
             url = self.analyze_url or self.base_url
         else:
-            url = self.base_url or OFFICIAL_BASE_URLS.get(self.provider)
+            url = self.base_url or (api.official_base_url if api is not None else None)
         return url.rstrip("/") if url else None
+
+    def target(self, providers: ProviderRegistry = PROVIDERS) -> AnalysisTarget:
+        """Where the backend's calls go and as whom."""
+        return AnalysisTarget(self.endpoint(providers) or "", self.model, self.api_key)
 
 
 def _url_problem(name: str, url: str) -> str | None:
@@ -87,14 +79,15 @@ def _url_problem(name: str, url: str) -> str | None:
     return None
 
 
-def validate(settings: AnalysisSettings) -> list[str]:
+def validate(settings: AnalysisSettings, providers: ProviderRegistry = PROVIDERS) -> list[str]:
     """Every problem that makes the analysis settings unusable; empty when they are fine.
 
     Messages name settings, never their secret values.
     """
     problems: list[str] = []
-    if settings.provider not in PROVIDERS:
-        problems.append(f"analysis provider must be one of {', '.join(PROVIDERS)}")
+    api = providers.analysis.get(settings.provider)
+    if api is None:
+        problems.append(f"analysis provider must be one of {', '.join(providers.analysis)}")
     if settings.failure_mode not in FAILURE_MODES:
         problems.append(f"failure mode must be one of {', '.join(FAILURE_MODES)}")
     if not settings.model.strip():
@@ -119,39 +112,39 @@ def validate(settings: AnalysisSettings) -> list[str]:
             problem = _url_problem(name, url)
             if problem:
                 problems.append(problem)
-    if settings.provider == "openai-compatible" and not settings.base_url:
-        problems.append("ANALYSIS_BASE_URL is required when ANALYSIS_PROVIDER is "
-                        "openai-compatible")
-    if settings.provider == "mnemom":
-        if not (settings.analyze_url or settings.base_url):
-            problems.append("MNEMOM_ANALYZE_URL is required when ANALYSIS_PROVIDER is mnemom")
-        if not settings.api_key:
-            problems.append("MNEMOM_API_KEY (or ANALYSIS_API_KEY) is required when "
-                            "ANALYSIS_PROVIDER is mnemom")
+    if api is not None and settings.endpoint(providers) is None:
+        problems.append(f"{api.url_setting} is required when ANALYSIS_PROVIDER is {api.name}")
+    if api is not None and api.key_rule == "required" and not settings.api_key:
+        problems.append(f"{api.key_setting} (or ANALYSIS_API_KEY) is required when "
+                        f"ANALYSIS_PROVIDER is {api.name}")
     return problems
 
 
-def warnings(settings: AnalysisSettings) -> list[str]:
+def warnings(settings: AnalysisSettings, providers: ProviderRegistry = PROVIDERS) -> list[str]:
     """Conditions worth telling the operator that do not stop the daemon.
 
     A missing key for a cloud backend is not fatal: with every setting optional the
     daemon must start, and each analysis then fails by the failure mode.
     """
     found: list[str] = []
-    if settings.provider in OFFICIAL_BASE_URLS and not settings.api_key:
+    api = providers.analysis.get(settings.provider)
+    if api is not None and api.key_rule == "expected" and not settings.api_key:
         found.append(f"no API key for the {settings.provider} analysis backend: every "
                      f"analysis will fail ({settings.failure_mode})")
     return found
 
 
-def from_config(config: Any) -> AnalysisSettings:
+def from_config(config: Any, providers: ProviderRegistry = PROVIDERS) -> AnalysisSettings:
     """Analysis settings from the daemon's ``Config`` (read by attribute name).
 
-    The key is ``ANALYSIS_API_KEY`` if set, else the chosen backend's own key.
+    The key is ``ANALYSIS_API_KEY`` if set, else the chosen API's own key setting (none for
+    ``openai-compatible``: the gateway's real OpenAI key must not go to a local server).
     """
     provider = config.analysis_provider
-    key_field = PROVIDER_KEY_FIELDS.get(provider)
-    api_key = config.analysis_api_key or (getattr(config, key_field) if key_field else None)
+    api = providers.analysis.get(provider)
+    key_setting = api.key_setting if api is not None else None
+    api_key = config.analysis_api_key or (
+        getattr(config, key_setting.lower()) if key_setting else None)
     return AnalysisSettings(
         provider=provider,
         model=config.analysis_model,

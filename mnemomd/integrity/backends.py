@@ -1,4 +1,4 @@
-"""Analysis backends: one small class per API, each turning (system, user) into text.
+"""Analysis backends: an analysis API of ``mnemomd.providers`` over an HTTP client.
 
 Every call goes through the Twisted HTTP client on the reactor (a persistent connection
 pool, TLS verified by Twisted's browser-like policy), is bounded in time by ``addTimeout``
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import (
@@ -44,9 +43,10 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from mnemomd import __version__
 from mnemomd.config.analysis import AnalysisSettings
 from mnemomd.http.client import BytesProducer
+from mnemomd.providers import PROVIDERS, ProviderRegistry
+from mnemomd.providers.analysis import AnalysisAPI, AnalysisTarget
 
 USER_AGENT = f"mnemomd/{__version__} (integrity analysis)".encode()
-ANTHROPIC_VERSION = "2023-06-01"
 
 #: The network failures that mean "could not talk to the backend".
 _UNREACHABLE = (ConnectError, DNSLookupError, ConnectionLost, ConnectionClosed,
@@ -223,188 +223,50 @@ def _decode_json(body: bytes) -> Any:
         raise AnalysisFailure("malformed") from None
 
 
-def _text(value: Any) -> str:
-    """The model text, or a malformed-output failure if there is none."""
-    if not isinstance(value, str) or not value.strip():
-        raise AnalysisFailure("malformed")
-    return value
+class APIBackend:
+    """An analysis API (its wire format from ``mnemomd.providers``) over ``AnalysisHTTP``.
 
+    The provider module builds the request and finds the text in the answer; this class
+    adds what every backend shares: the key check, the timeout, and turning anything the
+    provider's code raises into a reason code.
+    """
 
-def _join_parts(parts: Any, kind_key: str | None = None, kind: str | None = None,
-                skip_key: str | None = None) -> str:
-    if not isinstance(parts, list):
-        raise AnalysisFailure("malformed")
-    texts = []
-    for part in parts:
-        if not isinstance(part, dict) or not isinstance(part.get("text"), str):
-            continue
-        if kind_key is not None and part.get(kind_key) != kind:
-            continue
-        if skip_key is not None and part.get(skip_key):
-            continue
-        texts.append(part["text"])
-    return _text("".join(texts))
-
-
-def _path_join(base: str, versioned: tuple[str, ...], rest: str) -> str:
-    """``base`` + ``rest``, adding the API version prefix unless ``base`` already has one."""
-    path = urlsplit(base).path.rstrip("/")
-    if path.endswith(versioned):
-        return f"{base.rstrip('/')}{rest}"
-    return f"{base.rstrip('/')}{versioned[0]}{rest}"
-
-
-class _Backend:
-    """Common parts: the HTTP client, the endpoint, the key and the timeout."""
-
-    name = "backend"
-    needs_key = True
-
-    def __init__(self, http: AnalysisHTTP, settings: AnalysisSettings) -> None:
+    def __init__(self, http: AnalysisHTTP, api: AnalysisAPI, target: AnalysisTarget,
+                 timeout: float) -> None:
         self._http = http
-        self.model = settings.model
-        self._endpoint = settings.endpoint() or ""
-        self._api_key = settings.api_key
-        self._timeout = settings.timeout
+        self._api = api
+        self._target = target
+        self._timeout = timeout
+        self.name = api.name
+        self.model = target.model
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._endpoint} model={self.model}>"
+        return f"<APIBackend {self.name} {self._target.endpoint} model={self.model}>"
 
     def complete(self, system: str, user: str, max_tokens: int) -> Deferred[str]:
         """The analysis model's text, or an ``AnalysisFailure``."""
-        if self.needs_key and not self._api_key:
+        if self._api.key_rule != "optional" and not self._target.api_key:
             return fail(AnalysisFailure("no_api_key"))
         try:
-            url, headers, body = self._request(system, user, max_tokens)
+            call = self._api.build_request(self._target, system, user, max_tokens)
         except Exception:
             return fail(AnalysisFailure("internal"))
-        d = self._http.post_json(url, headers, body, self._timeout)
-        d.addCallback(self._parse_json)
+        d = self._http.post_json(call.url, call.headers, call.body, self._timeout)
+        d.addCallback(self._parse)
         return d
 
-    def _parse_json(self, data: Any) -> str:
+    def _parse(self, answer: Any) -> str:
         try:
-            return self._extract(data)
-        except AnalysisFailure:
-            raise
+            text = self._api.parse_answer(answer)
         except Exception:
             raise AnalysisFailure("malformed") from None
-
-    def _request(self, system: str, user: str,
-                 max_tokens: int) -> tuple[str, dict[str, str], dict[str, Any]]:
-        raise NotImplementedError
-
-    def _extract(self, data: Any) -> str:
-        raise NotImplementedError
+        if not isinstance(text, str) or not text.strip():
+            raise AnalysisFailure("malformed")
+        return text
 
 
-class AnthropicBackend(_Backend):
-    """Anthropic Messages API: ``POST {base}/v1/messages`` with ``x-api-key``."""
-
-    name = "anthropic"
-
-    def _request(self, system: str, user: str,
-                 max_tokens: int) -> tuple[str, dict[str, str], dict[str, Any]]:
-        url = _path_join(self._endpoint, ("/v1",), "/messages")
-        headers = {"x-api-key": self._api_key or "", "anthropic-version": ANTHROPIC_VERSION}
-        body = {"model": self.model, "max_tokens": max_tokens, "system": system,
-                "messages": [{"role": "user", "content": user}]}
-        return url, headers, body
-
-    def _extract(self, data: Any) -> str:
-        return _join_parts(data["content"], kind_key="type", kind="text")
-
-
-class OpenAIBackend(_Backend):
-    """OpenAI Chat Completions: ``POST {base}/v1/chat/completions`` with a Bearer key.
-
-    Also serves ``openai-compatible`` servers (vLLM, Ollama, llama.cpp), where the key
-    is optional and the widely supported ``max_tokens`` is sent instead of OpenAI's
-    ``max_completion_tokens`` (which its reasoning models require).
-    """
-
-    name = "openai"
-
-    def __init__(self, http: AnalysisHTTP, settings: AnalysisSettings) -> None:
-        super().__init__(http, settings)
-        self._compatible = settings.provider == "openai-compatible"
-        self.name = settings.provider
-        self.needs_key = not self._compatible
-
-    def _request(self, system: str, user: str,
-                 max_tokens: int) -> tuple[str, dict[str, str], dict[str, Any]]:
-        url = _path_join(self._endpoint, ("/v1",), "/chat/completions")
-        headers = {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        body: dict[str, Any] = {"model": self.model,
-                                "messages": [{"role": "system", "content": system},
-                                             {"role": "user", "content": user}]}
-        body["max_tokens" if self._compatible else "max_completion_tokens"] = max_tokens
-        return url, headers, body
-
-    def _extract(self, data: Any) -> str:
-        content = data["choices"][0]["message"]["content"]
-        if isinstance(content, list):
-            return _join_parts(content)
-        return _text(content)
-
-
-class GeminiBackend(_Backend):
-    """Gemini ``generateContent``: model in the URL, ``x-goog-api-key``, system instruction."""
-
-    name = "gemini"
-
-    def _request(self, system: str, user: str,
-                 max_tokens: int) -> tuple[str, dict[str, str], dict[str, Any]]:
-        model = self.model.removeprefix("models/")
-        url = _path_join(self._endpoint, ("/v1beta", "/v1"),
-                         f"/models/{quote(model, safe='-._')}:generateContent")
-        headers = {"x-goog-api-key": self._api_key or ""}
-        body = {"systemInstruction": {"parts": [{"text": system}]},
-                "contents": [{"role": "user", "parts": [{"text": user}]}],
-                "generationConfig": {"maxOutputTokens": max_tokens,
-                                     "responseMimeType": "application/json"}}
-        return url, headers, body
-
-    def _extract(self, data: Any) -> str:
-        return _join_parts(data["candidates"][0]["content"]["parts"], skip_key="thought")
-
-
-class MnemomBackend(_Backend):
-    """The hosted Mnemom analysis service (hybrid mode).
-
-    Contract. Request: ``POST MNEMOM_ANALYZE_URL`` with ``Authorization: Bearer
-    MNEMOM_API_KEY`` and ``Content-Type: application/json``, body
-    ``{"system": <conscience system prompt>, "user": <conscience user prompt>,
-    "max_tokens": <int>}``. Response: 2xx with either ``{"text": <the analysis model's
-    output>}`` or the verdict object itself (``{"verdict": …, "concerns": […], …}``, as
-    the conscience prompt asks for). Anything else is malformed; non-2xx is a failure.
-    """
-
-    name = "mnemom"
-
-    def _request(self, system: str, user: str,
-                 max_tokens: int) -> tuple[str, dict[str, str], dict[str, Any]]:
-        headers = {"authorization": f"Bearer {self._api_key}"}
-        return self._endpoint, headers, {"system": system, "user": user,
-                                         "max_tokens": max_tokens}
-
-    def _extract(self, data: Any) -> str:
-        if isinstance(data, dict) and isinstance(data.get("text"), str):
-            return _text(data["text"])
-        if isinstance(data, dict) and "verdict" in data:
-            return json.dumps(data)
-        raise AnalysisFailure("malformed")
-
-
-BACKENDS: Mapping[str, type[_Backend]] = {
-    "anthropic": AnthropicBackend,
-    "openai": OpenAIBackend,
-    "openai-compatible": OpenAIBackend,
-    "gemini": GeminiBackend,
-    "mnemom": MnemomBackend,
-}
-
-
-def build_backend(settings: AnalysisSettings, http: AnalysisHTTP) -> AnalysisBackend:
-    """The backend ``settings.provider`` names, talking through ``http``."""
-    return BACKENDS[settings.provider](http, settings)
+def build_backend(settings: AnalysisSettings, http: AnalysisHTTP,
+                  providers: ProviderRegistry = PROVIDERS) -> AnalysisBackend:
+    """The backend ``settings.provider`` names in ``providers``, talking through ``http``."""
+    return APIBackend(http, providers.analysis[settings.provider], settings.target(providers),
+                      settings.timeout)

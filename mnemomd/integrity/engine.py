@@ -56,6 +56,7 @@ from mnemomd.integrity.backends import (
 )
 from mnemomd.integrity.breaker import CircuitBreaker
 from mnemomd.ops.metrics import GatewayMetrics
+from mnemomd.providers import PROVIDERS, ProviderRegistry
 
 log = Logger()
 
@@ -514,11 +515,14 @@ class IntegrityAnalyzer:
 
 def build_analyzer(settings: AnalysisSettings, reactor: Any,
                    metrics: GatewayMetrics | None = None,
-                   clock: IReactorTime | None = None) -> tuple[IntegrityAnalyzer, AnalysisHTTP]:
-    """An analyzer wired to the configured backend; also returns the HTTP client to close."""
+                   clock: IReactorTime | None = None,
+                   providers: ProviderRegistry = PROVIDERS,
+                   ) -> tuple[IntegrityAnalyzer, AnalysisHTTP]:
+    """An analyzer wired to the backend ``settings.provider`` names in ``providers``; also
+    returns the HTTP client to close."""
     clock = clock if clock is not None else reactor
     http = AnalysisHTTP(reactor, clock=clock, max_response_bytes=settings.max_response_bytes)
-    backend = build_backend(settings, http)
+    backend = build_backend(settings, http, providers)
     breaker = CircuitBreaker(clock, settings.breaker_failures, settings.breaker_cooldown,
                              name=backend.name)
     return IntegrityAnalyzer(settings, clock, backend, breaker, metrics), http

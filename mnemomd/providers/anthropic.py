@@ -12,9 +12,14 @@ from typing import Any
 from twisted.web.http_headers import Headers
 
 from mnemomd.providers import openai
+from mnemomd.providers.analysis import (
+    AnalysisAPI,
+    AnalysisCall,
+    AnalysisTarget,
+    join_text_parts,
+    versioned_url,
+)
 from mnemomd.providers.base import (
-    ANTHROPIC_MESSAGES,
-    OPENAI_CHAT,
     Accumulator,
     ExtractionBuilder,
     Provider,
@@ -30,7 +35,14 @@ from mnemomd.providers.base import (
     route_path,
 )
 from mnemomd.providers.jsonutil import Parsed
+from mnemomd.providers.openai import OPENAI_CHAT
 
+#: The official API, the default of ``ANTHROPIC_BASE_URL``.
+BASE_URL = "https://api.anthropic.com"
+#: ``RequestInfo.api`` of the Messages API.
+ANTHROPIC_MESSAGES = "anthropic.messages"
+#: The ``anthropic-version`` analysis calls pin.
+API_VERSION = "2023-06-01"
 #: Anthropic's documented minimum ``budget_tokens``.
 MIN_THINKING_BUDGET = 1024
 
@@ -273,12 +285,44 @@ extract_response = extractor(
     {ANTHROPIC_MESSAGES: MessagesAccumulator, OPENAI_CHAT: openai.ChatAccumulator}
 )
 
+# --------------------------------------------------------------------------
+# As the analysis backend: the Messages API.
+
+
+def analysis_request(target: AnalysisTarget, system: str, user: str,
+                     max_tokens: int) -> AnalysisCall:
+    """``POST {base}/v1/messages`` with ``x-api-key`` and the pinned API version."""
+    url = versioned_url(target.endpoint, ("/v1",), "/messages")
+    headers = {"x-api-key": target.api_key or "", "anthropic-version": API_VERSION}
+    body = {"model": target.model, "max_tokens": max_tokens, "system": system,
+            "messages": [{"role": "user", "content": user}]}
+    return AnalysisCall(url, headers, body)
+
+
+def analysis_answer(answer: Any) -> str:
+    """The text blocks of ``content``; thinking and tool blocks are not the verdict."""
+    return join_text_parts(answer["content"], kind_key="type", kind="text")
+
+
+ANALYSIS = AnalysisAPI(
+    name="anthropic",
+    build_request=analysis_request,
+    parse_answer=analysis_answer,
+    official_base_url=BASE_URL,
+    key_setting="ANTHROPIC_API_KEY",
+)
+
 PROVIDER = Provider(
     name="anthropic",
+    title="Anthropic",
+    base_url=BASE_URL,
+    base_url_setting="ANTHROPIC_BASE_URL",
     find_api_key=find_api_key,
     key_header="x-api-key",
     describe_request=describe_request,
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,
+    injection_hints={ANTHROPIC_MESSAGES: ("thinking",)},
+    analysis=ANALYSIS,
 )

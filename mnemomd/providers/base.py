@@ -1,7 +1,8 @@
 """What the gateway needs to know about one LLM provider's HTTP API.
 
-Everything provider-specific lives behind this interface so the proxy stays generic:
-adding a provider means adding one module that builds a ``Provider``. Apart from
+Everything provider-specific lives behind this interface so the proxy, the configuration
+and the analysis stay generic: adding a provider means adding one module that builds a
+``Provider`` and registering it (``mnemomd.providers.PROVIDERS``). Apart from
 ``find_api_key`` (which reads Twisted headers) every callable is a pure function over
 bytes and dicts: no I/O, no reactor, and none of them raises on any input, because
 analysis must never break the call it analyses.
@@ -12,13 +13,14 @@ from __future__ import annotations
 import functools
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 from twisted.web.http_headers import Headers
 
+from mnemomd.providers.analysis import AnalysisAPI
 from mnemomd.providers.jsonutil import (
     MISSING,
     Parsed,
@@ -29,12 +31,6 @@ from mnemomd.providers.jsonutil import (
     parse_partial_document,
 )
 from mnemomd.providers.sse import looks_like_sse, parse_sse
-
-#: ``RequestInfo.api`` values: the endpoints whose traffic the gateway understands.
-ANTHROPIC_MESSAGES = "anthropic.messages"
-OPENAI_CHAT = "openai.chat"
-OPENAI_RESPONSES = "openai.responses"
-GEMINI_GENERATE = "gemini.generate"
 
 #: Separator between thinking blocks, as the AIP SDK joins them (SPEC §4).
 THINKING_SEPARATOR = "\n\n---\n\n"
@@ -160,11 +156,23 @@ def _extract_nothing(
     return Extraction.empty(info.model, complete=not truncated)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class Provider:
-    """An LLM provider as the proxy sees it."""
+    """An LLM provider: its proxy route, its settings, its wire formats.
 
+    The configuration derives its settings from these fields (``base_url_setting`` with
+    ``base_url`` as default, and ``analysis.key_setting``), so a provider module is the only
+    place that names them. Compared and hashed by identity: each module builds one.
+    """
+
+    #: The route segment (``/anthropic/…``) and the ``ANALYSIS_PROVIDER`` value.
     name: str
+    #: How operators call it in help texts and messages ("Anthropic").
+    title: str
+    #: The official API: where its routes go unless ``base_url_setting`` says otherwise.
+    base_url: str
+    #: The setting that points its routes elsewhere (``ANTHROPIC_BASE_URL``).
+    base_url_setting: str
     #: How the credential the agent sends is found: (request headers, raw query) -> key.
     find_api_key: Callable[[Headers, bytes], bytes | None]
     #: The header named in the 401 answer when no credential is sent.
@@ -177,6 +185,16 @@ class Provider:
     inject_nudge: NudgeInjector = _inject_nothing
     #: Thinking, tool calls and a text excerpt out of a (decoded) JSON or SSE body.
     extract_response: ResponseExtractor = _extract_nothing
+    #: Per API id, words that name the parameter ``inject_thinking`` adds, so a 400
+    #: blaming it can be told apart (see ``injection_rejected``).
+    injection_hints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: How to call it as the analysis backend; None when it cannot be one.
+    analysis: AnalysisAPI | None = None
+
+    def injection_rejected(self, info: RequestInfo, status: int, body: bytes) -> bool:
+        """Whether a 400 answer blames the parameter ``inject_thinking`` added."""
+        return blames_injection(self.injection_hints.get(getattr(info, "api", None) or ""),
+                                status, body)
 
 
 # --------------------------------------------------------------------------
@@ -488,21 +506,14 @@ def decode_body(
 # --------------------------------------------------------------------------
 # Upstream refusals of an injected parameter.
 
-_INJECTED_PARAMETERS = {
-    ANTHROPIC_MESSAGES: ("thinking",),
-    OPENAI_RESPONSES: ("reasoning",),
-    GEMINI_GENERATE: ("thinking", "include_thoughts", "includethoughts"),
-}
 
+def blames_injection(hints: tuple[str, ...] | None, status: int, body: bytes) -> bool:
+    """Whether a 400 answer's error names one of ``hints``, the injected parameter's words.
 
-def injection_rejected(info: RequestInfo, status: int, body: bytes) -> bool:
-    """Whether a 400 answer blames the parameter ``inject_thinking`` added.
-
-    The rules are conservative but upstreams can still refuse (OpenAI answers 400 to
-    ``reasoning.summary`` for organisations that are not verified); the proxy can then
+    The injection rules are conservative but upstreams can still refuse (OpenAI answers 400
+    to ``reasoning.summary`` for organisations that are not verified); the proxy can then
     resend the client's original body, so injection never costs the client a call.
     """
-    hints = _INJECTED_PARAMETERS.get(getattr(info, "api", None) or "")
     if status != 400 or not hints or not isinstance(body, bytes | bytearray):
         return False
     doc = loads(decode_text(bytes(body[:65536])))

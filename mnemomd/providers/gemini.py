@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 from twisted.web.http_headers import Headers
 
 from mnemomd.providers import openai
+from mnemomd.providers.analysis import (
+    AnalysisAPI,
+    AnalysisCall,
+    AnalysisTarget,
+    join_text_parts,
+    versioned_url,
+)
 from mnemomd.providers.base import (
-    GEMINI_GENERATE,
-    OPENAI_CHAT,
     Accumulator,
     ExtractionBuilder,
     Provider,
@@ -32,6 +38,12 @@ from mnemomd.providers.base import (
     short_name,
 )
 from mnemomd.providers.jsonutil import Parsed
+from mnemomd.providers.openai import OPENAI_CHAT
+
+#: The official API, the default of ``GEMINI_BASE_URL``.
+BASE_URL = "https://generativelanguage.googleapis.com"
+#: ``RequestInfo.api`` of ``generateContent`` and ``streamGenerateContent``.
+GEMINI_GENERATE = "gemini.generate"
 
 
 def find_api_key(headers: Headers, query: bytes) -> bytes | None:
@@ -252,12 +264,49 @@ class GenerateAccumulator(Accumulator):
 extract_response = extractor({GEMINI_GENERATE: GenerateAccumulator,
                               OPENAI_CHAT: openai.ChatAccumulator})
 
+# --------------------------------------------------------------------------
+# As the analysis backend: generateContent.
+
+
+def analysis_request(target: AnalysisTarget, system: str, user: str,
+                     max_tokens: int) -> AnalysisCall:
+    """``POST {base}/v1beta/models/{model}:generateContent`` with ``x-goog-api-key``, the
+    system prompt as the system instruction and a JSON answer asked for."""
+    model = target.model.removeprefix("models/")
+    url = versioned_url(target.endpoint, ("/v1beta", "/v1"),
+                        f"/models/{quote(model, safe='-._')}:generateContent")
+    headers = {"x-goog-api-key": target.api_key or ""}
+    body = {"systemInstruction": {"parts": [{"text": system}]},
+            "contents": [{"role": "user", "parts": [{"text": user}]}],
+            "generationConfig": {"maxOutputTokens": max_tokens,
+                                 "responseMimeType": "application/json"}}
+    return AnalysisCall(url, headers, body)
+
+
+def analysis_answer(answer: Any) -> str:
+    """The first candidate's text parts, without the model's own thought parts."""
+    return join_text_parts(answer["candidates"][0]["content"]["parts"], skip_key="thought")
+
+
+ANALYSIS = AnalysisAPI(
+    name="gemini",
+    build_request=analysis_request,
+    parse_answer=analysis_answer,
+    official_base_url=BASE_URL,
+    key_setting="GEMINI_API_KEY",
+)
+
 PROVIDER = Provider(
     name="gemini",
+    title="Gemini",
+    base_url=BASE_URL,
+    base_url_setting="GEMINI_BASE_URL",
     find_api_key=find_api_key,
     key_header="x-goog-api-key",
     describe_request=describe_request,
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,
+    injection_hints={GEMINI_GENERATE: ("thinking", "include_thoughts", "includethoughts")},
+    analysis=ANALYSIS,
 )

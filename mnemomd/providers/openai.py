@@ -2,7 +2,8 @@
 
 The Chat Completions code here also serves the OpenAI-compatible endpoints of the other
 providers and of local servers (vLLM, Ollama, llama.cpp) behind ``OPENAI_BASE_URL``,
-which is why it reads ``reasoning_content`` and ``reasoning`` alike.
+which is why it reads ``reasoning_content`` and ``reasoning`` alike. As an analysis
+backend it speaks Chat Completions, here and in ``openai_compatible``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ from typing import Any
 
 from twisted.web.http_headers import Headers
 
+from mnemomd.providers.analysis import (
+    AnalysisAPI,
+    AnalysisCall,
+    AnalysisRequestBuilder,
+    AnalysisTarget,
+    join_text_parts,
+    model_text,
+    versioned_url,
+)
 from mnemomd.providers.base import (
-    OPENAI_CHAT,
-    OPENAI_RESPONSES,
     Accumulator,
     ExtractionBuilder,
     Provider,
@@ -30,6 +38,12 @@ from mnemomd.providers.base import (
     short_name,
 )
 from mnemomd.providers.jsonutil import Parsed
+
+#: The official API, the default of ``OPENAI_BASE_URL``.
+BASE_URL = "https://api.openai.com"
+#: ``RequestInfo.api`` values of the APIs read here.
+OPENAI_CHAT = "openai.chat"
+OPENAI_RESPONSES = "openai.responses"
 
 
 def find_api_key(headers: Headers, query: bytes) -> bytes | None:
@@ -425,12 +439,55 @@ class ResponsesAccumulator(Accumulator):
 
 extract_response = extractor({OPENAI_CHAT: ChatAccumulator, OPENAI_RESPONSES: ResponsesAccumulator})
 
+
+# --------------------------------------------------------------------------
+# As the analysis backend: Chat Completions.
+
+
+def chat_analysis_request(token_field: str) -> AnalysisRequestBuilder:
+    """``POST {base}/v1/chat/completions`` with a Bearer key when there is one, the output
+    limit in ``token_field`` (OpenAI's reasoning models require ``max_completion_tokens``,
+    local servers know ``max_tokens``)."""
+
+    def build(target: AnalysisTarget, system: str, user: str, max_tokens: int) -> AnalysisCall:
+        url = versioned_url(target.endpoint, ("/v1",), "/chat/completions")
+        headers = {"authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+        body: dict[str, Any] = {"model": target.model,
+                                "messages": [{"role": "system", "content": system},
+                                             {"role": "user", "content": user}],
+                                token_field: max_tokens}
+        return AnalysisCall(url, headers, body)
+
+    return build
+
+
+def chat_analysis_answer(answer: Any) -> str:
+    """The first choice's message content: a string or a list of text parts."""
+    content = answer["choices"][0]["message"]["content"]
+    if isinstance(content, list):
+        return join_text_parts(content)
+    return model_text(content)
+
+
+ANALYSIS = AnalysisAPI(
+    name="openai",
+    build_request=chat_analysis_request("max_completion_tokens"),
+    parse_answer=chat_analysis_answer,
+    official_base_url=BASE_URL,
+    key_setting="OPENAI_API_KEY",
+)
+
 PROVIDER = Provider(
     name="openai",
+    title="OpenAI",
+    base_url=BASE_URL,
+    base_url_setting="OPENAI_BASE_URL",
     find_api_key=find_api_key,
     key_header="Authorization",
     describe_request=describe_request,
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,
+    injection_hints={OPENAI_RESPONSES: ("reasoning",)},
+    analysis=ANALYSIS,
 )

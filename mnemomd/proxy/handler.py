@@ -35,8 +35,8 @@ from mnemomd.http.server import GatewayRequest, error_payload, send_empty, send_
 from mnemomd.integrity.engine import AnalysisOutcome
 from mnemomd.integrity.pipeline import HOLD_LIMIT, IntegrityPipeline, ResponsePlan, aip_headers
 from mnemomd.ops.metrics import GatewayMetrics
-from mnemomd.providers import PROVIDERS
-from mnemomd.providers.base import RequestInfo, injection_rejected
+from mnemomd.providers import PROVIDERS, injection_rejected
+from mnemomd.providers.base import RequestInfo
 from mnemomd.proxy.headers import client_response_headers, upstream_request_headers
 from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay, UpstreamClient
 from mnemomd.proxy.routing import ProxyTarget, parse_proxy_target, upstream_url

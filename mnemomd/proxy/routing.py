@@ -7,12 +7,13 @@ configuration, so nothing a client sends can point the proxy somewhere else; pat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from mnemomd.agents.identity import is_valid_agent_name
 from mnemomd.http.paths import RouteError
-from mnemomd.providers import PROVIDERS
+from mnemomd.providers import PROVIDERS, Provider
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,10 @@ class ProxyTarget:
     query: bytes
 
 
-def parse_proxy_target(path: bytes, query: bytes) -> ProxyTarget | None:
-    """The proxy route a checked path names, or None when it is not a proxy route."""
+def parse_proxy_target(path: bytes, query: bytes,
+                       providers: Mapping[str, Provider] = PROVIDERS) -> ProxyTarget | None:
+    """The proxy route a checked path names, or None when it is not a proxy route: the
+    first segment (after ``/agent/{name}``) must be a provider registered in ``providers``."""
     segments = path.split(b"/", 4)
     name: str | None = None
     if len(segments) >= 2 and segments[1] == b"agent":
@@ -44,7 +47,7 @@ def parse_proxy_target(path: bytes, query: bytes) -> ProxyTarget | None:
         provider_segment = segments[1]
         prefix_len = 1 + len(provider_segment)
     provider = provider_segment.decode("latin-1")
-    if provider not in PROVIDERS:
+    if provider not in providers:
         return None
     rest = path[prefix_len:]
     if rest and not rest.startswith(b"/"):

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from mnemomd.config import Config
 from mnemomd.config.analysis import AnalysisSettings, from_config, validate, warnings
-from mnemomd.integrity.backends import AnalysisHTTP, build_backend
+from mnemomd.providers import PROVIDERS
 
 
 def test_defaults_are_valid_and_match_the_spec():
@@ -79,8 +79,6 @@ def test_from_config_picks_the_backends_own_key():
 
 
 def test_request_urls_accept_bases_with_or_without_the_version():
-    from twisted.internet.task import Clock
-    http = AnalysisHTTP(Clock())
     cases = [
         (AnalysisSettings(base_url="http://h"), "http://h/v1/messages"),
         (AnalysisSettings(base_url="http://h/v1"), "http://h/v1/messages"),
@@ -97,5 +95,5 @@ def test_request_urls_accept_bases_with_or_without_the_version():
          "https://m/a"),
     ]
     for settings, url in cases:
-        backend = build_backend(settings, http)
-        assert backend._request("s", "u", 10)[0] == url  # type: ignore[attr-defined]
+        api = PROVIDERS.analysis[settings.provider]
+        assert api.build_request(settings.target(), "s", "u", 10).url == url
