@@ -49,7 +49,7 @@ from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
 from mnemomd.ops.notify import SystemdNotifier
 from mnemomd.proxy.handler import ProxyHandler
 from mnemomd.proxy.relay import UpstreamClient
-from mnemomd.storage.database import Database
+from mnemomd.storage.database import Database, TransactionThreads
 from mnemomd.storage.migrations import MigrationError, check_schema, migrate
 from mnemomd.storage.traces import OutboxStore, TraceStore, outbox_sweep_interval
 from mnemomd.webhooks.delivery import WebhookDispatcher, WebhookSender
@@ -429,8 +429,13 @@ def make_management_api(config: Config, reactor: Any, db: Database,
 
 def make_service(config: Config, reactor: Any = None,
                  environ: Mapping[str, str] | None = None,
-                 metrics: GatewayMetrics | None = None) -> MnemomService:
-    """Build the daemon for ``config``; nothing runs until the service is started."""
+                 metrics: GatewayMetrics | None = None,
+                 database_threads: TransactionThreads | None = None) -> MnemomService:
+    """Build the daemon for ``config``; nothing runs until the service is started.
+
+    ``database_threads`` replaces the database's thread pool (the in-process test harness
+    runs transactions on the calling thread); production leaves it unset.
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -440,7 +445,7 @@ def make_service(config: Config, reactor: Any = None,
     health = HealthState(reactor, __version__, config.aip_enabled)
     root = MnemomService(config, reactor, health, metrics)
 
-    db = Database(reactor, config.database_url)
+    db = Database(reactor, config.database_url, threads=database_threads)
     kv = make_kv_store(reactor, config.redis_url, config.redis_password, metrics)
     directory = PersistentAgentDirectory(reactor, AgentStore(db),
                                          KVCache(kv, "", AGENT_CACHE_TTL),

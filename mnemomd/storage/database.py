@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from twisted.enterprise import adbapi
@@ -121,6 +121,22 @@ def split_statements(sql: str) -> list[str]:
     return statements
 
 
+class TransactionThreads(Protocol):
+    """Where transactions run: adbapi's own thread pool unless one is given.
+
+    The part of ``twisted.python.threadpool.ThreadPool`` that adbapi uses; an in-process
+    test runs transactions on the calling thread through it, the SQL unchanged.
+    """
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def callInThreadWithCallback(self, onResult: Callable[[bool, Any], None],  # noqa: N802,N803
+                                 func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        ...
+
+
 def _sqlite_connection_setup(connection: Any) -> None:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
@@ -148,7 +164,8 @@ def _prepare_sqlite_file(path: str) -> None:
 class Database:
     """Named transactions over a connection pool, on either engine."""
 
-    def __init__(self, reactor: Any, url: str, max_connections: int = 10) -> None:
+    def __init__(self, reactor: Any, url: str, max_connections: int = 10,
+                 threads: TransactionThreads | None = None) -> None:
         self.target = parse_database_url(url)
         self.engine = self.target.engine
         self.url = url
@@ -165,6 +182,9 @@ class Database:
                 application_name="mnemomd", cp_min=1, cp_max=max_connections,
                 cp_noisy=False, cp_reconnect=True, cp_openfun=_postgres_connection_setup,
                 cp_reactor=reactor)
+        if threads is not None:
+            # Before start(): the pool's own threads are then never created.
+            self.pool.threadpool = threads
 
     @property
     def display_url(self) -> str:
