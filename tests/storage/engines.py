@@ -11,13 +11,14 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 
-from mnemomd.storage.database import Database
+from mnemomd.storage.database import Cursor, Database
 from mnemomd.storage.migrations import migrate
 
 POSTGRES_URL = os.environ.get("MNEMOMD_TEST_POSTGRES_URL",
@@ -92,3 +93,20 @@ class MigratedDatabase:
             db.close()
         discard_database_url(self.url)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def every_row(db: Database) -> Deferred[dict[str, list[tuple[Any, ...]]]]:
+    """Every row of every table of the schema, by table: what a leak check must scan."""
+
+    def read(cursor: Cursor) -> dict[str, list[tuple[Any, ...]]]:
+        if db.engine == "sqlite":
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                           "AND name NOT LIKE 'sqlite_%'")
+        else:
+            cursor.execute("SELECT table_name FROM information_schema.tables "
+                           "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
+        tables = sorted(row[0] for row in cursor.fetchall())
+        return {table: cursor.execute(f'SELECT * FROM "{table}"').fetchall()
+                for table in tables}
+
+    return db.run_interaction("every_row", read)
