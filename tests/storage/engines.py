@@ -1,7 +1,11 @@
-"""Fresh, throw-away databases on both engines for storage tests.
+"""Fresh, throw-away databases on both engines, for every test that needs a database.
 
-PostgreSQL tests use the server at ``MNEMOMD_TEST_POSTGRES_URL`` (default: the local
-server with trust auth) and create one database per test, dropped afterwards.
+A test class is written once as a mixin of :class:`MigratedDatabase` (or
+:class:`AgentDatabase`) and run on each engine by two subclasses that set ``engine``:
+``class SQLiteXTests(XTests, unittest.TestCase): engine = "sqlite"`` and the same with
+``"postgresql"``. PostgreSQL tests use the server at ``MNEMOMD_TEST_POSTGRES_URL``
+(default: the local server with trust auth) and create one database per test, dropped
+afterwards.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock
 
+from mnemomd.agents.store import AgentStore
 from mnemomd.storage.database import Cursor, Database
 from mnemomd.storage.migrations import migrate
 
@@ -110,3 +116,25 @@ def every_row(db: Database) -> Deferred[dict[str, list[tuple[Any, ...]]]]:
                 for table in tables}
 
     return db.run_interaction("every_row", read)
+
+
+#: The time of :class:`AgentDatabase`'s clock and agent, in epoch milliseconds.
+NOW = 1_700_000_000_000
+
+
+class AgentDatabase(MigratedDatabase):
+    """:class:`MigratedDatabase` with one agent (``agent_id``, its ``card``), its
+    ``agents`` store and a ``clock`` at :data:`NOW`: what most store and job tests start
+    from. ``agent_mode`` is the agent's enforcement mode."""
+
+    agent_mode = "observe"
+
+    @inlineCallbacks
+    def setUp(self):  # noqa: ANN201
+        yield super().setUp()
+        self.clock = Clock()
+        self.clock.advance(NOW / 1000)
+        self.agents = AgentStore(self.db)
+        agent = yield self.agents.get_or_create("abcdabcdabcdabcd", None, self.agent_mode, NOW)
+        self.agent_id = agent.agent_id
+        self.card = yield self.agents.card(self.agent_id)

@@ -1,7 +1,8 @@
 """Webhook signing, URL checks, the retry schedule, the dispatcher and the sender (SPEC §7).
 
 The dispatcher runs on ``task.Clock`` with a fake ``send`` and the real store on a migrated
-SQLite database: Clock time says when attempts happen, the database says what was stored.
+database of each engine: Clock time says when attempts happen, the database says what was
+stored.
 The sender talks to a real HTTP server on 127.0.0.1 in the test's reactor.
 """
 
@@ -162,9 +163,7 @@ class FakeReceiver:
         return [c["body"] for c in self.calls if c["status"] and 200 <= c["status"] < 300]
 
 
-class DispatcherTests(MigratedDatabase, unittest.TestCase):
-    engine = "sqlite"
-
+class DispatcherTests(MigratedDatabase):
     @inlineCallbacks
     def setUp(self):
         yield super().setUp()
@@ -365,6 +364,14 @@ class DispatcherTests(MigratedDatabase, unittest.TestCase):
         yield self.dispatcher.run_due()
         self.assertEqual(len(self.receiver.calls), 1)
         self.assertEqual((yield self.store.delivery(delivery_id)).status, "delivered")
+
+
+class SQLiteDispatcherTests(DispatcherTests, unittest.TestCase):
+    engine = "sqlite"
+
+
+class PostgresDispatcherTests(DispatcherTests, unittest.TestCase):
+    engine = "postgresql"
 
 
 # -- the sender against a real local server -------------------------------------------------
