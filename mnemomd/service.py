@@ -247,10 +247,13 @@ class StorageService(Service):
 
 
 class SchedulerService(Service):
-    """The periodic jobs of SPEC §8.2 that exist so far: heartbeat and license check.
+    """The scheduler child of SPEC §2: starts and stops the periodic jobs it is given.
 
-    With ``MNEMOM_OFFLINE=true`` the jobs still tick (and are counted) but make no call,
-    so an operator sees the scheduler alive and the network untouched.
+    Every role gets the outbox TTL sweep; ``all`` and ``scheduler`` also get heartbeat and
+    license check and the leased observer jobs of SPEC §8.2 (nudges, retention, traces,
+    drift, webhooks; see :func:`scheduler_jobs`). With ``MNEMOM_OFFLINE=true`` heartbeat
+    and license check still tick (and are counted) but make no call, so an operator sees
+    the scheduler alive and the network untouched.
     """
 
     name = "scheduler"

@@ -1,4 +1,5 @@
-"""The agent directory drops what it cached about agents changed elsewhere."""
+"""The agent directory drops what it cached about agents changed elsewhere, on both
+engines."""
 
 from __future__ import annotations
 
@@ -15,9 +16,7 @@ from mnemomd.kv import KVCache, MemoryKeyValueStore
 from tests.storage.engines import MigratedDatabase
 
 
-class DirectoryChangeTests(MigratedDatabase, unittest.TestCase):
-    engine = "sqlite"
-
+class DirectoryChangeTests(MigratedDatabase):
     @inlineCallbacks
     def test_a_change_made_elsewhere_drops_agent_card_and_conscience_entries(self):
         clock = Clock()
@@ -38,3 +37,11 @@ class DirectoryChangeTests(MigratedDatabase, unittest.TestCase):
         again = yield directory.resolve("abcdabcdabcdabcd", None)
         self.assertEqual(again.containment_status, "paused")
         self.assertEqual(json.loads((yield kv.get(keys[0])))["containment_status"], "paused")
+
+
+class SQLiteDirectoryChangeTests(DirectoryChangeTests, unittest.TestCase):
+    engine = "sqlite"
+
+
+class PostgresDirectoryChangeTests(DirectoryChangeTests, unittest.TestCase):
+    engine = "postgresql"

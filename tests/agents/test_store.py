@@ -8,8 +8,25 @@ from aap.schemas.alignment_card import AlignmentCard
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
+from mnemomd.agents.identity import agent_hash
 from mnemomd.agents.store import DEFAULT_DECLARED_VALUES, AgentStore
-from tests.storage.engines import MigratedDatabase
+from tests.storage.engines import MigratedDatabase, every_row
+
+#: Fixed keys shaped like each provider's (a public head, then the secret part); fixed,
+#: with upper-case letters no hex digest contains, so a match can only be a leak.
+ANTHROPIC_KEY = "sk-ant-api03-Zq7TnW2xKp9LmR4vYs8BdF3hJc6GtN1eQw5UoX"
+OPENAI_KEY = "sk-proj-Hv3KdP8sLq2MxT7wRb5NcY9gZe4JfU6aWo1Ti"
+GEMINI_KEY = "AIzaSyQ4mT8vKp2RxW6nLd9HsB3cYf7GjZ5eUo1"
+HEADS = ("sk-ant-api03-", "sk-proj-", "AIza")
+
+
+def secret_fragments(key: str) -> list[str]:
+    """What of ``key`` must never be stored: its shortest prefix that reaches past the
+    public head (so every longer prefix too), and every run of 8 characters of the
+    secret part (a suffix or a middle of the key, a key stripped of its head)."""
+    head = next(h for h in HEADS if key.startswith(h))
+    secret = key[len(head):]
+    return [key[:len(head) + 1]] + [secret[i:i + 8] for i in range(len(secret) - 7)]
 
 
 class AgentStoreTests(MigratedDatabase):
@@ -71,10 +88,29 @@ class AgentStoreTests(MigratedDatabase):
         self.assertEqual(row[0], 500)
 
     @inlineCallbacks
-    def test_no_secret_material_in_agent_rows(self):
-        agent = yield self.store.get_or_create("5555666677778888", "n", "observe", 1)
-        row = yield self.db.fetchone("t", "SELECT * FROM agents WHERE id = ?", (agent.agent_id,))
-        self.assertNotIn("sk-", json.dumps([str(v) for v in row]))
+    def test_no_key_material_in_any_row_of_any_table(self):
+        # Agents made from real-looking keys of each provider, named and unnamed, seen
+        # and touched as the proxy does; then every column of every row is scanned.
+        for key, name in ((ANTHROPIC_KEY, None), (OPENAI_KEY, "planner"), (GEMINI_KEY, None)):
+            agent = yield self.store.get_or_create(agent_hash(key.encode(), name), name,
+                                                   "observe", 1)
+            yield self.store.touch_last_seen({agent.agent_id: 2})
+        tables = yield every_row(self.db)
+        self.assertEqual(len(tables["agents"]), 3)
+        cells = [(table, str(cell)) for table, rows in tables.items()
+                 for row in rows for cell in row]
+        for key in (ANTHROPIC_KEY, OPENAI_KEY, GEMINI_KEY):
+            fragments = secret_fragments(key)
+            leaks = [(table, cell) for table, cell in cells
+                     if any(fragment in cell for fragment in fragments)]
+            self.assertEqual(leaks, [], f"material of {key[:6]}... stored")
+
+    def test_the_fragments_cover_prefixes_and_runs_of_the_secret_part(self):
+        fragments = secret_fragments(ANTHROPIC_KEY)
+        for leaked in (ANTHROPIC_KEY, ANTHROPIC_KEY[:16], "x" + ANTHROPIC_KEY[20:28] + "y",
+                       ANTHROPIC_KEY[-8:]):
+            self.assertTrue(any(f in leaked for f in fragments), leaked)
+        self.assertFalse(any(f in "sk-ant-api03-" for f in fragments))
 
 
 class SQLiteAgentStoreTests(AgentStoreTests, unittest.TestCase):

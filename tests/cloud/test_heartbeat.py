@@ -18,9 +18,8 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, LogLevel, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel
 from twisted.trial import unittest
-from twisted.web.server import NOT_DONE_YET, Request
 
 from mnemomd.cloud.heartbeat import (
     DEPLOYMENT_ID_FILE,
@@ -30,7 +29,8 @@ from mnemomd.cloud.heartbeat import (
     sanitize_health,
 )
 from mnemomd.ops.health import HealthState
-from tests.fakes.local import LocalServer, closed_port
+from tests.fakes.local import Receiver, closed_port
+from tests.support import captured_logs
 
 DEPLOYMENT_ID = "5f0c7a52-3a0e-4d55-9a43-2a8c1de0b6a1"
 STARTED_AT = 1_000.0
@@ -62,47 +62,13 @@ LOADED_SNAPSHOT: dict[str, Any] = {
 }
 
 
-class Receiver(LocalServer):
-    """A heartbeat receiver: records each request and answers as ``mode`` says."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.mode = "ok"  # ok | status:<code> | hang
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return super().url + PATH
-
-    def handle(self, request: Request) -> bytes | int:
-        raw = request.content.read()
-        self.record({
-            "method": request.method, "path": request.path.decode(), "raw": raw,
-            "headers": {k.decode().lower(): v[0].decode()
-                        for k, v in request.requestHeaders.getAllRawHeaders()}})
-        if self.mode == "hang":
-            return NOT_DONE_YET
-        if self.mode.startswith("status:"):
-            request.setResponseCode(int(self.mode.split(":")[1]))
-            return b'{"error": "receiver broke"}'
-        request.setResponseCode(202)
-        return b'{"accepted": true}'
-
-
 class HeartbeatTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.receiver = Receiver()
+        self.receiver = Receiver(PATH, 202, b'{"accepted": true}')
         self.addCleanup(self.receiver.stop)
         self.clock = Clock()
         self.clock.advance(STARTED_AT + 3725.75)
-        self.events: list[LogEvent] = []  # mnemomd's own log events
-
-        def observe(event: LogEvent) -> None:
-            if event.get("log_namespace", "").startswith("mnemomd."):
-                self.events.append(event)
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.events = captured_logs(self, "mnemomd.").events  # mnemomd's own log events
 
     def heartbeat(self, snapshot: Any = None, url: str | None = None) -> Heartbeat:
         def health() -> Any:
@@ -186,7 +152,7 @@ class HeartbeatTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_receiver_500_never_raises_and_a_streak_warns_once(self):
-        self.receiver.mode = "status:500"
+        self.receiver.status, self.receiver.answer = 500, b'{"error": "receiver broke"}'
         beat = self.heartbeat()
         for _ in range(3):
             result = yield beat.send()
@@ -196,11 +162,11 @@ class HeartbeatTests(unittest.TestCase):
         levels = [(e["log_level"], e["reason"]) for e in self.heartbeat_logs()]
         self.assertEqual(levels, [(LogLevel.warn, "http_500"), (LogLevel.debug, "http_500"),
                                   (LogLevel.debug, "http_500")])
-        self.receiver.mode = "ok"
+        self.receiver.status = 202
         yield beat.send()
         self.assertEqual(beat.consecutive_failures, 0)
         self.assertEqual(self.heartbeat_logs()[-1]["log_level"], LogLevel.info)
-        self.receiver.mode = "status:503"  # a new streak warns again
+        self.receiver.status = 503  # a new streak warns again
         yield beat.send()
         self.assertEqual(self.heartbeat_logs()[-1]["log_level"], LogLevel.warn)
         logged = repr(self.events)
@@ -209,7 +175,7 @@ class HeartbeatTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_hung_receiver_times_out_after_10_seconds(self):
-        self.receiver.mode = "hang"
+        self.receiver.hang = True
         beat = self.heartbeat()
         arrived = self.receiver.arrived()
         sent = beat.send()

@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -37,6 +36,7 @@ from mnemomd.cloud.license import (
 )
 from mnemomd.ops.metrics import GatewayMetrics
 from tests.fakes.local import LocalServer, closed_port
+from tests.support import captured_logs
 
 NOW = 1_750_000_000.0
 DAY = 24 * 3600.0
@@ -91,16 +91,6 @@ def keys_for(tmp_path: Any, private: Any) -> dict[Any, Any]:
 def license_events(events: list[dict[str, Any]], level: LogLevel | None = None) -> list[str]:
     return [formatEvent(e) for e in events if e.get("log_namespace") == NAMESPACE
             and (level is None or e.get("log_level") == level)]
-
-
-@pytest.fixture
-def log_events() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(events.append)
 
 
 def gauge(metrics: GatewayMetrics, name: str, **labels: str) -> float | None:
@@ -518,9 +508,7 @@ class OnlineValidation(unittest.TestCase):
     """The hourly check against a real HTTP server, with time on a Clock."""
 
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = captured_logs(self).events
         self.clock = Clock()
         self.clock.advance(NOW)
         self.metrics = GatewayMetrics(process_collectors=False)

@@ -93,3 +93,24 @@ def api_daemon(tmp_path_factory: pytest.TempPathFactory,
     yield ApiDaemon(daemon, tmp / "data", receiver)
     daemon.stop(10)
     receiver.close()
+
+
+@pytest.fixture
+def recorders() -> Iterator[Callable[[], Recorder]]:
+    """Make local receivers (webhooks, heartbeats, license checks, tripwires); all are
+    closed at the end of the test."""
+    made: list[Recorder] = []
+
+    def make() -> Recorder:
+        made.append(Recorder())
+        return made[-1]
+
+    yield make
+    for recorder in made:
+        recorder.close()
+
+
+@pytest.fixture
+def receiver(recorders: Callable[[], Recorder]) -> Recorder:
+    """One local receiver for the test."""
+    return recorders()

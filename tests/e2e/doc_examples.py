@@ -2,9 +2,19 @@
 
 Every ```sh block is an example, unless the line before its fence is
 ``<!-- not run -->``. A ```json or ```text block that follows an example (before the next
-example) is its expected output: JSON must have the same shape (the same keys, down
-through objects and the first item of lists); text must have the same first line once
-ids, times and numbers are masked. Values differ from run to run, shapes do not.
+example) is its expected output. Text must have the same first line once ids, times and
+numbers are masked. JSON must match value for value (:func:`mismatches`): the same keys,
+lists of the same length, and equal values, except placeholders, which are what differs
+from run to run by nature:
+
+- an id of the documented form ``<prefix>-<hex>`` (``smolt-ff57218d``, ``whk-…``) matches
+  any id with the same prefix;
+- a lower-case hex string of 16 or more characters (a hash, a secret) matches any hex
+  string of the same length;
+- a number under a key ending in ``_at`` (a time in epoch milliseconds) matches any number.
+
+Stand-ins are values a document uses for things of the reader's own (their receiver's
+URL); the test maps each to this run's value before comparing.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,22 +69,45 @@ def run(example: Example, env: dict[str, str], cwd: Path) -> str:
     return result.stdout
 
 
-def shape(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: shape(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [shape(value[0])] if value else []
+_ID = re.compile(r"(smolt|ic|tr|whk|whd|ida|ndg|cl|evt|ac)-[0-9a-f]+")
+_HEX = re.compile(r"[0-9a-f]{16,}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _placeholder_matches(expected: Any, actual: Any, key: str) -> bool | None:
+    """Whether ``actual`` fits the placeholder ``expected``; None if it is no placeholder."""
+    if isinstance(expected, str) and (found := _ID.fullmatch(expected)):
+        return isinstance(actual, str) and (other := _ID.fullmatch(actual)) is not None \
+            and other.group(1) == found.group(1)
+    if isinstance(expected, str) and _HEX.fullmatch(expected):
+        return isinstance(actual, str) and len(actual) == len(expected) \
+            and _HEX.fullmatch(actual) is not None
+    if key.endswith("_at") and _is_number(expected):
+        return _is_number(actual)
     return None
 
 
-def same_shape(expected: Any, actual: Any) -> bool:
-    """Same keys at every level; an empty list or a null matches anything."""
+def mismatches(expected: Any, actual: Any, path: str = "$", key: str = "") -> list[str]:
+    """Where ``actual`` differs from the documented ``expected``, as JSON paths; placeholders
+    (see the module's docstring) match any value of their kind."""
     if isinstance(expected, dict) and isinstance(actual, dict):
-        return expected.keys() == actual.keys() and all(
-            same_shape(expected[k], actual[k]) for k in expected)
+        if expected.keys() != actual.keys():
+            return [f"{path}: keys {sorted(expected)} != {sorted(actual)}"]
+        return [problem for k in expected
+                for problem in mismatches(expected[k], actual[k], f"{path}.{k}", k)]
     if isinstance(expected, list) and isinstance(actual, list):
-        return not expected or not actual or same_shape(expected[0], actual[0])
-    return True
+        if len(expected) != len(actual):
+            return [f"{path}: {len(expected)} items documented, {len(actual)} returned"]
+        return [problem for n, (e, a) in enumerate(zip(expected, actual, strict=True))
+                for problem in mismatches(e, a, f"{path}[{n}]", key)]
+    fits = _placeholder_matches(expected, actual, key)
+    if fits is None:
+        fits = type(expected) is type(actual) and expected == actual \
+            or _is_number(expected) and _is_number(actual) and expected == actual
+    return [] if fits else [f"{path}: documented {expected!r}, returned {actual!r}"]
 
 
 def masked_first_line(text: str) -> list[str]:
@@ -81,15 +115,20 @@ def masked_first_line(text: str) -> list[str]:
     return _VOLATILE.sub("#", first).split()
 
 
-def check_output(example: Example, output: str) -> None:
+def check_output(example: Example, output: str,
+                 stand_ins: Mapping[str, str] | None = None) -> None:
     if example.expected is None:
         return
+    documented = example.expected
+    for stand_in, value in (stand_ins or {}).items():
+        documented = documented.replace(stand_in, value)
     if example.expected_kind == "json":
         actual = json.loads(output)
-        expected = json.loads(example.expected)
-        assert same_shape(expected, actual), (example.name, expected, actual)
+        expected = json.loads(documented)
+        problems = mismatches(expected, actual)
+        assert not problems, (example.name, problems, actual)
         if isinstance(actual, dict) and "error" in actual:
             assert "error" in expected, (example.name, actual)
     else:
-        assert masked_first_line(example.expected) == masked_first_line(output), \
-            (example.name, example.expected, output)
+        assert masked_first_line(documented) == masked_first_line(output), \
+            (example.name, documented, output)

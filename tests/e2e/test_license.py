@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from tests.e2e.daemon import daemon_environment, mnemomd_command
 from tests.fakes.process import wait_until
 from tests.fakes.rawhttp import raw_request
-from tests.fakes.recorder import Recorder
 
 DAY = 86400
 BODY = b'{"model":"m","max_tokens":5,"messages":[]}'
@@ -33,19 +32,6 @@ def signing(tmp_path):
         return jwt.encode(payload, key, algorithm="EdDSA")
 
     return str(path), token
-
-
-@pytest.fixture
-def recorders():
-    made: list[Recorder] = []
-
-    def make() -> Recorder:
-        made.append(Recorder())
-        return made[-1]
-
-    yield make
-    for recorder in made:
-        recorder.close()
 
 
 def call(daemon) -> tuple[int, dict]:

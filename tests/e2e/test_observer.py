@@ -18,7 +18,6 @@ from aap import APTrace
 from tests.e2e.conftest import pg_rows
 from tests.fakes import canned
 from tests.fakes.process import analysis_control, wait_until
-from tests.fakes.recorder import Recorder
 
 FAST_JOBS = {"OBSERVER_TRACES_INTERVAL_SECONDS": "0.2", "OBSERVER_WEBHOOKS_INTERVAL_SECONDS": "0.2",
              "OBSERVER_DRIFT_INTERVAL_SECONDS": "3600"}
@@ -39,13 +38,6 @@ def analysis(analysis_url):
     analysis_control(analysis_url, "POST", "script", {"actions": [], "default": "valid"})
     analysis_control(analysis_url, "DELETE", "requests")
     return analysis_url
-
-
-@pytest.fixture
-def receiver():
-    recorder = Recorder()
-    yield recorder
-    recorder.close()
 
 
 class SQLiteState:

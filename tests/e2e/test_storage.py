@@ -5,11 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import uuid
 
 import psycopg2
@@ -22,6 +20,7 @@ from tests.e2e.tcpgate import TcpGate
 from tests.fakes.local import closed_port
 from tests.fakes.process import wait_until
 from tests.fakes.rawhttp import raw_request
+from tests.fakes.redisserver import RedisServer
 
 BODY = json.dumps({"model": "m", "max_tokens": 8,
                    "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -121,45 +120,13 @@ def test_newer_schema_refuses_to_start(tmp_path, postgres_url):
     assert "newer than this build" in result.stderr
 
 
-class RedisServer:
-    """A redis-server of the test's own, on a port of its own."""
-
-    def __init__(self) -> None:
-        self.port = closed_port()
-        self.dir = tempfile.mkdtemp()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir], stdout=subprocess.DEVNULL)
-
-        def up() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            except OSError:
-                return False
-            return True
-
-        wait_until(up, timeout=20, what="redis-server to listen")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(20)
-            self.proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture
 def redis_server():
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is required (apt-get install redis-server)")
     server = RedisServer()
     server.start()
+    wait_until(server.listening, timeout=20, what="redis-server to listen")
     yield server
     server.cleanup()
 

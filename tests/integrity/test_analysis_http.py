@@ -9,7 +9,6 @@ from typing import Any
 from aip import hash_thinking_block
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from mnemomd.integrity.engine import BELOW_MINIMUM_EVIDENCE
@@ -23,6 +22,7 @@ from tests.integrity.helpers import (
     make_rig,
     request,
 )
+from tests.support import captured_logs
 
 MODES = ("fail_open", "fail_closed")
 EXPECTED_SYNTHETIC = {"fail_open": ("clear", "continue", True),
@@ -373,9 +373,7 @@ class Gates(unittest.TestCase):
 
     @inlineCallbacks
     def test_no_thinking_prompt_or_key_in_outcomes_or_logs(self):
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = captured_logs(self).events
         outcomes = []
         for default in ("valid", "garbage", "status:401"):
             for dialect in DIALECTS:

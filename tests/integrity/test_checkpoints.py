@@ -5,9 +5,8 @@ from __future__ import annotations
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from mnemomd.agents.store import AgentStore
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
-from tests.storage.engines import MigratedDatabase
+from tests.storage.engines import AgentDatabase
 
 
 def record(n: int, agent_id: str, verdict: str = "clear", session: str = "s1"):
@@ -21,12 +20,10 @@ def record(n: int, agent_id: str, verdict: str = "clear", session: str = "s1"):
         thinking_block_hash="a" * 64, synthetic=False, synthetic_reason=None, created_at=n)
 
 
-class CheckpointStoreTests(MigratedDatabase):
+class CheckpointStoreTests(AgentDatabase):
     @inlineCallbacks
     def setUp(self):
         yield super().setUp()
-        agent = yield AgentStore(self.db).get_or_create("abcdabcdabcdabcd", None, "observe", 1)
-        self.agent_id = agent.agent_id
         self.store = CheckpointStore(self.db)
 
     @inlineCallbacks

@@ -20,7 +20,8 @@ from mnemomd.integrity.checkpoints import CheckpointStore
 from mnemomd.observer.drift import MIN_TRACES, DriftDetector
 from mnemomd.storage.traces import OutboxRow, OutboxStore, TraceRecord, TraceStore
 from mnemomd.webhooks.store import WebhookStore
-from tests.observer.agentdb import NOW, AgentDatabase, synchronously
+from tests.storage.engines import NOW, AgentDatabase
+from tests.support import synchronously
 
 
 def ap_trace(n: int, agent_id: str, card_id: str, divergent: bool) -> dict:
@@ -43,7 +44,7 @@ def ap_trace(n: int, agent_id: str, card_id: str, divergent: bool) -> dict:
     return APTrace.model_validate(trace).model_dump(mode="json", exclude_none=True)
 
 
-class DriftTests(AgentDatabase, unittest.TestCase):
+class DriftTests(AgentDatabase):
     @inlineCallbacks
     def setUp(self):
         yield super().setUp()
@@ -144,3 +145,11 @@ class DriftTests(AgentDatabase, unittest.TestCase):
         self.assertEqual((yield self.detector().run()), 0)
         self.assertEqual((yield self.alerts()), [])
         self.assertEqual((yield self.drift_events()), [])
+
+
+class SQLiteDriftTests(DriftTests, unittest.TestCase):
+    engine = "sqlite"
+
+
+class PostgresDriftTests(DriftTests, unittest.TestCase):
+    engine = "postgresql"

@@ -5,20 +5,15 @@ from __future__ import annotations
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from mnemomd.agents.store import AgentStore
 from mnemomd.enforcement.store import NUDGE_MAX_AGE_MS, EnforcementStore
 from mnemomd.observer.retention import DAY_MS, purge
-from tests.storage.engines import MigratedDatabase
+from tests.storage.engines import AgentDatabase
 
 NOW = 400 * DAY_MS
 
 
-class RetentionTests(MigratedDatabase):
-    @inlineCallbacks
-    def setUp(self):
-        yield super().setUp()
-        agent = yield AgentStore(self.db).get_or_create("0000111122223333", None, "nudge", 1)
-        self.agent_id = agent.agent_id
+class RetentionTests(AgentDatabase):
+    agent_mode = "nudge"
 
     @inlineCallbacks
     def seed(self, name, created_at, expires_at):

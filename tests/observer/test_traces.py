@@ -22,7 +22,8 @@ from mnemomd.observer.traces import (
     verify,
 )
 from mnemomd.storage.traces import MAX_ATTEMPTS, OutboxRow, OutboxStore, TraceStore
-from tests.observer.agentdb import NOW, AgentDatabase, synchronously
+from tests.storage.engines import NOW, AgentDatabase
+from tests.support import synchronously
 
 
 def card(forbidden=("delete_file",), bounded=("inference", "search"), declared=None):
@@ -199,7 +200,7 @@ class BrokenAgents:
         return fail(ConnectionError("database went away"))
 
 
-class TraceBuilderTests(AgentDatabase, unittest.TestCase):
+class TraceBuilderTests(AgentDatabase):
     @inlineCallbacks
     def setUp(self):
         yield super().setUp()
@@ -328,3 +329,11 @@ class TraceBuilderTests(AgentDatabase, unittest.TestCase):
             self.assertEqual(record.trace["context"]["metadata"]["decision_source"],
                              "heuristic")
         self.assertEqual(len(failing.prompts), 2)
+
+
+class SQLiteTraceBuilderTests(TraceBuilderTests, unittest.TestCase):
+    engine = "sqlite"
+
+
+class PostgresTraceBuilderTests(TraceBuilderTests, unittest.TestCase):
+    engine = "postgresql"

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, globalLogPublisher
 
 from mnemomd.ops.jobs import PeriodicJob
 from mnemomd.ops.metrics import GatewayMetrics
@@ -49,14 +48,6 @@ def duration(metrics: GatewayMetrics, suffix: str) -> float:
     value = metrics.registry.get_sample_value(
         f"gateway_cron_duration_seconds_{suffix}", {"job": "traces"})
     return value or 0.0
-
-
-@pytest.fixture
-def logged():
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def test_runs_every_interval_starting_one_interval_in():
@@ -109,7 +100,7 @@ def test_slow_run_is_never_overlapped_and_skipped_ticks_are_counted():
     assert runs(metrics, "skipped") == 2
 
 
-def test_error_is_counted_logged_without_data_and_the_loop_continues(logged):
+def test_error_is_counted_logged_without_data_and_the_loop_continues(log_events):
     job, func, clock, metrics = make()
     func.answers.append(ValueError("row 17: thinking='top secret plan'"))
     failing: Deferred[None] = Deferred()
@@ -125,7 +116,7 @@ def test_error_is_counted_logged_without_data_and_the_loop_continues(logged):
     clock.advance(8)
     assert func.calls == 3
     assert runs(metrics, "ok") == 1
-    warnings = [e for e in logged if e.get("job") == "traces" and e.get("error")]
+    warnings = [e for e in log_events if e.get("job") == "traces" and e.get("error")]
     assert [e["error"] for e in warnings] == ["ValueError", "RuntimeError"]
     assert "test_jobs.py" in warnings[0]["where"]
     text = repr(warnings)

@@ -1,10 +1,15 @@
-"""Metrics registry and the reactor lag monitor."""
+"""Metrics registry, the reactor lag monitor, and the metrics table of docs/operations.md."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 from twisted.internet.task import Clock
 
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
+
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 def test_metric_names_exposed():
@@ -37,3 +42,12 @@ def test_lag_measures_how_late_the_timer_fired():
     assert abs(monitor.last_lag - 0.3) < 1e-9
     monitor.stop()
     assert metrics.registry.get_sample_value("gateway_reactor_lag_seconds_count") == 2
+
+
+def test_the_operations_page_documents_exactly_the_registered_metrics():
+    documented = re.findall(r"^\| `(gateway_[a-z_]+)` \|", OPERATIONS.read_text("utf-8"),
+                            re.MULTILINE)
+    registry = GatewayMetrics(process_collectors=False).registry
+    registered = [family.name + ("_total" if family.type == "counter" else "")
+                  for family in registry.collect()]
+    assert sorted(documented) == sorted(registered)

@@ -25,6 +25,7 @@ import pytest
 from tests.e2e.conftest import postgres_url, upstream, upstream_url  # noqa: F401
 from tests.e2e.test_license import signing  # noqa: F401
 from tests.fakes.process import REPO_ROOT
+from tests.support import unavailable
 
 BUILD_SCRIPT = REPO_ROOT / "packaging" / "build.py"
 BUILD_CACHE = REPO_ROOT / "build" / "packaging"
@@ -35,17 +36,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.packaging)
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
-def unavailable(reason: str) -> None:
-    """Skip, or fail under CI, where every packaging test must run."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
-    pytest.skip(reason)
 
 
 def require_tool(name: str, package: str) -> str:

@@ -1,7 +1,11 @@
-"""Fresh, throw-away databases on both engines for storage tests.
+"""Fresh, throw-away databases on both engines, for every test that needs a database.
 
-PostgreSQL tests use the server at ``MNEMOMD_TEST_POSTGRES_URL`` (default: the local
-server with trust auth) and create one database per test, dropped afterwards.
+A test class is written once as a mixin of :class:`MigratedDatabase` (or
+:class:`AgentDatabase`) and run on each engine by two subclasses that set ``engine``:
+``class SQLiteXTests(XTests, unittest.TestCase): engine = "sqlite"`` and the same with
+``"postgresql"``. PostgreSQL tests use the server at ``MNEMOMD_TEST_POSTGRES_URL``
+(default: the local server with trust auth) and create one database per test, dropped
+afterwards.
 """
 
 from __future__ import annotations
@@ -11,13 +15,16 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock
 
-from mnemomd.storage.database import Database
+from mnemomd.agents.store import AgentStore
+from mnemomd.storage.database import Cursor, Database
 from mnemomd.storage.migrations import migrate
 
 POSTGRES_URL = os.environ.get("MNEMOMD_TEST_POSTGRES_URL",
@@ -92,3 +99,42 @@ class MigratedDatabase:
             db.close()
         discard_database_url(self.url)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def every_row(db: Database) -> Deferred[dict[str, list[tuple[Any, ...]]]]:
+    """Every row of every table of the schema, by table: what a leak check must scan."""
+
+    def read(cursor: Cursor) -> dict[str, list[tuple[Any, ...]]]:
+        if db.engine == "sqlite":
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                           "AND name NOT LIKE 'sqlite_%'")
+        else:
+            cursor.execute("SELECT table_name FROM information_schema.tables "
+                           "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
+        tables = sorted(row[0] for row in cursor.fetchall())
+        return {table: cursor.execute(f'SELECT * FROM "{table}"').fetchall()
+                for table in tables}
+
+    return db.run_interaction("every_row", read)
+
+
+#: The time of :class:`AgentDatabase`'s clock and agent, in epoch milliseconds.
+NOW = 1_700_000_000_000
+
+
+class AgentDatabase(MigratedDatabase):
+    """:class:`MigratedDatabase` with one agent (``agent_id``, its ``card``), its
+    ``agents`` store and a ``clock`` at :data:`NOW`: what most store and job tests start
+    from. ``agent_mode`` is the agent's enforcement mode."""
+
+    agent_mode = "observe"
+
+    @inlineCallbacks
+    def setUp(self):  # noqa: ANN201
+        yield super().setUp()
+        self.clock = Clock()
+        self.clock.advance(NOW / 1000)
+        self.agents = AgentStore(self.db)
+        agent = yield self.agents.get_or_create("abcdabcdabcdabcd", None, self.agent_mode, NOW)
+        self.agent_id = agent.agent_id
+        self.card = yield self.agents.card(self.agent_id)

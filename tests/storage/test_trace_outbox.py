@@ -6,10 +6,9 @@ import pytest
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
-from mnemomd.agents.store import AgentStore
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.storage.traces import MAX_ATTEMPTS, OutboxRow, OutboxStore, TraceRecord, TraceStore
-from tests.storage.engines import MigratedDatabase
+from tests.storage.engines import AgentDatabase
 
 NOW = 1_700_000_000_000
 LEASE = 120_000
@@ -28,12 +27,10 @@ def trace_record(trace_id: str, row: OutboxRow) -> TraceRecord:
                        {"trace_id": trace_id}, {"verified": True}, True, NOW + 5)
 
 
-class OutboxTests(MigratedDatabase):
+class OutboxTests(AgentDatabase):
     @inlineCallbacks
     def setUp(self):
         yield super().setUp()
-        agent = yield AgentStore(self.db).get_or_create("abcdabcdabcdabcd", None, "observe", 1)
-        self.agent_id = agent.agent_id
         self.outbox = OutboxStore(self.db)
         self.traces = TraceStore(self.db)
 

@@ -1,7 +1,8 @@
 """Webhook signing, URL checks, the retry schedule, the dispatcher and the sender (SPEC §7).
 
 The dispatcher runs on ``task.Clock`` with a fake ``send`` and the real store on a migrated
-SQLite database: Clock time says when attempts happen, the database says what was stored.
+database of each engine: Clock time says when attempts happen, the database says what was
+stored.
 The sender talks to a real HTTP server on 127.0.0.1 in the test's reactor.
 """
 
@@ -10,17 +11,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
 from typing import Any
 
 import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial import unittest
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
 
 from mnemomd.webhooks.delivery import (
     DISABLE_AFTER,
@@ -36,6 +33,7 @@ from mnemomd.webhooks.delivery import (
     signed_headers,
 )
 from mnemomd.webhooks.store import Delivery, WebhookStore
+from tests.fakes.local import Receiver, closed_port
 from tests.storage.engines import MigratedDatabase
 
 SECRET = "9f" * 32
@@ -162,9 +160,7 @@ class FakeReceiver:
         return [c["body"] for c in self.calls if c["status"] and 200 <= c["status"] < 300]
 
 
-class DispatcherTests(MigratedDatabase, unittest.TestCase):
-    engine = "sqlite"
-
+class DispatcherTests(MigratedDatabase):
     @inlineCallbacks
     def setUp(self):
         yield super().setUp()
@@ -367,67 +363,15 @@ class DispatcherTests(MigratedDatabase, unittest.TestCase):
         self.assertEqual((yield self.store.delivery(delivery_id)).status, "delivered")
 
 
+class SQLiteDispatcherTests(DispatcherTests, unittest.TestCase):
+    engine = "sqlite"
+
+
+class PostgresDispatcherTests(DispatcherTests, unittest.TestCase):
+    engine = "postgresql"
+
+
 # -- the sender against a real local server -------------------------------------------------
-
-
-class _Hook(Resource):
-    isLeaf = True
-
-    def __init__(self, server: LocalReceiver) -> None:
-        super().__init__()
-        self.server = server
-
-    def render_POST(self, request):  # noqa: N802
-        return self.server.handle(request)
-
-
-class LocalReceiver:
-    """An HTTP server on 127.0.0.1 answering POSTs with ``code``, or never (``hang``)."""
-
-    def __init__(self, code: int = 200, hang: bool = False, stall_body: bool = False) -> None:
-        self.code = code
-        self.hang = hang or stall_body
-        self.stall_body = stall_body
-        self.requests: list[dict[str, Any]] = []
-        self.hanging: list[Deferred[None]] = []
-        self.arrived: Deferred[None] = Deferred()
-        self.factory = WrappingFactory(Site(_Hook(self)))
-        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}/hook"
-
-    def handle(self, request):
-        self.requests.append({"path": request.path, "body": request.content.read(),
-                              "headers": {k.decode().lower(): [v.decode() for v in vs]
-                                          for k, vs in request.requestHeaders.getAllRawHeaders()}})
-        if self.hang:
-            self.hanging.append(request.notifyFinish().addErrback(lambda _: None))
-        if not self.arrived.called:
-            reactor.callLater(0, self.arrived.callback, None)
-        if self.stall_body:  # the head and a little of the body, then nothing
-            request.setResponseCode(self.code)
-            request.setHeader(b"content-length", b"1000")
-            request.write(b"x" * 10)
-        if self.hang:
-            return NOT_DONE_YET
-        request.setResponseCode(self.code)
-        return b"thanks" * 100
-
-    @inlineCallbacks
-    def stop(self):
-        yield self.port.stopListening()
-        for protocol in list(self.factory.protocols):
-            protocol.transport.abortConnection()
-        while self.factory.protocols:
-            yield deferLater(reactor, 0, lambda: None)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SenderTests(unittest.TestCase):
@@ -436,14 +380,16 @@ class SenderTests(unittest.TestCase):
         self.addCleanup(sender.close)
         return sender
 
-    def receiver(self, **kwargs) -> LocalReceiver:
-        server = LocalReceiver(**kwargs)
+    def receiver(self, status: int = 200, hang: bool = False,
+                 stall_body: bool = False) -> Receiver:
+        server = Receiver("/hook", status, b"thanks" * 100)
+        server.hang, server.stall_body = hang, stall_body
         self.addCleanup(server.stop)
         return server
 
     @inlineCallbacks
     def test_posts_the_body_and_headers_unchanged_and_returns_the_status(self):
-        server = self.receiver(code=202)
+        server = self.receiver(status=202)
         sender = self.make()
         body = json.dumps({"event_id": "evt-1", "data": {"x": "é"}},
                           ensure_ascii=False).encode()
@@ -451,14 +397,14 @@ class SenderTests(unittest.TestCase):
         result = yield sender.send(server.url, headers, body)
         self.assertEqual(result, SendResult(202, None))
         [got] = server.requests
-        self.assertEqual(got["path"], b"/hook")
-        self.assertEqual(got["body"], body)
+        self.assertEqual(got["path"], "/hook")
+        self.assertEqual(got["raw"], body)
         for name, value in headers.items():
-            self.assertEqual(got["headers"][name.lower()], [value], name)
+            self.assertEqual(got["header_values"][name.lower()], [value], name)
 
     @inlineCallbacks
     def test_error_statuses_are_returned_not_raised(self):
-        server = self.receiver(code=503)
+        server = self.receiver(status=503)
         result = yield self.make().send(server.url, {}, b"{}")
         self.assertEqual(result, SendResult(503, None))
 
@@ -467,10 +413,11 @@ class SenderTests(unittest.TestCase):
         server = self.receiver(hang=True)
         clock = Clock()
         sender = self.make(clock=clock, timeout=5)
+        arrived = server.arrived()
         d = sender.send(server.url, {}, b"{}")
         results: list[SendResult] = []
         d.addCallback(results.append)
-        yield server.arrived
+        yield arrived
         clock.advance(4.9)
         self.assertEqual(results, [])
         clock.advance(0.1)
@@ -485,8 +432,9 @@ class SenderTests(unittest.TestCase):
         server = self.receiver(stall_body=True)
         clock = Clock()
         sender = self.make(clock=clock, timeout=5)
+        arrived = server.arrived()
         d = sender.send(server.url, {}, b"{}")
-        yield server.arrived
+        yield arrived
         clock.advance(5)
         result = yield d
         self.assertIsNone(result.status)

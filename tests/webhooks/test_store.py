@@ -7,11 +7,10 @@ import json
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
-from mnemomd.agents.store import AgentStore
 from mnemomd.enforcement.store import EnforcementStore
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.webhooks.store import AttemptResult, WebhookStore, enqueue_event
-from tests.storage.engines import MigratedDatabase
+from tests.storage.engines import AgentDatabase
 
 NOW = 1_700_000_000_000
 LEASE = 60_000
@@ -29,12 +28,12 @@ def checkpoint(n: int, agent_id: str, verdict: str) -> CheckpointRecord:
         synthetic_reason=None, created_at=NOW + n)
 
 
-class WebhookStoreTests(MigratedDatabase):
+class WebhookStoreTests(AgentDatabase):
+    agent_mode = "nudge"
+
     @inlineCallbacks
     def setUp(self):
         yield super().setUp()
-        agent = yield AgentStore(self.db).get_or_create("abcdabcdabcdabcd", None, "nudge", 1)
-        self.agent_id = agent.agent_id
         self.store = WebhookStore(self.db)
 
     def endpoint(self, event_types, url="https://hooks.example/x", store=None):

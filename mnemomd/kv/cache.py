@@ -1,0 +1,110 @@
+"""JSON cache-aside over a key-value store, for lookups the database can always answer.
+
+Values may be derived from user data and are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mnemomd.kv.base import LOG_NAMESPACE, KeyValueStore, T, ttl_ms
+
+log = Logger(namespace=LOG_NAMESPACE)
+
+
+class KVCache:
+    """JSON cache-aside on a store, for lookups that can always fall back to the database.
+
+    Store failures never reach the caller: a failed read is a miss, a failed write or
+    invalidation is dropped. They are counted by the store (``result="error"``) and logged
+    once per failure streak. An invalidation that fails is remembered and retried, and the
+    key is read as a miss meanwhile, so a change made during an outage is not hidden by a
+    stale entry once Redis is back.
+    """
+
+    #: Failed invalidations kept for retry; beyond this the oldest are dropped (they
+    #: still expire with their TTL).
+    MAX_PENDING_INVALIDATIONS = 10_000
+
+    def __init__(self, store: KeyValueStore, prefix: str, ttl: float) -> None:
+        ttl_ms(ttl)
+        self._store = store
+        self._name = prefix or "(unprefixed)"
+        self._prefix = f"{prefix}:" if prefix else ""
+        self._ttl = ttl
+        self._failing = False
+        self._pending: dict[str, None] = {}
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+    def _ok(self, result: T) -> T:
+        if self._failing:
+            self._failing = False
+            log.info("Cache {cache} is working again", cache=self._name)
+        if self._pending:
+            self._retry_invalidations()
+        return result
+
+    def _swallow(self, failure: Failure, default: T) -> T:
+        if not self._failing:
+            self._failing = True
+            log.warn("Cache {cache} unavailable, falling through to the database: {reason}",
+                     cache=self._name,
+                     reason=failure.getErrorMessage() or failure.type.__name__)
+        return default
+
+    def get_json(self, key: str) -> Deferred[Any | None]:
+        full = self._key(key)
+
+        def decode(raw: bytes | None) -> Any | None:
+            stale = full in self._pending  # checked before _ok() may retry the delete
+            self._ok(None)
+            if raw is None or stale:
+                return None
+            try:
+                return json.loads(raw)
+            except ValueError:
+                return None  # written by something else; the next set_json replaces it
+
+        return self._store.get(full).addCallbacks(decode, self._swallow, errbackArgs=(None,))
+
+    def set_json(self, key: str, value: Any) -> Deferred[None]:
+        """Store ``value``; a value JSON cannot encode is the caller's bug and fails."""
+        try:
+            raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        except (TypeError, ValueError):
+            return defer.fail()
+        return self._store.set(self._key(key), raw, self._ttl).addCallback(self._ok) \
+            .addErrback(self._swallow, None)
+
+    def invalidate(self, key: str) -> Deferred[None]:
+        full = self._key(key)
+
+        def failed(failure: Failure) -> None:
+            self._pending[full] = None
+            while len(self._pending) > self.MAX_PENDING_INVALIDATIONS:
+                del self._pending[next(iter(self._pending))]
+            return self._swallow(failure, None)
+
+        def done(_: int) -> None:
+            self._pending.pop(full, None)
+            self._ok(None)
+
+        return self._store.delete(full).addCallbacks(done, failed)
+
+    def _retry_invalidations(self) -> None:
+        keys = list(self._pending)
+
+        def done(_: int) -> None:
+            for key in keys:
+                self._pending.pop(key, None)
+
+        # Fire and forget: a failure leaves them pending for the next success.
+        self._store.delete(*keys).addCallbacks(done, lambda _: None)

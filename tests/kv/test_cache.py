@@ -1,0 +1,74 @@
+"""KVCache over a failing store: failures are misses, invalidations are not lost."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel
+from twisted.trial import unittest
+
+from mnemomd.kv import KVCache, KVUnavailableError, MemoryKeyValueStore
+from mnemomd.ops.metrics import GatewayMetrics
+from tests.kv.contract import count
+from tests.support import captured_logs
+
+
+class FlakyStore(MemoryKeyValueStore):
+    """A memory store that can be switched to failing like an unreachable Redis."""
+
+    broken = False
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("_do_") and object.__getattribute__(self, "broken"):
+            def fail(*args: Any) -> None:
+                raise KVUnavailableError("Redis unavailable: Lost connection")
+            return fail
+        return object.__getattribute__(self, name)
+
+
+class KVCacheFailureTests(unittest.TestCase):
+    def setUp(self):
+        self.metrics = GatewayMetrics(process_collectors=False)
+        self.store = FlakyStore(Clock(), self.metrics)
+        self.cache = KVCache(self.store, "agents", 300)
+        self.logs = captured_logs(self, "mnemomd.kv")
+
+    def warnings(self) -> list[dict]:
+        return self.logs.at(LogLevel.warn)
+
+    @inlineCallbacks
+    def test_errors_become_misses_logged_once_per_streak(self):
+        yield self.cache.set_json("a1", {"secret": "prompt text"})
+        self.store.broken = True
+        self.assertIsNone((yield self.cache.get_json("a1")))
+        self.assertIsNone((yield self.cache.get_json("a1")))
+        self.assertIsNone((yield self.cache.set_json("a1", {"secret": "prompt text"})))
+        self.assertEqual(count(self.metrics, "get", "error"), 2)
+        self.assertEqual(count(self.metrics, "set", "error"), 1)
+        self.assertEqual(len(self.warnings()), 1)
+
+        self.store.broken = False
+        self.assertEqual((yield self.cache.get_json("a1")), {"secret": "prompt text"})
+        self.assertEqual(len(self.logs.at(LogLevel.info)), 1)
+        self.store.broken = True
+        self.assertIsNone((yield self.cache.get_json("a1")))
+        self.assertEqual(len(self.warnings()), 2)
+        self.assertNotIn("prompt text", json.dumps([str(e) for e in self.logs.events]))
+
+    @inlineCallbacks
+    def test_failed_invalidation_is_retried_and_hides_the_stale_entry(self):
+        yield self.cache.set_json("a1", {"mode": "enforce"})
+        self.store.broken = True
+        self.assertIsNone((yield self.cache.invalidate("a1")))
+        self.assertEqual(count(self.metrics, "delete", "error"), 1)
+        self.store.broken = False
+        self.assertIsNone((yield self.cache.get_json("a1")))
+        self.assertIsNone((yield self.store.get("agents:a1")))
+        yield self.cache.set_json("a1", {"mode": "observe"})
+        self.assertEqual((yield self.cache.get_json("a1")), {"mode": "observe"})
+
+    def test_unencodable_value_is_the_callers_error(self):
+        self.failureResultOf(self.cache.set_json("a1", {"bad": object()}), TypeError)
