@@ -7,8 +7,11 @@ a test reaches a 10 s timeout by advancing the clock, never by waiting.
 
 from __future__ import annotations
 
+import ast
 import datetime
 import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -38,7 +41,96 @@ from zope.interface import implementer
 from mnemomd.http.body import BodyStalled, BodyTooLarge, discard_body, read_body
 from mnemomd.http.client import ClientSettings, HTTPClient, Reply, is_success
 from mnemomd.http.errors import REASONS, OutboundError, failure_reason
+from tests.arch.imports import PACKAGE_ROOT, import_graph
 from tests.fakes.local import LocalServer, closed_port
+
+# -- the shape of the source ----------------------------------------------------------
+
+#: Twisted's classes that only the outbound layer may subclass.
+TWISTED_CLIENT_CLASSES = ("HTTPConnectionPool", "_HTTP11ClientFactory")
+
+
+def _base_names(node: ast.ClassDef) -> Iterator[str]:
+    for base in node.bases:
+        if isinstance(base, ast.Name):
+            yield base.id
+        elif isinstance(base, ast.Attribute):
+            yield base.attr
+
+
+def client_subclasses(root: Path = PACKAGE_ROOT) -> dict[str, list[str]]:
+    """For each Twisted client class, every class under ``root`` derived from it.
+
+    Derived through other classes of ours too: a subclass of our pool is a second pool.
+    """
+    classes: list[tuple[str, set[str]]] = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        relative = path.relative_to(root.parent).as_posix()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                classes.append((f"{relative}:{node.name}", set(_base_names(node))))
+    found: dict[str, list[str]] = {}
+    for twisted_class in TWISTED_CLIENT_CLASSES:
+        names, members = {twisted_class}, []
+        grew = True
+        while grew:
+            grew = False
+            for qualified, bases in classes:
+                if qualified not in members and bases & names:
+                    members.append(qualified)
+                    names.add(qualified.rpartition(":")[2])
+                    grew = True
+        found[twisted_class] = sorted(members)
+    return found
+
+
+def test_one_pool_and_one_client_factory_in_the_package():
+    found = client_subclasses()
+    assert found == {"HTTPConnectionPool": ["mnemomd/http/client.py:QuietConnectionPool"],
+                     "_HTTP11ClientFactory": ["mnemomd/http/client.py:_QuietClientFactory"]}
+
+
+def test_the_count_sees_a_second_pool_anywhere(tmp_path: Path):
+    root = tmp_path / "mnemomd"
+    (root / "http").mkdir(parents=True)
+    (root / "cloud").mkdir()
+    (root / "http" / "client.py").write_text(
+        "from twisted.web import client\n"
+        "class Pool(client.HTTPConnectionPool):\n    pass\n", encoding="utf-8")
+    (root / "cloud" / "heartbeat.py").write_text(
+        "from mnemomd.http.client import Pool\n"
+        "class _QuietPool(Pool):\n    pass\n", encoding="utf-8")
+    assert client_subclasses(root)["HTTPConnectionPool"] == [
+        "mnemomd/cloud/heartbeat.py:_QuietPool", "mnemomd/http/client.py:Pool"]
+    assert client_subclasses(root)["_HTTP11ClientFactory"] == []
+
+
+#: Packages below the proxy that talk HTTP: they use the outbound layer, never the proxy.
+NOT_THE_PROXY = ("mnemomd.cloud", "mnemomd.integrity", "mnemomd.observer", "mnemomd.webhooks")
+
+
+def proxy_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} imports {target}" for module, targets in graph.items()
+                  if module.startswith(tuple(p + "." for p in NOT_THE_PROXY))
+                  or module in NOT_THE_PROXY
+                  for target in targets if target.startswith("mnemomd.proxy"))
+
+
+def test_clients_import_nothing_from_the_proxy():
+    assert proxy_imports(import_graph()) == []
+
+
+def test_the_proxy_import_check_sees_one(tmp_path: Path):
+    root = tmp_path / "mnemomd"
+    for name, source in {"__init__.py": "", "webhooks/__init__.py": "",
+                         "webhooks/delivery.py": "from mnemomd.proxy.relay import X\n",
+                         "proxy/__init__.py": "", "proxy/relay.py": "X = 1\n"}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(source, encoding="utf-8")
+    assert proxy_imports(import_graph(root)) == [
+        "mnemomd.webhooks.delivery imports mnemomd.proxy.relay"]
+
 
 # -- the failure mapping --------------------------------------------------------------
 
