@@ -30,15 +30,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
 
-from mnemomd.http.client import BytesProducer
+from mnemomd.http.client import ClientSettings, HTTPClient, Reply, is_success
+from mnemomd.http.errors import OutboundError
 from mnemomd.ops.health import HealthState
 from mnemomd.ops.jobs import failure_summary
 
@@ -64,37 +62,6 @@ HealthSnapshot = Callable[[], "Deferred[dict[str, Any]] | dict[str, Any]"]
 
 class HeartbeatFailed(Exception):
     """A heartbeat the receiver did not accept; the message is a short reason code."""
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line every minute
-
-
-class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
-
-
-class _Drain(Protocol):
-    """Reads and discards a response body (up to a limit), so the exchange completes."""
-
-    def __init__(self) -> None:
-        self.done: Deferred[None] = Deferred(self._cancel)
-        self._size = 0
-
-    def _cancel(self, _: Deferred[None]) -> None:
-        # Timed out mid-body: close the connection rather than leave it streaming.
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self._size += len(data)
-        if self._size > _MAX_RESPONSE_BYTES and self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # noqa: N802
-        # The status line already told us the outcome; how the body ended does not matter.
-        if not self.done.called:
-            self.done.callback(None)
 
 
 def _token(value: Any) -> str | None:
@@ -132,9 +99,20 @@ def readiness_snapshot(health: HealthState) -> HealthSnapshot:
     return snapshot
 
 
-def _timed_out(result: Any, timeout: float) -> None:
-    # Cancelling the Agent surfaces as ResponseNeverReceived; name the real cause.
-    raise HeartbeatFailed("timeout")
+def _accepted(reply: Reply) -> None:
+    if not is_success(reply.code):
+        raise HeartbeatFailed(f"http_{reply.code}")
+
+
+def _failure_text(failure: Failure) -> str:
+    """``http_<status>`` or ``timeout``, else the class name of what failed
+    (``ConnectionRefusedError``): specific enough for an operator, never a URL."""
+    if failure.check(HeartbeatFailed):
+        return str(failure.value)
+    if failure.check(OutboundError):
+        error = failure.value
+        return "timeout" if error.reason == "timeout" else error.cause
+    return failure.type.__name__ if failure.type is not None else "unknown"
 
 
 def _display_url(url: str) -> str:
@@ -147,14 +125,15 @@ class Heartbeat:
     """Sends one heartbeat per :meth:`send`; schedule it with a ``PeriodicJob``.
 
     ``reactor`` makes connections, ``clock`` measures uptime and the timeout (a
-    ``task.Clock`` in tests). ``http`` is any ``IAgent``; by default the heartbeat has its
-    own small pool, separate from the proxy's, so it can never take a connection slot
+    ``task.Clock`` in tests). ``http`` is an outbound client; by default the heartbeat has
+    its own small pool, separate from the proxy's, so it can never take a connection slot
     from an LLM call.
     """
 
-    def __init__(self, reactor: Any, clock: IReactorTime, url: str, deployment_id: str,
-                 version: str, started_at: float, health_snapshot: HealthSnapshot,
-                 http: IAgent | None = None, timeout: float = HEARTBEAT_TIMEOUT) -> None:
+    def __init__(self, reactor: IReactorTCP, clock: IReactorTime, url: str,
+                 deployment_id: str, version: str, started_at: float,
+                 health_snapshot: HealthSnapshot, http: HTTPClient | None = None,
+                 timeout: float = HEARTBEAT_TIMEOUT) -> None:
         self._clock = clock
         self.url = url
         self._display = _display_url(url)
@@ -163,15 +142,13 @@ class Heartbeat:
         self.started_at = started_at
         self._health_snapshot = health_snapshot
         self._timeout = timeout
-        self._pool: HTTPConnectionPool | None = None
+        self._owns_http = http is None
         if http is None:
             # Persistent only so close() can account for every socket; the idle timeout
             # is far below the 60 s interval, so each beat opens a fresh connection and
             # never races a receiver closing an idle one.
-            self._pool = _QuietPool(reactor, persistent=True)
-            self._pool.maxPersistentPerHost = 1
-            self._pool.cachedConnectionTimeout = 5
-            http = Agent(reactor, pool=self._pool, connectTimeout=timeout)
+            http = HTTPClient(reactor, clock, ClientSettings(
+                max_per_host=1, idle_seconds=5, connect_timeout=timeout))
         self._http = http
         self._user_agent = f"mnemomd/{version} (heartbeat)".encode("ascii", "replace")
         #: Consecutive failed heartbeats (0 after a success), for health and tests.
@@ -198,9 +175,9 @@ class Heartbeat:
 
     def close(self) -> Deferred[None]:
         """Close the heartbeat's own connections (at shutdown, and in tests)."""
-        if self._pool is None:
+        if not self._owns_http:
             return succeed(None)
-        return self._pool.closeCachedConnections()
+        return self._http.close()
 
     def _snapshot_failed(self, failure: Failure) -> None:
         # Still beat: "alive, health unknown" is worth more to the receiver than silence.
@@ -213,23 +190,10 @@ class Heartbeat:
         payload = json.dumps(self.body(snapshot), separators=(",", ":")).encode("ascii")
         headers = Headers({b"content-type": [b"application/json"],
                            b"user-agent": [self._user_agent]})
-        d: Deferred[Any] = self._http.request(b"POST", self.url.encode("ascii"), headers,
-                                              BytesProducer(payload))
-        d.addCallback(self._read)
-        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
-        return d
-
-    @staticmethod
-    def _read(response: IResponse) -> Deferred[None]:
-        drain = _Drain()
-        response.deliverBody(drain)
-        if 200 <= response.code < 300:
-            return drain.done
-
-        def rejected(_: Any) -> None:
-            raise HeartbeatFailed(f"http_{response.code}")
-
-        return drain.done.addCallback(rejected)
+        # The status line is the whole answer: the body is read (up to a bound) and dropped.
+        d = self._http.exchange(b"POST", self.url, headers, payload, timeout=self._timeout,
+                                max_body=_MAX_RESPONSE_BYTES, keep_body=False)
+        return d.addCallback(_accepted)
 
     def _succeeded(self, _: Any) -> None:
         if self.consecutive_failures:
@@ -240,10 +204,7 @@ class Heartbeat:
 
     def _failed(self, failure: Failure) -> None:
         self.consecutive_failures += 1
-        if failure.check(HeartbeatFailed):
-            reason = str(failure.value)
-        else:
-            reason = failure.type.__name__ if failure.type is not None else "unknown"
+        reason = _failure_text(failure)
         if self.consecutive_failures == 1:
             log.warn("Heartbeat to {receiver} failed ({reason}); serving is unaffected. "
                      "Further failures are logged at debug until one succeeds; set "

@@ -25,18 +25,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import TimeoutError
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
 
 from mnemomd import __version__
-from mnemomd.http.client import BytesProducer
+from mnemomd.http.client import ClientSettings, HTTPClient, Reply
+from mnemomd.http.errors import failure_reason
 from mnemomd.ops.metrics import GatewayMetrics
 
 log = Logger()
@@ -542,55 +538,14 @@ class LicenseHTTPClient(Protocol):
                   timeout: float) -> Deferred[tuple[int, Any]]: ...
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line for each hourly call
-
-
-class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
-
-
-class _BoundedBody(TwistedProtocol):
-    """Collects a response body up to a limit; a larger one is an error, not memory."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.deferred: Deferred[bytes] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self._size += len(data)
-        if self._size > self._limit:
-            if not self.deferred.called:
-                self.deferred.errback(LicenseServerError("oversize"))
-            self.transport.stopProducing()  # type: ignore[union-attr]
-            return
-        self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # noqa: N802
-        if self.deferred.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.deferred.callback(b"".join(self._chunks))
-        else:
-            self.deferred.errback(LicenseServerError("unreachable"))
-
-
-def _timed_out(result: Any, timeout: float) -> None:
-    raise LicenseServerError("timeout")
-
-
 class LicenseHTTP:
-    """The default client: Twisted's Agent (TLS verified), bounded in time and size."""
+    """The default client: the shared outbound layer, bounded in time and size."""
 
-    def __init__(self, reactor: Any, clock: IReactorTime | None = None,
+    def __init__(self, reactor: IReactorTCP, clock: IReactorTime | None = None,
                  max_response_bytes: int = 64 * 1024) -> None:
-        self._clock: IReactorTime = clock if clock is not None else reactor
         self._limit = max_response_bytes
-        self.pool = _QuietPool(reactor, persistent=True)
-        self.pool.cachedConnectionTimeout = 30
-        self._agent = Agent(reactor, pool=self.pool, connectTimeout=ONLINE_TIMEOUT_SECONDS)
+        self._client = HTTPClient(reactor, clock, ClientSettings(
+            idle_seconds=30, connect_timeout=ONLINE_TIMEOUT_SECONDS))
 
     def post_json(self, url: str, body: Mapping[str, Any],
                   timeout: float) -> Deferred[tuple[int, Any]]:
@@ -599,37 +554,25 @@ class LicenseHTTP:
                            b"user-agent": [f"mnemomd/{__version__} (license)".encode()]})
         try:
             payload = json.dumps(body).encode()
-            d = self._agent.request(b"POST", url.encode("ascii"), headers,
-                                    BytesProducer(payload))
         except Exception:
             return fail(LicenseServerError("bad_url"))
-        d.addCallback(self._read)
-        d.addTimeout(timeout, self._clock, onTimeoutCancel=_timed_out)
-        d.addErrback(self._typed)
-        return d
-
-    def _read(self, response: IResponse) -> Deferred[tuple[int, Any]]:
-        reader = _BoundedBody(self._limit)
-        response.deliverBody(reader)
-
-        def decoded(raw: bytes) -> tuple[int, Any]:
-            try:
-                return response.code, json.loads(raw)
-            except ValueError:
-                return response.code, None
-
-        return reader.deferred.addCallback(decoded)
-
-    @staticmethod
-    def _typed(failure: Failure) -> Failure:
-        if failure.check(LicenseServerError):
-            return failure
-        if failure.check(TimeoutError):
-            return Failure(LicenseServerError("timeout"))
-        return Failure(LicenseServerError("unreachable"))
+        d = self._client.exchange(b"POST", url, headers, payload, timeout=timeout,
+                                  max_body=self._limit)
+        return d.addCallbacks(_decoded, _typed)
 
     def close(self) -> Deferred[None]:
-        return self.pool.closeCachedConnections()
+        return self._client.close()
+
+
+def _decoded(reply: Reply) -> tuple[int, Any]:
+    try:
+        return reply.code, json.loads(reply.body)
+    except ValueError:
+        return reply.code, None
+
+
+def _typed(failure: Failure) -> Failure:
+    return Failure(LicenseServerError(failure_reason(failure)))
 
 
 @dataclass(frozen=True)
@@ -654,7 +597,7 @@ class OnlineValidator:
     cut off from the vendor for a week stops serving a license it can no longer confirm.
     """
 
-    def __init__(self, reactor: Any, clock: IReactorTime, api_url: str,
+    def __init__(self, reactor: IReactorTCP, clock: IReactorTime, api_url: str,
                  http_client: LicenseHTTPClient | None = None, *,
                  state: LicenseState | None = None, token: str | None = None,
                  timeout: float = ONLINE_TIMEOUT_SECONDS,

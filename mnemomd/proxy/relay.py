@@ -7,15 +7,15 @@ is paused, so memory per stream stays bounded whatever the size of the stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IPushProducer,
+    IReactorTCP,
     IReactorTime,
     IStreamClientEndpoint,
 )
@@ -23,33 +23,26 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
-    HTTP11ClientProtocol,
+    Request as ClientRequest,
+)
+from twisted.web._newclient import (
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseNeverReceived,
 )
-from twisted.web.client import (
-    Agent,
-    HTTPConnectionPool,
-    ResponseDone,
-    _HTTP11ClientFactory,
-    _RetryingHTTP11ClientProtocol,
-)
+from twisted.web.client import URI, ResponseDone, _RetryingHTTP11ClientProtocol
 from twisted.web.http import PotentialDataLoss, Request
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from mnemomd.http.client import BytesProducer
+from mnemomd.http.client import BytesProducer, ClientSettings, Endpoints, HTTPClient
 
 log = Logger()
 
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False  # one "Starting factory" log line per upstream connection is noise
-
-
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE", b"PUT"})
+#: Seconds to wait for a provider to accept a connection.
+CONNECT_TIMEOUT = 30.0
 
 
 class _ReplayingClientProtocol(_RetryingHTTP11ClientProtocol):
@@ -62,12 +55,12 @@ class _ReplayingClientProtocol(_RetryingHTTP11ClientProtocol):
     or carries an ``Idempotency-Key``. A POST is never sent twice otherwise.
     """
 
-    def request(self, request: Any) -> Deferred[Any]:
+    def request(self, request: ClientRequest) -> Deferred[IResponse]:
         self._has_idempotency_key = request.headers.hasHeader(b"idempotency-key")
         return super().request(request)
 
     def _shouldRetry(self, method: bytes, exception: Exception,  # noqa: N802
-                     bodyProducer: Any) -> bool:  # noqa: N803
+                     bodyProducer: IBodyProducer | None) -> bool:  # noqa: N803
         if isinstance(exception, RequestNotSent):
             return True
         if not isinstance(exception, RequestTransmissionFailed | ResponseNeverReceived):
@@ -79,63 +72,48 @@ class _ReplayingClientProtocol(_RetryingHTTP11ClientProtocol):
         return method in IDEMPOTENT_METHODS or self._has_idempotency_key
 
 
-class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
-    retryAutomatically = False  # replaced by the _ReplayingClientProtocol rule below
-
-    def getConnection(self, key: Hashable,  # noqa: N802
-                      endpoint: IStreamClientEndpoint) -> Deferred[HTTP11ClientProtocol]:
-        connections = self._connections.get(key)
-        while connections:
-            connection = connections.pop(0)
-            self._timeouts.pop(connection).cancel()
-            if connection.state == "QUIESCENT":
-                replaying = _ReplayingClientProtocol(
-                    connection, lambda: self._newConnection(key, endpoint))
-                return succeed(replaying)
-        return self._newConnection(key, endpoint)
-
-
-@implementer(IBodyProducer)
-class _EndpointCachingAgent(Agent):
-    """An Agent that builds each upstream's endpoint once, not on every call.
+@implementer(IAgentEndpointFactory)
+class _CachedEndpoints:
+    """Builds each upstream's endpoint once, not on every call.
 
     Upstreams are a handful of fixed base URLs; rebuilding the endpoint (hostname
     parsing, IDNA encoding) per request was a measurable share of the gateway's CPU.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
+    def __init__(self, endpoints: IAgentEndpointFactory) -> None:
+        self._endpoints = endpoints
+        self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
-    def _getEndpoint(self, uri: Any) -> Any:  # noqa: N802
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:  # noqa: N802
         key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
+        endpoint = self._cache.get(key)
         if endpoint is None:
-            endpoint = self._endpoints[key] = super()._getEndpoint(uri)
+            endpoint = self._cache[key] = self._endpoints.endpointForURI(uri)
         return endpoint
 
 
 class UpstreamClient:
     """HTTP/1.1 client for the providers with a large persistent connection pool.
 
-    TLS certificates are verified (Twisted's browser-like policy). Reused connections
-    follow the retry rule of ``_ReplayingClientProtocol``.
+    Built on the shared outbound layer (TLS verified, quiet pool); what is the proxy's own
+    is the retry rule of reused connections (``_ReplayingClientProtocol``) and the
+    endpoint cache.
     """
 
-    def __init__(self, reactor: Any, max_per_host: int, idle_seconds: float = 55.0) -> None:
-        self.pool = _QuietPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = max_per_host
-        self.pool.cachedConnectionTimeout = idle_seconds
-        self.agent = _EndpointCachingAgent(reactor, pool=self.pool, connectTimeout=30)
+    def __init__(self, reactor: IReactorTCP, max_per_host: int,
+                 idle_seconds: float = 55.0) -> None:
+        settings = ClientSettings(max_per_host=max_per_host, idle_seconds=idle_seconds,
+                                  connect_timeout=CONNECT_TIMEOUT)
+        self.http = HTTPClient(
+            reactor, settings=settings, on_reuse=_ReplayingClientProtocol,
+            endpoints=_CachedEndpoints(Endpoints(reactor, settings.connect_timeout)))
 
     def request(self, method: bytes, url: bytes, headers: Headers,
                 body: bytes | None) -> Deferred[IResponse]:
-        producer = BytesProducer(body) if body is not None else None
-        return self.agent.request(method, url, headers, producer)
+        return self.http.request(method, url, headers, body)
 
     def close(self) -> Deferred[None]:
-        return self.pool.closeCachedConnections()
+        return self.http.close()
 
 
 class ResponseCapture:

@@ -23,16 +23,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
 
 from mnemomd import __version__
-from mnemomd.http.client import BytesProducer
+from mnemomd.http.client import ClientSettings, HTTPClient, Reply
+from mnemomd.http.errors import as_outbound
 from mnemomd.webhooks.store import AttemptResult, Delivery, Endpoint, WebhookStore
 
 log = Logger()
@@ -127,71 +125,41 @@ class SendResult:
     error: str | None
 
 
-class _DiscardBody(Protocol):
-    """Reads a receiver's answer only to finish the exchange; nothing is kept."""
-
-    def __init__(self) -> None:
-        # Cancelled (by the attempt's timeout) while the body trickles in: drop the
-        # connection rather than leave it to the receiver.
-        self.done: Deferred[None] = Deferred(lambda _: self._abort())
-        self._size = 0
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self._size += len(data)
-        if self._size > RESPONSE_BODY_LIMIT and self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # noqa: N802
-        if not self.done.called:
-            self.done.callback(None)
-
-
 class WebhookSender:
     """POSTs signed bodies; never raises, answers with a status or an error reason."""
 
-    def __init__(self, reactor: Any, clock: IReactorTime | None = None,
+    def __init__(self, reactor: IReactorTCP, clock: IReactorTime | None = None,
                  timeout: float = TIMEOUT_SECONDS) -> None:
-        self._clock: IReactorTime = clock if clock is not None else reactor
         self._timeout = timeout
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 4
-        self._agent = Agent(reactor, pool=self.pool, connectTimeout=timeout)
+        # Idle connections are kept 240 s (Twisted's default): receivers are few and
+        # events come in bursts.
+        self._http = HTTPClient(reactor, clock, ClientSettings(
+            max_per_host=4, idle_seconds=240, connect_timeout=timeout))
 
     def send(self, url: str, headers: dict[str, str], body: bytes) -> Deferred[SendResult]:
         try:
-            d = self._agent.request(
-                b"POST", url.encode("ascii"),
-                Headers({k.encode(): [v.encode()] for k, v in headers.items()}),
-                BytesProducer(body))
+            request_headers = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
         except Exception as e:
             return succeed(SendResult(None, f"request failed: {type(e).__name__}"))
+        # Only the status matters: a receiver's answer is read (up to a bound) and dropped.
+        d = self._http.exchange(b"POST", url, request_headers, body, timeout=self._timeout,
+                                max_body=RESPONSE_BODY_LIMIT, keep_body=False)
+        return d.addCallbacks(_answered, self._failed)
 
-        def answered(response: IResponse) -> Deferred[SendResult]:
-            reader = _DiscardBody()
-            response.deliverBody(reader)
-            return reader.done.addCallback(lambda _: SendResult(response.code, None))
+    def _failed(self, failure: Failure) -> SendResult:
+        error = as_outbound(failure).value
+        if error.reason == "timeout":
+            return SendResult(None, f"timed out after {self._timeout:g} s")
+        if error.reason == "bad_url":
+            return SendResult(None, f"request failed: {error.cause}")
+        return SendResult(None, error.cause)
 
-        def failed(failure: Failure) -> SendResult:
-            if failure.check(ResponseDone):
-                return SendResult(None, "connection closed")
-            return SendResult(None, failure.type.__name__)
+    def close(self) -> Deferred[None]:
+        return self._http.close()
 
-        def timed_out(_: Any, timeout: float) -> SendResult:
-            # Cancelling a request in flight fails it with ResponseNeverReceived, not
-            # CancelledError, so the default conversion to TimeoutError cannot be relied on.
-            return SendResult(None, f"timed out after {timeout:g} s")
 
-        d.addCallback(answered)
-        d.addErrback(failed)
-        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
-        return d
-
-    def close(self) -> Deferred[Any]:
-        return self.pool.closeCachedConnections()
+def _answered(reply: Reply) -> SendResult:
+    return SendResult(reply.code, None)
 
 
 class WebhookDispatcher:
