@@ -60,7 +60,9 @@ class PersistentAgentDirectory:
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    def resolve(self, hash_: str, name: str | None) -> Deferred[Agent]:
+    def resolve(self, hash_: str, name: str | None,
+                key_hash: str | None = None) -> Deferred[Agent]:
+        """The agent of ``hash_``; ``key_hash`` is the hash of the call's key alone."""
         waiters = self._in_flight.get(hash_)
         mine: Deferred[Agent] = Deferred()
         if waiters is not None:
@@ -68,23 +70,46 @@ class PersistentAgentDirectory:
             return mine
         self._in_flight[hash_] = [mine]
         d = self._cache.get_json(agent_cache_key(hash_))
-        d.addCallback(self._cached_or_stored, hash_, name)
+        d.addCallback(self._cached_or_stored, hash_, name, key_hash)
         d.addBoth(self._deliver, hash_)
         return mine
 
-    def _cached_or_stored(self, cached: Any, hash_: str, name: str | None) -> Any:
+    def _cached_or_stored(self, cached: Any, hash_: str, name: str | None,
+                          key_hash: str | None) -> Any:
         if isinstance(cached, dict):
             try:
-                return Agent(**cached)
+                agent = Agent(**cached)
             except TypeError:
                 pass  # written by another version: read it again from the database
-        d = self._store.get_or_create(hash_, name, self._default_enforcement, self._now_ms())
+            else:
+                if agent.key_hash is not None or key_hash is None:
+                    return agent
+                # A named agent from before keys were recorded: learn its key now.
+        d = self._store.get_or_create(hash_, name, self._default_enforcement, self._now_ms(),
+                                      key_hash)
+        d.addCallback(self._with_key, hash_, key_hash)
 
         def remember(agent: Agent) -> Agent:
             self._cache.set_json(agent_cache_key(hash_), dataclasses.asdict(agent))
             return agent
 
         return d.addCallback(remember)
+
+    def _with_key(self, agent: Agent, hash_: str, key_hash: str | None) -> Any:
+        """``agent``, after recording its key if it has none yet (see ``learn_key``)."""
+        if agent.key_hash is not None or key_hash is None:
+            return agent
+
+        def learnt(result: tuple[Agent | None, list[tuple[str, str]]]) -> Agent:
+            fresh, changed = result
+            # A key action taken while the key was unknown now holds every agent of the
+            # key: drop what this process and the shared cache know of them.
+            for other_hash, _ in changed:
+                if other_hash != hash_:
+                    self.invalidate(other_hash)
+            return fresh if fresh is not None else agent
+
+        return self._store.learn_key(hash_, key_hash, self._now_ms()).addCallback(learnt)
 
     def _deliver(self, result: Agent | Failure, hash_: str) -> None:
         for waiter in self._in_flight.pop(hash_, []):

@@ -2,7 +2,8 @@
 
 The provider key identifies the agent, but the key itself is never kept: only the first
 16 hex characters of its SHA-256 (with the agent name for ``/agent/{name}/…`` routes, so
-one key can carry several agents).
+one key can carry several agents). Every agent also records its key's hash (the plain
+agent's hash), so that a key-scoped containment reaches every name the key is used under.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ SESSION_HEADER = b"x-mnemom-session"
 _SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _AGENT_NAME = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 HOUR_MS = 3_600_000
+#: Containment states, least severe first: an agent is held by the worse of its own state
+#: and its key's.
+CONTAINMENT_SEVERITY = ("active", "paused", "killed")
 
 
 def agent_hash(api_key: bytes, agent_name: str | None = None) -> str:
@@ -57,15 +61,44 @@ class Agent:
     nudge_strategy: str = "always"
     nudge_rate: float = 1.0
     nudge_threshold: int = 3
+    #: The agent's own containment state (agent scope).
     containment_status: str = "active"
     auto_containment_threshold: int | None = None
     created_at: int = 0
+    #: The hash of the key alone (the plain agent's hash); None for a named agent created
+    #: before keys were recorded, until its next call.
+    key_hash: str | None = None
+    #: The key's containment state (key scope), or the one waiting for the key to be known.
+    key_containment_status: str = "active"
+
+
+def effective_containment(agent: Agent) -> tuple[str, str | None]:
+    """(state, scope) that holds the agent: the worse of its own and its key's state.
+
+    The scope is ``key`` when the key's state is at least as severe as the agent's own
+    (lifting the agent alone would not free it), ``agent`` when only the agent's own
+    state holds it, None for an active agent.
+    """
+    own = CONTAINMENT_SEVERITY.index(agent.containment_status) \
+        if agent.containment_status in CONTAINMENT_SEVERITY else 0
+    key = CONTAINMENT_SEVERITY.index(agent.key_containment_status) \
+        if agent.key_containment_status in CONTAINMENT_SEVERITY else 0
+    if own == 0 and key == 0:
+        return "active", None
+    if key >= own:
+        return CONTAINMENT_SEVERITY[key], "key"
+    return CONTAINMENT_SEVERITY[own], "agent"
 
 
 class AgentDirectory(Protocol):
-    """Resolves an agent hash to its agent, creating it on first sight."""
+    """Resolves an agent hash to its agent, creating it on first sight.
 
-    def resolve(self, hash_: str, name: str | None) -> Deferred[Agent]: ...
+    ``key_hash`` is the hash of the call's key alone (``agent_hash(key)``): recorded with
+    a new agent, and learnt by a named agent created before keys were recorded.
+    """
+
+    def resolve(self, hash_: str, name: str | None,
+                key_hash: str | None = None) -> Deferred[Agent]: ...
 
 
 class InMemoryAgentDirectory:
@@ -75,11 +108,13 @@ class InMemoryAgentDirectory:
         self._by_hash: dict[str, Agent] = {}
         self._taken_ids: set[str] = set()
 
-    def resolve(self, hash_: str, name: str | None) -> Deferred[Agent]:
+    def resolve(self, hash_: str, name: str | None,
+                key_hash: str | None = None) -> Deferred[Agent]:
         agent = self._by_hash.get(hash_)
         if agent is None:
             agent_id = next(c for c in agent_id_candidates(hash_) if c not in self._taken_ids)
-            agent = Agent(agent_hash=hash_, agent_id=agent_id, name=name)
+            agent = Agent(agent_hash=hash_, agent_id=agent_id, name=name,
+                          key_hash=key_hash if name is not None else hash_)
             self._by_hash[hash_] = agent
             self._taken_ids.add(agent_id)
         return succeed(agent)

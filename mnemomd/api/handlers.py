@@ -9,15 +9,16 @@ bumps ``agents.updated_at`` (replicas on their own cache drop theirs within seco
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from aap.schemas.alignment_card import AlignmentCard
 from pydantic import ValidationError
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 
+from mnemomd.agents.identity import effective_containment
 from mnemomd.api import schemas as s
 from mnemomd.api.auth import Principal
 from mnemomd.api.queries import ManagementStore, Page, new_card_id
@@ -260,8 +261,12 @@ class ApiHandlers:
     @inlineCallbacks
     def get_containment(self, call: ApiCall) -> Any:
         agent = yield self._agent(call.params["agent_id"])
-        log = yield self._store.containment_log(agent["agent_id"], 100, 0)
+        log = yield self._store.containment_log(agent["agent_id"], agent["key_hash"], 100, 0)
         return 200, {"agent_id": agent["agent_id"], "status": agent["containment_status"],
+                     "scope": agent["containment_scope"],
+                     "agent_status": agent["agent_containment_status"],
+                     "key_status": agent["key_containment_status"],
+                     "key_hash": agent["key_hash"],
                      "reason": agent["containment_reason"],
                      "changed_at": agent["containment_changed_at"],
                      "auto_containment_threshold": agent["auto_containment_threshold"],
@@ -274,14 +279,19 @@ class ApiHandlers:
         actor = containment_actor(call)
         try:
             change = yield self._enforcement.contain(agent_id, action, actor, call.body.reason,
-                                                     call.now_ms)
+                                                     call.now_ms, call.body.scope)
         except EnforcementError as e:
             raise ApiError(409, str(e), "conflict") from None
-        yield self._invalidate_agent(change.agent.agent_hash, agent_id)
+        # Every agent the change holds or frees, on every replica sharing the KV store
+        # (the others notice within a poll interval).
+        yield invalidate_in_batches(self._invalidate_agent, change.agents)
         self._events_queued()  # agent.paused / resumed / killed
-        return 200, {"agent_id": agent_id, "action": action, "from_status": change.from_status,
-                     "to_status": change.to_status, "actor": actor,
-                     "reason": change.reason}
+        status, _ = effective_containment(change.agent)
+        return 200, {"agent_id": agent_id, "action": action, "scope": change.scope,
+                     "from_status": change.from_status, "to_status": change.to_status,
+                     "actor": actor, "reason": change.reason, "key_hash": change.key_hash,
+                     "key_known": change.key_known, "agents": len(change.agents),
+                     "containment_status": status}
 
     def containment_pause(self, call: ApiCall) -> Deferred[Any]:
         return self._contain(call, "pause")
@@ -413,6 +423,21 @@ class ApiHandlers:
         new_id = yield self._webhooks.redeliver(delivery_id, call.now_ms)
         result = yield self._queued(new_id)
         return result
+
+
+#: Agents whose cache entries are dropped at once after a key's containment changed.
+INVALIDATION_BATCH = 500
+
+
+@inlineCallbacks
+def invalidate_in_batches(invalidate: Callable[[str, str], Any],
+                          agents: Sequence[tuple[str, str]]) -> Any:
+    """Drop the cache entries of ``agents`` ((hash, id) pairs), a bounded batch at a time:
+    a key may carry many named agents."""
+    for start in range(0, len(agents), INVALIDATION_BATCH):
+        yield gatherResults([maybeDeferred(invalidate, hash_, agent_id)
+                             for hash_, agent_id in agents[start:start + INVALIDATION_BATCH]])
+    return None
 
 
 def check_webhook_url(url: str, allow_http: bool) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from mnemomd.agents.identity import Agent, effective_containment
 from mnemomd.agents.store import default_conscience_values
 from mnemomd.integrity.checkpoints import CHECKPOINT_COLUMNS, row_to_checkpoint
 from mnemomd.storage.database import Cursor, Database
@@ -22,12 +23,26 @@ from mnemomd.storage.database import Cursor, Database
 AGENT_FIELDS = ("agent_id", "agent_hash", "name", "enforcement_mode", "aip_enabled",
                 "aap_enabled", "nudge_strategy", "nudge_rate", "nudge_threshold",
                 "containment_status", "containment_reason", "containment_changed_at",
-                "auto_containment_threshold", "created_at", "updated_at", "last_seen_at")
+                "auto_containment_threshold", "created_at", "updated_at", "last_seen_at",
+                "key_hash", "key_containment_status")
+#: The agent with its key's containment (``AGENT_FIELDS`` in order, then the key's reason
+#: and time of change): a view shows the state that holds the agent and why.
 _AGENT_SELECT = (
-    "SELECT id, agent_hash, name, enforcement_mode, aip_enabled, aap_enabled, nudge_strategy,"
-    " nudge_rate, nudge_threshold, containment_status, containment_reason,"
-    " containment_changed_at, auto_containment_threshold, created_at, updated_at, last_seen_at"
-    " FROM agents")
+    "SELECT a.id, a.agent_hash, a.name, a.enforcement_mode, a.aip_enabled, a.aap_enabled,"
+    " a.nudge_strategy, a.nudge_rate, a.nudge_threshold, a.containment_status,"
+    " a.containment_reason, a.containment_changed_at, a.auto_containment_threshold,"
+    " a.created_at, a.updated_at, a.last_seen_at, a.key_hash,"
+    " COALESCE(k.containment_status, a.pending_key_status, 'active'),"
+    " k.containment_reason, k.containment_changed_at"
+    " FROM agents a LEFT JOIN key_containments k ON k.key_hash = a.key_hash")
+_AGENT_TABLE = "agents a LEFT JOIN key_containments k ON k.key_hash = a.key_hash"
+#: The effective containment state in SQL (the worse of the agent's and its key's), for
+#: the list filter; ``effective_containment`` is the same rule in Python.
+_EFFECTIVE_STATUS = (
+    "CASE WHEN a.containment_status = 'killed' OR COALESCE(k.containment_status, "
+    "a.pending_key_status) = 'killed' THEN 'killed' WHEN a.containment_status = 'paused' "
+    "OR COALESCE(k.containment_status, a.pending_key_status) = 'paused' THEN 'paused' "
+    "ELSE 'active' END")
 _BOOLEAN_FIELDS = ("aip_enabled", "aap_enabled")
 
 DRIFT_FIELDS = ("id", "agent_id", "session_id", "source", "severity", "alert", "created_at")
@@ -43,10 +58,22 @@ class Page:
 
 
 def _agent_dict(row: Sequence[Any]) -> dict[str, Any]:
-    agent = dict(zip(AGENT_FIELDS, row, strict=True))
+    """An agent view: ``containment_status`` is the state that holds the agent (the worse
+    of ``agent_containment_status`` and ``key_containment_status``), ``containment_scope``
+    says which, and the reason and time are that scope's."""
+    agent = dict(zip(AGENT_FIELDS, row[:len(AGENT_FIELDS)], strict=True))
+    key_reason, key_changed_at = row[len(AGENT_FIELDS):]
     for name in _BOOLEAN_FIELDS:
         agent[name] = bool(agent[name])
     agent["nudge_rate"] = float(agent["nudge_rate"])
+    own = agent["containment_status"]
+    status, scope = effective_containment(Agent(
+        agent["agent_hash"], agent["agent_id"], agent["name"], containment_status=own,
+        key_containment_status=agent["key_containment_status"]))
+    agent.update(containment_status=status, containment_scope=scope,
+                 agent_containment_status=own)
+    if scope == "key":
+        agent.update(containment_reason=key_reason, containment_changed_at=key_changed_at)
     return agent
 
 
@@ -93,28 +120,41 @@ def _drift_dict(row: Sequence[Any]) -> dict[str, Any]:
     return alert
 
 
-#: Each source of the timeline as (kind, table, SELECT of: id, created_at, two details).
+#: Each source of the timeline as (kind, SELECT of: kind, id, created_at, three details;
+#: its parameters are the agent's id, and its key's hash where the SQL has a second ``?``).
+#: Key-scoped containment changes belong to every agent of the key.
 _TIMELINE_SOURCES = (
-    ("checkpoint", "SELECT 'checkpoint', id, created_at, verdict, session_id "
+    ("checkpoint", "SELECT 'checkpoint', id, created_at, verdict, session_id, NULL "
                    "FROM integrity_checkpoints WHERE agent_id = ?"),
-    ("trace", "SELECT 'trace', id, created_at, checkpoint_id, session_id "
+    ("trace", "SELECT 'trace', id, created_at, checkpoint_id, session_id, NULL "
               "FROM ap_traces WHERE agent_id = ?"),
-    ("nudge", "SELECT 'nudge', id, created_at, status, session_id "
+    ("nudge", "SELECT 'nudge', id, created_at, status, session_id, NULL "
               "FROM nudges WHERE agent_id = ?"),
-    ("containment", "SELECT 'containment', id, created_at, action, actor "
-                    "FROM containment_log WHERE agent_id = ?"),
+    ("containment", "SELECT 'containment', id, created_at, action, actor, scope "
+                    "FROM containment_log WHERE agent_id = ? "
+                    "OR (scope = 'key' AND key_hash = ?)"),
 )
 _TIMELINE_DETAILS = {"checkpoint": ("verdict", "session_id"),
                      "trace": ("checkpoint_id", "session_id"),
                      "nudge": ("status", "session_id"),
-                     "containment": ("action", "actor")}
+                     "containment": ("action", "actor", "scope")}
 
 
 def _timeline_entry(row: Sequence[Any]) -> dict[str, Any]:
-    kind, id_, created_at, first, second = row
+    kind, id_, created_at, *details = row
     names = _TIMELINE_DETAILS[kind]
     return {"kind": kind, "id": id_, "created_at": int(created_at),
-            "data": {names[0]: first, names[1]: second}}
+            "data": dict(zip(names, details, strict=False))}
+
+
+def _key_of(cursor: Cursor, agent_id: str) -> str | None:
+    row = cursor.execute("SELECT key_hash FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    return row[0] if row else None
+
+
+#: The containment log of an agent: its own changes and its key's.
+_CONTAINMENT_LOG_FIELDS = ("id", "agent_id", "action", "scope", "key_hash", "from_status",
+                           "to_status", "actor", "reason", "created_at")
 
 
 class ManagementStore:
@@ -127,15 +167,21 @@ class ManagementStore:
 
     def list_agents(self, limit: int, offset: int, containment_status: str | None = None,
                     enforcement_mode: str | None = None) -> Deferred[Page]:
-        where, params = equal_to(containment_status=containment_status,
-                                 enforcement_mode=enforcement_mode)
+        where: list[str] = []
+        params: list[Any] = []
+        if containment_status is not None:  # the state that holds the agent
+            where.append(f"{_EFFECTIVE_STATUS} = ?")
+            params.append(containment_status)
+        if enforcement_mode is not None:
+            where.append("a.enforcement_mode = ?")
+            params.append(enforcement_mode)
         return self._db.run_interaction(
-            "api_list_agents", page, _AGENT_SELECT, where, params, "created_at DESC, id",
-            limit, offset, _agent_dict, "agents")
+            "api_list_agents", page, _AGENT_SELECT, where, params, "a.created_at DESC, a.id",
+            limit, offset, _agent_dict, _AGENT_TABLE)
 
     def agent(self, agent_id: str) -> Deferred[dict[str, Any] | None]:
         def read(cursor: Cursor) -> dict[str, Any] | None:
-            row = cursor.execute(f"{_AGENT_SELECT} WHERE id = ?", (agent_id,)).fetchone()
+            row = cursor.execute(f"{_AGENT_SELECT} WHERE a.id = ?", (agent_id,)).fetchone()
             return _agent_dict(row) if row else None
 
         return self._db.run_interaction("api_get_agent", read)
@@ -258,9 +304,10 @@ class ManagementStore:
         """Checkpoints, traces, nudges and containment changes, newest first."""
         sources = [sql for kind, sql in _TIMELINE_SOURCES if kind in kinds]
         union = " UNION ALL ".join(sources)
-        params = [agent_id] * len(sources)
 
         def read(cursor: Cursor) -> Page:
+            key_hash = _key_of(cursor, agent_id)
+            params = [p for sql in sources for p in (agent_id, key_hash)[:sql.count("?")]]
             rows = cursor.execute(
                 f"SELECT * FROM ({union}) AS events ORDER BY 3 DESC, 2 DESC LIMIT ? OFFSET ?",
                 (*params, limit, offset)).fetchall()
@@ -270,11 +317,14 @@ class ManagementStore:
 
         return self._db.run_interaction("api_timeline", read)
 
-    def containment_log(self, agent_id: str, limit: int, offset: int) -> Deferred[Page]:
-        fields = ("id", "action", "from_status", "to_status", "actor", "reason", "created_at")
+    def containment_log(self, agent_id: str, key_hash: str | None, limit: int,
+                        offset: int) -> Deferred[Page]:
+        """The agent's containment changes and its key's (``key_hash``), newest first."""
+        fields = _CONTAINMENT_LOG_FIELDS
         return self._db.run_interaction(
             "api_containment_log", page, f"SELECT {', '.join(fields)} FROM containment_log",
-            ["agent_id = ?"], [agent_id], "created_at DESC, id DESC", limit, offset,
+            ["(agent_id = ? OR (scope = 'key' AND key_hash = ?))"], [agent_id, key_hash],
+            "created_at DESC, id DESC", limit, offset,
             lambda r: dict(zip(fields, r, strict=True)), "containment_log")
 
 

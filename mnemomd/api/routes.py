@@ -131,10 +131,14 @@ class Route:
 AGENT = "/v1/agents/{agent_id}"
 WEBHOOK = "/v1/webhooks/{webhook_id}"
 CONTAINMENT_ACTION_HELP = {
-    "pause": "Pause the agent: its calls get 403 until resumed",
-    "resume": "Resume a paused agent",
-    "kill": "Kill the agent: its calls get 403 until reactivated",
-    "reactivate": "Reactivate a killed or paused agent",
+    "pause": "Pause the agent (scope agent, the default) or every agent of its API key "
+             "(scope key): their calls get 403 until resumed",
+    "resume": "Resume a paused agent or key (default scope: the one in force)",
+    "kill": "Kill every agent of the agent's API key, names first used later included "
+            "(scope key, the default), or the agent alone (scope agent): their calls get "
+            "403 until reactivated",
+    "reactivate": "Reactivate a killed or paused agent or key (default scope: the one in "
+                  "force)",
 }
 
 ROUTES: tuple[Route, ...] = (

@@ -17,6 +17,7 @@ MODES = ("observe", "nudge", "enforce")
 NUDGE_STRATEGIES = ("always", "sampling", "threshold", "off")
 VERDICTS = ("clear", "review_needed", "boundary_violation")
 CONTAINMENT_STATUSES = ("active", "paused", "killed")
+CONTAINMENT_SCOPES = ("agent", "key")
 CONSCIENCE_TYPES = ("BOUNDARY", "FEAR", "COMMITMENT", "BELIEF", "HOPE")
 #: Events a webhook endpoint may subscribe to (SPEC §7), and ``*``: every event but
 #: ``verdict.clear`` and ``webhook.test``, which are subscribed to by name.
@@ -64,6 +65,10 @@ class ConscienceBody(Body):
 class ContainmentBody(Body):
     reason: Annotated[str, Field(max_length=500)] | None = None
     actor: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    #: ``agent``: this agent alone; ``key``: every agent of its API key, names first used
+    #: later included. Omitted: ``kill`` takes the key, ``pause`` the agent, ``resume``
+    #: and ``reactivate`` the scope in force.
+    scope: Literal["agent", "key"] | None = None
 
 
 class PolicyBody(Body):
@@ -99,6 +104,8 @@ MILLIS: dict[str, Any] = {"type": "integer", "description": "epoch milliseconds"
 
 
 def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if "enum" in schema:
+        return {**schema, "type": [schema["type"], "null"], "enum": [*schema["enum"], None]}
     return {**schema, "type": [schema["type"], "null"]}
 
 
@@ -128,6 +135,9 @@ AGENT = obj({
     "enforcement_mode": enum(MODES), "aip_enabled": BOOLEAN, "aap_enabled": BOOLEAN,
     "nudge_strategy": enum(NUDGE_STRATEGIES), "nudge_rate": NUMBER,
     "nudge_threshold": INTEGER, "containment_status": enum(CONTAINMENT_STATUSES),
+    "containment_scope": nullable(enum(CONTAINMENT_SCOPES)),
+    "agent_containment_status": enum(CONTAINMENT_STATUSES),
+    "key_containment_status": enum(CONTAINMENT_STATUSES), "key_hash": nullable(STRING),
     "containment_reason": nullable(STRING), "containment_changed_at": nullable(MILLIS),
     "auto_containment_threshold": nullable(INTEGER), "created_at": MILLIS,
     "updated_at": MILLIS, "last_seen_at": nullable(MILLIS)})
@@ -160,15 +170,23 @@ TRACE = obj({"id": STRING, "agent_id": STRING, "session_id": nullable(STRING),
              "created_at": MILLIS})
 TIMELINE_ENTRY = obj({"kind": enum(("checkpoint", "trace", "nudge", "containment")),
                       "id": STRING, "created_at": MILLIS, "data": OBJECT})
-CONTAINMENT_EVENT = obj({"id": STRING, "action": STRING, "from_status": STRING,
-                         "to_status": STRING, "actor": STRING, "reason": nullable(STRING),
-                         "created_at": MILLIS})
+CONTAINMENT_EVENT = obj({"id": STRING, "agent_id": STRING, "action": STRING,
+                         "scope": enum(CONTAINMENT_SCOPES), "key_hash": nullable(STRING),
+                         "from_status": STRING, "to_status": STRING, "actor": STRING,
+                         "reason": nullable(STRING), "created_at": MILLIS})
 CONTAINMENT = obj({"agent_id": STRING, "status": enum(CONTAINMENT_STATUSES),
+                   "scope": nullable(enum(CONTAINMENT_SCOPES)),
+                   "agent_status": enum(CONTAINMENT_STATUSES),
+                   "key_status": enum(CONTAINMENT_STATUSES), "key_hash": nullable(STRING),
                    "reason": nullable(STRING), "changed_at": nullable(MILLIS),
                    "auto_containment_threshold": nullable(INTEGER),
                    "log": array(CONTAINMENT_EVENT)})
-CONTAINMENT_CHANGE = obj({"agent_id": STRING, "action": STRING, "from_status": STRING,
-                          "to_status": STRING, "actor": STRING, "reason": nullable(STRING)})
+CONTAINMENT_CHANGE = obj({"agent_id": STRING, "action": STRING,
+                          "scope": enum(CONTAINMENT_SCOPES), "from_status": STRING,
+                          "to_status": STRING, "actor": STRING, "reason": nullable(STRING),
+                          "key_hash": nullable(STRING), "key_known": BOOLEAN,
+                          "agents": INTEGER,
+                          "containment_status": enum(CONTAINMENT_STATUSES)})
 POLICY = obj({"agent_id": STRING, "auto_containment_threshold": nullable(INTEGER)})
 WEBHOOK = obj({"id": STRING, "url": STRING, "description": nullable(STRING),
                "event_types": array(enum(WEBHOOK_EVENTS)), "allow_http": BOOLEAN,

@@ -145,7 +145,8 @@ AGENT_COLUMNS = (("agent_id", "AGENT"), ("name", "NAME"), ("enforcement_mode", "
                  ("containment_status", "STATUS"), ("last_seen_at", "LAST SEEN"),
                  ("created_at", "CREATED"))
 AGENT_FIELDS = (("agent_id", "agent"), ("name", "name"), ("enforcement_mode", "enforcement"),
-                ("containment_status", "containment"), ("containment_reason", "reason"),
+                ("containment_status", "containment"), ("containment_scope", "scope"),
+                ("containment_reason", "reason"), ("key_hash", "key"),
                 ("aip_enabled", "aip"), ("aap_enabled", "aap"),
                 ("nudge_strategy", "nudge strategy"), ("nudge_rate", "nudge rate"),
                 ("nudge_threshold", "nudge threshold"),
@@ -155,8 +156,9 @@ CHECKPOINT_COLUMNS = (("id", "CHECKPOINT"), ("verdict", "VERDICT"), ("session_id
                       ("model", "MODEL"), ("synthetic", "SYNTHETIC"), ("created_at", "CREATED"))
 TRACE_COLUMNS = (("id", "TRACE"), ("session_id", "SESSION"), ("checkpoint_id", "CHECKPOINT"),
                  ("verified", "VERIFIED"), ("created_at", "CREATED"))
-LOG_COLUMNS = (("created_at", "WHEN"), ("action", "ACTION"), ("from_status", "FROM"),
-               ("to_status", "TO"), ("actor", "ACTOR"), ("reason", "REASON"))
+LOG_COLUMNS = (("created_at", "WHEN"), ("action", "ACTION"), ("scope", "SCOPE"),
+               ("agent_id", "VIA"), ("from_status", "FROM"), ("to_status", "TO"),
+               ("actor", "ACTOR"), ("reason", "REASON"))
 NUDGE_COLUMNS = (("id", "NUDGE"), ("status", "STATUS"), ("session_id", "SESSION"),
                  ("created_at", "CREATED"))
 WEBHOOK_COLUMNS = (("id", "WEBHOOK"), ("url", "URL"), ("enabled", "ENABLED"),
@@ -271,10 +273,30 @@ def agent_command(client: ApiClient, args: argparse.Namespace, out: IO[str]) -> 
         agent = client.request("GET", base)
         result["agent"] = agent
         return result, lambda: fields(agent, AGENT_FIELDS, out)
-    body = {k: v for k, v in (("reason", args.reason), ("actor", args.actor)) if v}
+    body = {k: v for k, v in (("reason", args.reason), ("actor", args.actor),
+                              ("scope", args.scope)) if v}
     change = client.request("POST", f"{base}/containment/{action}", body)
-    return change, lambda: out.write(
-        f"{change['agent_id']}: {change['from_status']} -> {change['to_status']}\n")
+    return change, lambda: out.write(describe_change(change))
+
+
+def describe_change(change: Mapping[str, Any]) -> str:
+    """``smolt-…: active -> killed (key, 3 agents)``, and a warning when the key of the
+    agent is not known yet."""
+    line = f"{change['agent_id']}: {change['from_status']} -> {change['to_status']}"
+    if change.get("scope") == "key":
+        count = change.get("agents", 0)
+        line += f" (key, {count} agent{'s' if count != 1 else ''})"
+    else:
+        line += " (agent)"
+    if change.get("containment_status") not in (None, change["to_status"]):
+        other = "agent" if change.get("scope") == "key" else "key"
+        line += f"; the agent is {change['containment_status']} by its {other} scope"
+    text = line + "\n"
+    if not change.get("key_known", True):
+        text += ("warning: the agent has not called since keys were recorded, so its key is "
+                 "not known yet; the change holds this agent now and every agent of its key "
+                 "from its next call\n")
+    return text
 
 
 def webhook_command(client: ApiClient, args: argparse.Namespace, out: IO[str]) -> Any:
@@ -392,6 +414,10 @@ def add_management_commands(commands: Any, common: Any) -> None:
         sub.add_argument("agent_id")
         sub.add_argument("--reason", help="why (kept in the containment log)")
         sub.add_argument("--actor", help="who (default: the API's name for your token)")
+        default = {"kill": "key", "pause": "agent"}.get(action, "the scope in force")
+        sub.add_argument("--scope", choices=("agent", "key"),
+                         help=f"the agent alone, or every agent of its API key (default: "
+                              f"{default})")
     command(agent_commands, "show", "the agent and its containment log").add_argument(
         "agent_id")
     settings = command(agent_commands, "settings", "change nudge, AIP/AAP and "

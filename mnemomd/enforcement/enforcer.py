@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from mnemomd.agents.identity import Agent
+from mnemomd.agents.identity import Agent, effective_containment
 from mnemomd.enforcement.store import EnforcementStore, Nudge
 from mnemomd.kv import KVCache
 
@@ -56,11 +56,13 @@ def combined_notice(nudges: list[Nudge]) -> str:
 
 
 def containment_refusal(agent: Agent) -> dict[str, Any] | None:
-    """The 403 body for a contained agent (SPEC §3.10), or None."""
-    if agent.containment_status not in ("paused", "killed"):
+    """The 403 body for a contained agent (SPEC §3.10), or None: held by its own state or
+    by its key's, whichever is worse (``scope`` says which)."""
+    status, scope = effective_containment(agent)
+    if scope is None:
         return None
     return {"error": "Agent contained", "type": "containment_error",
-            "reason": f"agent_{agent.containment_status}"}
+            "reason": f"agent_{status}", "scope": scope}
 
 
 class Enforcement:

@@ -2,6 +2,12 @@
 
 Every containment change is written together with its log row in one transaction, so
 the log is a complete history of who paused, resumed, killed or reactivated an agent.
+
+Containment has a scope. ``agent`` changes the agent's own row. ``key`` changes the row of
+its API key in ``key_containments``, which holds every agent of the key: the plain one,
+every named one, and names first used later (they are read joined with it). Without a
+scope, ``kill`` takes the key (a kill is meant to stop whoever holds the key, under any
+name), ``pause`` the agent, and ``resume`` / ``reactivate`` the scope in force.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from mnemomd.agents.identity import Agent
-from mnemomd.agents.store import AGENT_COLUMNS, row_to_agent
+from mnemomd.agents.store import AGENT_COLUMNS, AGENT_FROM, key_agents, row_to_agent
 from mnemomd.storage.database import Cursor, Database
 from mnemomd.webhooks.store import enqueue_event
 
@@ -32,6 +38,9 @@ CONTAINMENT_ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
 CONTAINMENT_EVENTS = {"paused": "agent.paused", "active": "agent.resumed",
                       "killed": "agent.killed"}
 
+#: What a containment action acts on: the agent alone, or every agent of its API key.
+SCOPES = ("agent", "key")
+
 NUDGE_MAX_AGE_MS = 4 * 3600 * 1000
 NUDGES_PER_CALL = 5
 
@@ -48,6 +57,14 @@ class ContainmentChange:
     to_status: str
     actor: str
     reason: str | None
+    scope: str = "agent"
+    #: The key changed (key scope), None when it is not known yet.
+    key_hash: str | None = None
+    #: False for a key-scoped change through an agent whose key is not known yet: it
+    #: holds that agent now and the key from the agent's next call.
+    key_known: bool = True
+    #: (agent_hash, agent_id) of every agent the change holds or frees.
+    agents: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,7 +78,7 @@ class Nudge:
 
 
 def _agent(cursor: Cursor, agent_id: str) -> Agent:
-    row = cursor.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?",
+    row = cursor.execute(f"SELECT {AGENT_COLUMNS} FROM {AGENT_FROM} WHERE a.id = ?",
                          (agent_id,)).fetchone()
     if row is None:
         raise EnforcementError(f"no agent {agent_id}")
@@ -97,27 +114,124 @@ def _update_settings(cursor: Cursor, agent_id: str, changes: dict[str, Any],
     return _agent(cursor, agent_id)
 
 
+def default_scope(action: str, agent: Agent) -> str:
+    """The scope of an action given without one: ``kill`` the key, ``pause`` the agent,
+    ``resume`` / ``reactivate`` the key while the key is held, else the agent."""
+    if action == "kill":
+        return "key"
+    if action == "pause":
+        return "agent"
+    return "key" if agent.key_containment_status != "active" else "agent"
+
+
 def _contain(cursor: Cursor, agent_id: str, action: str, actor: str, reason: str | None,
-             now_ms: int) -> ContainmentChange:
+             now_ms: int, scope: str | None = None) -> ContainmentChange:
     if action not in CONTAINMENT_ACTIONS:
         raise EnforcementError(f"unknown containment action {action}")
-    allowed_from, to_status = CONTAINMENT_ACTIONS[action]
     agent = _agent(cursor, agent_id)
+    scope = scope or default_scope(action, agent)
+    if scope not in SCOPES:
+        raise EnforcementError(f"unknown containment scope {scope}")
+    if scope == "agent":
+        return _contain_agent(cursor, agent, action, actor, reason, now_ms)
+    if agent.key_hash is None:
+        return _contain_unknown_key(cursor, agent, action, actor, reason, now_ms)
+    return _contain_key(cursor, agent, agent.key_hash, action, actor, reason, now_ms)
+
+
+def _log(cursor: Cursor, agent_id: str, action: str, from_status: str, to_status: str,
+         actor: str, reason: str | None, now_ms: int, scope: str,
+         key_hash: str | None) -> None:
+    cursor.execute("INSERT INTO containment_log (id, agent_id, action, from_status, to_status, "
+                   "actor, reason, created_at, scope, key_hash) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (f"cl-{uuid.uuid4().hex}", agent_id, action, from_status, to_status, actor,
+                    reason, now_ms, scope, key_hash))
+
+
+def _event(cursor: Cursor, agent_id: str, action: str, from_status: str, to_status: str,
+           actor: str, reason: str | None, now_ms: int, **scope: Any) -> None:
+    enqueue_event(cursor, CONTAINMENT_EVENTS[to_status], agent_id,
+                  {"action": action, "from_status": from_status, "to_status": to_status,
+                   "actor": actor, "reason": reason, **scope}, now_ms)
+
+
+def _contain_agent(cursor: Cursor, agent: Agent, action: str, actor: str, reason: str | None,
+                   now_ms: int) -> ContainmentChange:
+    allowed_from, to_status = CONTAINMENT_ACTIONS[action]
+    agent_id = agent.agent_id
+    if to_status == "active" and agent.key_containment_status != "active":
+        # Lifting the agent alone would leave it held: say so rather than pretend.
+        raise EnforcementError(f"{agent_id} is {agent.key_containment_status} by its key; "
+                               f"{action} it with scope key")
     if agent.containment_status not in allowed_from:
         raise EnforcementError(f"cannot {action} an agent that is {agent.containment_status}")
     cursor.execute("UPDATE agents SET containment_status = ?, containment_reason = ?, "
                    "containment_changed_at = ?, updated_at = ? WHERE id = ? "
                    "AND containment_status = ?",
                    (to_status, reason, now_ms, now_ms, agent_id, agent.containment_status))
-    cursor.execute("INSERT INTO containment_log (id, agent_id, action, from_status, to_status, "
-                   "actor, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (f"cl-{uuid.uuid4().hex}", agent_id, action, agent.containment_status,
-                    to_status, actor, reason, now_ms))
-    enqueue_event(cursor, CONTAINMENT_EVENTS[to_status], agent_id,
-                  {"action": action, "from_status": agent.containment_status,
-                   "to_status": to_status, "actor": actor, "reason": reason}, now_ms)
+    _log(cursor, agent_id, action, agent.containment_status, to_status, actor, reason, now_ms,
+         "agent", None)
+    _event(cursor, agent_id, action, agent.containment_status, to_status, actor, reason,
+           now_ms, scope="agent")
     return ContainmentChange(_agent(cursor, agent_id), action, agent.containment_status,
-                             to_status, actor, reason)
+                             to_status, actor, reason, "agent", None, True,
+                             ((agent.agent_hash, agent_id),))
+
+
+def _contain_key(cursor: Cursor, agent: Agent, key_hash: str, action: str, actor: str,
+                 reason: str | None, now_ms: int) -> ContainmentChange:
+    allowed_from, to_status = CONTAINMENT_ACTIONS[action]
+    row = cursor.execute("SELECT containment_status FROM key_containments WHERE key_hash = ?",
+                         (key_hash,)).fetchone()
+    current = row[0] if row else "active"
+    if current not in allowed_from:
+        raise EnforcementError(f"cannot {action} a key that is {current}")
+    # A lifted key keeps its row ('active'): replicas notice the lift by its updated_at.
+    written = cursor.execute(
+        "INSERT INTO key_containments (key_hash, containment_status, containment_reason, "
+        "containment_changed_at, origin_agent_id, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_hash) DO UPDATE SET "
+        "containment_status = excluded.containment_status, "
+        "containment_reason = excluded.containment_reason, "
+        "containment_changed_at = excluded.containment_changed_at, "
+        "origin_agent_id = excluded.origin_agent_id, updated_at = excluded.updated_at "
+        "WHERE key_containments.containment_status = ?",
+        (key_hash, to_status, reason, now_ms, agent.agent_id, now_ms, now_ms,
+         current)).rowcount
+    if written != 1:
+        raise EnforcementError(f"the key's containment changed meanwhile; cannot {action} it")
+    agents = key_agents(cursor, key_hash)
+    _log(cursor, agent.agent_id, action, current, to_status, actor, reason, now_ms, "key",
+         key_hash)
+    _event(cursor, agent.agent_id, action, current, to_status, actor, reason, now_ms,
+           scope="key", key_hash=key_hash, agents=len(agents))
+    return ContainmentChange(_agent(cursor, agent.agent_id), action, current, to_status, actor,
+                             reason, "key", key_hash, True, tuple(agents))
+
+
+def _contain_unknown_key(cursor: Cursor, agent: Agent, action: str, actor: str,
+                         reason: str | None, now_ms: int) -> ContainmentChange:
+    """A key-scoped change through a named agent that has not called since keys were
+    recorded: it waits on the agent (``pending_key_status``, read as its key's state),
+    and moves to the key when the agent's next call reveals it (``_learn_key``)."""
+    allowed_from, to_status = CONTAINMENT_ACTIONS[action]
+    current = agent.key_containment_status
+    if current not in allowed_from:
+        raise EnforcementError(f"cannot {action} a key that is {current}")
+    written = cursor.execute(
+        "UPDATE agents SET pending_key_status = ?, updated_at = ? WHERE id = ? "
+        "AND key_hash IS NULL AND COALESCE(pending_key_status, 'active') = ?",
+        (None if to_status == "active" else to_status, now_ms, agent.agent_id,
+         current)).rowcount
+    if written != 1:
+        raise EnforcementError(f"the key's containment changed meanwhile; cannot {action} it")
+    _log(cursor, agent.agent_id, action, current, to_status, actor, reason, now_ms, "key",
+         None)
+    _event(cursor, agent.agent_id, action, current, to_status, actor, reason, now_ms,
+           scope="key", key_hash=None, agents=1)
+    return ContainmentChange(_agent(cursor, agent.agent_id), action, current, to_status, actor,
+                             reason, "key", None, False, ((agent.agent_hash, agent.agent_id),))
 
 
 def _auto_contain(cursor: Cursor, agent_id: str, threshold: int,
@@ -133,7 +247,7 @@ def _auto_contain(cursor: Cursor, agent_id: str, threshold: int,
     if _agent(cursor, agent_id).containment_status != "active":
         return None
     return _contain(cursor, agent_id, "pause", "system",
-                    f"{threshold} consecutive boundary violations", now_ms)
+                    f"{threshold} consecutive boundary violations", now_ms, "agent")
 
 
 class EnforcementStore:
@@ -149,9 +263,10 @@ class EnforcementStore:
                                         changes, now_ms)
 
     def contain(self, agent_id: str, action: str, actor: str, reason: str | None,
-                now_ms: int) -> Deferred[ContainmentChange]:
+                now_ms: int, scope: str | None = None) -> Deferred[ContainmentChange]:
+        """Apply ``action`` to the agent or to its key (``scope``; None: the default)."""
         return self._db.run_interaction("contain_agent", _contain, agent_id, action, actor,
-                                        reason, now_ms)
+                                        reason, now_ms, scope)
 
     def auto_contain(self, agent_id: str, threshold: int,
                      now_ms: int) -> Deferred[ContainmentChange | None]:
@@ -160,13 +275,16 @@ class EnforcementStore:
                                         now_ms)
 
     def containment_log(self, agent_id: str) -> Deferred[list[dict[str, Any]]]:
+        """The agent's changes and its key's, oldest first."""
         def read(cursor: Cursor) -> list[dict[str, Any]]:
+            agent = _agent(cursor, agent_id)
             rows = cursor.execute(
-                "SELECT id, action, from_status, to_status, actor, reason, created_at "
-                "FROM containment_log WHERE agent_id = ? ORDER BY created_at, id",
-                (agent_id,)).fetchall()
-            keys = ("id", "action", "from_status", "to_status", "actor", "reason",
-                    "created_at")
+                "SELECT id, agent_id, action, from_status, to_status, actor, reason, "
+                "created_at, scope, key_hash FROM containment_log WHERE agent_id = ? "
+                "OR (scope = 'key' AND key_hash = ?) ORDER BY created_at, id",
+                (agent_id, agent.key_hash)).fetchall()
+            keys = ("id", "agent_id", "action", "from_status", "to_status", "actor", "reason",
+                    "created_at", "scope", "key_hash")
             return [dict(zip(keys, r, strict=True)) for r in rows]
 
         return self._db.run_interaction("containment_log", read)

@@ -130,6 +130,8 @@ class ProxyHandler:
         key = provider.find_api_key(request.requestHeaders, target.query)
         assert key is not None  # checked by _refusal
         hash_ = agent_hash(key, target.agent_name)
+        # The key alone identifies every agent it carries: key-scoped containment.
+        key_hash = hash_ if target.agent_name is None else agent_hash(key)
         del key
         session = request.requestHeaders.getRawHeaders(SESSION_HEADER, [None])[0]
         call.session_id = (session.decode("ascii") if session is not None else
@@ -141,9 +143,9 @@ class ProxyHandler:
                      reason=failure.getErrorMessage() or failure.type.__name__,
                      request_id=request.request_id)
             return Agent(agent_hash=hash_, agent_id=agent_id_candidates(hash_)[0],
-                         name=target.agent_name)
+                         name=target.agent_name, key_hash=key_hash)
 
-        d = self._agents.resolve(hash_, target.agent_name)
+        d = self._agents.resolve(hash_, target.agent_name, key_hash)
         if not d.called:
             d.addTimeout(AGENT_LOOKUP_TIMEOUT, self._clock)
         d.addErrback(fallback_agent)

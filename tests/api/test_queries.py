@@ -95,7 +95,8 @@ class ManagementStoreTests(MigratedDatabase):
         page = yield self.store.timeline(agent_id, 10, 0)
         self.assertEqual([(e["kind"], e["created_at"]) for e in page.items],
                          [("containment", 8), ("nudge", 7), ("trace", 6), ("checkpoint", 5)])
-        self.assertEqual(page.items[0]["data"], {"action": "pause", "actor": "ops"})
+        self.assertEqual(page.items[0]["data"],
+                         {"action": "pause", "actor": "ops", "scope": "agent"})
         self.assertEqual(page.items[3]["data"], {"verdict": "boundary_violation",
                                                  "session_id": "s1"})
         second = yield self.store.timeline(agent_id, 2, 2)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from mnemomd.agents.identity import Agent
 from mnemomd.enforcement.enforcer import (
     NOTICE_HEADER,
@@ -55,6 +57,23 @@ def test_contained_agents_are_refused():
     paused = Agent("h", "smolt-1", None, containment_status="paused")
     assert containment_refusal(paused) == {"error": "Agent contained",
                                            "type": "containment_error",
-                                           "reason": "agent_paused"}
+                                           "reason": "agent_paused", "scope": "agent"}
     killed = Agent("h", "smolt-1", None, containment_status="killed")
     assert containment_refusal(killed)["reason"] == "agent_killed"
+
+
+@pytest.mark.parametrize("own, key, expected", [
+    ("active", "active", None),
+    ("paused", "active", ("agent_paused", "agent")),
+    ("active", "paused", ("agent_paused", "key")),
+    ("active", "killed", ("agent_killed", "key")),
+    ("paused", "killed", ("agent_killed", "key")),
+    ("killed", "paused", ("agent_killed", "agent")),
+    ("paused", "paused", ("agent_paused", "key")),
+    ("killed", "killed", ("agent_killed", "key")),
+])
+def test_the_worse_of_the_agents_and_its_keys_state_refuses(own, key, expected):
+    agent = Agent("h", "smolt-1", "x", containment_status=own, key_hash="k",
+                  key_containment_status=key)
+    refusal = containment_refusal(agent)
+    assert (None if refusal is None else (refusal["reason"], refusal["scope"])) == expected
