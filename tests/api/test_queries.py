@@ -45,6 +45,39 @@ class ManagementStoreTests(MigratedDatabase):
         self.assertIsNone((yield self.store.agent("smolt-none")))
 
     @inlineCallbacks
+    def test_agent_views_show_the_state_that_holds_them_and_its_scope(self):
+        agents = AgentStore(self.db)
+        plain = yield agents.get_or_create("f" * 16, None, "observe", 20)
+        sibling = yield agents.get_or_create("e" * 16, "sibling", "observe", 21, "f" * 16)
+        enforcement = EnforcementStore(self.db)
+        yield enforcement.contain(self.ids[0], "pause", "t", "own", 40, "agent")
+        yield enforcement.contain(plain.agent_id, "kill", "t", "the key leaked", 50)
+        view = yield self.store.agent(sibling.agent_id)
+        self.assertEqual(
+            {k: view[k] for k in ("containment_status", "containment_scope",
+                                  "agent_containment_status", "key_containment_status",
+                                  "key_hash", "containment_reason", "containment_changed_at")},
+            {"containment_status": "killed", "containment_scope": "key",
+             "agent_containment_status": "active", "key_containment_status": "killed",
+             "key_hash": "f" * 16, "containment_reason": "the key leaked",
+             "containment_changed_at": 50})
+        own = yield self.store.agent(self.ids[0])
+        self.assertEqual((own["containment_status"], own["containment_scope"],
+                          own["containment_reason"]), ("paused", "agent", "own"))
+        killed = yield self.store.list_agents(50, 0, containment_status="killed")
+        self.assertEqual(sorted(a["agent_id"] for a in killed.items),
+                         sorted([plain.agent_id, sibling.agent_id]))
+        self.assertEqual(killed.total, 2)
+        active = yield self.store.list_agents(50, 0, containment_status="active")
+        self.assertEqual(active.total, 2)
+        log = yield self.store.containment_log(sibling.agent_id, "f" * 16, 10, 0)
+        self.assertEqual([(e["agent_id"], e["action"], e["scope"]) for e in log.items],
+                         [(plain.agent_id, "kill", "key")])
+        timeline = yield self.store.timeline(sibling.agent_id, 10, 0)
+        self.assertEqual([e["data"] for e in timeline.items],
+                         [{"action": "kill", "actor": "t", "scope": "key"}])
+
+    @inlineCallbacks
     def test_card_and_conscience_replacement_bump_updated_at(self):
         agent_id = self.ids[0]
         card = (yield self.store.card(agent_id))["card"]
