@@ -182,7 +182,10 @@ class WebhookStoreTests(AgentDatabase):
         paused = next(d for d in deliveries if d.event_type == "agent.paused")
         self.assertEqual(json.loads(paused.payload)["data"],
                          {"action": "pause", "from_status": "active", "to_status": "paused",
-                          "actor": "ops", "reason": "why"})
+                          "actor": "ops", "reason": "why", "scope": "agent"})
+        killed = next(d for d in deliveries if d.event_type == "agent.killed")
+        data = json.loads(killed.payload)["data"]
+        self.assertEqual((data["scope"], data["agents"]), ("key", 1))
 
     @inlineCallbacks
     def test_drift_alert_queues_only_when_newly_stored(self):
