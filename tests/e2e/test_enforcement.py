@@ -170,7 +170,7 @@ def test_auto_containment_pauses_then_resume_restores(start, tmp_path, violating
     status, _, body = wait_until(lambda: (r := s.call())[0] == 403 and r, timeout=20,
                                  what="the paused agent to be refused")
     assert json.loads(body) == {"error": "Agent contained", "type": "containment_error",
-                                "reason": "agent_paused"}
+                                "reason": "agent_paused", "scope": "agent"}
     assert len(fetch_requests(upstream)) <= before + 1  # nothing forwarded once refused
     refused_at = len(fetch_requests(upstream))
     assert s.call()[0] == 403 and len(fetch_requests(upstream)) == refused_at
@@ -204,3 +204,81 @@ def test_pause_applies_on_every_replica_at_once(start, tmp_path, violating, post
     assert result.returncode == 0, result.stderr
     assert "active -> paused" in result.stdout
     assert call(two) == 403 and call(one) == 403
+
+
+class Replicas:
+    """Two daemons sharing PostgreSQL and Redis, agents of one key, and the CLI."""
+
+    def __init__(self, start, tmp_path: Path, postgres_url: str) -> None:
+        self.key = f"sk-{uuid.uuid4().hex}"
+        self.env = {"DATABASE_URL": postgres_url, "REDIS_URL": REDIS, "AIP_ENABLED": "false"}
+        self.daemons = (start(self.env), start(self.env))
+        self.tmp = tmp_path
+        self.url = postgres_url
+
+    def call(self, daemon, name: str | None) -> tuple[int, dict | None]:
+        path = "/anthropic/v1/messages" if name is None else \
+            f"/agent/{name}/anthropic/v1/messages"
+        with raw_request(daemon.base_url, "POST", path,
+                         b'{"model":"m","max_tokens":5,"messages":[]}',
+                         {"x-api-key": self.key}, timeout=20) as r:
+            body = r.read_body()
+            return r.status, json.loads(body) if r.status == 403 else None
+
+    def statuses(self, names) -> list[tuple[int, str | None]]:
+        """(status, refusal scope) of each name on each replica, second replica first."""
+        return [(status, refusal and refusal["scope"])
+                for daemon in reversed(self.daemons) for name in names
+                for status, refusal in [self.call(daemon, name)]]
+
+    def agent(self, name: str | None) -> str:
+        where = "name IS NULL" if name is None else f"name = '{name}'"
+        return pg_rows(self.url, f"SELECT id FROM agents WHERE {where}")[0][0]
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run([*mnemomd_command(), *args, "--url",
+                                 self.daemons[0].base_url],
+                                env=daemon_environment(self.tmp / "cli", self.env),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+def test_kill_covers_the_key_on_every_replica(start, tmp_path, postgres_url, upstream):
+    r = Replicas(start, tmp_path, postgres_url)
+    # Both replicas have the plain agent and /agent/a/ cached.
+    assert r.statuses([None, "a"]) == [(200, None)] * 4
+    said = r.cli("agent", "kill", r.agent(None), "--reason", "key leaked")
+    assert said.strip().endswith("active -> killed (key, 2 agents)")
+    before = len(fetch_requests(upstream))
+    # At once, on both replicas: the plain agent, the named one, and a name first used
+    # after the kill.
+    assert r.statuses([None, "a", "brand-new"]) == [(403, "key")] * 6
+    assert len(fetch_requests(upstream)) == before, "nothing forwarded"
+    shown = json.loads(r.cli("agent", "show", r.agent("brand-new"), "--json"))
+    assert (shown["agent"]["containment_status"], shown["agent"]["containment_scope"],
+            shown["agent"]["containment_reason"]) == ("killed", "key", "key leaked")
+    assert [(e["action"], e["scope"], e["agent_id"]) for e in shown["containment_log"]] == \
+        [("kill", "key", r.agent(None))]
+
+
+def test_pause_scopes_on_every_replica(start, tmp_path, postgres_url):
+    r = Replicas(start, tmp_path, postgres_url)
+    assert r.statuses([None, "a", "b"]) == [(200, None)] * 6
+    a = r.agent("a")
+    assert "(agent)" in r.cli("agent", "pause", a)  # default scope: the agent
+    assert r.statuses(["a", "b", None]) == [(403, "agent"), (200, None), (200, None)] * 2
+    assert "(key, 3 agents)" in r.cli("agent", "pause", r.agent("b"), "--scope", "key")
+    # The key's pause holds them all (a's own pause too, equally severe: scope key).
+    assert r.statuses(["a", "b", None, "c"]) == [(403, "key")] * 8
+    # resume takes the scope in force, the key, then the agent's own pause is left.
+    assert "paused -> active (key, 4 agents); the agent is paused by its agent scope" in \
+        r.cli("agent", "resume", a)
+    assert r.statuses(["a", "b", None, "c"]) == [(403, "agent")] + [(200, None)] * 3 \
+        + [(403, "agent")] + [(200, None)] * 3
+    r.cli("agent", "resume", a)
+    assert r.statuses(["a", "b", None, "c"]) == [(200, None)] * 8
+    rows = pg_rows(postgres_url, "SELECT action, scope FROM containment_log "
+                                 "ORDER BY created_at, id")
+    assert rows == [("pause", "agent"), ("pause", "key"), ("resume", "key"),
+                    ("resume", "agent")]
