@@ -35,6 +35,12 @@ _AGENT_SELECT = (
     " COALESCE(k.containment_status, a.pending_key_status, 'active'),"
     " k.containment_reason, k.containment_changed_at"
     " FROM agents a LEFT JOIN key_containments k ON k.key_hash = a.key_hash")
+#: The fields of an agent view, in the order they are shown.
+_AGENT_VIEW = ("agent_id", "agent_hash", "name", "key_hash", "enforcement_mode",
+               "aip_enabled", "aap_enabled", "nudge_strategy", "nudge_rate", "nudge_threshold",
+               "containment_status", "containment_scope", "agent_containment_status",
+               "key_containment_status", "containment_reason", "containment_changed_at",
+               "auto_containment_threshold", "created_at", "updated_at", "last_seen_at")
 _AGENT_TABLE = "agents a LEFT JOIN key_containments k ON k.key_hash = a.key_hash"
 #: The effective containment state in SQL (the worse of the agent's and its key's), for
 #: the list filter; ``effective_containment`` is the same rule in Python.
@@ -74,7 +80,7 @@ def _agent_dict(row: Sequence[Any]) -> dict[str, Any]:
                  agent_containment_status=own)
     if scope == "key":
         agent.update(containment_reason=key_reason, containment_changed_at=key_changed_at)
-    return agent
+    return {name: agent[name] for name in _AGENT_VIEW}
 
 
 def page(cursor: Cursor, select: str, where: list[str], params: list[Any], order: str,

@@ -6,7 +6,14 @@ import io
 
 import pytest
 
-from mnemomd.cli.admin import CommandError, api_url, auto_containment, table, when
+from mnemomd.cli.admin import (
+    CommandError,
+    api_url,
+    auto_containment,
+    describe_change,
+    table,
+    when,
+)
 from mnemomd.config import load_config
 
 
@@ -53,3 +60,21 @@ def test_auto_containment_values():
     assert auto_containment("3") == 3 and auto_containment(" OFF ") is None
     with pytest.raises(CommandError):
         auto_containment("two")
+
+
+def change(**fields):
+    return {"agent_id": "smolt-1", "from_status": "active", "to_status": "killed",
+            "scope": "key", "agents": 3, "key_known": True, "containment_status": "killed",
+            **fields}
+
+
+def test_a_containment_change_says_its_scope_and_what_still_holds_the_agent():
+    assert describe_change(change()) == "smolt-1: active -> killed (key, 3 agents)\n"
+    assert describe_change(change(scope="agent", agents=1)) == \
+        "smolt-1: active -> killed (agent)\n"
+    assert describe_change(change(from_status="paused", to_status="active",
+                                  containment_status="paused")) == \
+        "smolt-1: paused -> active (key, 3 agents); the agent is paused by its agent scope\n"
+    first, warning = describe_change(change(agents=1, key_known=False)).splitlines()
+    assert first == "smolt-1: active -> killed (key, 1 agent)"
+    assert warning.startswith("warning: ") and "key is not known yet" in warning

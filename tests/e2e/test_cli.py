@@ -55,17 +55,22 @@ def test_enforcement_set_and_show(cli, agent):
 
 def test_containment_commands_and_log(cli, agent):
     assert cli("agent", "pause", agent, "--reason", "checking").stdout == \
-        f"{agent}: active -> paused\n"
-    assert cli("agent", "resume", agent).stdout == f"{agent}: paused -> active\n"
+        f"{agent}: active -> paused (agent)\n"
+    assert cli("agent", "resume", agent).stdout == f"{agent}: paused -> active (agent)\n"
     assert cli("agent", "kill", agent, "--actor", "ops@example").stdout == \
-        f"{agent}: active -> killed\n"
-    assert cli("agent", "reactivate", agent).stdout == f"{agent}: killed -> active\n"
+        f"{agent}: active -> killed (key, 1 agent)\n"
+    assert cli("agent", "reactivate", agent).stdout == \
+        f"{agent}: killed -> active (key, 1 agent)\n"
+    assert cli("agent", "kill", agent, "--scope", "agent").stdout == \
+        f"{agent}: active -> killed (agent)\n"
+    assert cli("agent", "reactivate", agent).stdout == f"{agent}: killed -> active (agent)\n"
     refused = cli("agent", "resume", agent, expect=1)
     assert refused.stderr == "mnemomd: 409 cannot resume an agent that is active\n"
     shown = json.loads(cli("agent", "show", agent, "--json").stdout)
-    assert [(e["action"], e["actor"]) for e in shown["containment_log"]] == [
-        ("pause", "internal-api-key"), ("resume", "internal-api-key"),
-        ("kill", "ops@example"), ("reactivate", "internal-api-key")]
+    assert [(e["action"], e["actor"], e["scope"]) for e in shown["containment_log"]] == [
+        ("pause", "internal-api-key", "agent"), ("resume", "internal-api-key", "agent"),
+        ("kill", "ops@example", "key"), ("reactivate", "internal-api-key", "key"),
+        ("kill", "internal-api-key", "agent"), ("reactivate", "internal-api-key", "agent")]
     assert [n["status"] for n in shown["nudges"]] == ["pending"]
     table = cli("agent", "show", agent).stdout
     assert "WHEN" in table and "checking" in table and "NUDGE" in table
