@@ -293,6 +293,11 @@ SETTINGS: tuple[Setting, ...] = (
             "verdict when analysis fails: synthetic clear, or synthetic boundary_violation"),
     Setting("AIP_ANALYSIS_TIMEOUT_MS", _int_in(100, 600_000), 10_000,
             "longest wait for the analysis model, in milliseconds"),
+    Setting("AIP_HOLD_BUFFER_BYTES", _byte_size(64 * 1024, 64 * 1024**2), 1024**2,
+            "enforce mode: output held for a verdict in memory per response; past it the "
+            "upstream is paused, never released unanalysed"),
+    Setting("AIP_HOLD_KEEPALIVE_SECONDS", _seconds(1, 10), 5.0,
+            "enforce mode: seconds between keepalives on a stream held for a verdict"),
     Setting("AIP_MIN_EVIDENCE_TOKENS", _int_in(0, 1_000_000), 100,
             "thinking shorter than this (tokens ~ chars/4) is clear without analysis"),
     Setting("AIP_STORE_EVIDENCE", parse_bool, True,
@@ -397,6 +402,8 @@ class Config:
     aip_default_enforcement: str = "observe"
     aip_failure_mode: str = "fail_open"
     aip_analysis_timeout_ms: int = 10_000
+    aip_hold_buffer_bytes: int = 1024**2
+    aip_hold_keepalive_seconds: float = 5.0
     aip_min_evidence_tokens: int = 100
     aip_store_evidence: bool = True
     thinking_injection: str = "auto"

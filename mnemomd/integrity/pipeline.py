@@ -3,8 +3,11 @@
 The proxy calls in three places: before forwarding (describe the request, maybe ask the
 model to show its reasoning), when the response head arrives (hold it for a verdict, or
 say ``pending``), and when the body is complete (extract, analyse, store). Analysis is
-off the response path unless the agent is in ``enforce`` mode and the response is not a
-stream; it never fails a call.
+off the response path unless the agent is in ``enforce`` mode; it never fails a call.
+
+A stream held in ``enforce`` mode is checked in two steps: ``check_at_hold`` when its
+reasoning ends (the verdict releases or refuses the output held behind it), ``trace`` (and
+a late ``check`` of reasoning that came after output) when the stream ends.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -24,7 +27,12 @@ from mnemomd.agents.identity import Agent
 from mnemomd.agents.store import AgentStore
 from mnemomd.config import Config
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
-from mnemomd.integrity.engine import AnalysisOutcome, AnalysisRequest, IntegrityAnalyzer
+from mnemomd.integrity.engine import (
+    AnalysisOutcome,
+    AnalysisRequest,
+    IntegrityAnalyzer,
+    estimate_tokens,
+)
 from mnemomd.integrity.window import drift_update, window_add, window_entries
 from mnemomd.kv import KVCache
 from mnemomd.ops.metrics import GatewayMetrics
@@ -35,8 +43,6 @@ log = Logger()
 
 #: Bodies above this are parsed or serialised on a thread, not on the reactor.
 INLINE_JSON_LIMIT = 256 * 1024
-#: Largest non-streaming body held back for a verdict; larger ones stream on.
-HOLD_LIMIT = 16 * 1024 * 1024
 THINKING_BUDGET_TOKENS = 1024
 WINDOW_TTL = 3600.0
 CARD_CACHE_TTL = 300.0
@@ -47,12 +53,67 @@ MAX_TRACED_TOOLS = 32
 
 @dataclass(frozen=True)
 class ResponsePlan:
-    """What to do with a response whose head just arrived."""
+    """What to do with a response whose head just arrived.
+
+    ``hold``: the body is held whole for the verdict (enforce, not a stream).
+    ``hold_stream``: the stream is relayed up to the end of its reasoning and held there
+    for the verdict (enforce, an event stream).
+    """
 
     analyse: bool
     hold: bool
     #: ``X-AIP-Verdict`` when the head goes out before a verdict exists.
     early_verdict: str
+    hold_stream: bool = False
+
+
+#: What an enforce-mode agent's response without analysable reasoning gets (the
+#: ``without_reasoning`` setting): delivered unverified, refused, or its output analysed.
+WITHOUT_REASONING_ACTIONS = ("allow", "refuse", "analyse_output")
+
+
+class WithoutReasoningPolicy(Protocol):
+    """``(agent, request info) -> "allow" | "refuse" | "analyse_output"``."""
+
+    def __call__(self, agent: Agent, info: RequestInfo) -> str: ...
+
+
+class OutputAnalysis(Protocol):
+    """Analyses a response's output instead of its reasoning; fires with (verdict,
+    outcome or None) and records the checkpoint, as ``check`` does."""
+
+    def __call__(self, agent: Agent, session_id: str, info: RequestInfo,
+                 extraction: Extraction) -> Deferred[tuple[str, AnalysisOutcome | None]]: ...
+
+
+def allow_without_reasoning(agent: Agent, info: RequestInfo) -> str:
+    """Today's behaviour until an agent setting says otherwise: delivered, ``skipped``."""
+    return "allow"
+
+
+def reasoning_gap(extraction: Extraction, min_evidence_tokens: int) -> str | None:
+    """Why there is no reasoning to analyse (``no_reasoning``, ``redacted_reasoning``,
+    ``below_minimum_evidence``), or None when there is."""
+    if not extraction.thinking or not extraction.thinking.strip():
+        return "redacted_reasoning" if extraction.redacted_thinking else "no_reasoning"
+    if estimate_tokens(extraction.thinking) < min_evidence_tokens:
+        return "below_minimum_evidence"
+    return None
+
+
+@dataclass(frozen=True)
+class HoldCheck:
+    """The check at a held stream's hold point.
+
+    ``without_reasoning`` is the action taken when there was no analysable reasoning
+    (``gap`` says why): ``allow`` (``verdict`` is today's ``skipped`` or synthetic clear),
+    ``refuse``, or ``analyse_output`` (hold to the end, then ``check_output``).
+    """
+
+    verdict: str
+    outcome: AnalysisOutcome | None
+    without_reasoning: str | None = None
+    gap: str | None = None
 
 
 def outbox_payload(info: RequestInfo, extraction: Extraction,
@@ -98,8 +159,12 @@ class IntegrityPipeline:
     def __init__(self, config: Config, clock: IReactorTime, analyzer: IntegrityAnalyzer,
                  agents: AgentStore, checkpoints: CheckpointStore, kv_cache: KVCache,
                  session_state: KVCache, metrics: GatewayMetrics,
-                 outbox: OutboxStore | None = None) -> None:
+                 outbox: OutboxStore | None = None,
+                 without_reasoning: WithoutReasoningPolicy = allow_without_reasoning,
+                 output_analysis: OutputAnalysis | None = None) -> None:
         self._config = config
+        self._without_reasoning = without_reasoning
+        self._output_analysis = output_analysis
         self._clock = clock
         self._analyzer = analyzer
         self._agents = agents
@@ -158,8 +223,9 @@ class IntegrityPipeline:
             return ResponsePlan(False, False, "skipped" if checking else "disabled")
         if not checking:  # traced only: the body is captured, nothing is held
             return ResponsePlan(True, False, "disabled")
-        hold = agent is not None and agent.enforcement_mode == "enforce" and not streaming
-        return ResponsePlan(True, hold, "pending")
+        enforce = agent is not None and agent.enforcement_mode == "enforce"
+        return ResponsePlan(True, enforce and not streaming, "pending",
+                            hold_stream=enforce and streaming)
 
     def tracing_for(self, agent: Agent | None) -> bool:
         return self._outbox is not None and agent is not None and agent.aap_enabled
@@ -172,24 +238,69 @@ class IntegrityPipeline:
                 truncated: bool) -> Any:
         """Extract, analyse and record, and queue the call for tracing; fires with
         (verdict, outcome or None). Never fails."""
+        extraction = yield self.extract(provider, info, content_type, content_encoding,
+                                        body, truncated)
+        if extraction is None:
+            return "error", None
+        result: tuple[str, AnalysisOutcome | None] = ("disabled", None)
+        if self.enabled_for(agent):
+            result = yield self.check(provider, agent, session_id, info, extraction)
+        yield self.trace(agent, session_id, provider.name, info, extraction, *result)
+        return result
+
+    @inlineCallbacks
+    def extract(self, provider: Provider, info: RequestInfo, content_type: str,
+                content_encoding: str | None, body: bytes, truncated: bool) -> Any:
+        """The extraction of a captured body (on a thread when large); None on failure."""
         try:
             extraction: Extraction = yield _run(
                 self._extract, len(body), provider, info, content_type, content_encoding,
                 body, truncated)
         except Exception:
-            log.failure("Response extraction failed", agent_id=agent.agent_id)
+            log.failure("Response extraction failed", provider=provider.name)
             self._metrics.aip_checks.labels("error").inc()
-            return "error", None
-        result: tuple[str, AnalysisOutcome | None] = ("disabled", None)
-        if self.enabled_for(agent):
-            result = yield self._check(provider, agent, session_id, info, extraction)
-        if self.tracing_for(agent):
-            yield self._queue_trace(agent, session_id, provider.name, info, extraction, *result)
-        return result
+            return None
+        return extraction
 
     @inlineCallbacks
-    def _check(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
-               extraction: Extraction) -> Any:
+    def check_at_hold(self, provider: Provider, agent: Agent, session_id: str,
+                      info: RequestInfo, extraction: Extraction) -> Any:
+        """The check when a held stream's reasoning has ended; fires with a ``HoldCheck``.
+
+        Without analysable reasoning the agent's ``without_reasoning`` policy decides:
+        ``allow`` checks as today (``skipped``, or a synthetic clear below the minimum
+        evidence), ``refuse`` analyses nothing, ``analyse_output`` defers to the end.
+        """
+        gap = reasoning_gap(extraction, self._config.aip_min_evidence_tokens)
+        if gap is None:
+            verdict, outcome = yield self.check(provider, agent, session_id, info, extraction)
+            return HoldCheck(verdict, outcome)
+        try:
+            action = self._without_reasoning(agent, info)
+        except Exception:
+            log.failure("without_reasoning policy failed", agent_id=agent.agent_id)
+            action = "refuse"
+        if action == "refuse":
+            self._metrics.aip_checks.labels("unverifiable").inc()
+            return HoldCheck("skipped", None, "refuse", gap)
+        if action == "analyse_output":
+            return HoldCheck("pending", None, "analyse_output", gap)
+        verdict, outcome = yield self.check(provider, agent, session_id, info, extraction)
+        return HoldCheck(verdict, outcome, "allow", gap)
+
+    def check_output(self, agent: Agent, session_id: str, info: RequestInfo,
+                     extraction: Extraction) -> Deferred[tuple[str, AnalysisOutcome | None]]:
+        """``without_reasoning: analyse_output``: the output analysed instead; without an
+        output analysis the answer is ``unverifiable`` (refused, never allowed)."""
+        if self._output_analysis is None:
+            return succeed(("unverifiable", None))
+        return maybeDeferred(self._output_analysis, agent, session_id, info, extraction)
+
+    @inlineCallbacks
+    def check(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
+              extraction: Extraction) -> Any:
+        """Analyse the extraction's thinking and record the checkpoint; fires with
+        (verdict, outcome or None). Never fails."""
         try:
             if not extraction.thinking:
                 self._metrics.aip_checks.labels("skipped").inc()
@@ -206,12 +317,12 @@ class IntegrityPipeline:
             return "error", None
 
     @inlineCallbacks
-    def _queue_trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
-                     extraction: Extraction, verdict: str,
-                     outcome: AnalysisOutcome | None) -> Any:
-        """One trace outbox row for the observer (SPEC §8.1); a failure costs the trace,
-        never the call."""
-        assert self._outbox is not None
+    def trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
+              extraction: Extraction, verdict: str, outcome: AnalysisOutcome | None) -> Any:
+        """One trace outbox row for the observer (SPEC §8.1) when the agent is traced; a
+        failure costs the trace, never the call."""
+        if self._outbox is None or not self.tracing_for(agent):
+            return None
         now_ms = int(self._clock.seconds() * 1000)
         row = OutboxRow(
             id=f"ob-{uuid.uuid4().hex}", agent_id=agent.agent_id, session_id=session_id,

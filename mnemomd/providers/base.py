@@ -30,7 +30,7 @@ from mnemomd.providers.jsonutil import (
     parse_partial,
     parse_partial_document,
 )
-from mnemomd.providers.sse import looks_like_sse, parse_sse
+from mnemomd.providers.sse import SSEEvent, looks_like_sse, parse_sse
 
 #: Separator between thinking blocks, as the AIP SDK joins them (SPEC §4).
 THINKING_SEPARATOR = "\n\n---\n\n"
@@ -142,6 +142,60 @@ class ResponseExtractor(Protocol):
     ) -> Extraction: ...
 
 
+#: How the relay of a held stream treats one event (``Provider.classify_stream_event``):
+#: reasoning and neutral events are relayed as they come, the first output event is where
+#: the stream is held until the verdict.
+REASONING = "reasoning"
+NEUTRAL = "neutral"
+OUTPUT = "output"
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """Why a held stream is ended: what its error event tells the client.
+
+    ``type`` is ``integrity_violation`` or ``integrity_unverifiable``; the checkpoint id
+    and concerns are those of the non-streaming 403 (``checkpoint_id`` is None when no
+    checkpoint was stored, as after an analysis timeout).
+    """
+
+    type: str
+    message: str
+    checkpoint_id: str | None = None
+    concerns: tuple[dict[str, Any], ...] = ()
+    synthetic: bool = False
+    reason: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The gateway's fields, in the order every error shape carries them."""
+        out: dict[str, Any] = {"checkpoint_id": self.checkpoint_id,
+                               "concerns": [dict(c) for c in self.concerns]}
+        if self.synthetic:
+            out["synthetic"] = True
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """What the relay passed on before the error event (Responses numbers its events)."""
+
+    last_event: SSEEvent | None = None
+
+
+class StreamClassifier(Protocol):
+    def __call__(self, info: RequestInfo, event: SSEEvent) -> str: ...
+
+
+class StreamErrorWriter(Protocol):
+    def __call__(self, info: RequestInfo, error: StreamError, state: StreamState) -> bytes: ...
+
+
+class StreamKeepalive(Protocol):
+    def __call__(self, info: RequestInfo) -> bytes: ...
+
+
 def _describe_nothing(path: bytes, query: bytes, body: bytes) -> RequestInfo:
     return RequestInfo(None, None, False, None)
 
@@ -154,6 +208,47 @@ def _extract_nothing(
     info: RequestInfo, content_type: str, body: bytes, truncated: bool
 ) -> Extraction:
     return Extraction.empty(info.model, complete=not truncated)
+
+
+def _everything_is_output(info: RequestInfo, event: SSEEvent) -> str:
+    return OUTPUT
+
+
+def sse_event(event: str | None, payload: dict[str, Any], terminator: bytes = b"\n\n") -> bytes:
+    """One SSE event as providers write it: compact JSON, raw UTF-8."""
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    head = f"event: {event}\n".encode() if event is not None else b""
+    return head + b"data: " + data + terminator
+
+
+def generic_stream_error(info: RequestInfo, error: StreamError, state: StreamState) -> bytes:
+    """``event: error`` with the Anthropic-style body, for APIs without a shape of their own."""
+    return sse_event("error", {"type": "error", "error": {
+        "type": error.type, "message": error.message, **error.fields()}})
+
+
+def comment_keepalive(info: RequestInfo) -> bytes:
+    """An SSE comment: every event-stream reader skips it."""
+    return b": ping\n\n"
+
+
+def stream_dispatch(handlers: Mapping[str, Callable[..., _T]],
+                    fallback: Callable[..., _T]) -> Callable[..., _T]:
+    """A provider's stream function: the handler for ``info.api``, else ``fallback``; any
+    exception means ``fallback`` (for the classifier: output, the safe answer)."""
+
+    @never_raises(fallback)
+    def dispatch(info: RequestInfo, *args: Any) -> _T:
+        handler = handlers.get(getattr(info, "api", None) or "", fallback)
+        return handler(info, *args)
+
+    return dispatch
+
+
+def event_json(event: SSEEvent) -> dict[str, Any] | None:
+    """An event's data as a JSON object, or None."""
+    doc = loads(event.data)
+    return doc if isinstance(doc, dict) else None
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -190,6 +285,13 @@ class Provider:
     injection_hints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: How to call it as the analysis backend; None when it cannot be one.
     analysis: AnalysisAPI | None = None
+    #: Held streams (enforce mode): one SSE event's class, ``REASONING``, ``NEUTRAL`` or
+    #: ``OUTPUT`` (unknown events are output); pure, never raises.
+    classify_stream_event: StreamClassifier = _everything_is_output
+    #: The bytes of the provider's own error event, so the client's SDK raises.
+    stream_error_event: StreamErrorWriter = generic_stream_error
+    #: Bytes that keep a held stream's connection alive and every SDK of the API ignores.
+    stream_keepalive: StreamKeepalive = comment_keepalive
 
     def injection_rejected(self, info: RequestInfo, status: int, body: bytes) -> bool:
         """Whether a 400 answer blames the parameter ``inject_thinking`` added."""

@@ -22,11 +22,18 @@ from mnemomd.providers.analysis import (
     versioned_url,
 )
 from mnemomd.providers.base import (
+    NEUTRAL,
+    OUTPUT,
+    REASONING,
     Accumulator,
     ExtractionBuilder,
     Provider,
     RequestInfo,
+    StreamError,
+    StreamState,
+    comment_keepalive,
     describe_json_api,
+    event_json,
     extractor,
     first_header,
     injector,
@@ -36,9 +43,12 @@ from mnemomd.providers.base import (
     query_param,
     route_path,
     short_name,
+    sse_event,
+    stream_dispatch,
 )
 from mnemomd.providers.jsonutil import Parsed
 from mnemomd.providers.openai import OPENAI_CHAT
+from mnemomd.providers.sse import SSEEvent
 
 #: The official API, the default of ``GEMINI_BASE_URL``.
 BASE_URL = "https://generativelanguage.googleapis.com"
@@ -265,6 +275,63 @@ extract_response = extractor({GEMINI_GENERATE: GenerateAccumulator,
                               OPENAI_CHAT: openai.ChatAccumulator})
 
 # --------------------------------------------------------------------------
+# Held streams (enforce mode, ``alt=sse``).
+
+#: A bare line ending: google-genai skips a blank line, but reads any other non-``data:``
+#: line (an SSE comment too) as JSON and fails on it.
+BLANK_LINE = b"\r\n"
+
+
+def classify_generate_event(info: RequestInfo, event: SSEEvent) -> str:
+    """A chunk whose parts are all ``thought: true`` is reasoning; a chunk without
+    candidates (usage, prompt feedback) is neutral; a chunk with any other part, a finish
+    reason or an error (a chunk mixing thought and output too) is output."""
+    doc = event_json(event)
+    if doc is None or "error" in doc:
+        return OUTPUT
+    candidates = doc.get("candidates")
+    if candidates is None or candidates == []:
+        return NEUTRAL
+    if not isinstance(candidates, list):
+        return OUTPUT
+    for candidate in candidates:
+        if not isinstance(candidate, dict) or candidate.get("finishReason"):
+            return OUTPUT
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list) or not parts:
+            return OUTPUT
+        if not all(isinstance(p, dict) and p.get("thought") is True for p in parts):
+            return OUTPUT
+    return REASONING
+
+
+def generate_error_event(info: RequestInfo, error: StreamError, state: StreamState) -> bytes:
+    """``data: {"error": …}`` with ``error`` the first key (google-genai tests the text's
+    start) and Google's status: the SDK raises ``ClientError`` (403, PERMISSION_DENIED)
+    whose ``details`` hold the gateway's fields."""
+    body = {"code": 403, "message": error.message, "status": "PERMISSION_DENIED",
+            "type": error.type, **error.fields(),
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                         "reason": error.type.upper(), "domain": "mnemom.ai",
+                         "metadata": {"checkpoint_id": error.checkpoint_id or ""}}]}
+    return sse_event(None, {"error": body}, terminator=b"\r\n\r\n")
+
+
+def generate_keepalive(info: RequestInfo) -> bytes:
+    return BLANK_LINE
+
+
+classify_stream_event = stream_dispatch(
+    {GEMINI_GENERATE: classify_generate_event, OPENAI_CHAT: openai.classify_chat_event},
+    lambda *args: OUTPUT)
+stream_error_event = stream_dispatch(
+    {GEMINI_GENERATE: generate_error_event, OPENAI_CHAT: openai.chat_error_event},
+    generate_error_event)
+stream_keepalive = stream_dispatch(
+    {GEMINI_GENERATE: generate_keepalive, OPENAI_CHAT: comment_keepalive}, comment_keepalive)
+
+# --------------------------------------------------------------------------
 # As the analysis backend: generateContent.
 
 
@@ -309,4 +376,7 @@ PROVIDER = Provider(
     extract_response=extract_response,
     injection_hints={GEMINI_GENERATE: ("thinking", "include_thoughts", "includethoughts")},
     analysis=ANALYSIS,
+    classify_stream_event=classify_stream_event,
+    stream_error_event=stream_error_event,
+    stream_keepalive=stream_keepalive,
 )

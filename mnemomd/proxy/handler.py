@@ -33,11 +33,19 @@ from mnemomd.enforcement.enforcer import Enforcement, combined_notice, containme
 from mnemomd.http import cors
 from mnemomd.http.server import GatewayRequest, error_payload, send_empty, send_json
 from mnemomd.integrity.engine import AnalysisOutcome
-from mnemomd.integrity.pipeline import HOLD_LIMIT, IntegrityPipeline, ResponsePlan, aip_headers
+from mnemomd.integrity.pipeline import IntegrityPipeline, ResponsePlan, aip_headers
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS, injection_rejected
 from mnemomd.providers.base import RequestInfo
 from mnemomd.proxy.headers import client_response_headers, upstream_request_headers
+from mnemomd.proxy.hold import (
+    FAILED_MESSAGE,
+    VIOLATION_MESSAGE,
+    HeldStreamRelay,
+    HoldSettings,
+    PipelineGate,
+    StreamFormat,
+)
 from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay, UpstreamClient
 from mnemomd.proxy.routing import ProxyTarget, parse_proxy_target, upstream_url
 
@@ -68,6 +76,8 @@ class Call:
     original_body: bytes | None = None
     #: Pending nudges whose notice this call carries.
     nudges: list[Any] = field(default_factory=list)
+    #: The held body was answered before it ended (at the hold cap): nothing left to check.
+    answered_early: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -245,17 +255,111 @@ class ProxyHandler:
         call.status = response.code
         call.streaming = is_streaming(response.headers)
         plan = self._integrity.plan(call.agent, call.info, response.code, call.streaming)
+        if plan.hold_stream and response.headers.hasHeader(b"content-encoding"):
+            # Encoded events cannot be framed: held whole, like a non-streaming body.
+            plan = ResponsePlan(True, True, plan.early_verdict)
         enforcement = call.agent.enforcement_mode if call.agent else None
         early = aip_headers(None, plan.early_verdict, enforcement)
+        capture_limit = self._config.stream_capture_bytes if plan.analyse else 0
+        capture = ResponseCapture(capture_limit)
+        if plan.hold_stream:
+            return self._relay_held_stream(call, response, plan, early, capture)
         if not plan.hold:
             self._write_head(call, response, early)
-        capture_limit = self._config.stream_capture_bytes if plan.analyse else 0
         relay = StreamRelay(request, self._clock, self._config.stream_idle_timeout,
-                            ResponseCapture(capture_limit), request.request_id,
-                            hold_limit=HOLD_LIMIT if plan.hold else None,
-                            on_release=lambda: self._write_head(call, response, early))
+                            capture, request.request_id,
+                            hold_limit=self._config.aip_hold_buffer_bytes if plan.hold else None,
+                            on_hold_full=lambda: self._hold_full(call, response, relay))
         response.deliverBody(relay)
         return relay.done.addCallback(self._relayed, call, response, plan)
+
+    def _relay_held_stream(self, call: Call, response: IResponse, plan: ResponsePlan,
+                           early: list[tuple[bytes, bytes]],
+                           capture: ResponseCapture) -> Deferred[None]:
+        """Enforce mode, an event stream: relayed to the end of its reasoning, held there
+        for the verdict (``proxy.hold``). The head goes out at once, without a length: the
+        body may end differently from upstream's."""
+        assert call.agent is not None and call.info is not None
+        request = call.request
+        provider = PROVIDERS[call.target.provider]
+        self._write_head(call, response, early, keep_length=False)
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        gate = PipelineGate(self._integrity, provider, call.agent, call.session_id, call.info,
+                            content_type.decode("latin-1"), self._config.aip_failure_mode)
+        settings = HoldSettings(
+            buffer_bytes=self._config.aip_hold_buffer_bytes,
+            keepalive_seconds=self._config.aip_hold_keepalive_seconds,
+            timeout_seconds=self._config.aip_analysis_timeout_ms / 1000 + HOLD_GRACE_SECONDS)
+        relay = HeldStreamRelay(request, self._clock, self._config.stream_idle_timeout,
+                                capture, request.request_id,
+                                StreamFormat.of(provider, call.info), gate, settings)
+        response.deliverBody(relay)
+        return relay.done.addCallback(self._held_stream_relayed, call, response, gate, relay)
+
+    def _held_stream_relayed(self, outcome: RelayOutcome, call: Call, response: IResponse,
+                             gate: PipelineGate, relay: HeldStreamRelay) -> Deferred[Any] | None:
+        """The held stream is over; what is left is off the response path: a check of
+        reasoning that came only after the hold point (it can only nudge) and the trace."""
+        call.extra["bytes_sent"] = outcome.bytes_sent
+        call.extra["hold"] = "refused" if relay.error is not None else (
+            "released" if gate.check is not None else "none")
+        if relay.error is not None:
+            call.extra["refused"] = relay.error.type
+        if outcome.ending not in ("complete",):
+            call.extra["reason"] = outcome.ending
+        self._account(call, call.status)
+        if outcome.ending not in ("complete", "client_gone"):
+            return None
+        return self._after_held_stream(call, response, gate, outcome)
+
+    @inlineCallbacks
+    def _after_held_stream(self, call: Call, response: IResponse, gate: PipelineGate,
+                           outcome: RelayOutcome) -> Any:
+        assert call.agent is not None and call.info is not None
+        provider = PROVIDERS[call.target.provider]
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        extraction = yield self._integrity.extract(
+            provider, call.info, content_type.decode("latin-1"), None,
+            outcome.capture.getvalue(), outcome.capture.truncated)
+        if extraction is None:
+            return None
+        check = gate.check
+        result: tuple[str, AnalysisOutcome | None]
+        if gate.output_result is not None:
+            result = gate.output_result
+        elif check is None or (check.without_reasoning in (None, "allow")
+                               and extraction.thinking
+                               and extraction.thinking != gate.checked_thinking):
+            # No hold point, or reasoning after it: checked now, it can only nudge.
+            result = yield self._integrity.check(provider, call.agent, call.session_id,
+                                                 call.info, extraction)
+        else:
+            result = (check.verdict, check.outcome)
+        yield self._integrity.trace(call.agent, call.session_id, provider.name, call.info,
+                                    extraction, *result)
+        return None
+
+    def _hold_full(self, call: Call, response: IResponse, relay: StreamRelay) -> None:
+        """A held body reached the hold cap: the upstream is paused and what is held is
+        analysed now (never released unanalysed); the verdict releases it, and the rest
+        streams on, or refuses it."""
+        call.answered_early = True
+        d = self._analyse(call, response, relay.capture)
+        d.addTimeout(self._config.aip_analysis_timeout_ms / 1000 + HOLD_GRACE_SECONDS,
+                     self._clock, onTimeoutCancel=lambda *_: ("timeout", None))
+
+        def answer(result: tuple[str, AnalysisOutcome | None]) -> None:
+            verdict, outcome = result
+            refusal = self._held_refusal(verdict, outcome)
+            if refusal is None:
+                relay.release_hold(lambda: self._write_head(
+                    call, response, aip_headers(outcome, shown_verdict(verdict), "enforce")))
+                return
+            call.status = 403
+            relay.abandon()
+            send_json(call.request, 403, refusal, self._gate_headers(call, verdict, outcome))
+
+        d.addCallback(answer)
 
     def _check_injection_refused(self, response: IResponse, call: Call) -> Deferred[None]:
         """A 400 to a body the gateway rewrote: if the rewrite was the reason, send the
@@ -288,13 +392,13 @@ class ProxyHandler:
         return d.addCallbacks(decide, broken)
 
     def _write_head(self, call: Call, response: IResponse,
-                    extra: list[tuple[bytes, bytes]]) -> None:
+                    extra: list[tuple[bytes, bytes]], keep_length: bool = True) -> None:
         """Status and headers as upstream sent them, plus the gateway's own."""
         request = call.request
         request.setResponseCode(response.code, response.phrase or None)
         for name, values in client_response_headers(response.headers):
             request.responseHeaders.setRawHeaders(name, values)
-        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD" \
+        if keep_length and response.length is not UNKNOWN_LENGTH and request.method != b"HEAD" \
                 and response.code not in NO_BODY_CODES:
             # Twisted's client consumes Content-Length; the body is relayed unchanged,
             # so the client gets the same framing the provider chose.
@@ -328,50 +432,74 @@ class ProxyHandler:
             call.extra["reason"] = outcome.ending
         analysable = plan.analyse and outcome.ending in ("complete", "client_gone") \
             and call.info is not None and call.agent is not None
+        if call.answered_early:
+            self._account(call, call.status)
+            return None
         if outcome.held_body is None:
             self._account(call, call.status)
             if not analysable:
                 return None
             # Off the response path: the client already has everything.
-            return self._analyse(call, response, outcome).addCallback(lambda _: None)
+            return self._analyse(call, response, outcome.capture).addCallback(lambda _: None)
         if not analysable:
             self._answer_held(("skipped", None), call, response, outcome.held_body)
             return None
-        d = self._analyse(call, response, outcome)
+        d = self._analyse(call, response, outcome.capture)
         # The analyzer bounds the model call; this bounds everything around it too.
         d.addTimeout(self._config.aip_analysis_timeout_ms / 1000 + HOLD_GRACE_SECONDS,
-                     self._clock, onTimeoutCancel=lambda *_: ("error", None))
+                     self._clock, onTimeoutCancel=lambda *_: ("timeout", None))
         d.addCallback(self._answer_held, call, response, outcome.held_body)
         return d
 
-    def _analyse(self, call: Call, response: IResponse, outcome: RelayOutcome) -> Deferred[Any]:
+    def _analyse(self, call: Call, response: IResponse,
+                 capture: ResponseCapture) -> Deferred[Any]:
         assert call.agent is not None and call.info is not None
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
         return self._integrity.analyse(
             PROVIDERS[call.target.provider], call.agent, call.session_id, call.info,
             content_type.decode("latin-1"), encoding.decode("latin-1") if encoding else None,
-            outcome.capture.getvalue(), outcome.capture.truncated)
+            capture.getvalue(), capture.truncated)
+
+    def _held_refusal(self, verdict: str,
+                      outcome: AnalysisOutcome | None) -> dict[str, Any] | None:
+        """The 403 body for a held response, or None to release it: a boundary violation
+        (synthetic ones under ``fail_closed`` included) refuses, and so does no verdict at
+        all (timeout, pipeline error) under ``fail_closed``."""
+        if verdict == "boundary_violation" and outcome is not None:
+            return error_payload(
+                FAILED_MESSAGE if outcome.synthetic else VIOLATION_MESSAGE,
+                "integrity_violation", checkpoint_id=outcome.checkpoint_id,
+                concerns=[{k: c.get(k) for k in ("category", "severity", "description")}
+                          for c in outcome.concerns])
+        if verdict in ("timeout", "error") and self._config.aip_failure_mode == "fail_closed":
+            return error_payload(FAILED_MESSAGE, "integrity_violation", checkpoint_id=None,
+                                 concerns=[], synthetic=True,
+                                 reason="analysis_timeout" if verdict == "timeout"
+                                 else "analysis_failed")
+        return None
+
+    def _gate_headers(self, call: Call, verdict: str,
+                      outcome: AnalysisOutcome | None) -> list[tuple[bytes, bytes]]:
+        shown = "boundary_violation" if outcome is None and verdict in ("timeout", "error") \
+            else verdict
+        return self._gateway_headers(call) + aip_headers(outcome, shown, "enforce")
 
     def _answer_held(self, result: tuple[str, AnalysisOutcome | None], call: Call,
                      response: IResponse, body: bytes) -> None:
         """The verdict is in: send the held response, or refuse it (enforce mode)."""
         verdict, outcome = result
         request = call.request
-        headers = aip_headers(outcome, verdict, "enforce")
         if request._disconnected:
             self._account(call, call.status)
             return
-        if verdict == "boundary_violation" and outcome is not None:
+        refusal = self._held_refusal(verdict, outcome)
+        if refusal is not None:
             call.status = 403
-            payload = error_payload(
-                "The response was withheld: its reasoning crossed the agent's boundaries",
-                "integrity_violation", checkpoint_id=outcome.checkpoint_id,
-                concerns=[{k: c.get(k) for k in ("category", "severity", "description")}
-                          for c in outcome.concerns])
-            send_json(request, 403, payload, self._gateway_headers(call) + headers)
+            send_json(request, 403, refusal, self._gate_headers(call, verdict, outcome))
         else:
-            self._write_head(call, response, headers)
+            self._write_head(call, response,
+                             aip_headers(outcome, shown_verdict(verdict), "enforce"))
             request.write(body)
             request.finish()
         self._account(call, call.status)
@@ -414,6 +542,11 @@ class ProxyHandler:
                  duration_ms=round(duration * 1000, 3),
                  overhead_ms=round(call.overhead_ms, 3) if call.agent else None,
                  streaming=call.streaming, **call.extra)
+
+
+def shown_verdict(verdict: str) -> str:
+    """``X-AIP-Verdict`` of a released held response: a timeout is an analysis error."""
+    return "error" if verdict == "timeout" else verdict
 
 
 def describe_failure(failure: Failure) -> str:
