@@ -45,6 +45,7 @@ from mnemomd.proxy.hold import (
     HoldSettings,
     PipelineGate,
     StreamFormat,
+    within,
 )
 from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay, UpstreamClient
 from mnemomd.proxy.routing import ProxyTarget, parse_proxy_target, upstream_url
@@ -344,9 +345,9 @@ class ProxyHandler:
         analysed now (never released unanalysed); the verdict releases it, and the rest
         streams on, or refuses it."""
         call.answered_early = True
-        d = self._analyse(call, response, relay.capture)
-        d.addTimeout(self._config.aip_analysis_timeout_ms / 1000 + HOLD_GRACE_SECONDS,
-                     self._clock, onTimeoutCancel=lambda *_: ("timeout", None))
+        d = within(self._analyse(call, response, relay.capture),
+                   self._config.aip_analysis_timeout_ms / 1000 + HOLD_GRACE_SECONDS,
+                   self._clock, ("timeout", None))
 
         def answer(result: tuple[str, AnalysisOutcome | None]) -> None:
             verdict, outcome = result
@@ -444,12 +445,12 @@ class ProxyHandler:
         if not analysable:
             self._answer_held(("skipped", None), call, response, outcome.held_body)
             return None
-        d = self._analyse(call, response, outcome.capture)
+        analysis = self._analyse(call, response, outcome.capture)
         # The analyzer bounds the model call; this bounds everything around it too.
-        d.addTimeout(self._config.aip_analysis_timeout_ms / 1000 + HOLD_GRACE_SECONDS,
-                     self._clock, onTimeoutCancel=lambda *_: ("timeout", None))
+        d = within(analysis, self._config.aip_analysis_timeout_ms / 1000 + HOLD_GRACE_SECONDS,
+                   self._clock, ("timeout", None))
         d.addCallback(self._answer_held, call, response, outcome.held_body)
-        return d
+        return d.addCallback(lambda _: analysis)
 
     def _analyse(self, call: Call, response: IResponse,
                  capture: ResponseCapture) -> Deferred[Any]:

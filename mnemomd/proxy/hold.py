@@ -75,6 +75,25 @@ UNVERIFIABLE_MESSAGE = ("The response was withheld: it carries no reasoning that
                         "analysed, and this agent's responses must be verifiable")
 
 
+def within(d: Deferred[Any], seconds: float, clock: IReactorTime,
+           late: Any) -> Deferred[Any]:
+    """``d``'s result, or ``late`` if ``seconds`` pass first. Unlike ``addTimeout`` ``d``
+    is not cancelled (a cancelled analysis may never fire at all, and a finished one
+    is still worth storing): the answer just stops waiting for it."""
+    answer: Deferred[Any] = Deferred()
+    timer = clock.callLater(seconds, lambda: answer.called or answer.callback(late))
+
+    def settle(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        if not answer.called:
+            answer.callback(result)
+        return None
+
+    d.addBoth(settle)
+    return answer
+
+
 def public_concerns(outcome: AnalysisOutcome) -> tuple[dict[str, Any], ...]:
     """The concerns as the 403 shows them: category, severity, description."""
     return tuple({k: c.get(k) for k in ("category", "severity", "description")}

@@ -27,6 +27,8 @@ Scenarios (``x-fake-scenario``):
 * ``silent`` -- never answers (any path).
 * ``flood:<id>:<bytes>`` -- an Anthropic-format SSE stream of exactly
   ``bytes`` bytes, produced only while the transport wants data.
+* ``flood_after_thinking:<id>:<bytes>`` -- the same flood after a thinking
+  block (about 120 tokens), so an enforce-mode gateway holds the flood.
 * ``echo`` -- ``200 application/octet-stream`` with the request body (any path).
 
 Control routes: ``GET|DELETE /_fake/requests``, ``POST /_fake/release/<id>``,
@@ -151,10 +153,10 @@ def parse_scenario(value: str | None) -> Scenario:
         return Scenario(kind="abort_after", events=_int_arg(arg, raw, 0))
     if name == "status" and sep:
         return Scenario(kind="status", status=_int_arg(arg, raw, 200, 599))
-    if name == "flood":
+    if name in ("flood", "flood_after_thinking"):
         stream_id, sep2, total = arg.rpartition(":")
         if stream_id and sep2:
-            return Scenario(kind="flood", stream_id=stream_id, total_bytes=_int_arg(total, raw, 1))
+            return Scenario(kind=name, stream_id=stream_id, total_bytes=_int_arg(total, raw, 1))
     raise UnknownScenario(raw)
 
 
@@ -612,17 +614,19 @@ class FakeUpstreamResource(Resource):
         self, request: Request, scenario: Scenario, req: canned.CannedRequest
     ) -> bytes | int:
         kind = scenario.kind
-        if kind == "flood":
+        if kind in ("flood", "flood_after_thinking"):
             assert scenario.stream_id is not None
             self._sse_headers(
                 request, canned.CannedRequest(api=canned.Api.ANTHROPIC_MESSAGES, stream=True)
             )
+            events = (canned.flood_events if kind == "flood"
+                      else canned.flood_after_thinking_events)
             flood = _FloodStream(
                 request,
                 self.reactor,
                 self.state,
                 scenario.stream_id,
-                canned.flood_events(req.model, scenario.total_bytes),
+                events(req.model, scenario.total_bytes),
             )
             flood.start()
             return NOT_DONE_YET
