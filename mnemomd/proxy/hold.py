@@ -323,6 +323,9 @@ class HeldStreamRelay(TwistedProtocol):
         self._pending.clear()
         if self._client_connected:
             self._write(self._stream.error_event(error, StreamState(self._last_event)))
+            self._finished = True
+            self._request.unregisterProducer()
+            self._request.finish()  # a clean end: the error event is the last word
         self._set_hold_paused(False)
         if self._upstream_ending is None:
             self._close_upstream("refused")
