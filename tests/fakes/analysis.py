@@ -74,9 +74,11 @@ class FakeAnalysis:
             self.default = data.get("default", self.default)
             return b"{}"
         if path == "/_fake/release":
+            # {"answer": action} answers every held request with that action instead.
+            data = json.loads(request.content.read() or b"{}")
             held, self.held = self.held, []
             for pending, dialect, action in held:
-                self.answer(pending, dialect, action)
+                self.answer(pending, dialect, data.get("answer", action))
             return json.dumps({"released": len(held)}).encode()
         if path == "/_fake/requests":
             if request.method == b"DELETE":
