@@ -9,7 +9,10 @@ model (the fake one) answers after a fixed delay. ``observe`` should add nothing
 measurable over a plain relay; ``enforce`` should add the analysis delay plus a few
 milliseconds (framing, one extraction of the reasoning, the checkpoint write).
 
-    python bench/first_output.py [--calls N] [--analysis-ms D]
+    python bench/first_output.py [--calls N] [--analysis-ms D] [--today REV]
+
+``--today REV`` adds a daemon exported from git at ``REV`` in ``observe`` mode, to show
+that ``observe`` costs what it cost before.
 
 Prints a Markdown table and writes it, with every sample as JSON, to
 ``bench/results/first-output-<UTC time>.{md,json}``.
@@ -18,10 +21,13 @@ Prints a Markdown table and writes it, with every sample as JSON, to
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import socket
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -96,11 +102,31 @@ def measure(path: Measured, call: Callable[[], tuple[float, float]], calls: int)
         path.first_output_ms.append(output * 1000)
 
 
-def daemon(tmp: Path, name: str, upstream: str, analysis: str, mode: str) -> Daemon:
+def daemon(tmp: Path, name: str, upstream: str, analysis: str, mode: str,
+           source: Path | None = None) -> Daemon:
+    """A daemon of this checkout, or of the ``source`` tree exported from git."""
+    command = None
+    if source is not None:
+        command = [sys.executable, "-c", f"import sys, runpy; sys.path.insert(0, {str(source)!r}); "
+                   "sys.argv[0] = 'mnemomd'; runpy.run_module('mnemomd', run_name='__main__')"]
     return start_daemon(tmp / name, {
         "ANTHROPIC_BASE_URL": upstream, "ANALYSIS_BASE_URL": analysis,
         "ANTHROPIC_API_KEY": "sk-analysis", "AIP_MIN_EVIDENCE_TOKENS": "1",
-        "AIP_DEFAULT_ENFORCEMENT": mode, "MNEMOM_OFFLINE": "true", "LOG_LEVEL": "warn"})
+        "AIP_DEFAULT_ENFORCEMENT": mode, "MNEMOM_OFFLINE": "true"}, command=command)
+
+
+def export(rev: str, into: Path) -> Path:
+    """The ``mnemomd`` package (and migrations) as committed at ``rev``."""
+    git = ["git", "-C", str(REPO_ROOT)]
+    top = subprocess.run([*git, "ls-tree", "--name-only", rev], capture_output=True,
+                         text=True, check=True).stdout.split()
+    wanted = [name for name in ("mnemomd", "migrations") if name in top]
+    archive = subprocess.run([*git, "archive", "--format=tar", rev, *wanted],
+                             capture_output=True, check=True).stdout
+    into.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,18 +134,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=200, help="calls per path (default 200)")
     parser.add_argument("--analysis-ms", type=float, default=100.0,
                         help="how long the fake analysis model takes to answer (default 100)")
+    parser.add_argument("--today", metavar="REV", default=None,
+                        help="also measure observe mode as committed at this git revision")
     args = parser.parse_args(argv)
     paths = [Measured("direct"), Measured("mnemomd observe"), Measured("mnemomd enforce")]
+    if args.today:
+        paths.append(Measured(f"mnemomd observe at {args.today}"))
     with tempfile.TemporaryDirectory() as scratch, run_fake_upstream() as upstream, \
             run_fake_analysis() as analysis:
         analysis_control(analysis, "POST", "script",
                          {"actions": [], "default": f"delay:{args.analysis_ms:g}"})
-        observe = daemon(Path(scratch), "observe", upstream, analysis, "observe")
-        enforce = daemon(Path(scratch), "enforce", upstream, analysis, "enforce")
+        daemons = [daemon(Path(scratch), "observe", upstream, analysis, "observe"),
+                   daemon(Path(scratch), "enforce", upstream, analysis, "enforce")]
+        if args.today:
+            source = export(args.today, Path(scratch) / "today")
+            daemons.append(daemon(Path(scratch), "today", upstream, analysis, "observe", source))
         try:
-            targets = [(upstream, "/v1/messages"),
-                       (observe.base_url, "/anthropic/v1/messages"),
-                       (enforce.base_url, "/anthropic/v1/messages")]
+            targets = [(upstream, "/v1/messages")] + [
+                (d.base_url, "/anthropic/v1/messages") for d in daemons]
             for base, route in targets:  # warm up connections, caches and the agent rows
                 for _ in range(5):
                     first_output(base, route)
@@ -128,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 for path, (base, route) in zip(paths, targets, strict=True):
                     measure(path, lambda b=base, r=route: first_output(b, r), 1)
         finally:
-            observe.stop(10)
-            enforce.stop(10)
+            for started in daemons:
+                started.stop(10)
     gap = statistics.median(paths[2].first_output_ms) - statistics.median(
         paths[1].first_output_ms)
     report = "\n".join([
@@ -139,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "| path | first byte p50 (ms) | first output p50 (ms) | first output p95 (ms) "
         "| added p50 vs direct (ms) |",
         "|---|---|---|---|---|",
-        paths[0].row(None), paths[1].row(paths[0]), paths[2].row(paths[0]),
+        paths[0].row(None), *(path.row(paths[0]) for path in paths[1:]),
         "",
         f"enforce minus observe, p50: {gap:.2f} ms (the analysis takes "
         f"{args.analysis_ms:g} ms)",
