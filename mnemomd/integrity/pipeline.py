@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ from twisted.python.failure import Failure
 
 from mnemomd.agents.identity import Agent
 from mnemomd.agents.store import AgentStore
-from mnemomd.config import Config
+from mnemomd.config import IntegrityConfig
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.integrity.engine import (
     AnalysisOutcome,
@@ -133,7 +134,7 @@ def outbox_payload(info: RequestInfo, extraction: Extraction,
     }
 
 
-def _run(func: Any, size: int, *args: Any) -> Deferred[Any]:
+def _run(func: Callable[..., Any], size: int, *args: object) -> Deferred[Any]:
     """Run ``func`` inline when the input is small, on a thread when it is large."""
     if size > INLINE_JSON_LIMIT:
         return deferToThread(func, *args)
@@ -155,14 +156,28 @@ def aip_headers(outcome: AnalysisOutcome | None, verdict: str,
     return headers
 
 
+#: Called after each stored checkpoint with (agent, session id, verdict, checkpoint id,
+#: concerns): enforcement's nudges and auto-containment.
+OutcomeHook = Callable[[Agent, str, str, str, list[dict[str, Any]]], Deferred[Any]]
+
+
 class IntegrityPipeline:
-    def __init__(self, config: Config, clock: IReactorTime, analyzer: IntegrityAnalyzer,
-                 agents: AgentStore, checkpoints: CheckpointStore, kv_cache: KVCache,
-                 session_state: KVCache, metrics: GatewayMetrics,
-                 outbox: OutboxStore | None = None,
+    """The integrity steps of one proxied call, for the proxy."""
+
+    def __init__(self, config: IntegrityConfig, clock: IReactorTime,
+                 analyzer: IntegrityAnalyzer, agents: AgentStore, checkpoints: CheckpointStore,
+                 kv_cache: KVCache, session_state: KVCache, metrics: GatewayMetrics,
+                 outbox: OutboxStore | None = None, *, outbox_ttl: float,
+                 min_evidence_tokens: int = 0,
                  without_reasoning: WithoutReasoningPolicy = allow_without_reasoning,
                  output_analysis: OutputAnalysis | None = None) -> None:
+        """``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
+        ``min_evidence_tokens`` is the least reasoning that counts as analysable at a held
+        stream's hold point; ``without_reasoning`` decides what an enforce-mode response
+        without analysable reasoning gets, ``output_analysis`` analyses its output."""
         self._config = config
+        self._outbox_ttl = outbox_ttl
+        self._min_evidence_tokens = min_evidence_tokens
         self._without_reasoning = without_reasoning
         self._output_analysis = output_analysis
         self._clock = clock
@@ -174,9 +189,9 @@ class IntegrityPipeline:
         self._metrics = metrics
         self._outbox = outbox
         #: Called after each stored checkpoint (enforcement: nudges, auto-containment).
-        self.on_outcome: Any = None
+        self.on_outcome: OutcomeHook | None = None
         #: Called when a stored checkpoint queued webhook deliveries (send them now).
-        self.on_events_queued: Any = None
+        self.on_events_queued: Callable[[], None] | None = None
 
     # -- before forwarding ----------------------------------------------------------------
 
@@ -271,7 +286,7 @@ class IntegrityPipeline:
         ``allow`` checks as today (``skipped``, or a synthetic clear below the minimum
         evidence), ``refuse`` analyses nothing, ``analyse_output`` defers to the end.
         """
-        gap = reasoning_gap(extraction, self._config.aip_min_evidence_tokens)
+        gap = reasoning_gap(extraction, self._min_evidence_tokens)
         if gap is None:
             verdict, outcome = yield self.check(provider, agent, session_id, info, extraction)
             return HoldCheck(verdict, outcome)
@@ -329,7 +344,7 @@ class IntegrityPipeline:
             provider=provider, model=info.model or extraction.model,
             checkpoint_id=outcome.checkpoint_id if outcome is not None else None,
             payload=outbox_payload(info, extraction, verdict), attempts=0,
-            created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._config.outbox_ttl))
+            created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._outbox_ttl))
         try:
             yield self._outbox.add(row)
         except Exception:

@@ -34,9 +34,10 @@ from zope.interface import implementer
 
 from mnemomd.agents.identity import Agent
 from mnemomd.integrity.engine import AnalysisOutcome
-from mnemomd.integrity.pipeline import HoldCheck, IntegrityPipeline
+from mnemomd.integrity.pipeline import HoldCheck
 from mnemomd.providers.base import (
     OUTPUT,
+    Extraction,
     Provider,
     RequestInfo,
     StreamError,
@@ -479,11 +480,26 @@ class HeldStreamRelay(TwistedProtocol):
         self._close_upstream("idle_timeout")
 
 
+class HoldIntegrity(Protocol):
+    """What a held stream's gate needs of the integrity pipeline
+    (``integrity.pipeline.IntegrityPipeline``)."""
+
+    def extract(self, provider: Provider, info: RequestInfo, content_type: str,
+                content_encoding: str | None, body: bytes,
+                truncated: bool) -> Deferred[Extraction | None]: ...
+
+    def check_at_hold(self, provider: Provider, agent: Agent, session_id: str,
+                      info: RequestInfo, extraction: Extraction) -> Deferred[HoldCheck]: ...
+
+    def check_output(self, agent: Agent, session_id: str, info: RequestInfo,
+                     extraction: Extraction) -> Deferred[tuple[str, AnalysisOutcome | None]]: ...
+
+
 class PipelineGate:
     """A held stream's gate for one call: the integrity pipeline's checks, the failure mode,
     the agent's ``without_reasoning`` policy. Keeps what the end of the call needs."""
 
-    def __init__(self, pipeline: IntegrityPipeline, provider: Provider, agent: Agent,
+    def __init__(self, pipeline: HoldIntegrity, provider: Provider, agent: Agent,
                  session_id: str, info: RequestInfo, content_type: str,
                  failure_mode: str) -> None:
         self._pipeline = pipeline
