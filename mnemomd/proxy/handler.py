@@ -385,6 +385,7 @@ class ProxyHandler:
                            outcome: RelayOutcome) -> Any:
         assert call.agent is not None and call.info is not None
         provider = PROVIDERS[call.target.provider]
+        yield gate.settled()  # a check still running (the hold timed out) is waited for
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         extraction = yield self._integrity.extract(
             provider, call.info, content_type.decode("latin-1"), None,

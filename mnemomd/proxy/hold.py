@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -93,6 +93,18 @@ def within(d: Deferred[Any], seconds: float, clock: IReactorTime,
 
     d.addBoth(settle)
     return answer
+
+
+def observed(d: Deferred[Any]) -> Deferred[None]:
+    """Fires when ``d`` does, leaving ``d``'s own result alone."""
+    watch: Deferred[None] = Deferred()
+
+    def seen(result: Any) -> Any:
+        watch.callback(None)
+        return result
+
+    d.addBoth(seen)
+    return watch
 
 
 def public_concerns(outcome: AnalysisOutcome) -> tuple[dict[str, Any], ...]:
@@ -515,9 +527,26 @@ class PipelineGate:
         self.checked_thinking: str | None = None
         #: (verdict, outcome) of the output analysis, when there was one.
         self.output_result: tuple[str, AnalysisOutcome | None] | None = None
+        self._running: list[Deferred[Any]] = []
+
+    def settled(self) -> Deferred[None]:
+        """Fires once every check the relay started is over, answered in time or not: the
+        end of the call must not check again what is still being checked."""
+        running, self._running = self._running, []
+        return DeferredList([observed(d) for d in running]).addCallback(lambda _: None)
+
+    def at_hold_point(self, prefix: bytes, truncated: bool) -> Deferred[Release]:
+        d = self._at_hold_point(prefix, truncated)
+        self._running.append(d)
+        return d
+
+    def at_end(self, body: bytes, truncated: bool) -> Deferred[Release]:
+        d = self._at_end(body, truncated)
+        self._running.append(d)
+        return d
 
     @inlineCallbacks
-    def at_hold_point(self, prefix: bytes, truncated: bool) -> Any:
+    def _at_hold_point(self, prefix: bytes, truncated: bool) -> Any:
         extraction = yield self._pipeline.extract(self._provider, self._info,
                                                   self._content_type, None, prefix, truncated)
         if extraction is None:
@@ -533,7 +562,7 @@ class PipelineGate:
         return release_for(check.verdict, check.outcome)
 
     @inlineCallbacks
-    def at_end(self, body: bytes, truncated: bool) -> Any:
+    def _at_end(self, body: bytes, truncated: bool) -> Any:
         extraction = yield self._pipeline.extract(self._provider, self._info,
                                                   self._content_type, None, body, truncated)
         if extraction is None:

@@ -360,3 +360,19 @@ def test_held_body_without_a_verdict_in_time_the_failure_mode_decides(
         assert canned.TEXT.encode() not in exchange.body
     daemon.threads.resume()
     daemon.flush()
+
+
+def test_a_check_still_running_when_the_hold_timed_out_is_not_made_twice(
+        make_daemon: Callable[..., InProcessDaemon]):
+    daemon = enforcing(make_daemon)
+    daemon.analysis.script = ["hold"]
+    call = CALLS[0]
+    exchange = call.send(daemon)
+    daemon.threads.stall()
+    daemon.release_analysis()
+    seconds(daemon, 12.1)
+    assert exchange.complete  # released by the time limit (fail_open)
+    daemon.threads.resume()
+    daemon.flush()
+    assert len(daemon.analysis.requests) == 1
+    assert len(checkpoints(daemon)) == 1
