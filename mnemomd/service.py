@@ -28,7 +28,7 @@ from mnemomd.api.queries import ManagementStore
 from mnemomd.api.resource import ManagementApi
 from mnemomd.cloud.heartbeat import Heartbeat, load_or_create_deployment_id, readiness_snapshot
 from mnemomd.cloud.license import LicenseState, OnlineValidator, load_trusted_keys
-from mnemomd.config import EX_CONFIG, Config
+from mnemomd.config import EX_CONFIG, Config, output_analysis_allowed
 from mnemomd.config.analysis import from_config as analysis_settings
 from mnemomd.enforcement.enforcer import NUDGE_FLAG_TTL, Enforcement
 from mnemomd.enforcement.expiry import expire_nudges
@@ -350,8 +350,9 @@ def events_after(on_outcome: Callable[..., Any],
                  kick: Callable[[], None]) -> Callable[..., Deferred[Any]]:
     """``on_outcome``, then a kick of the webhook dispatcher when the verdict may have
     queued events (nudges, containment changes)."""
-    def run(agent: Any, session_id: str, verdict: str, *args: Any) -> Deferred[Any]:
-        d = maybeDeferred(on_outcome, agent, session_id, verdict, *args)
+    def run(agent: Any, session_id: str, verdict: str, *args: Any,
+            **kwargs: Any) -> Deferred[Any]:
+        d = maybeDeferred(on_outcome, agent, session_id, verdict, *args, **kwargs)
         if verdict != "clear":
             d.addBoth(lambda result: (kick(), result)[1])
         return d
@@ -425,7 +426,8 @@ def make_management_api(config: Config, reactor: Any, db: Database,
 
     handlers = ApiHandlers(reactor, ManagementStore(db), EnforcementStore(db),
                            WebhookStore(db), TraceStore(db), directory.invalidate_all,
-                           dispatcher.kick, document)
+                           dispatcher.kick, document,
+                           output_analysis=output_analysis_allowed(config.analysis_provider))
     return ManagementApi(reactor, credentials_from_config(config), handlers, send_json,
                          metrics)
 
@@ -452,7 +454,8 @@ def make_service(config: Config, reactor: Any = None,
     kv = make_kv_store(reactor, config.redis_url, config.redis_password, metrics)
     directory = PersistentAgentDirectory(reactor, AgentStore(db),
                                          KVCache(kv, "", AGENT_CACHE_TTL),
-                                         config.aip_default_enforcement)
+                                         config.aip_default_enforcement,
+                                         config.aip_default_without_reasoning)
     StorageService(config, reactor, db, kv, directory, health,
                    root.fatal).setServiceParent(root)
 
@@ -465,7 +468,8 @@ def make_service(config: Config, reactor: Any = None,
     analyzer, analysis_http = build_analyzer(analysis_settings(config), reactor, metrics)
     integrity = IntegrityPipeline(config, reactor, analyzer, AgentStore(db),
                                   CheckpointStore(db), KVCache(kv, "", CARD_CACHE_TTL),
-                                  KVCache(kv, "", WINDOW_TTL), metrics, OutboxStore(db))
+                                  KVCache(kv, "", WINDOW_TTL), metrics, OutboxStore(db),
+                                  output_analysis_allowed(config.analysis_provider))
     root.addCleanup(analysis_http.close)
 
     enforcement = Enforcement(reactor, EnforcementStore(db),

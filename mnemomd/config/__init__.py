@@ -31,6 +31,7 @@ DEFAULT_CONFIG_PATH = "/etc/mnemomd/mnemomd.yaml"
 ROLES = ("all", "gateway", "scheduler")
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("json", "text")
+WITHOUT_REASONING_CHOICES = ("allow", "analyse_output", "refuse")
 
 
 class ConfigError(Exception):
@@ -289,6 +290,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AIP_ENABLED", parse_bool, True, "integrity analysis on or off"),
     Setting("AIP_DEFAULT_ENFORCEMENT", _choice(("observe", "nudge", "enforce")), "observe",
             "enforcement mode given to new agents"),
+    Setting("AIP_DEFAULT_WITHOUT_REASONING", _choice(WITHOUT_REASONING_CHOICES), "allow",
+            "what enforce does, for new agents, with a response that has no analysable "
+            "reasoning: allow (deliver unverified), analyse_output or refuse"),
     Setting("AIP_FAILURE_MODE", _choice(("fail_open", "fail_closed")), "fail_open",
             "verdict when analysis fails: synthetic clear, or synthetic boundary_violation"),
     Setting("AIP_ANALYSIS_TIMEOUT_MS", _int_in(100, 600_000), 10_000,
@@ -395,6 +399,7 @@ class Config:
     redis_password: str | None = None
     aip_enabled: bool = True
     aip_default_enforcement: str = "observe"
+    aip_default_without_reasoning: str = "allow"
     aip_failure_mode: str = "fail_open"
     aip_analysis_timeout_ms: int = 10_000
     aip_min_evidence_tokens: int = 100
@@ -583,9 +588,49 @@ def load_config(
             load_trusted_keys(config.mnemom_license_public_key)
         except LicenseKeyError as e:
             cross_problems.append(f"MNEMOM_LICENSE_PUBLIC_KEY: {e}")
+    cross_problems += without_reasoning_problems(config)
     if cross_problems:
         raise ConfigError(cross_problems)
     if config.aip_enabled:
         config = dataclasses.replace(
-            config, warnings=config.warnings + tuple(analysis.warnings(analysis_settings)))
+            config, warnings=config.warnings + tuple(analysis.warnings(analysis_settings))
+            + tuple(without_reasoning_warnings(config)))
     return config
+
+
+#: Said by ``check-config`` and at startup whenever an enforce agent may opt out.
+OPT_OUT_WARNING = (
+    "An agent in enforce mode can opt out of enforcement by turning its reasoning off "
+    "(temperature 0, thinking disabled, forced tool_choice, max_tokens <= 1024, a model "
+    "without reasoning, OpenAI Chat Completions): set without_reasoning to analyse_output "
+    "or refuse")
+
+
+def output_analysis_allowed(analysis_provider: str, providers: ProviderRegistry = PROVIDERS,
+                            ) -> bool:
+    """Whether ``analyse_output`` may send a response to the analysis backend.
+
+    The hybrid ``mnemom`` backend is promised never to receive the response (SPEC §5.4),
+    so with it output analysis is refused everywhere and acts as ``refuse``.
+    """
+    api = providers.analysis.get(analysis_provider)
+    return api is None or api.accepts_output
+
+
+def without_reasoning_problems(config: Config) -> list[str]:
+    """A default ``analyse_output`` the analysis backend may not carry out."""
+    if (config.aip_default_without_reasoning == "analyse_output"
+            and not output_analysis_allowed(config.analysis_provider)):
+        return [f"AIP_DEFAULT_WITHOUT_REASONING=analyse_output cannot be used with "
+                f"ANALYSIS_PROVIDER={config.analysis_provider}: that backend never receives "
+                f"the response; use refuse"]
+    return []
+
+
+def without_reasoning_warnings(config: Config) -> list[str]:
+    """New agents in enforce mode that turning reasoning off lets through unverified."""
+    if (config.aip_default_enforcement == "enforce"
+            and config.aip_default_without_reasoning == "allow"):
+        return [f"AIP_DEFAULT_ENFORCEMENT=enforce with AIP_DEFAULT_WITHOUT_REASONING=allow: "
+                f"{OPT_OUT_WARNING}"]
+    return []
