@@ -267,15 +267,20 @@ def _responses_events(req: CannedRequest, tool: str | None, redacted: bool) -> l
             add("response.output_item.added", output_index=index,
                 item={**item, "status": "in_progress", "content": []})
             ids = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            part = {"type": "output_text", "annotations": [], "text": ""}
+            add("response.content_part.added", **ids, part=part)
             for piece in TEXT_PIECES:
                 add("response.output_text.delta", **ids, delta=piece)
             add("response.output_text.done", **ids, text=TEXT)
+            add("response.content_part.done", **ids, part={**part, "text": TEXT})
         elif item["type"] == "function_call":
             add("response.output_item.added", output_index=index,
                 item={**item, "status": "in_progress", "arguments": ""})
             for piece in TOOL_INPUT_PIECES:
                 add("response.function_call_arguments.delta", item_id=item["id"],
                     output_index=index, delta=piece)
+            add("response.function_call_arguments.done", item_id=item["id"],
+                output_index=index, arguments=item["arguments"])
         else:
             add("response.output_item.added", output_index=index, item=item)
         add("response.output_item.done", output_index=index, item=item)
