@@ -59,6 +59,7 @@ from mnemomd.integrity.output import (
     NO_REASONING_THINKING,
     SCOPE_OUTPUT_ONLY,
     SCOPE_THINKING_AND_OUTPUT,
+    SCOPE_THINKING_ONLY,
     OutputTruncation,
     output_hash,
     truncate_output,
@@ -134,7 +135,7 @@ class AnalysisOutcome:
     @property
     def analysis_scope(self) -> str:
         """``thinking_only``, ``output_only`` or ``thinking_and_output``."""
-        return str(self.analysis_metadata.get("analysis_scope") or "thinking_only")
+        return str(self.analysis_metadata.get("analysis_scope") or SCOPE_THINKING_ONLY)
 
     @property
     def failure_reason(self) -> str | None:
@@ -509,7 +510,8 @@ class IntegrityAnalyzer:
 
     def _from_checkpoint(self, cp: IntegrityCheckpoint) -> AnalysisOutcome:
         metadata = asdict(cp.analysis_metadata)
-        metadata.update(backend=self.backend.name, synthetic=False, failure_reason=None)
+        metadata.update(backend=self.backend.name, synthetic=False, failure_reason=None,
+                        analysis_scope=SCOPE_THINKING_ONLY)
         return AnalysisOutcome(
             checkpoint_id=cp.checkpoint_id, agent_id=cp.agent_id, card_id=cp.card_id,
             session_id=cp.session_id, provider=cp.provider, model=cp.model,
@@ -558,7 +560,8 @@ class IntegrityAnalyzer:
                 "analysis_duration_ms": self._elapsed_ms(started),
                 "thinking_tokens_original": tokens, "thinking_tokens_analyzed": 0,
                 "truncated": False, "extraction_confidence": request.extraction_confidence,
-                "backend": self.backend.name, "synthetic": True, "failure_reason": failure},
+                "backend": self.backend.name, "synthetic": True, "failure_reason": failure,
+                "analysis_scope": SCOPE_THINKING_ONLY},
             thinking_block_hash=digest, synthetic=True, synthetic_reason=synthetic_reason,
             # The SDK's synthetic signals: proceed only when clear, otherwise escalate.
             action="continue" if verdict == "clear" else "deny_and_escalate",

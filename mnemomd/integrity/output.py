@@ -29,8 +29,10 @@ REDACTED_REASONING = "redacted_reasoning"
 BELOW_MINIMUM_EVIDENCE = "below_minimum_evidence"
 REASONING_GAPS = (NO_REASONING, REDACTED_REASONING, BELOW_MINIMUM_EVIDENCE)
 
-#: ``analysis_metadata.analysis_scope`` of an output analysis, without and with (short)
-#: reasoning in the prompt; the TypeScript SDK's names.
+#: ``analysis_metadata.analysis_scope``: a reasoning analysis, then an output analysis
+#: without and with (short) reasoning in the prompt; the TypeScript SDK's names, and
+#: ``output_only`` for what it never does (output analysis without any reasoning).
+SCOPE_THINKING_ONLY = "thinking_only"
 SCOPE_OUTPUT_ONLY = "output_only"
 SCOPE_THINKING_AND_OUTPUT = "thinking_and_output"
 

@@ -109,9 +109,11 @@ def test_short_reasoning_is_analysed_with_the_output():
 
 
 def test_a_reasoning_analysis_has_no_output_section():
-    _, backend = run(verdict(VERDICT_CLEAR))
+    outcome, backend = run(verdict(VERDICT_CLEAR))
     [(system, user)] = backend.prompts
     assert "OUTPUT ANALYSIS:" not in system and "OUTPUT BLOCK" not in user
+    assert outcome.analysis_metadata["analysis_scope"] == "thinking_only"
+    assert outcome.output_block_hash is None and outcome.thinking_block_hash is not None
 
 
 # -- truncation and hash -----------------------------------------------------------------
