@@ -9,7 +9,6 @@ instead of one write per call.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -74,7 +73,8 @@ class PersistentAgentDirectory:
         d.addBoth(self._deliver, hash_)
         return mine
 
-    def _cached_or_stored(self, cached: Any, hash_: str, name: str | None) -> Any:
+    def _cached_or_stored(self, cached: object, hash_: str,
+                          name: str | None) -> Agent | Deferred[Agent]:
         if isinstance(cached, dict):
             try:
                 return Agent(**cached)
@@ -99,15 +99,15 @@ class PersistentAgentDirectory:
                 self._last_seen[result.agent_id] = self._now_ms()
                 waiter.callback(result)
 
-    def invalidate(self, hash_: str) -> Deferred[Any]:
+    def invalidate(self, hash_: str) -> Deferred[None]:
         return self._cache.invalidate(agent_cache_key(hash_))
 
-    def invalidate_all(self, hash_: str, agent_id: str) -> Deferred[Any]:
+    def invalidate_all(self, hash_: str, agent_id: str) -> Deferred[list[None]]:
         """Drop the agent and everything cached from it (card, conscience values)."""
         return gatherResults([self._cache.invalidate(key)
                               for key in agent_derived_keys(hash_, agent_id)])
 
-    def drop_changed(self) -> Deferred[Any]:
+    def drop_changed(self) -> Deferred[None]:
         """Invalidate cached agents whose rows changed since the last look."""
         def drop(changed: list[tuple[str, int, str]]) -> None:
             for hash_, updated_at, agent_id in changed:
@@ -120,7 +120,7 @@ class PersistentAgentDirectory:
 
         return self._store.changed_since(self._changes_seen_ms).addCallbacks(drop, failed)
 
-    def flush_last_seen(self) -> Deferred[Any]:
+    def flush_last_seen(self) -> Deferred[int]:
         if not self._last_seen:
             return succeed(0)
         batch, self._last_seen = self._last_seen, {}
@@ -138,7 +138,7 @@ class PersistentAgentDirectory:
         self._flusher.start(LAST_SEEN_FLUSH_SECONDS, now=False)
         self._watcher.start(CHANGE_POLL_SECONDS, now=False)
 
-    def stop(self) -> Deferred[Any]:
+    def stop(self) -> Deferred[int]:
         if self._watcher.running:
             self._watcher.stop()
         if self._flusher.running:

@@ -27,6 +27,9 @@ from mnemomd.storage.traces import TraceStore
 from mnemomd.webhooks.delivery import check_url, new_secret
 from mnemomd.webhooks.store import WebhookStore
 
+#: What an operation returns: ``(status, payload)``, now or later.
+HandlerResult = tuple[int, dict[str, Any]] | Deferred[tuple[int, dict[str, Any]]]
+
 SETTINGS_FIELDS = ("aip_enabled", "aap_enabled", "nudge_strategy", "nudge_rate",
                    "nudge_threshold", "without_reasoning")
 
@@ -83,7 +86,7 @@ class ApiHandlers:
 
     def __init__(self, clock: IReactorTime, store: ManagementStore,
                  enforcement: EnforcementStore, webhooks: WebhookStore, traces: TraceStore,
-                 invalidate_agent: Callable[[str, str], Any],
+                 invalidate_agent: Callable[[str, str], Deferred[list[None]]],
                  events_queued: Callable[[], None],
                  openapi: Callable[[], dict[str, Any]],
                  output_analysis: bool = True) -> None:
@@ -99,8 +102,9 @@ class ApiHandlers:
         self._invalidate_agent = invalidate_agent
         self._openapi = openapi
 
-    def dispatch(self, call: ApiCall) -> Any:
-        return getattr(self, call.route.handler)(call)
+    def dispatch(self, call: ApiCall) -> HandlerResult:
+        handler: Callable[[ApiCall], HandlerResult] = getattr(self, call.route.handler)
+        return handler(call)
 
     def openapi(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
         return 200, self._openapi()

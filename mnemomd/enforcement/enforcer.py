@@ -8,6 +8,7 @@ only for agents that actually have something to deliver.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -65,7 +66,10 @@ def containment_refusal(agent: Agent) -> dict[str, Any] | None:
 
 class Enforcement:
     def __init__(self, clock: IReactorTime, store: EnforcementStore, flags: KVCache,
-                 invalidate_agent: Any, rng: random.Random | None = None) -> None:
+                 invalidate_agent: Callable[[str], Deferred[None]],
+                 rng: random.Random | None = None) -> None:
+        """``invalidate_agent`` drops an agent (by hash) from the directory's cache, so a
+        containment takes effect on the next call."""
         self._clock = clock
         self._store = store
         self._flags = flags
@@ -92,9 +96,10 @@ class Enforcement:
             self._flags.invalidate(self._flag(agent.agent_id))
         return nudges
 
-    def delivered(self, agent: Agent, nudges: list[Nudge]) -> Deferred[Any]:
+    def delivered(self, agent: Agent, nudges: list[Nudge]) -> Deferred[int]:
+        """Mark the nudges a call carried as delivered; fires with how many were."""
         if not nudges:
-            return succeed(None)
+            return succeed(0)
         # The flag stays: the next call finds nothing pending and clears it, so a nudge
         # created meanwhile is never left without one.
         return self._store.mark_delivered([n.id for n in nudges], self._now_ms())

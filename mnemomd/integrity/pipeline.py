@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -22,7 +23,7 @@ from twisted.python.failure import Failure
 
 from mnemomd.agents.identity import WITHOUT_REASONING_MODES, Agent
 from mnemomd.agents.store import AgentStore
-from mnemomd.config import Config
+from mnemomd.config import IntegrityConfig
 from mnemomd.http.server import error_payload
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.integrity.engine import AnalysisOutcome, AnalysisRequest, IntegrityAnalyzer
@@ -107,7 +108,7 @@ def outbox_payload(info: RequestInfo, extraction: Extraction,
     }
 
 
-def _run(func: Any, size: int, *args: Any) -> Deferred[Any]:
+def _run(func: Callable[..., Any], size: int, *args: object) -> Deferred[Any]:
     """Run ``func`` inline when the input is small, on a thread when it is large."""
     if size > INLINE_JSON_LIMIT:
         return deferToThread(func, *args)
@@ -129,13 +130,27 @@ def aip_headers(outcome: AnalysisOutcome | None, verdict: str,
     return headers
 
 
+class OutcomeHook(Protocol):
+    """Called after each stored checkpoint: enforcement's nudges and auto-containment.
+    ``synthetic`` says the verdict was made up (a failed analysis): no finding."""
+
+    def __call__(self, agent: Agent, session_id: str, verdict: str, checkpoint_id: str,
+                 concerns: list[dict[str, Any]], synthetic: bool = False) -> Deferred[Any]: ...
+
+
 class IntegrityPipeline:
-    def __init__(self, config: Config, clock: IReactorTime, analyzer: IntegrityAnalyzer,
-                 agents: AgentStore, checkpoints: CheckpointStore, kv_cache: KVCache,
-                 session_state: KVCache, metrics: GatewayMetrics,
-                 outbox: OutboxStore | None = None, output_analysis: bool = True) -> None:
+    """The integrity steps of one proxied call, for the proxy."""
+
+    def __init__(self, config: IntegrityConfig, clock: IReactorTime,
+                 analyzer: IntegrityAnalyzer, agents: AgentStore, checkpoints: CheckpointStore,
+                 kv_cache: KVCache, session_state: KVCache, metrics: GatewayMetrics,
+                 outbox: OutboxStore | None = None, *, outbox_ttl: float,
+                 output_analysis: bool = True) -> None:
+        """``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
+        ``output_analysis`` whether the analysis backend may be sent a response's output
+        (not the hybrid service)."""
         self._config = config
-        #: Whether the analysis backend may be sent output (not the hybrid service).
+        self._outbox_ttl = outbox_ttl
         self._output_analysis = output_analysis
         self._clock = clock
         self._analyzer = analyzer
@@ -146,9 +161,9 @@ class IntegrityPipeline:
         self._metrics = metrics
         self._outbox = outbox
         #: Called after each stored checkpoint (enforcement: nudges, auto-containment).
-        self.on_outcome: Any = None
+        self.on_outcome: OutcomeHook | None = None
         #: Called when a stored checkpoint queued webhook deliveries (send them now).
-        self.on_events_queued: Any = None
+        self.on_events_queued: Callable[[], None] | None = None
 
     # -- before forwarding ----------------------------------------------------------------
 
@@ -223,7 +238,7 @@ class IntegrityPipeline:
     def reasoning_gap(self, extraction: Extraction) -> str | None:
         """Why ``extraction`` has no analysable reasoning, or None (see
         ``integrity.output.reasoning_gap``)."""
-        return reasoning_gap(extraction, self._config.aip_min_evidence_tokens)
+        return reasoning_gap(extraction, self._analyzer.settings.min_evidence_tokens)
 
     # -- when the body is complete --------------------------------------------------------
 
@@ -355,7 +370,7 @@ class IntegrityPipeline:
             checkpoint_id=(outcome.checkpoint_id if isinstance(outcome, AnalysisOutcome)
                            else None),
             payload=outbox_payload(info, extraction, verdict), attempts=0,
-            created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._config.outbox_ttl))
+            created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._outbox_ttl))
         try:
             yield self._outbox.add(row)
         except Exception:

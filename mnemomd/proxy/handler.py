@@ -7,9 +7,11 @@ gets out of the way; what the provider answers, the client gets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from prometheus_client import Counter
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -28,15 +30,15 @@ from mnemomd.agents.identity import (
     default_session_id,
     is_valid_session_id,
 )
-from mnemomd.config import Config
-from mnemomd.enforcement.enforcer import Enforcement, combined_notice, containment_refusal
+from mnemomd.config import ProxyConfig
+from mnemomd.enforcement.enforcer import combined_notice, containment_refusal
+from mnemomd.enforcement.store import Nudge
 from mnemomd.http import cors
 from mnemomd.http.server import GatewayRequest, error_payload, send_empty, send_json
 from mnemomd.integrity.engine import AnalysisOutcome
 from mnemomd.integrity.pipeline import (
     HOLD_LIMIT,
     CheckResult,
-    IntegrityPipeline,
     ResponsePlan,
     Unverifiable,
     aip_headers,
@@ -44,9 +46,9 @@ from mnemomd.integrity.pipeline import (
 )
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS, injection_rejected
-from mnemomd.providers.base import RequestInfo
+from mnemomd.providers.base import Provider, RequestInfo
 from mnemomd.proxy.headers import client_response_headers, upstream_request_headers
-from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay, UpstreamClient
+from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay
 from mnemomd.proxy.routing import ProxyTarget, parse_proxy_target, upstream_url
 
 log = Logger()
@@ -75,7 +77,7 @@ class Call:
     #: The client's own body when the gateway sent a rewritten one.
     original_body: bytes | None = None
     #: Pending nudges whose notice this call carries.
-    nudges: list[Any] = field(default_factory=list)
+    nudges: list[Nudge] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -89,19 +91,65 @@ def has_body(headers: Headers) -> bool:
     return headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
 
 
+# -- what the proxy needs from its collaborators ----------------------------------------
+
+
+class Upstream(Protocol):
+    """Sends a call to its provider (``proxy.relay.UpstreamClient``)."""
+
+    def request(self, method: bytes, url: bytes, headers: Headers,
+                body: bytes | None) -> Deferred[IResponse]: ...
+
+
+class TrafficGate(Protocol):
+    """Whether calls may be forwarded at all (``cloud.license.LicenseState``)."""
+
+    def allows_traffic(self) -> bool: ...
+
+
+class NudgeDelivery(Protocol):
+    """The pending nudges a call carries, and their delivery (``enforcement.Enforcement``)."""
+
+    def take_nudges(self, agent: Agent) -> Deferred[list[Nudge]]: ...
+
+    def delivered(self, agent: Agent, nudges: list[Nudge]) -> Deferred[int]: ...
+
+
+class CallIntegrity(Protocol):
+    """The integrity steps of a call (``integrity.pipeline.IntegrityPipeline``)."""
+
+    def prepare(self, provider: Provider, agent: Agent | None, path: bytes, query: bytes,
+                body: bytes | None, notice: str | None = None,
+                ) -> Deferred[tuple[bytes | None, RequestInfo, bool]]: ...
+
+    def plan(self, agent: Agent | None, info: RequestInfo | None, status: int,
+             streaming: bool) -> ResponsePlan: ...
+
+    def analyse(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
+                content_type: str, content_encoding: str | None, body: bytes,
+                truncated: bool) -> Deferred[CheckResult]: ...
+
+
 class ProxyHandler:
-    def __init__(self, config: Config, clock: IReactorTime, client: UpstreamClient,
+    """The proxy: what the front door hands ``/anthropic``, ``/openai``, ``/gemini`` and
+    ``/agent/{name}/…`` paths to."""
+
+    def __init__(self, config: ProxyConfig, clock: IReactorTime, client: Upstream,
                  agents: AgentDirectory, metrics: GatewayMetrics,
-                 integrity: IntegrityPipeline, enforcement: Enforcement,
-                 license_state: Any = None) -> None:
+                 integrity: CallIntegrity, enforcement: NudgeDelivery,
+                 license_state: TrafficGate | None = None, *, analysis_timeout: float,
+                 log_level: str) -> None:
+        """``analysis_timeout`` (seconds) bounds how long a held response waits for its
+        verdict; ``log_level`` says whether access lines are worth formatting."""
         self._license = license_state
         self._integrity = integrity
         self._enforcement = enforcement
         self._config = config
+        self._hold_timeout = analysis_timeout + HOLD_GRACE_SECONDS
         # Formatting an access line costs as much as a large share of the proxying;
         # skip building it when the level would drop it anyway.
-        self._log_access = config.log_level in ("debug", "info")
-        self._request_counters: dict[tuple[str, int], Any] = {}
+        self._log_access = log_level in ("debug", "info")
+        self._request_counters: dict[tuple[str, int], Counter] = {}
         self._clock = clock
         self._client = client
         self._agents = agents
@@ -110,6 +158,14 @@ class ProxyHandler:
     def target(self, path: bytes, query: bytes) -> ProxyTarget | None:
         """The proxy route a checked path names, or None when it names none."""
         return parse_proxy_target(path, query)
+
+    def route(self, path: bytes,
+              query: bytes) -> Callable[[GatewayRequest], Deferred[None]] | None:
+        """For the front door: the handler of a path that is a proxy route, else None."""
+        target = self.target(path, query)
+        if target is None:
+            return None
+        return lambda request: self.handle(request, target)
 
     def handle(self, request: GatewayRequest, target: ProxyTarget) -> Deferred[None]:
         """Handle one call; the Deferred fires when all work for it is over."""
@@ -347,12 +403,12 @@ class ProxyHandler:
             return None
         d = self._analyse(call, response, outcome)
         # The analyzer bounds the model call; this bounds everything around it too.
-        d.addTimeout(self._config.aip_analysis_timeout_ms / 1000 + HOLD_GRACE_SECONDS,
-                     self._clock, onTimeoutCancel=lambda *_: ("error", None))
-        d.addCallback(self._answer_held, call, response, outcome.held_body)
-        return d
+        d.addTimeout(self._hold_timeout, self._clock,
+                     onTimeoutCancel=lambda *_: ("error", None))
+        return d.addCallback(self._answer_held, call, response, outcome.held_body)
 
-    def _analyse(self, call: Call, response: IResponse, outcome: RelayOutcome) -> Deferred[Any]:
+    def _analyse(self, call: Call, response: IResponse,
+                 outcome: RelayOutcome) -> Deferred[CheckResult]:
         assert call.agent is not None and call.info is not None
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
