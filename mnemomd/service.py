@@ -284,9 +284,9 @@ class SchedulerService(Service):
 
     Every role gets the outbox TTL sweep; ``all`` and ``scheduler`` also get heartbeat and
     license check and the leased observer jobs of SPEC §8.2 (nudges, retention, traces,
-    drift, webhooks; see :func:`scheduler_jobs`). With ``MNEMOM_OFFLINE=true`` heartbeat
-    and license check still tick (and are counted) but make no call, so an operator sees
-    the scheduler alive and the network untouched.
+    drift, webhooks; see :func:`cloud_jobs` and :func:`shared_jobs`). With
+    ``MNEMOM_OFFLINE=true`` heartbeat and license check still tick (and are counted) but
+    make no call, so an operator sees the scheduler alive and the network untouched.
     """
 
     name = "scheduler"

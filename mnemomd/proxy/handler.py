@@ -1,7 +1,8 @@
 """One proxied call, start to end: identify the agent, forward, relay, account.
 
 The order matters for the promise "forwards every call unchanged": the gateway refuses a
-call only for reasons of its own (no key, oversized body, bad session header) and then
+call only for reasons of its own (no valid license, oversized body, no key, bad session
+header, a contained agent) and then
 gets out of the way; what the provider answers, the client gets.
 """
 
