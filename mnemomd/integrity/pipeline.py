@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
@@ -24,16 +24,13 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mnemomd.agents.identity import Agent
+from mnemomd.agents.identity import WITHOUT_REASONING_MODES, Agent
 from mnemomd.agents.store import AgentStore
 from mnemomd.config import IntegrityConfig
+from mnemomd.http.server import error_payload
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
-from mnemomd.integrity.engine import (
-    AnalysisOutcome,
-    AnalysisRequest,
-    IntegrityAnalyzer,
-    estimate_tokens,
-)
+from mnemomd.integrity.engine import AnalysisOutcome, AnalysisRequest, IntegrityAnalyzer
+from mnemomd.integrity.output import reasoning_gap
 from mnemomd.integrity.window import drift_update, window_add, window_entries
 from mnemomd.kv import KVCache
 from mnemomd.ops.metrics import GatewayMetrics
@@ -68,38 +65,18 @@ class ResponsePlan:
     hold_stream: bool = False
 
 
-#: What an enforce-mode agent's response without analysable reasoning gets (the
-#: ``without_reasoning`` setting): delivered unverified, refused, or its output analysed.
-WITHOUT_REASONING_ACTIONS = ("allow", "refuse", "analyse_output")
+@dataclass(frozen=True)
+class Unverifiable:
+    """A response ``enforce`` refuses unanalysed (``without_reasoning: refuse``): it has no
+    analysable reasoning, for ``reason`` (``no_reasoning``, ``redacted_reasoning`` or
+    ``below_minimum_evidence``). No analysis call is made and no checkpoint stored."""
+
+    reason: str
 
 
-class WithoutReasoningPolicy(Protocol):
-    """``(agent, request info) -> "allow" | "refuse" | "analyse_output"``."""
-
-    def __call__(self, agent: Agent, info: RequestInfo) -> str: ...
-
-
-class OutputAnalysis(Protocol):
-    """Analyses a response's output instead of its reasoning; fires with (verdict,
-    outcome or None) and records the checkpoint, as ``check`` does."""
-
-    def __call__(self, agent: Agent, session_id: str, info: RequestInfo,
-                 extraction: Extraction) -> Deferred[tuple[str, AnalysisOutcome | None]]: ...
-
-
-def allow_without_reasoning(agent: Agent, info: RequestInfo) -> str:
-    """Today's behaviour until an agent setting says otherwise: delivered, ``skipped``."""
-    return "allow"
-
-
-def reasoning_gap(extraction: Extraction, min_evidence_tokens: int) -> str | None:
-    """Why there is no reasoning to analyse (``no_reasoning``, ``redacted_reasoning``,
-    ``below_minimum_evidence``), or None when there is."""
-    if not extraction.thinking or not extraction.thinking.strip():
-        return "redacted_reasoning" if extraction.redacted_thinking else "no_reasoning"
-    if estimate_tokens(extraction.thinking) < min_evidence_tokens:
-        return "below_minimum_evidence"
-    return None
+#: What ``analyse`` fires with: the verdict (``X-AIP-Verdict``, or ``unverifiable``) and
+#: the checkpoint's outcome, the refusal, or None.
+CheckResult = tuple[str, AnalysisOutcome | Unverifiable | None]
 
 
 @dataclass(frozen=True)
@@ -108,13 +85,33 @@ class HoldCheck:
 
     ``without_reasoning`` is the action taken when there was no analysable reasoning
     (``gap`` says why): ``allow`` (``verdict`` is today's ``skipped`` or synthetic clear),
-    ``refuse``, or ``analyse_output`` (hold to the end, then ``check_output``).
+    ``refuse`` (``outcome`` is the ``Unverifiable``), or ``analyse_output`` (hold to the
+    end, then ``analyse_output``).
     """
 
     verdict: str
-    outcome: AnalysisOutcome | None
+    outcome: AnalysisOutcome | Unverifiable | None
     without_reasoning: str | None = None
     gap: str | None = None
+
+
+def refusal_payload(verdict: str,
+                    outcome: AnalysisOutcome | Unverifiable | None) -> dict[str, Any] | None:
+    """The body ``enforce`` answers instead of a held response (403), or None when the
+    response goes out. A violation names its checkpoint and concerns (derived analysis
+    only); a response without analysable reasoning under ``refuse`` says why."""
+    if isinstance(outcome, Unverifiable):
+        return error_payload(
+            "The response was withheld: it has no reasoning that can be verified",
+            "integrity_unverifiable", reason=outcome.reason)
+    if verdict == "boundary_violation" and isinstance(outcome, AnalysisOutcome):
+        what = "reasoning" if outcome.analysis_scope == "thinking_only" else "output"
+        return error_payload(
+            f"The response was withheld: its {what} crossed the agent's boundaries",
+            "integrity_violation", checkpoint_id=outcome.checkpoint_id,
+            concerns=[{k: c.get(k) for k in ("category", "severity", "description")}
+                      for c in outcome.concerns])
+    return None
 
 
 def outbox_payload(info: RequestInfo, extraction: Extraction,
@@ -156,9 +153,12 @@ def aip_headers(outcome: AnalysisOutcome | None, verdict: str,
     return headers
 
 
-#: Called after each stored checkpoint with (agent, session id, verdict, checkpoint id,
-#: concerns): enforcement's nudges and auto-containment.
-OutcomeHook = Callable[[Agent, str, str, str, list[dict[str, Any]]], Deferred[Any]]
+class OutcomeHook(Protocol):
+    """Called after each stored checkpoint: enforcement's nudges and auto-containment.
+    ``synthetic`` says the verdict was made up (a failed analysis): no finding."""
+
+    def __call__(self, agent: Agent, session_id: str, verdict: str, checkpoint_id: str,
+                 concerns: list[dict[str, Any]], synthetic: bool = False) -> Deferred[Any]: ...
 
 
 class IntegrityPipeline:
@@ -168,17 +168,12 @@ class IntegrityPipeline:
                  analyzer: IntegrityAnalyzer, agents: AgentStore, checkpoints: CheckpointStore,
                  kv_cache: KVCache, session_state: KVCache, metrics: GatewayMetrics,
                  outbox: OutboxStore | None = None, *, outbox_ttl: float,
-                 min_evidence_tokens: int = 0,
-                 without_reasoning: WithoutReasoningPolicy = allow_without_reasoning,
-                 output_analysis: OutputAnalysis | None = None) -> None:
+                 output_analysis: bool = True) -> None:
         """``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
-        ``min_evidence_tokens`` is the least reasoning that counts as analysable at a held
-        stream's hold point; ``without_reasoning`` decides what an enforce-mode response
-        without analysable reasoning gets, ``output_analysis`` analyses its output."""
+        ``output_analysis`` whether the analysis backend may be sent a response's output
+        (not the hybrid service)."""
         self._config = config
         self._outbox_ttl = outbox_ttl
-        self._min_evidence_tokens = min_evidence_tokens
-        self._without_reasoning = without_reasoning
         self._output_analysis = output_analysis
         self._clock = clock
         self._analyzer = analyzer
@@ -245,6 +240,30 @@ class IntegrityPipeline:
     def tracing_for(self, agent: Agent | None) -> bool:
         return self._outbox is not None and agent is not None and agent.aap_enabled
 
+    # -- responses without analysable reasoning (SPEC §6.2) -------------------------------
+
+    def without_reasoning(self, agent: Agent | None, info: RequestInfo | None = None) -> str:
+        """What to do with a response of this agent that has no analysable reasoning:
+        ``allow``, ``analyse_output`` or ``refuse``.
+
+        Only ``enforce`` acts on it (with AIP on for the agent); elsewhere it is ``allow``,
+        today's behaviour. ``analyse_output`` the analysis backend may not carry out acts
+        as ``refuse``, never as ``allow``, and so does a value this build does not know.
+        """
+        if agent is None or agent.enforcement_mode != "enforce" or not self.enabled_for(agent):
+            return "allow"
+        mode = agent.without_reasoning
+        if mode not in WITHOUT_REASONING_MODES:
+            return "refuse"
+        if mode == "analyse_output" and not self._output_analysis:
+            return "refuse"
+        return mode
+
+    def reasoning_gap(self, extraction: Extraction) -> str | None:
+        """Why ``extraction`` has no analysable reasoning, or None (see
+        ``integrity.output.reasoning_gap``)."""
+        return reasoning_gap(extraction, self._analyzer.settings.min_evidence_tokens)
+
     # -- when the body is complete --------------------------------------------------------
 
     @inlineCallbacks
@@ -253,15 +272,31 @@ class IntegrityPipeline:
                 truncated: bool) -> Any:
         """Extract, analyse and record, and queue the call for tracing; fires with
         (verdict, outcome or None). Never fails."""
-        extraction = yield self.extract(provider, info, content_type, content_encoding,
-                                        body, truncated)
-        if extraction is None:
+        try:
+            extraction: Extraction = yield _run(
+                self._extract, len(body), provider, info, content_type, content_encoding,
+                body, truncated)
+        except Exception:
+            log.failure("Response extraction failed", agent_id=agent.agent_id)
+            self._metrics.aip_checks.labels("error").inc()
             return "error", None
-        result: tuple[str, AnalysisOutcome | None] = ("disabled", None)
+        result: CheckResult = ("disabled", None)
         if self.enabled_for(agent):
-            result = yield self.check(provider, agent, session_id, info, extraction)
-        yield self.trace(agent, session_id, provider.name, info, extraction, *result)
+            mode = self.without_reasoning(agent, info)
+            gap = self.reasoning_gap(extraction) if mode != "allow" else None
+            if gap is None:
+                result = yield self._check(provider, agent, session_id, info, extraction)
+            elif mode == "refuse":
+                result = self._unverifiable(agent, gap)
+            else:
+                result = yield self._check_output(
+                    provider, agent, session_id, info, extraction, gap,
+                    (content_type, content_encoding, body))
+        if self.tracing_for(agent):
+            yield self._queue_trace(agent, session_id, provider.name, info, extraction, *result)
         return result
+
+    # -- held streams (enforce mode) ------------------------------------------------------
 
     @inlineCallbacks
     def extract(self, provider: Provider, info: RequestInfo, content_type: str,
@@ -282,49 +317,114 @@ class IntegrityPipeline:
                       info: RequestInfo, extraction: Extraction) -> Any:
         """The check when a held stream's reasoning has ended; fires with a ``HoldCheck``.
 
-        Without analysable reasoning the agent's ``without_reasoning`` policy decides:
-        ``allow`` checks as today (``skipped``, or a synthetic clear below the minimum
-        evidence), ``refuse`` analyses nothing, ``analyse_output`` defers to the end.
+        Without analysable reasoning the agent's ``without_reasoning`` decides: ``allow``
+        checks as today (``skipped``, or a synthetic clear below the minimum evidence),
+        ``refuse`` analyses nothing, ``analyse_output`` defers to the end of the stream.
         """
-        gap = reasoning_gap(extraction, self._min_evidence_tokens)
+        mode = self.without_reasoning(agent, info)
+        gap = self.reasoning_gap(extraction) if mode != "allow" else None
         if gap is None:
-            verdict, outcome = yield self.check(provider, agent, session_id, info, extraction)
+            verdict, outcome = yield self._check(provider, agent, session_id, info,
+                                                 extraction)
             return HoldCheck(verdict, outcome)
-        try:
-            action = self._without_reasoning(agent, info)
-        except Exception:
-            log.failure("without_reasoning policy failed", agent_id=agent.agent_id)
-            action = "refuse"
-        if action == "refuse":
-            self._metrics.aip_checks.labels("unverifiable").inc()
-            return HoldCheck("skipped", None, "refuse", gap)
-        if action == "analyse_output":
-            return HoldCheck("pending", None, "analyse_output", gap)
-        verdict, outcome = yield self.check(provider, agent, session_id, info, extraction)
-        return HoldCheck(verdict, outcome, "allow", gap)
+        if mode == "refuse":
+            verdict, refusal = self._unverifiable(agent, gap)
+            return HoldCheck(verdict, refusal, "refuse", gap)
+        return HoldCheck("pending", None, "analyse_output", gap)
 
-    def check_output(self, agent: Agent, session_id: str, info: RequestInfo,
-                     extraction: Extraction) -> Deferred[tuple[str, AnalysisOutcome | None]]:
-        """``without_reasoning: analyse_output``: the output analysed instead; without an
-        output analysis the answer is ``unverifiable`` (refused, never allowed)."""
-        if self._output_analysis is None:
-            return succeed(("unverifiable", None))
-        return maybeDeferred(self._output_analysis, agent, session_id, info, extraction)
+    def check(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
+              extraction: Extraction) -> Deferred[CheckResult]:
+        """Analyse the extraction's thinking and record the checkpoint (a held stream's
+        reasoning that came after its hold point). Never fails."""
+        return self._check(provider, agent, session_id, info, extraction)
+
+    def trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
+              extraction: Extraction, verdict: str,
+              outcome: AnalysisOutcome | Unverifiable | None) -> Deferred[None]:
+        """The call's trace outbox row, when the agent is traced."""
+        if not self.tracing_for(agent):
+            return succeed(None)
+        return self._queue_trace(agent, session_id, provider, info, extraction, verdict,
+                                 outcome)
+
+    def _unverifiable(self, agent: Agent, gap: str) -> CheckResult:
+        self._metrics.aip_checks.labels("unverifiable").inc()
+        log.info("Response without analysable reasoning ({reason}) refused for {agent_id}",
+                 reason=gap, agent_id=agent.agent_id)
+        return "unverifiable", Unverifiable(gap)
 
     @inlineCallbacks
-    def check(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
-              extraction: Extraction) -> Any:
-        """Analyse the extraction's thinking and record the checkpoint; fires with
-        (verdict, outcome or None). Never fails."""
+    def analyse_output(self, provider: Provider, agent: Agent, session_id: str,
+                       info: RequestInfo, content_type: str, content_encoding: str | None,
+                       body: bytes, truncated: bool) -> Any:
+        """Output analysis of a whole captured response (``analyse_output``, a stream held
+        to its end): extract, analyse the text and tool calls with whatever reasoning there
+        is, store the checkpoint, enforce, trace. Fires with the outcome, or None when the
+        pipeline itself failed (logged; the caller applies the failure mode)."""
+        try:
+            extraction: Extraction = yield _run(
+                self._extract, len(body), provider, info, content_type, content_encoding,
+                body, truncated)
+        except Exception:
+            log.failure("Response extraction failed", agent_id=agent.agent_id)
+            self._metrics.aip_checks.labels("error").inc()
+            return None
+        gap = self.reasoning_gap(extraction)
+        result = yield self._check_output(provider, agent, session_id, info, extraction, gap,
+                                          (content_type, content_encoding, body))
+        if self.tracing_for(agent):
+            yield self._queue_trace(agent, session_id, provider.name, info, extraction, *result)
+        outcome = result[1]
+        return outcome if isinstance(outcome, AnalysisOutcome) else None
+
+    @inlineCallbacks
+    def _check_output(self, provider: Provider, agent: Agent, session_id: str,
+                      info: RequestInfo, extraction: Extraction, gap: str | None,
+                      response: tuple[str, str | None, bytes]) -> Any:
+        """Analyse the output instead of (or with) the reasoning; the verdict acts as for
+        reasoning. The output block is sent to the analysis backend and nowhere else."""
+        content_type, content_encoding, body = response
+        try:
+            block = yield _run(self._output_block, len(body), provider, info, content_type,
+                               content_encoding, body)
+            outcome = yield self._analyse(agent, session_id, info, extraction,
+                                          output_block=block)
+            del block
+            outcome = replace(outcome, analysis_metadata={
+                **outcome.analysis_metadata, "without_reasoning": "analyse_output",
+                "reasoning_gap": gap})
+            yield self._record(agent, session_id, provider.name, info, outcome)
+            yield self._enforce(agent, session_id, outcome)
+            return outcome.verdict, outcome
+        except Exception:
+            log.failure("Output analysis pipeline failed", agent_id=agent.agent_id)
+            self._metrics.aip_checks.labels("error").inc()
+            return "error", None
+
+    def _enforce(self, agent: Agent, session_id: str, outcome: AnalysisOutcome) -> Any:
+        if self.on_outcome is None:
+            return None
+        return self.on_outcome(agent, session_id, outcome.verdict, outcome.checkpoint_id,
+                               outcome.concerns, synthetic=outcome.synthetic)
+
+    @staticmethod
+    def _output_block(provider: Provider, info: RequestInfo, content_type: str,
+                      content_encoding: str | None, body: bytes) -> str:
+        decoded = decode_body(body, content_encoding)
+        if decoded is None:
+            return ""
+        return provider.output_block(info, decoded, content_type)
+
+    @inlineCallbacks
+    def _check(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
+               extraction: Extraction) -> Any:
         try:
             if not extraction.thinking:
                 self._metrics.aip_checks.labels("skipped").inc()
                 return "skipped", None
             outcome = yield self._analyse(agent, session_id, info, extraction)
             yield self._record(agent, session_id, provider.name, info, outcome)
-            if self.on_outcome is not None:
-                yield self.on_outcome(agent, session_id, outcome.verdict,
-                                      outcome.checkpoint_id, outcome.concerns)
+            yield self._enforce(agent, session_id, outcome)
             return outcome.verdict, outcome
         except Exception:
             log.failure("Integrity analysis pipeline failed", agent_id=agent.agent_id)
@@ -332,17 +432,18 @@ class IntegrityPipeline:
             return "error", None
 
     @inlineCallbacks
-    def trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
-              extraction: Extraction, verdict: str, outcome: AnalysisOutcome | None) -> Any:
-        """One trace outbox row for the observer (SPEC §8.1) when the agent is traced; a
-        failure costs the trace, never the call."""
-        if self._outbox is None or not self.tracing_for(agent):
-            return None
+    def _queue_trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
+                     extraction: Extraction, verdict: str,
+                     outcome: AnalysisOutcome | Unverifiable | None) -> Any:
+        """One trace outbox row for the observer (SPEC §8.1); a failure costs the trace,
+        never the call."""
+        assert self._outbox is not None
         now_ms = int(self._clock.seconds() * 1000)
         row = OutboxRow(
             id=f"ob-{uuid.uuid4().hex}", agent_id=agent.agent_id, session_id=session_id,
             provider=provider, model=info.model or extraction.model,
-            checkpoint_id=outcome.checkpoint_id if outcome is not None else None,
+            checkpoint_id=(outcome.checkpoint_id if isinstance(outcome, AnalysisOutcome)
+                           else None),
             payload=outbox_payload(info, extraction, verdict), attempts=0,
             created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._outbox_ttl))
         try:
@@ -360,7 +461,7 @@ class IntegrityPipeline:
 
     @inlineCallbacks
     def _analyse(self, agent: Agent, session_id: str, info: RequestInfo,
-                 extraction: Extraction) -> Any:
+                 extraction: Extraction, output_block: str | None = None) -> Any:
         card = yield self._card(agent.agent_id)
         values = yield self._conscience(agent.agent_id)
         window = yield self._state.get_json(self._window_key(agent.agent_id, session_id))
@@ -371,9 +472,10 @@ class IntegrityPipeline:
             context += f"; tools used: {tools}"
         request = AnalysisRequest(
             agent_id=agent.agent_id, session_id=session_id, provider=info.api or "",
-            model=info.model or extraction.model or "unknown", thinking=extraction.thinking,
+            model=info.model or extraction.model or "unknown", thinking=extraction.thinking or "",
             card=card or {}, conscience_values=values or [],
-            window_checkpoints=window_entries(window, now), task_context=context)
+            window_checkpoints=window_entries(window, now), task_context=context,
+            output_block=output_block)
         outcome = yield self._analyzer.analyze(request)
         return outcome
 
@@ -438,7 +540,8 @@ class IntegrityPipeline:
             window_position=dict(outcome.window_position),
             analysis_metadata=outcome.analysis_metadata,
             thinking_block_hash=outcome.thinking_block_hash, synthetic=outcome.synthetic,
-            synthetic_reason=outcome.synthetic_reason, created_at=int(now * 1000))
+            synthetic_reason=outcome.synthetic_reason, created_at=int(now * 1000),
+            output_block_hash=outcome.output_block_hash)
         try:
             queued = yield self._checkpoints.insert(record)
             if queued and self.on_events_queued is not None:

@@ -1,7 +1,8 @@
 """One proxied call, start to end: identify the agent, forward, relay, account.
 
 The order matters for the promise "forwards every call unchanged": the gateway refuses a
-call only for reasons of its own (no key, oversized body, bad session header) and then
+call only for reasons of its own (no valid license, oversized body, no key, bad session
+header, a contained agent) and then
 gets out of the way; what the provider answers, the client gets.
 """
 
@@ -36,14 +37,19 @@ from mnemomd.enforcement.store import Nudge
 from mnemomd.http import cors
 from mnemomd.http.server import GatewayRequest, error_payload, send_empty, send_json
 from mnemomd.integrity.engine import AnalysisOutcome
-from mnemomd.integrity.pipeline import ResponsePlan, aip_headers
+from mnemomd.integrity.pipeline import (
+    CheckResult,
+    ResponsePlan,
+    Unverifiable,
+    aip_headers,
+    refusal_payload,
+)
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS, injection_rejected
 from mnemomd.providers.base import Extraction, Provider, RequestInfo
 from mnemomd.proxy.headers import client_response_headers, upstream_request_headers
 from mnemomd.proxy.hold import (
     FAILED_MESSAGE,
-    VIOLATION_MESSAGE,
     HeldStreamRelay,
     HoldIntegrity,
     HoldSettings,
@@ -132,14 +138,14 @@ class CallIntegrity(HoldIntegrity, Protocol):
 
     def analyse(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
                 content_type: str, content_encoding: str | None, body: bytes,
-                truncated: bool) -> Deferred[tuple[str, AnalysisOutcome | None]]: ...
+                truncated: bool) -> Deferred[CheckResult]: ...
 
     def check(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
-              extraction: Extraction) -> Deferred[tuple[str, AnalysisOutcome | None]]: ...
+              extraction: Extraction) -> Deferred[CheckResult]: ...
 
     def trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
               extraction: Extraction, verdict: str,
-              outcome: AnalysisOutcome | None) -> Deferred[None]: ...
+              outcome: AnalysisOutcome | Unverifiable | None) -> Deferred[None]: ...
 
 
 class ProxyHandler:
@@ -386,6 +392,8 @@ class ProxyHandler:
         assert call.agent is not None and call.info is not None
         provider = PROVIDERS[call.target.provider]
         yield gate.settled()  # a check still running (the hold timed out) is waited for
+        if gate.output_analysed:
+            return None  # analysed, recorded and traced with the whole output
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         extraction = yield self._integrity.extract(
             provider, call.info, content_type.decode("latin-1"), None,
@@ -393,12 +401,9 @@ class ProxyHandler:
         if extraction is None:
             return None
         check = gate.check
-        result: tuple[str, AnalysisOutcome | None]
-        if gate.output_result is not None:
-            result = gate.output_result
-        elif check is None or (check.without_reasoning in (None, "allow")
-                               and extraction.thinking
-                               and extraction.thinking != gate.checked_thinking):
+        result: CheckResult
+        if check is None or (check.without_reasoning is None and extraction.thinking
+                             and extraction.thinking != gate.checked_thinking):
             # No hold point, or reasoning after it: checked now, it can only nudge.
             result = yield self._integrity.check(provider, call.agent, call.session_id,
                                                  call.info, extraction)
@@ -416,16 +421,16 @@ class ProxyHandler:
         d = within(self._analyse(call, response, relay.capture), self._hold_timeout,
                    self._clock, ("timeout", None))
 
-        def answer(result: tuple[str, AnalysisOutcome | None]) -> None:
+        def answer(result: CheckResult) -> None:
             verdict, outcome = result
             refusal = self._held_refusal(verdict, outcome)
+            headers = self._held_headers(verdict, outcome, refusal is not None)
             if refusal is None:
-                relay.release_hold(lambda: self._write_head(
-                    call, response, aip_headers(outcome, shown_verdict(verdict), "enforce")))
+                relay.release_hold(lambda: self._write_head(call, response, headers))
                 return
             call.status = 403
             relay.abandon()
-            send_json(call.request, 403, refusal, self._gate_headers(call, verdict, outcome))
+            send_json(call.request, 403, refusal, self._gateway_headers(call) + headers)
 
         d.addCallback(answer)
 
@@ -519,7 +524,7 @@ class ProxyHandler:
         return d.addCallback(lambda _: analysis)
 
     def _analyse(self, call: Call, response: IResponse,
-                 capture: ResponseCapture) -> Deferred[tuple[str, AnalysisOutcome | None]]:
+                 capture: ResponseCapture) -> Deferred[CheckResult]:
         assert call.agent is not None and call.info is not None
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
@@ -529,31 +534,35 @@ class ProxyHandler:
             capture.getvalue(), capture.truncated)
 
     def _held_refusal(self, verdict: str,
-                      outcome: AnalysisOutcome | None) -> dict[str, Any] | None:
+                      outcome: AnalysisOutcome | Unverifiable | None) -> dict[str, Any] | None:
         """The 403 body for a held response, or None to release it: a boundary violation
-        (synthetic ones under ``fail_closed`` included) refuses, and so does no verdict at
-        all (timeout, pipeline error) under ``fail_closed``."""
-        if verdict == "boundary_violation" and outcome is not None:
-            return error_payload(
-                FAILED_MESSAGE if outcome.synthetic else VIOLATION_MESSAGE,
-                "integrity_violation", checkpoint_id=outcome.checkpoint_id,
-                concerns=[{k: c.get(k) for k in ("category", "severity", "description")}
-                          for c in outcome.concerns])
-        if verdict in ("timeout", "error") and self._failure_mode == "fail_closed":
-            return error_payload(FAILED_MESSAGE, "integrity_violation", checkpoint_id=None,
-                                 concerns=[], synthetic=True,
-                                 reason="analysis_timeout" if verdict == "timeout"
-                                 else "analysis_failed")
-        return None
+        (synthetic ones under ``fail_closed`` included) and a response refused unanalysed
+        (``refusal_payload``), and no verdict at all (timeout, pipeline error) under
+        ``fail_closed``."""
+        refusal = refusal_payload(verdict, outcome)
+        if refusal is None and verdict in ("timeout", "error") \
+                and self._failure_mode == "fail_closed":
+            refusal = error_payload(FAILED_MESSAGE, "integrity_violation", checkpoint_id=None,
+                                    concerns=[], synthetic=True,
+                                    reason="analysis_timeout" if verdict == "timeout"
+                                    else "analysis_failed")
+        return refusal
 
-    def _gate_headers(self, call: Call, verdict: str,
-                      outcome: AnalysisOutcome | None) -> list[tuple[bytes, bytes]]:
-        shown = "boundary_violation" if outcome is None and verdict in ("timeout", "error") \
-            else verdict
-        return self._gateway_headers(call) + aip_headers(outcome, shown, "enforce")
+    @staticmethod
+    def _held_headers(verdict: str, outcome: AnalysisOutcome | Unverifiable | None,
+                      refused: bool) -> list[tuple[bytes, bytes]]:
+        """``X-AIP-*`` of a held response: refused unanalysed has no verdict (``skipped``);
+        no verdict in time is ``error`` when released, a violation when refused."""
+        checkpoint = outcome if isinstance(outcome, AnalysisOutcome) else None
+        shown = verdict
+        if isinstance(outcome, Unverifiable):
+            shown = "skipped"
+        elif verdict in ("timeout", "error"):
+            shown = "boundary_violation" if refused else "error"
+        return aip_headers(checkpoint, shown, "enforce")
 
-    def _answer_held(self, result: tuple[str, AnalysisOutcome | None], call: Call,
-                     response: IResponse, body: bytes) -> None:
+    def _answer_held(self, result: CheckResult, call: Call, response: IResponse,
+                     body: bytes) -> None:
         """The verdict is in: send the held response, or refuse it (enforce mode)."""
         verdict, outcome = result
         request = call.request
@@ -561,12 +570,12 @@ class ProxyHandler:
             self._account(call, call.status)
             return
         refusal = self._held_refusal(verdict, outcome)
+        headers = self._held_headers(verdict, outcome, refusal is not None)
         if refusal is not None:
             call.status = 403
-            send_json(request, 403, refusal, self._gate_headers(call, verdict, outcome))
+            send_json(request, 403, refusal, self._gateway_headers(call) + headers)
         else:
-            self._write_head(call, response,
-                             aip_headers(outcome, shown_verdict(verdict), "enforce"))
+            self._write_head(call, response, headers)
             request.write(body)
             request.finish()
         self._account(call, call.status)
@@ -609,11 +618,6 @@ class ProxyHandler:
                  duration_ms=round(duration * 1000, 3),
                  overhead_ms=round(call.overhead_ms, 3) if call.agent else None,
                  streaming=call.streaming, **call.extra)
-
-
-def shown_verdict(verdict: str) -> str:
-    """``X-AIP-Verdict`` of a released held response: a timeout is an analysis error."""
-    return "error" if verdict == "timeout" else verdict
 
 
 def describe_failure(failure: Failure) -> str:

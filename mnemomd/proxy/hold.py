@@ -72,8 +72,7 @@ VIOLATION_MESSAGE = "The response was withheld: its reasoning crossed the agent'
 OUTPUT_VIOLATION_MESSAGE = "The response was withheld: its output crossed the agent's boundaries"
 FAILED_MESSAGE = ("The response was withheld: integrity analysis did not produce a verdict "
                   "(AIP_FAILURE_MODE=fail_closed)")
-UNVERIFIABLE_MESSAGE = ("The response was withheld: it carries no reasoning that can be "
-                        "analysed, and this agent's responses must be verifiable")
+UNVERIFIABLE_MESSAGE = "The response was withheld: it has no reasoning that can be verified"
 
 
 def within(d: Deferred[Any], seconds: float, clock: IReactorTime,
@@ -503,8 +502,9 @@ class HoldIntegrity(Protocol):
     def check_at_hold(self, provider: Provider, agent: Agent, session_id: str,
                       info: RequestInfo, extraction: Extraction) -> Deferred[HoldCheck]: ...
 
-    def check_output(self, agent: Agent, session_id: str, info: RequestInfo,
-                     extraction: Extraction) -> Deferred[tuple[str, AnalysisOutcome | None]]: ...
+    def analyse_output(self, provider: Provider, agent: Agent, session_id: str,
+                       info: RequestInfo, content_type: str, content_encoding: str | None,
+                       body: bytes, truncated: bool) -> Deferred[AnalysisOutcome | None]: ...
 
 
 class PipelineGate:
@@ -525,8 +525,8 @@ class PipelineGate:
         self.check: HoldCheck | None = None
         #: The thinking analysed at the hold point (a later, longer one is checked again).
         self.checked_thinking: str | None = None
-        #: (verdict, outcome) of the output analysis, when there was one.
-        self.output_result: tuple[str, AnalysisOutcome | None] | None = None
+        #: Whether the output was analysed at the end (which also traced the call).
+        self.output_analysed = False
         self._running: list[Deferred[Any]] = []
 
     def settled(self) -> Deferred[None]:
@@ -563,16 +563,13 @@ class PipelineGate:
 
     @inlineCallbacks
     def _at_end(self, body: bytes, truncated: bool) -> Any:
-        extraction = yield self._pipeline.extract(self._provider, self._info,
-                                                  self._content_type, None, body, truncated)
-        if extraction is None:
-            return failure_release(self._failure_mode, "extraction_failed")
-        verdict, outcome = yield self._pipeline.check_output(self._agent, self._session_id,
-                                                             self._info, extraction)
-        self.output_result = (verdict, outcome)
-        if verdict == "unverifiable":
-            return unverifiable(self.check.gap if self.check else None)
-        return release_for(verdict, outcome, OUTPUT_VIOLATION_MESSAGE)
+        self.output_analysed = True
+        outcome = yield self._pipeline.analyse_output(
+            self._provider, self._agent, self._session_id, self._info, self._content_type,
+            None, body, truncated)
+        if outcome is None:
+            return failure_release(self._failure_mode, "analysis_failed")
+        return release_for(outcome.verdict, outcome, OUTPUT_VIOLATION_MESSAGE)
 
     def on_timeout(self) -> Release:
         return failure_release(self._failure_mode, "analysis_timeout")

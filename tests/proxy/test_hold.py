@@ -294,7 +294,7 @@ def test_within_answers_late_without_cancelling():
 
 
 class StubPipeline:
-    def __init__(self, check: HoldCheck, output: tuple[str, Any] = ("clear", None),
+    def __init__(self, check: HoldCheck, output: Any = None,
                  extraction: Extraction | None = None) -> None:
         self._check = check
         self._output = output
@@ -308,7 +308,9 @@ class StubPipeline:
     def check_at_hold(self, provider, agent, session_id, info, extraction):
         return succeed(self._check)
 
-    def check_output(self, agent, session_id, info, extraction):
+    def analyse_output(self, provider, agent, session_id, info, content_type, encoding, body,
+                       truncated):
+        self.extracted.append(body)
         return succeed(self._output)
 
 
@@ -350,23 +352,27 @@ def test_gate_violation_refuses_with_the_checkpoint_and_public_concerns(syntheti
 
 
 def test_gate_refuse_without_reasoning_is_unverifiable():
-    error = answer(gate(HoldCheck("skipped", None, "refuse", "redacted_reasoning"))
+    error = answer(gate(HoldCheck("unverifiable", None, "refuse", "redacted_reasoning"))
                    .at_hold_point(b"", False))
     assert (error.type, error.reason, error.checkpoint_id) == (
         "integrity_unverifiable", "redacted_reasoning", None)
 
 
-@pytest.mark.parametrize("output, expected", [
-    (("clear", None), PASS),
-    (("unverifiable", None), "integrity_unverifiable"),
-    (("boundary_violation", Outcome("boundary_violation")), "integrity_violation"),
+@pytest.mark.parametrize("output, mode, expected", [
+    (Outcome("clear"), "fail_closed", PASS),
+    (Outcome("boundary_violation"), "fail_open", "integrity_violation"),
+    (None, "fail_open", PASS),  # the output analysis itself failed: the failure mode
+    (None, "fail_closed", "integrity_violation"),
 ])
-def test_gate_analyse_output_holds_to_the_end_and_judges_the_output(output, expected):
-    g = gate(HoldCheck("pending", None, "analyse_output", "no_reasoning"), output=output)
+def test_gate_analyse_output_holds_to_the_end_and_judges_the_output(output, mode, expected):
+    g = gate(HoldCheck("pending", None, "analyse_output", "no_reasoning"), mode,
+             output=output)
     assert answer(g.at_hold_point(b"", False)) is HOLD_TO_END
     result = answer(g.at_end(b"whole", False))
     assert result is PASS if expected is PASS else result.type == expected
-    assert g.output_result == output
+    if output is not None and expected != PASS:
+        assert result.checkpoint_id == "ic-9" and "output" in result.message
+    assert g.output_analysed
 
 
 @pytest.mark.parametrize("mode, refused", [("fail_open", False), ("fail_closed", True)])
