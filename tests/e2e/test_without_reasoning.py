@@ -1,4 +1,4 @@
-"""``without_reasoning`` with the official SDKs, non-streaming (issue 14, Done-when 4).
+"""``without_reasoning`` with the official SDKs, streaming and not (issue 14, Done-when 4).
 
 An agent in ``enforce`` mode turns its reasoning off with one parameter; the fake provider
 answers as a real one does (``realistic_reasoning``: no reasoning unless asked) with a
@@ -13,9 +13,6 @@ Streams, written against the stream hold's contract: at the first output event o
 the provider's own error event (type ``integrity_unverifiable``); ``analyse_output`` holds
 the rest to the stream's end, then releases the held bytes unchanged or ends with the
 error event (``integrity_violation``). Nothing of the output reaches the client before.
-Until the stream hold is merged they fail (streams are relayed unchanged): they are
-marked ``NEEDS_STREAM_HOLD``, a strict ``xfail`` that fails the moment they pass, so the
-marker goes when the hold lands.
 """
 
 from __future__ import annotations
@@ -46,8 +43,6 @@ TOOL = "send_to_pastebin"
 OUTPUT_HASH = hashlib.sha256(plain.output_text(TOOL).encode()).hexdigest()
 MESSAGES = [{"role": "user", "content": "Summarise the quarterly report"}]
 SCHEMA = {"type": "object", "properties": {"query": {"type": "string"}}}
-NEEDS_STREAM_HOLD = pytest.mark.xfail(
-    strict=True, reason="needs the enforce stream hold; remove this marker when it is merged")
 
 
 @pytest.fixture
@@ -221,7 +216,6 @@ def clear(gateway: Gateway) -> None:
                      {"actions": [], "default": VERDICT_CLEAR})
 
 
-@NEEDS_STREAM_HOLD
 def test_anthropic_messages_stream(gateway: Gateway):
     client = anthropic.Anthropic(base_url=f"{gateway.url}/anthropic", api_key="sk-ant-stream",
                                  max_retries=0, default_headers=SCENARIO)
@@ -253,7 +247,6 @@ def test_anthropic_messages_stream(gateway: Gateway):
     assert raw_stream(gateway, "/anthropic/v1/messages", headers, body) == expected
 
 
-@NEEDS_STREAM_HOLD
 def test_openai_chat_stream(gateway: Gateway):
     client = openai.OpenAI(base_url=f"{gateway.url}/openai/v1", api_key="sk-oai-stream",
                            max_retries=0, default_headers=SCENARIO)
@@ -279,7 +272,6 @@ def test_openai_chat_stream(gateway: Gateway):
     assert raw_stream(gateway, "/openai/v1/chat/completions", headers, kwargs) == expected
 
 
-@NEEDS_STREAM_HOLD
 def test_openai_responses_stream(gateway: Gateway):
     client = openai.OpenAI(base_url=f"{gateway.url}/openai/v1", api_key="sk-resp-stream",
                            max_retries=0, default_headers=SCENARIO)
@@ -295,7 +287,6 @@ def test_openai_responses_stream(gateway: Gateway):
                                 {**kwargs, "stream": True}))
 
 
-@NEEDS_STREAM_HOLD
 def test_gemini_generate_content_stream(gateway: Gateway):
     client = genai.Client(api_key="g-stream-key", http_options=types.HttpOptions(
         base_url=f"{gateway.url}/gemini", headers=SCENARIO))
