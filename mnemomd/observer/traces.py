@@ -49,8 +49,8 @@ log = Logger()
 
 #: Rows claimed, built and stored per batch (one claim statement, one hop to a worker
 #: thread, one finishing transaction), and batches in flight at once.
-BATCH = 200
-CONCURRENCY = 4
+BATCH = 100
+CONCURRENCY = 2
 #: Decision analyses in flight at once, when a backend decides (each is a model call).
 DECISION_CONCURRENCY = 4
 DECISION_MAX_TOKENS = 600
