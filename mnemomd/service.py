@@ -47,6 +47,7 @@ from mnemomd.config import (
     ListenerConfig,
     ObserverConfig,
     StorageConfig,
+    output_analysis_allowed,
 )
 from mnemomd.config.analysis import from_config as analysis_settings
 from mnemomd.enforcement.enforcer import NUDGE_FLAG_TTL, Enforcement
@@ -283,9 +284,9 @@ class SchedulerService(Service):
 
     Every role gets the outbox TTL sweep; ``all`` and ``scheduler`` also get heartbeat and
     license check and the leased observer jobs of SPEC §8.2 (nudges, retention, traces,
-    drift, webhooks; see :func:`scheduler_jobs`). With ``MNEMOM_OFFLINE=true`` heartbeat
-    and license check still tick (and are counted) but make no call, so an operator sees
-    the scheduler alive and the network untouched.
+    drift, webhooks; see :func:`cloud_jobs` and :func:`shared_jobs`). With
+    ``MNEMOM_OFFLINE=true`` heartbeat and license check still tick (and are counted) but
+    make no call, so an operator sees the scheduler alive and the network untouched.
     """
 
     name = "scheduler"
@@ -408,8 +409,9 @@ def events_after(on_outcome: OutcomeHook, kick: Callable[[], None]) -> OutcomeHo
     """``on_outcome``, then a kick of the webhook dispatcher when the verdict may have
     queued events (nudges, containment changes)."""
     def run(agent: Agent, session_id: str, verdict: str, checkpoint_id: str,
-            concerns: list[dict[str, Any]]) -> Deferred[Any]:
-        d = maybeDeferred(on_outcome, agent, session_id, verdict, checkpoint_id, concerns)
+            concerns: list[dict[str, Any]], synthetic: bool = False) -> Deferred[Any]:
+        d = maybeDeferred(on_outcome, agent, session_id, verdict, checkpoint_id, concerns,
+                          synthetic=synthetic)
         if verdict != "clear":
             d.addBoth(lambda result: (kick(), result)[1])
         return d
@@ -472,8 +474,9 @@ class MnemomService(MultiService):
 
 def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
                         directory: PersistentAgentDirectory, dispatcher: WebhookDispatcher,
-                        metrics: GatewayMetrics) -> ManagementApi:
-    """The ``/v1`` API over the same storage and KV store as the proxy."""
+                        metrics: GatewayMetrics, output_analysis: bool = True) -> ManagementApi:
+    """The ``/v1`` API over the same storage and KV store as the proxy; ``output_analysis``
+    says whether agents may be given ``without_reasoning: analyse_output``."""
     openapi: dict[str, Any] = {}
 
     def document() -> dict[str, Any]:
@@ -483,7 +486,7 @@ def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
 
     handlers = ApiHandlers(reactor, ManagementStore(db), EnforcementStore(db),
                            WebhookStore(db), TraceStore(db), directory.invalidate_all,
-                           dispatcher.kick, document)
+                           dispatcher.kick, document, output_analysis=output_analysis)
     return ManagementApi(reactor, credentials_from_config(api), handlers, send_json, metrics)
 
 
@@ -511,7 +514,8 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     kv = make_kv_store(reactor, storage.redis_url, storage.redis_password, metrics)
     directory = PersistentAgentDirectory(reactor, AgentStore(db),
                                          KVCache(kv, "", AGENT_CACHE_TTL),
-                                         config.integrity.aip_default_enforcement)
+                                         config.integrity.aip_default_enforcement,
+                                         config.integrity.aip_default_without_reasoning)
     StorageService(storage, reactor, db, kv, directory, health,
                    root.fatal).setServiceParent(root)
 
@@ -526,7 +530,9 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     integrity = IntegrityPipeline(config.integrity, reactor, analyzer, AgentStore(db),
                                   CheckpointStore(db), KVCache(kv, "", CARD_CACHE_TTL),
                                   KVCache(kv, "", WINDOW_TTL), metrics, OutboxStore(db),
-                                  outbox_ttl=config.observer.outbox_ttl)
+                                  outbox_ttl=config.observer.outbox_ttl,
+                                  output_analysis=output_analysis_allowed(
+                                      config.analysis.analysis_provider))
     root.addCleanup(analysis_http.close)
 
     enforcement = Enforcement(reactor, EnforcementStore(db),
@@ -562,7 +568,9 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     proxy = ProxyHandler(proxy_config, reactor, client, directory, metrics, integrity,
                          enforcement, license_state, analysis_timeout=config.analysis.timeout,
                          log_level=config.logging.log_level)
-    api = make_management_api(config.api, reactor, db, directory, dispatcher, metrics) \
+    api = make_management_api(
+        config.api, reactor, db, directory, dispatcher, metrics,
+        output_analysis_allowed(config.analysis.analysis_provider)) \
         if role != "scheduler" else None
     gateway = Gateway(reactor, config.listener.max_request_body_bytes, health, metrics,
                       proxy if role != "scheduler" else None, api)

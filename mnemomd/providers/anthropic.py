@@ -31,6 +31,7 @@ from mnemomd.providers.base import (
     injector,
     model_name,
     never_raises,
+    output_writer,
     prepend_text,
     route_path,
 )
@@ -284,6 +285,10 @@ class MessagesAccumulator(Accumulator):
 extract_response = extractor(
     {ANTHROPIC_MESSAGES: MessagesAccumulator, OPENAI_CHAT: openai.ChatAccumulator}
 )
+#: Text blocks and ``[TOOL CALL] name {input}`` lines (``tool_use``, server and MCP tools).
+output_block = output_writer(
+    {ANTHROPIC_MESSAGES: MessagesAccumulator, OPENAI_CHAT: openai.ChatAccumulator}
+)
 
 # --------------------------------------------------------------------------
 # As the analysis backend: the Messages API.
@@ -323,6 +328,7 @@ PROVIDER = Provider(
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,
+    output_block=output_block,
     injection_hints={ANTHROPIC_MESSAGES: ("thinking",)},
     analysis=ANALYSIS,
 )

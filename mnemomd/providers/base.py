@@ -142,6 +142,10 @@ class ResponseExtractor(Protocol):
     ) -> Extraction: ...
 
 
+class OutputBlockWriter(Protocol):
+    def __call__(self, info: RequestInfo, body: bytes, content_type: str = "") -> str: ...
+
+
 def _describe_nothing(path: bytes, query: bytes, body: bytes) -> RequestInfo:
     return RequestInfo(None, None, False, None)
 
@@ -154,6 +158,10 @@ def _extract_nothing(
     info: RequestInfo, content_type: str, body: bytes, truncated: bool
 ) -> Extraction:
     return Extraction.empty(info.model, complete=not truncated)
+
+
+def _no_output(info: RequestInfo, body: bytes, content_type: str = "") -> str:
+    return ""
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -185,6 +193,9 @@ class Provider:
     inject_nudge: NudgeInjector = _inject_nothing
     #: Thinking, tool calls and a text excerpt out of a (decoded) JSON or SSE body.
     extract_response: ResponseExtractor = _extract_nothing
+    #: The visible output of a (decoded) JSON or SSE body, for output analysis (SPEC
+    #: §6.2 ``without_reasoning: analyse_output``): see ``OutputBuilder``.
+    output_block: OutputBlockWriter = _no_output
     #: Per API id, words that name the parameter ``inject_thinking`` adds, so a 400
     #: blaming it can be told apart (see ``injection_rejected``).
     injection_hints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -337,6 +348,58 @@ class ExtractionBuilder:
         )
 
 
+def compact_arguments(arguments: object) -> str:
+    """Tool arguments as compact JSON, however they arrived: a dict, JSON text (streamed
+    pieces joined), or nothing. Text that is not JSON (free-form tool input, or arguments
+    cut short) is kept as it is."""
+    if arguments is None:
+        return "{}"
+    if isinstance(arguments, str):
+        value = loads(arguments)
+        if value is MISSING:
+            return arguments
+        arguments = value
+    try:
+        return json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        return str(arguments)
+
+
+#: How a tool call appears in an output block.
+TOOL_CALL_PREFIX = "[TOOL CALL]"
+
+
+class OutputBuilder(ExtractionBuilder):
+    """Collects what a response *does*, in response order, for output analysis.
+
+    Each visible text block is kept whole, and each tool call becomes one line
+    ``[TOOL CALL] <name> <arguments as compact JSON>``; the pieces are joined with
+    ``"\n"``, as Mnemom's TypeScript AIP SDK joins text blocks, so a text-only response
+    gives the same block (and ``output_block_hash``) there and here. Reasoning is not
+    part of the output. The block goes to the analysis backend only: it is never
+    stored or logged (a checkpoint keeps its SHA-256).
+    """
+
+    def __init__(self, model: str | None = None) -> None:
+        super().__init__(model)
+        self._pieces: list[str] = []
+
+    def thinking(self, text: object) -> None:
+        """Reasoning is analysed as such, never as output."""
+
+    def text(self, text: object) -> None:
+        if isinstance(text, str) and text:
+            self._pieces.append(text)
+
+    def tool(self, name: object, arguments: object) -> None:
+        tool_name = short_name(name)
+        if tool_name is not None:
+            self._pieces.append(f"{TOOL_CALL_PREFIX} {tool_name} {compact_arguments(arguments)}")
+
+    def block(self) -> str:
+        return clean_text("\n".join(self._pieces))
+
+
 class Accumulator:
     """Per-API reader of one response, fed stream elements or the whole JSON document.
 
@@ -373,15 +436,15 @@ def is_event_stream(content_type: str, body: bytes) -> bool:
     return looks_like_sse(body)
 
 
-def run_extraction(
+def feed(
     accumulator: Callable[[ExtractionBuilder], Accumulator],
-    info: RequestInfo,
+    out: ExtractionBuilder,
     content_type: str,
     body: bytes,
-    truncated: bool,
-) -> Extraction:
-    """Drive an API's accumulator over an SSE stream, a JSON array stream or a JSON body."""
-    out = ExtractionBuilder(info.model)
+) -> bool | None:
+    """Drive an API's accumulator over an SSE stream, a JSON array stream or a JSON body,
+    writing into ``out``. Returns whether the response was complete (its terminal event,
+    or an uncut document), or None when the body holds nothing readable."""
     acc = accumulator(out)
     if is_event_stream(content_type, body):
         events = parse_sse(body)
@@ -398,7 +461,7 @@ def run_extraction(
                 if isinstance(doc, dict):
                     acc.chunk(doc, event.event, cut)
             acc.finish()
-            return out.build(complete=acc.terminal and not truncated)
+            return acc.terminal
     parsed = parse_document(body)
     cut = None if parsed.exact else parsed
     if isinstance(parsed.value, list):
@@ -408,9 +471,24 @@ def run_extraction(
     elif isinstance(parsed.value, dict):
         acc.whole(parsed.value, cut)
     else:
-        return Extraction.empty(info.model)
+        return None
     acc.finish()
-    return out.build(complete=parsed.exact and not truncated)
+    return parsed.exact
+
+
+def run_extraction(
+    accumulator: Callable[[ExtractionBuilder], Accumulator],
+    info: RequestInfo,
+    content_type: str,
+    body: bytes,
+    truncated: bool,
+) -> Extraction:
+    """What analysis and tracing need from one response (see ``feed``)."""
+    out = ExtractionBuilder(info.model)
+    complete = feed(accumulator, out, content_type, body)
+    if complete is None:
+        return Extraction.empty(info.model)
+    return out.build(complete=complete and not truncated)
 
 
 def extractor(accumulators: dict[str, Callable[[ExtractionBuilder], Accumulator]]) -> Any:
@@ -433,6 +511,26 @@ def extractor(accumulators: dict[str, Callable[[ExtractionBuilder], Accumulator]
         return run_extraction(make, info, content_type, body, truncated)
 
     return extract_response
+
+
+def output_writer(accumulators: dict[str, Callable[[ExtractionBuilder], Accumulator]]) -> Any:
+    """A provider's ``output_block``: the ``OutputBuilder`` block of a captured body, by
+    the accumulator for ``info.api``; empty for an API it does not know.
+
+    ``content_type`` may be left out: an SSE body is then told by its first bytes.
+    """
+
+    @never_raises(lambda *args, **kwargs: "")
+    def output_block(info: RequestInfo, body: bytes, content_type: str = "") -> str:
+        """Text blocks and ``[TOOL CALL]`` lines of a response body, in order."""
+        make = accumulators.get(info.api or "")
+        if make is None:
+            return ""
+        out = OutputBuilder(info.model)
+        feed(make, out, content_type, body)
+        return out.block()
+
+    return output_block
 
 
 def _decline(*args: Any, **kwargs: Any) -> None:

@@ -33,6 +33,7 @@ from mnemomd.providers.base import (
     load_json_object,
     model_name,
     never_raises,
+    output_writer,
     query_param,
     route_path,
     short_name,
@@ -184,13 +185,20 @@ inject_nudge = injector(
 
 
 class _Candidate:
-    __slots__ = ("blocks", "run", "text", "finished")
+    __slots__ = ("blocks", "run", "output", "finished")
 
     def __init__(self) -> None:
         self.blocks: list[str] = []
         self.run: list[str] = []  # the thought being streamed
-        self.text: list[str] = []
+        #: In response order: runs of text pieces, and (name, args) of function calls.
+        self.output: list[list[str] | tuple[object, object]] = []
         self.finished = False
+
+    def text(self, piece: str) -> None:
+        if self.output and isinstance(self.output[-1], list):
+            self.output[-1].append(piece)
+        else:
+            self.output.append([piece])
 
     def end_thought(self) -> None:
         if self.run:
@@ -244,10 +252,10 @@ class GenerateAccumulator(Accumulator):
         call = part.get("functionCall")
         if isinstance(text, str) and text:
             state.end_thought()
-            state.text.append(text)
+            state.text(text)
         if isinstance(call, dict):
             state.end_thought()
-            self.out.tool(call.get("name"), call.get("args"))
+            state.output.append((call.get("name"), call.get("args")))
 
     def finish(self) -> None:
         # Gemini streams have no end event: the last chunk carries the finish reasons.
@@ -258,10 +266,17 @@ class GenerateAccumulator(Accumulator):
             state.end_thought()
             for block in state.blocks:
                 self.out.thinking(block)
-            self.out.text("".join(state.text))
+            for item in state.output:  # text and calls in response order
+                if isinstance(item, list):
+                    self.out.text("".join(item))
+                else:
+                    self.out.tool(*item)
 
 
 extract_response = extractor({GEMINI_GENERATE: GenerateAccumulator,
+                              OPENAI_CHAT: openai.ChatAccumulator})
+#: Non-thought text and ``[TOOL CALL] name {args}`` lines of ``functionCall`` parts.
+output_block = output_writer({GEMINI_GENERATE: GenerateAccumulator,
                               OPENAI_CHAT: openai.ChatAccumulator})
 
 # --------------------------------------------------------------------------
@@ -307,6 +322,7 @@ PROVIDER = Provider(
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,
+    output_block=output_block,
     injection_hints={GEMINI_GENERATE: ("thinking", "include_thoughts", "includethoughts")},
     analysis=ANALYSIS,
 )

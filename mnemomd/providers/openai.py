@@ -33,6 +33,7 @@ from mnemomd.providers.base import (
     injector,
     model_name,
     never_raises,
+    output_writer,
     prepend_text,
     route_path,
     short_name,
@@ -229,7 +230,7 @@ class ChatAccumulator(Accumulator):
             self.out.tool(function.get("name"), function.get("arguments"))
         custom = call.get("custom")
         if isinstance(custom, dict):
-            self.out.tool(custom.get("name"), None)  # free-form input has no keys
+            self.out.tool(custom.get("name"), custom.get("input"))  # free-form: no keys
 
     def chunk(self, doc: dict[str, Any], event: str, cut: Parsed | None = None) -> None:
         self.out.set_model(doc.get("model"))
@@ -329,7 +330,7 @@ def add_response_item(out: ExtractionBuilder, item: object) -> None:
     elif kind in _FUNCTION_ITEMS:
         out.tool(item.get("name"), item.get("arguments"))
     elif kind == "custom_tool_call":
-        out.tool(item.get("name"), None)
+        out.tool(item.get("name"), item.get("input"))  # free-form input: no keys
     elif isinstance(kind, str) and kind.endswith("_call"):
         out.tool(kind.removesuffix("_call"), None)
 
@@ -438,6 +439,10 @@ class ResponsesAccumulator(Accumulator):
 
 
 extract_response = extractor({OPENAI_CHAT: ChatAccumulator, OPENAI_RESPONSES: ResponsesAccumulator})
+#: Message text (and refusals) and ``[TOOL CALL]`` lines: Chat ``tool_calls`` and
+#: ``function_call``, Responses function, MCP and custom tool calls and ``*_call`` items.
+output_block = output_writer({OPENAI_CHAT: ChatAccumulator,
+                              OPENAI_RESPONSES: ResponsesAccumulator})
 
 
 # --------------------------------------------------------------------------
@@ -488,6 +493,7 @@ PROVIDER = Provider(
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,
+    output_block=output_block,
     injection_hints={OPENAI_RESPONSES: ("reasoning",)},
     analysis=ANALYSIS,
 )

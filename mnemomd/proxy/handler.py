@@ -1,7 +1,8 @@
 """One proxied call, start to end: identify the agent, forward, relay, account.
 
 The order matters for the promise "forwards every call unchanged": the gateway refuses a
-call only for reasons of its own (no key, oversized body, bad session header) and then
+call only for reasons of its own (no valid license, oversized body, no key, bad session
+header, a contained agent) and then
 gets out of the way; what the provider answers, the client gets.
 """
 
@@ -36,7 +37,14 @@ from mnemomd.enforcement.store import Nudge
 from mnemomd.http import cors
 from mnemomd.http.server import GatewayRequest, error_payload, send_empty, send_json
 from mnemomd.integrity.engine import AnalysisOutcome
-from mnemomd.integrity.pipeline import HOLD_LIMIT, ResponsePlan, aip_headers
+from mnemomd.integrity.pipeline import (
+    HOLD_LIMIT,
+    CheckResult,
+    ResponsePlan,
+    Unverifiable,
+    aip_headers,
+    refusal_payload,
+)
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS, injection_rejected
 from mnemomd.providers.base import Provider, RequestInfo
@@ -120,7 +128,7 @@ class CallIntegrity(Protocol):
 
     def analyse(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
                 content_type: str, content_encoding: str | None, body: bytes,
-                truncated: bool) -> Deferred[tuple[str, AnalysisOutcome | None]]: ...
+                truncated: bool) -> Deferred[CheckResult]: ...
 
 
 class ProxyHandler:
@@ -401,7 +409,7 @@ class ProxyHandler:
         return d.addCallback(self._answer_held, call, response, outcome.held_body)
 
     def _analyse(self, call: Call, response: IResponse,
-                 outcome: RelayOutcome) -> Deferred[tuple[str, AnalysisOutcome | None]]:
+                 outcome: RelayOutcome) -> Deferred[CheckResult]:
         assert call.agent is not None and call.info is not None
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
@@ -410,23 +418,22 @@ class ProxyHandler:
             content_type.decode("latin-1"), encoding.decode("latin-1") if encoding else None,
             outcome.capture.getvalue(), outcome.capture.truncated)
 
-    def _answer_held(self, result: tuple[str, AnalysisOutcome | None], call: Call,
-                     response: IResponse, body: bytes) -> None:
+    def _answer_held(self, result: CheckResult, call: Call, response: IResponse,
+                     body: bytes) -> None:
         """The verdict is in: send the held response, or refuse it (enforce mode)."""
         verdict, outcome = result
         request = call.request
-        headers = aip_headers(outcome, verdict, "enforce")
+        checkpoint = outcome if isinstance(outcome, AnalysisOutcome) else None
+        # Refused unanalysed: there is no verdict, only the reason in the body.
+        shown = "skipped" if isinstance(outcome, Unverifiable) else verdict
+        headers = aip_headers(checkpoint, shown, "enforce")
         if request._disconnected:
             self._account(call, call.status)
             return
-        if verdict == "boundary_violation" and outcome is not None:
+        refusal = refusal_payload(verdict, outcome)
+        if refusal is not None:
             call.status = 403
-            payload = error_payload(
-                "The response was withheld: its reasoning crossed the agent's boundaries",
-                "integrity_violation", checkpoint_id=outcome.checkpoint_id,
-                concerns=[{k: c.get(k) for k in ("category", "severity", "description")}
-                          for c in outcome.concerns])
-            send_json(request, 403, payload, self._gateway_headers(call) + headers)
+            send_json(request, 403, refusal, self._gateway_headers(call) + headers)
         else:
             self._write_head(call, response, headers)
             request.write(body)

@@ -1,6 +1,6 @@
 """Webhook delivery: signing, the retry schedule and the dispatcher (SPEC §7).
 
-Every event is a durable row (see ``storage/webhooks.py``). The process that queued it
+Every event is a durable row (see ``webhooks/store.py``). The process that queued it
 sends it at once and retries 1 s, 4 s and 16 s later; after that the scheduler's
 ``webhooks`` job keeps retrying due rows until 24 hours after the event, and picks up
 anything a stopped process left behind. A 2xx is delivered; a 4xx other than 408/429 is
