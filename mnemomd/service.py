@@ -67,7 +67,7 @@ from mnemomd.kv import KeyValueStore, KVCache, make_kv_store, readiness_check
 from mnemomd.observer.drift import DriftDetector
 from mnemomd.observer.lease import lease_owner, lease_store, leased
 from mnemomd.observer.retention import retention_run
-from mnemomd.observer.traces import TraceBuilder
+from mnemomd.observer.traces import TraceBuilder, sweep_outbox
 from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.jobs import PeriodicJob
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
@@ -291,8 +291,12 @@ class SchedulerService(Service):
 
     name = "scheduler"
 
-    def __init__(self, jobs: list[PeriodicJob]) -> None:
+    def __init__(self, jobs: list[PeriodicJob],
+                 stopping: list[Callable[[], None]] | None = None) -> None:
         self.jobs = jobs
+        #: Told first when stopping, so long runs (the traces job draining a backlog)
+        #: end after their work in flight instead of running on.
+        self.stopping = stopping or []
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -302,6 +306,8 @@ class SchedulerService(Service):
     @inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
+        for stop in self.stopping:
+            stop()
         for job in self.jobs:
             yield job.stop()
 
@@ -340,9 +346,11 @@ def cloud_jobs(cloud: CloudConfig, observer: ObserverConfig, reactor: IDaemonRea
 def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: GatewayMetrics,
                 db: Database, kv: KeyValueStore, dispatcher: WebhookDispatcher,
                 decisions: AnalysisBackend | None, *,
-                redis_url: str | None) -> list[PeriodicJob]:
+                redis_url: str | None,
+                stopping: list[Callable[[], None]] | None = None) -> list[PeriodicJob]:
     """The jobs that run in one scheduler process at a time, whatever their number
-    (a lease in Redis, or in a shared database)."""
+    (a lease in Redis, or in a shared database). What must be told of a shutdown before
+    the jobs are stopped is added to ``stopping``."""
     owner = lease_owner()
     leases = lease_store(kv, redis_url, db, reactor)
 
@@ -354,7 +362,12 @@ def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: Gatewa
 
     store = EnforcementStore(db)
     agents = AgentStore(db)
-    builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, decisions, metrics)
+    # A run drains the backlog for up to one interval, then the log is scrubbed and the
+    # next tick starts the next run.
+    builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, decisions, metrics,
+                           max_run_seconds=observer.observer_traces_interval_seconds * 0.9)
+    if stopping is not None:
+        stopping.append(builder.stop)
     drift = DriftDetector(reactor, TraceStore(db), agents, CheckpointStore(db))
     return [
         shared("nudges", observer.observer_nudges_interval_seconds,
@@ -507,7 +520,8 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                    root.fatal).setServiceParent(root)
 
     sender = WebhookSender(reactor)
-    dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner())
+    dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner(),
+                                   metrics=metrics)
     # Cleanups run in order: the send in progress finishes before the pool closes.
     root.addCleanup(dispatcher.stop)
     root.addCleanup(sender.close)
@@ -537,16 +551,17 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     # Every role sweeps the outbox, so its TTL holds whatever else runs (SPEC §8.1); rows
     # are written to expire one sweep early, so none outlives OUTBOX_TTL.
     jobs = [PeriodicJob("outbox_expiry", outbox_sweep_interval(config.observer.outbox_ttl),
-                        lambda: scrubbed(db, outbox.purge_expired(int(reactor.seconds() * 1000))),
+                        lambda: scrubbed(db, sweep_outbox(reactor, outbox, metrics)),
                         reactor, metrics)]
+    stopping: list[Callable[[], None]] = []
     if role in ("all", "scheduler"):
         jobs += cloud_jobs(config.cloud, config.observer, reactor, health, metrics,
                            license_state, root, data_dir=config.daemon.mnemom_data_dir,
                            license_token=license_.mnemom_license_jwt)
         jobs += shared_jobs(config.observer, reactor, metrics, db, kv, dispatcher,
                             decision_backend(config.observer.trace_decisions, analyzer),
-                            redis_url=storage.redis_url)
-    SchedulerService(jobs).setServiceParent(root)
+                            redis_url=storage.redis_url, stopping=stopping)
+    SchedulerService(jobs, stopping).setServiceParent(root)
 
     proxy_config = config.proxy
     client = UpstreamClient(reactor, proxy_config.upstream_max_connections_per_host)
