@@ -17,7 +17,6 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import readBody
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
@@ -35,6 +34,7 @@ from mnemomd.config import ProxyConfig
 from mnemomd.enforcement.enforcer import combined_notice, containment_refusal
 from mnemomd.enforcement.store import Nudge
 from mnemomd.http import cors
+from mnemomd.http.body import read_body
 from mnemomd.http.server import GatewayRequest, error_payload, send_empty, send_json
 from mnemomd.integrity.engine import AnalysisOutcome
 from mnemomd.integrity.pipeline import (
@@ -61,6 +61,9 @@ from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay
 from mnemomd.proxy.routing import ProxyTarget, parse_proxy_target, upstream_url
 
 log = Logger()
+
+#: Largest upstream 400 body read to decide whether an injected parameter was refused.
+ERROR_BODY_LIMIT = 1024 * 1024
 
 SSE_CONTENT_TYPE = b"text/event-stream"
 #: Longest wait for the agent record before the call is forwarded without it.
@@ -438,7 +441,9 @@ class ProxyHandler:
         """A 400 to a body the gateway rewrote: if the rewrite was the reason, send the
         client's own body instead, so asking for reasoning never costs the client a call."""
         original, call.original_body = call.original_body, None
-        d = readBody(response)
+        # Bounded like every other body the gateway reads: an error answer is small, and an
+        # upstream trickling one must not hold the call once its response timer is gone.
+        d = read_body(response, ERROR_BODY_LIMIT, self._clock, self._config.stream_idle_timeout)
 
         def decide(error_body: bytes) -> Deferred[None] | None:
             if call.info is not None and injection_rejected(call.info, 400, error_body):
