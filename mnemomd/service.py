@@ -47,6 +47,7 @@ from mnemomd.config import (
     ListenerConfig,
     ObserverConfig,
     StorageConfig,
+    output_analysis_allowed,
 )
 from mnemomd.config.analysis import from_config as analysis_settings
 from mnemomd.enforcement.enforcer import NUDGE_FLAG_TTL, Enforcement
@@ -66,7 +67,7 @@ from mnemomd.kv import KeyValueStore, KVCache, make_kv_store, readiness_check
 from mnemomd.observer.drift import DriftDetector
 from mnemomd.observer.lease import lease_owner, lease_store, leased
 from mnemomd.observer.retention import retention_run
-from mnemomd.observer.traces import TraceBuilder
+from mnemomd.observer.traces import TraceBuilder, sweep_outbox
 from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.jobs import PeriodicJob
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
@@ -283,15 +284,19 @@ class SchedulerService(Service):
 
     Every role gets the outbox TTL sweep; ``all`` and ``scheduler`` also get heartbeat and
     license check and the leased observer jobs of SPEC §8.2 (nudges, retention, traces,
-    drift, webhooks; see :func:`scheduler_jobs`). With ``MNEMOM_OFFLINE=true`` heartbeat
-    and license check still tick (and are counted) but make no call, so an operator sees
-    the scheduler alive and the network untouched.
+    drift, webhooks; see :func:`cloud_jobs` and :func:`shared_jobs`). With
+    ``MNEMOM_OFFLINE=true`` heartbeat and license check still tick (and are counted) but
+    make no call, so an operator sees the scheduler alive and the network untouched.
     """
 
     name = "scheduler"
 
-    def __init__(self, jobs: list[PeriodicJob]) -> None:
+    def __init__(self, jobs: list[PeriodicJob],
+                 stopping: list[Callable[[], None]] | None = None) -> None:
         self.jobs = jobs
+        #: Told first when stopping, so long runs (the traces job draining a backlog)
+        #: end after their work in flight instead of running on.
+        self.stopping = stopping or []
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -301,6 +306,8 @@ class SchedulerService(Service):
     @inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
+        for stop in self.stopping:
+            stop()
         for job in self.jobs:
             yield job.stop()
 
@@ -339,9 +346,11 @@ def cloud_jobs(cloud: CloudConfig, observer: ObserverConfig, reactor: IDaemonRea
 def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: GatewayMetrics,
                 db: Database, kv: KeyValueStore, dispatcher: WebhookDispatcher,
                 decisions: AnalysisBackend | None, *,
-                redis_url: str | None) -> list[PeriodicJob]:
+                redis_url: str | None,
+                stopping: list[Callable[[], None]] | None = None) -> list[PeriodicJob]:
     """The jobs that run in one scheduler process at a time, whatever their number
-    (a lease in Redis, or in a shared database)."""
+    (a lease in Redis, or in a shared database). What must be told of a shutdown before
+    the jobs are stopped is added to ``stopping``."""
     owner = lease_owner()
     leases = lease_store(kv, redis_url, db, reactor)
 
@@ -353,7 +362,12 @@ def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: Gatewa
 
     store = EnforcementStore(db)
     agents = AgentStore(db)
-    builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, decisions, metrics)
+    # A run drains the backlog for up to one interval, then the log is scrubbed and the
+    # next tick starts the next run.
+    builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, decisions, metrics,
+                           max_run_seconds=observer.observer_traces_interval_seconds * 0.9)
+    if stopping is not None:
+        stopping.append(builder.stop)
     drift = DriftDetector(reactor, TraceStore(db), agents, CheckpointStore(db))
     return [
         shared("nudges", observer.observer_nudges_interval_seconds,
@@ -395,8 +409,9 @@ def events_after(on_outcome: OutcomeHook, kick: Callable[[], None]) -> OutcomeHo
     """``on_outcome``, then a kick of the webhook dispatcher when the verdict may have
     queued events (nudges, containment changes)."""
     def run(agent: Agent, session_id: str, verdict: str, checkpoint_id: str,
-            concerns: list[dict[str, Any]]) -> Deferred[Any]:
-        d = maybeDeferred(on_outcome, agent, session_id, verdict, checkpoint_id, concerns)
+            concerns: list[dict[str, Any]], synthetic: bool = False) -> Deferred[Any]:
+        d = maybeDeferred(on_outcome, agent, session_id, verdict, checkpoint_id, concerns,
+                          synthetic=synthetic)
         if verdict != "clear":
             d.addBoth(lambda result: (kick(), result)[1])
         return d
@@ -459,8 +474,9 @@ class MnemomService(MultiService):
 
 def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
                         directory: PersistentAgentDirectory, dispatcher: WebhookDispatcher,
-                        metrics: GatewayMetrics) -> ManagementApi:
-    """The ``/v1`` API over the same storage and KV store as the proxy."""
+                        metrics: GatewayMetrics, output_analysis: bool = True) -> ManagementApi:
+    """The ``/v1`` API over the same storage and KV store as the proxy; ``output_analysis``
+    says whether agents may be given ``without_reasoning: analyse_output``."""
     openapi: dict[str, Any] = {}
 
     def document() -> dict[str, Any]:
@@ -470,7 +486,7 @@ def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
 
     handlers = ApiHandlers(reactor, ManagementStore(db), EnforcementStore(db),
                            WebhookStore(db), TraceStore(db), directory.invalidate_all,
-                           dispatcher.kick, document)
+                           dispatcher.kick, document, output_analysis=output_analysis)
     return ManagementApi(reactor, credentials_from_config(api), handlers, send_json, metrics)
 
 
@@ -498,12 +514,14 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     kv = make_kv_store(reactor, storage.redis_url, storage.redis_password, metrics)
     directory = PersistentAgentDirectory(reactor, AgentStore(db),
                                          KVCache(kv, "", AGENT_CACHE_TTL),
-                                         config.integrity.aip_default_enforcement)
+                                         config.integrity.aip_default_enforcement,
+                                         config.integrity.aip_default_without_reasoning)
     StorageService(storage, reactor, db, kv, directory, health,
                    root.fatal).setServiceParent(root)
 
     sender = WebhookSender(reactor)
-    dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner())
+    dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner(),
+                                   metrics=metrics)
     # Cleanups run in order: the send in progress finishes before the pool closes.
     root.addCleanup(dispatcher.stop)
     root.addCleanup(sender.close)
@@ -512,7 +530,9 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     integrity = IntegrityPipeline(config.integrity, reactor, analyzer, AgentStore(db),
                                   CheckpointStore(db), KVCache(kv, "", CARD_CACHE_TTL),
                                   KVCache(kv, "", WINDOW_TTL), metrics, OutboxStore(db),
-                                  outbox_ttl=config.observer.outbox_ttl)
+                                  outbox_ttl=config.observer.outbox_ttl,
+                                  output_analysis=output_analysis_allowed(
+                                      config.analysis.analysis_provider))
     root.addCleanup(analysis_http.close)
 
     enforcement = Enforcement(reactor, EnforcementStore(db),
@@ -531,23 +551,27 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     # Every role sweeps the outbox, so its TTL holds whatever else runs (SPEC §8.1); rows
     # are written to expire one sweep early, so none outlives OUTBOX_TTL.
     jobs = [PeriodicJob("outbox_expiry", outbox_sweep_interval(config.observer.outbox_ttl),
-                        lambda: scrubbed(db, outbox.purge_expired(int(reactor.seconds() * 1000))),
+                        lambda: scrubbed(db, sweep_outbox(reactor, outbox, metrics)),
                         reactor, metrics)]
+    stopping: list[Callable[[], None]] = []
     if role in ("all", "scheduler"):
         jobs += cloud_jobs(config.cloud, config.observer, reactor, health, metrics,
                            license_state, root, data_dir=config.daemon.mnemom_data_dir,
                            license_token=license_.mnemom_license_jwt)
         jobs += shared_jobs(config.observer, reactor, metrics, db, kv, dispatcher,
                             decision_backend(config.observer.trace_decisions, analyzer),
-                            redis_url=storage.redis_url)
-    SchedulerService(jobs).setServiceParent(root)
+                            redis_url=storage.redis_url, stopping=stopping)
+    SchedulerService(jobs, stopping).setServiceParent(root)
 
     proxy_config = config.proxy
     client = UpstreamClient(reactor, proxy_config.upstream_max_connections_per_host)
     proxy = ProxyHandler(proxy_config, reactor, client, directory, metrics, integrity,
                          enforcement, license_state, analysis_timeout=config.analysis.timeout,
-                         log_level=config.logging.log_level)
-    api = make_management_api(config.api, reactor, db, directory, dispatcher, metrics) \
+                         log_level=config.logging.log_level,
+                         failure_mode=config.analysis.aip_failure_mode)
+    api = make_management_api(
+        config.api, reactor, db, directory, dispatcher, metrics,
+        output_analysis_allowed(config.analysis.analysis_provider)) \
         if role != "scheduler" else None
     gateway = Gateway(reactor, config.listener.max_request_body_bytes, health, metrics,
                       proxy if role != "scheduler" else None, api)

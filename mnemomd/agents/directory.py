@@ -43,11 +43,13 @@ class PersistentAgentDirectory:
     """``AgentDirectory`` backed by storage, for the proxy."""
 
     def __init__(self, clock: IReactorTime, store: AgentStore, cache: KVCache,
-                 default_enforcement: str = "observe") -> None:
+                 default_enforcement: str = "observe",
+                 default_without_reasoning: str = "allow") -> None:
         self._clock = clock
         self._store = store
         self._cache = cache
         self._default_enforcement = default_enforcement
+        self._default_without_reasoning = default_without_reasoning
         self._in_flight: dict[str, list[Deferred[Agent]]] = {}
         self._last_seen: dict[str, int] = {}
         self._flusher = LoopingCall(self.flush_last_seen)
@@ -78,7 +80,8 @@ class PersistentAgentDirectory:
                 return Agent(**cached)
             except TypeError:
                 pass  # written by another version: read it again from the database
-        d = self._store.get_or_create(hash_, name, self._default_enforcement, self._now_ms())
+        d = self._store.get_or_create(hash_, name, self._default_enforcement, self._now_ms(),
+                                      self._default_without_reasoning)
 
         def remember(agent: Agent) -> Agent:
             self._cache.set_json(agent_cache_key(hash_), dataclasses.asdict(agent))

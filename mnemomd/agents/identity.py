@@ -18,6 +18,9 @@ SESSION_HEADER = b"x-mnemom-session"
 _SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _AGENT_NAME = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 HOUR_MS = 3_600_000
+#: What ``enforce`` does with a response that has no analysable reasoning (SPEC §6.2):
+#: deliver it unverified, analyse its output instead, or refuse it.
+WITHOUT_REASONING_MODES = ("allow", "analyse_output", "refuse")
 
 
 def agent_hash(api_key: bytes, agent_name: str | None = None) -> str:
@@ -60,6 +63,7 @@ class Agent:
     containment_status: str = "active"
     auto_containment_threshold: int | None = None
     created_at: int = 0
+    without_reasoning: str = "allow"
 
 
 class AgentDirectory(Protocol):

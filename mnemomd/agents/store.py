@@ -26,7 +26,7 @@ DEFAULT_RETENTION_DAYS = 365
 
 AGENT_COLUMNS = ("id, agent_hash, name, enforcement_mode, aip_enabled, aap_enabled, "
                  "nudge_strategy, nudge_rate, nudge_threshold, containment_status, "
-                 "auto_containment_threshold, created_at")
+                 "auto_containment_threshold, created_at, without_reasoning")
 
 
 def default_alignment_card(agent_id: str, now_ms: int) -> dict[str, Any]:
@@ -53,12 +53,13 @@ def default_conscience_values() -> list[dict[str, Any]]:
 
 def row_to_agent(row: tuple[Any, ...]) -> Agent:
     (agent_id, hash_, name, mode, aip_enabled, aap_enabled, strategy, rate, threshold,
-     containment, auto_threshold, created_at) = row
+     containment, auto_threshold, created_at, without_reasoning) = row
     return Agent(agent_hash=hash_, agent_id=agent_id, name=name, enforcement_mode=mode,
                  aip_enabled=bool(aip_enabled), aap_enabled=bool(aap_enabled),
                  nudge_strategy=strategy, nudge_rate=float(rate),
                  nudge_threshold=int(threshold), containment_status=containment,
-                 auto_containment_threshold=auto_threshold, created_at=int(created_at))
+                 auto_containment_threshold=auto_threshold, created_at=int(created_at),
+                 without_reasoning=without_reasoning)
 
 
 def _select_by_hash(cursor: Cursor, hash_: str) -> Agent | None:
@@ -68,15 +69,16 @@ def _select_by_hash(cursor: Cursor, hash_: str) -> Agent | None:
 
 
 def _get_or_create(cursor: Cursor, hash_: str, name: str | None, enforcement_mode: str,
-                   now_ms: int) -> Agent:
+                   now_ms: int, without_reasoning: str = "allow") -> Agent:
     existing = _select_by_hash(cursor, hash_)
     if existing is not None:
         return existing
     for agent_id in agent_id_candidates(hash_):
         inserted = cursor.execute(
-            "INSERT INTO agents (id, agent_hash, name, enforcement_mode, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (agent_id, hash_, name, enforcement_mode, now_ms, now_ms)).rowcount
+            "INSERT INTO agents (id, agent_hash, name, enforcement_mode, without_reasoning, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (agent_id, hash_, name, enforcement_mode, without_reasoning, now_ms,
+             now_ms)).rowcount
         if inserted == 1:
             card = default_alignment_card(agent_id, now_ms)
             cursor.execute(
@@ -110,9 +112,10 @@ class AgentStore:
         self._db = db
 
     def get_or_create(self, hash_: str, name: str | None, enforcement_mode: str,
-                      now_ms: int) -> Deferred[Agent]:
+                      now_ms: int, without_reasoning: str = "allow") -> Deferred[Agent]:
+        """The agent of ``hash_``; a new one starts with the deployment's defaults."""
         return self._db.run_interaction("get_or_create_agent", _get_or_create, hash_, name,
-                                        enforcement_mode, now_ms)
+                                        enforcement_mode, now_ms, without_reasoning)
 
     def get_by_hash(self, hash_: str) -> Deferred[Agent | None]:
         return self._db.run_interaction("get_agent_by_hash", _select_by_hash, hash_)

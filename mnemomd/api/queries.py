@@ -22,12 +22,13 @@ from mnemomd.storage.database import Cursor, Database
 AGENT_FIELDS = ("agent_id", "agent_hash", "name", "enforcement_mode", "aip_enabled",
                 "aap_enabled", "nudge_strategy", "nudge_rate", "nudge_threshold",
                 "containment_status", "containment_reason", "containment_changed_at",
-                "auto_containment_threshold", "created_at", "updated_at", "last_seen_at")
+                "auto_containment_threshold", "created_at", "updated_at", "last_seen_at",
+                "without_reasoning")
 _AGENT_SELECT = (
     "SELECT id, agent_hash, name, enforcement_mode, aip_enabled, aap_enabled, nudge_strategy,"
     " nudge_rate, nudge_threshold, containment_status, containment_reason,"
-    " containment_changed_at, auto_containment_threshold, created_at, updated_at, last_seen_at"
-    " FROM agents")
+    " containment_changed_at, auto_containment_threshold, created_at, updated_at, last_seen_at,"
+    " without_reasoning FROM agents")
 _BOOLEAN_FIELDS = ("aip_enabled", "aap_enabled")
 
 DRIFT_FIELDS = ("id", "agent_id", "session_id", "source", "severity", "alert", "created_at")
@@ -84,7 +85,7 @@ def _checkpoint_dict(row: Sequence[Any]) -> dict[str, Any]:
             "analysis_metadata": record.analysis_metadata,
             "thinking_block_hash": record.thinking_block_hash, "synthetic": record.synthetic,
             "synthetic_reason": record.synthetic_reason, "trace_id": record.trace_id,
-            "created_at": record.created_at}
+            "output_block_hash": record.output_block_hash, "created_at": record.created_at}
 
 
 def _drift_dict(row: Sequence[Any]) -> dict[str, Any]:

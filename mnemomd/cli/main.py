@@ -16,7 +16,15 @@ from collections.abc import Mapping, Sequence
 from typing import IO
 
 from mnemomd import __version__
-from mnemomd.config import EX_CONFIG, SETTINGS, Config, ConfigError, StorageConfig, load_config
+from mnemomd.config import (
+    EX_CONFIG,
+    OPT_OUT_WARNING,
+    SETTINGS,
+    Config,
+    ConfigError,
+    StorageConfig,
+    load_config,
+)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +101,11 @@ def check_config(config: Config, strict: bool, out: IO[str]) -> int:
             out.write(f"{name:<{width}}  {value}  [{source}]\n")
     for warning in config.warnings:
         out.write(f"warning: {warning}\n")
+    integrity = config.integrity
+    if integrity.aip_enabled and integrity.aip_default_without_reasoning == "allow" \
+            and integrity.aip_default_enforcement != "enforce":  # else a warning above
+        # Not a warning (agents are put in enforce one by one), but said every time.
+        out.write(f"note: AIP_DEFAULT_WITHOUT_REASONING is allow. {OPT_OUT_WARNING}.\n")
     if strict and config.warnings:
         out.write("check-config --strict: warnings count as errors\n")
         return EX_CONFIG

@@ -38,6 +38,7 @@ DEFAULT_CONFIG_PATH = "/etc/mnemomd/mnemomd.yaml"
 ROLES = ("all", "gateway", "scheduler")
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("json", "text")
+WITHOUT_REASONING_CHOICES = ("allow", "analyse_output", "refuse")
 
 class ConfigError(Exception):
     """Every problem found in the configuration, each naming where the value came from."""
@@ -305,11 +306,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AIP_ENABLED", parse_bool, True, "integrity analysis on or off", section="integrity"),
     Setting("AIP_DEFAULT_ENFORCEMENT", _choice(("observe", "nudge", "enforce")), "observe",
             "enforcement mode given to new agents", section="integrity"),
+    Setting("AIP_DEFAULT_WITHOUT_REASONING", _choice(WITHOUT_REASONING_CHOICES), "allow",
+            "what enforce does, for new agents, with a response that has no analysable "
+            "reasoning: allow (deliver unverified), analyse_output or refuse",
+            section="integrity"),
     Setting("AIP_FAILURE_MODE", _choice(("fail_open", "fail_closed")), "fail_open",
             "verdict when analysis fails: synthetic clear, or synthetic boundary_violation",
             section="analysis"),
     Setting("AIP_ANALYSIS_TIMEOUT_MS", _int_in(100, 600_000), 10_000,
             "longest wait for the analysis model, in milliseconds", section="analysis"),
+    Setting("AIP_HOLD_BUFFER_BYTES", _byte_size(64 * 1024, 64 * 1024**2), 1024**2,
+            "enforce mode: output held for a verdict in memory per response; past it the "
+            "upstream is paused, never released unanalysed", section="proxy"),
+    Setting("AIP_HOLD_KEEPALIVE_SECONDS", _seconds(1, 10), 5.0,
+            "enforce mode: seconds between keepalives on a stream held for a verdict",
+            section="proxy"),
     Setting("AIP_MIN_EVIDENCE_TOKENS", _int_in(0, 1_000_000), 100,
             "thinking shorter than this (tokens ~ chars/4) is clear without analysis",
             section="analysis"),
@@ -479,6 +490,8 @@ class ProxyConfig:
     stream_capture_bytes: int = 1024**2
     upstream_max_connections_per_host: int = 256
     cors_allowed_origins: tuple[str, ...] = ("*",)
+    aip_hold_buffer_bytes: int = 1024**2
+    aip_hold_keepalive_seconds: float = 5.0
 
     def upstream_base_url(self, provider: str) -> str:
         return self.upstream_base_urls[provider]
@@ -501,6 +514,7 @@ class IntegrityConfig:
 
     aip_enabled: bool = True
     aip_default_enforcement: str = "observe"
+    aip_default_without_reasoning: str = "allow"
     thinking_injection: str = "auto"
 
 
@@ -798,6 +812,7 @@ def cross_setting_problems(config: Config) -> list[str]:
     from mnemomd.config import analysis
 
     problems = analysis.validate(analysis.from_config(config.analysis))
+    problems += without_reasoning_problems(config.integrity, config.analysis)
     license_ = config.license
     if license_.license_required and not license_.mnemom_license_jwt:
         problems.append("LICENSE_REQUIRED is true but MNEMOM_LICENSE_JWT is not set")
@@ -874,5 +889,45 @@ def load_config(
         from mnemomd.config import analysis
 
         config = dataclasses.replace(config, warnings=config.warnings + tuple(
-            analysis.warnings(analysis.from_config(config.analysis))))
+            analysis.warnings(analysis.from_config(config.analysis)))
+            + tuple(without_reasoning_warnings(config.integrity)))
     return config
+
+
+#: Said by ``check-config`` and at startup whenever an enforce agent may opt out.
+OPT_OUT_WARNING = (
+    "An agent in enforce mode can opt out of enforcement by turning its reasoning off "
+    "(temperature 0, thinking disabled, forced tool_choice, max_tokens <= 1024, a model "
+    "without reasoning, OpenAI Chat Completions): set without_reasoning to analyse_output "
+    "or refuse")
+
+
+def output_analysis_allowed(analysis_provider: str, providers: ProviderRegistry = PROVIDERS,
+                            ) -> bool:
+    """Whether ``analyse_output`` may send a response to the analysis backend.
+
+    The hybrid ``mnemom`` backend is promised never to receive the response (SPEC §5.4),
+    so with it output analysis is refused everywhere and acts as ``refuse``.
+    """
+    api = providers.analysis.get(analysis_provider)
+    return api is None or api.accepts_output
+
+
+def without_reasoning_problems(integrity: IntegrityConfig,
+                               analysis: AnalysisConfig) -> list[str]:
+    """A default ``analyse_output`` the analysis backend may not carry out."""
+    if (integrity.aip_default_without_reasoning == "analyse_output"
+            and not output_analysis_allowed(analysis.analysis_provider)):
+        return [f"AIP_DEFAULT_WITHOUT_REASONING=analyse_output cannot be used with "
+                f"ANALYSIS_PROVIDER={analysis.analysis_provider}: that backend never receives "
+                f"the response; use refuse"]
+    return []
+
+
+def without_reasoning_warnings(integrity: IntegrityConfig) -> list[str]:
+    """New agents in enforce mode that turning reasoning off lets through unverified."""
+    if (integrity.aip_default_enforcement == "enforce"
+            and integrity.aip_default_without_reasoning == "allow"):
+        return [f"AIP_DEFAULT_ENFORCEMENT=enforce with AIP_DEFAULT_WITHOUT_REASONING=allow: "
+                f"{OPT_OUT_WARNING}"]
+    return []

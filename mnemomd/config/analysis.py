@@ -42,6 +42,8 @@ class AnalysisSettings:
     max_tokens: int = 1024
     #: Thinking tokens sent for analysis; longer thinking keeps its head and tail.
     thinking_token_budget: int = 4096
+    #: Output tokens sent for output analysis (the TypeScript AIP SDK's default).
+    output_token_budget: int = 2048
     #: Largest analysis response body accepted; a larger one is a failure.
     max_response_bytes: int = MAX_RESPONSE_BYTES
 
@@ -105,6 +107,8 @@ def validate(settings: AnalysisSettings, providers: ProviderRegistry = PROVIDERS
         problems.append("analysis max tokens must be at least 1")
     if settings.thinking_token_budget < 1:
         problems.append("thinking token budget must be at least 1")
+    if settings.output_token_budget < 1:
+        problems.append("output token budget must be at least 1")
     if settings.max_response_bytes < 1:
         problems.append("analysis response size limit must be at least 1 byte")
     for name, url in (("ANALYSIS_BASE_URL", settings.base_url),

@@ -106,9 +106,14 @@ class Enforcement:
 
     @inlineCallbacks
     def on_outcome(self, agent: Agent, session_id: str, verdict: str, checkpoint_id: str,
-                   concerns: list[dict[str, Any]]) -> Any:
-        """After a stored checkpoint: nudge and auto-contain as the agent's policy says."""
-        if verdict != "boundary_violation":
+                   concerns: list[dict[str, Any]], synthetic: bool = False) -> Any:
+        """After a stored checkpoint: nudge and auto-contain as the agent's policy says.
+
+        A synthetic verdict (analysis failed, ``fail_closed``) blocks where it was given
+        but is no finding: no nudge tells the agent its reasoning was found in violation
+        when nothing was analysed, and it does not count towards auto-containment.
+        """
+        if verdict != "boundary_violation" or synthetic:
             return None
         if agent.enforcement_mode in ENFORCING_MODES:
             violations = yield self._store.session_violations(agent.agent_id, session_id)
