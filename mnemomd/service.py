@@ -2,24 +2,35 @@
 
 ``make_service`` is used by ``mnemomd run``, the twistd plugin, the frozen binary and the
 tests alike, so there is exactly one way the daemon is wired together. Everything it
-needs comes in as an argument: no module-level state.
+needs comes in as an argument: no module-level state. It is the one place that sees the
+whole ``Config``: each component is handed its section and the few other values it needs.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorCore,
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Interface
 
 from mnemomd import __version__
 from mnemomd.agents.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
+from mnemomd.agents.identity import Agent
 from mnemomd.agents.store import AgentStore
 from mnemomd.api.auth import credentials_from_config
 from mnemomd.api.handlers import ApiHandlers
@@ -28,7 +39,16 @@ from mnemomd.api.queries import ManagementStore
 from mnemomd.api.resource import ManagementApi
 from mnemomd.cloud.heartbeat import Heartbeat, load_or_create_deployment_id, readiness_snapshot
 from mnemomd.cloud.license import LicenseState, OnlineValidator, load_trusted_keys
-from mnemomd.config import EX_CONFIG, Config
+from mnemomd.config import (
+    EX_CONFIG,
+    ApiConfig,
+    CloudConfig,
+    Config,
+    ListenerConfig,
+    ObserverConfig,
+    StorageConfig,
+    output_analysis_allowed,
+)
 from mnemomd.config.analysis import from_config as analysis_settings
 from mnemomd.enforcement.enforcer import NUDGE_FLAG_TTL, Enforcement
 from mnemomd.enforcement.expiry import expire_nudges
@@ -36,13 +56,18 @@ from mnemomd.enforcement.store import EnforcementStore
 from mnemomd.http.server import Gateway, GatewayFactory, send_json
 from mnemomd.integrity.backends import AnalysisBackend
 from mnemomd.integrity.checkpoints import CheckpointStore
-from mnemomd.integrity.engine import build_analyzer
-from mnemomd.integrity.pipeline import CARD_CACHE_TTL, WINDOW_TTL, IntegrityPipeline
+from mnemomd.integrity.engine import IntegrityAnalyzer, build_analyzer
+from mnemomd.integrity.pipeline import (
+    CARD_CACHE_TTL,
+    WINDOW_TTL,
+    IntegrityPipeline,
+    OutcomeHook,
+)
 from mnemomd.kv import KeyValueStore, KVCache, make_kv_store, readiness_check
 from mnemomd.observer.drift import DriftDetector
 from mnemomd.observer.lease import lease_owner, lease_store, leased
 from mnemomd.observer.retention import retention_run
-from mnemomd.observer.traces import TraceBuilder
+from mnemomd.observer.traces import TraceBuilder, sweep_outbox
 from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.jobs import PeriodicJob
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
@@ -61,15 +86,22 @@ log = Logger()
 READINESS_TIMEOUT = 2.0
 
 
+class IDaemonReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorThreads,
+                     IReactorPluggableNameResolver, Interface):
+    """What the daemon needs of its reactor: run and stop, time, TCP (the listener and
+    every outbound client), threads (the database pool, large bodies) and name resolution."""
+
+
 class GatewayService(Service):
     """Listens, and on stop drains: readiness 503, listener closed, in-flight finished."""
 
     name = "gateway"
 
-    def __init__(self, config: Config, reactor: Any, gateway: Gateway, health: HealthState,
-                 client: UpstreamClient, notifier: SystemdNotifier,
-                 lag: ReactorLagMonitor) -> None:
-        self._config = config
+    def __init__(self, listener: ListenerConfig, role: str, reactor: IDaemonReactor,
+                 gateway: Gateway, health: HealthState, client: UpstreamClient,
+                 notifier: SystemdNotifier, lag: ReactorLagMonitor) -> None:
+        self._listener = listener
+        self._role = role
         self._reactor = reactor
         self.gateway = gateway
         self._health = health
@@ -91,7 +123,7 @@ class GatewayService(Service):
         failures: list[Failure] = []
         try:
             endpoint = endpoints.serverFromString(self._reactor,
-                                                  self._config.listen_description)
+                                                  self._listener.listen_description)
             self._bound = endpoint.listen(self.factory)
         except Exception:  # an unusable description, key file or systemd index
             self._bound = fail()
@@ -99,7 +131,7 @@ class GatewayService(Service):
         if failures:
             self._bound.addErrback(lambda _: None)
             log.critical("Cannot listen on {listen}: {reason}",
-                         listen=self._config.listen_description,
+                         listen=self._listener.listen_description,
                          reason=failures[0].getErrorMessage())
             raise SystemExit(1)
 
@@ -121,7 +153,7 @@ class GatewayService(Service):
             name = name.decode("utf-8", "replace")
         where = f"{host}:{port_number}" if port_number is not None else f"unix:{name}"
         log.info("mnemomd {version} listening on {listen} (role {role})",
-                 version=__version__, listen=where, role=self._config.role,
+                 version=__version__, listen=where, role=self._role,
                  host=host, port=port_number)
         # systemd hears READY=1 when /health/startup would say ok (schema included).
         self._health.when_started(lambda: self._notifier.notify("READY=1"))
@@ -135,11 +167,12 @@ class GatewayService(Service):
         self._notifier.notify("STOPPING=1")
         in_flight = self.gateway.in_flight
         log.info("Shutting down: {in_flight} request(s) in flight, grace {grace_seconds}s",
-                 in_flight=in_flight.count, grace_seconds=self._config.shutdown_grace_seconds)
+                 in_flight=in_flight.count,
+                 grace_seconds=self._listener.shutdown_grace_seconds)
         if self.port is not None:
             yield self.port.stopListening()
         drained = in_flight.wait_idle()
-        drained.addTimeout(self._config.shutdown_grace_seconds, self._reactor)
+        drained.addTimeout(self._listener.shutdown_grace_seconds, self._reactor)
         try:
             yield drained
         except Exception:
@@ -168,10 +201,10 @@ class StorageService(Service):
     name = "storage"
     MAX_RETRY_SECONDS = 60.0
 
-    def __init__(self, config: Config, reactor: Any, db: Database, kv: KeyValueStore,
-                 directory: PersistentAgentDirectory, health: HealthState,
+    def __init__(self, storage: StorageConfig, reactor: IReactorTime, db: Database,
+                 kv: KeyValueStore, directory: PersistentAgentDirectory, health: HealthState,
                  fatal: Callable[[int], None]) -> None:
-        self._config = config
+        self._storage = storage
         self._reactor = reactor
         self.db = db
         self.kv = kv
@@ -200,7 +233,7 @@ class StorageService(Service):
     def _prepare_schema(self) -> None:
         self._retry = None
         now_ms = int(self._reactor.seconds() * 1000)
-        if self._config.migrate_on_start:
+        if self._storage.migrate_on_start:
             d = migrate(self.db, now_ms)
         else:
             d = check_schema(self.db).addCallback(self._require_current)
@@ -251,15 +284,19 @@ class SchedulerService(Service):
 
     Every role gets the outbox TTL sweep; ``all`` and ``scheduler`` also get heartbeat and
     license check and the leased observer jobs of SPEC §8.2 (nudges, retention, traces,
-    drift, webhooks; see :func:`scheduler_jobs`). With ``MNEMOM_OFFLINE=true`` heartbeat
-    and license check still tick (and are counted) but make no call, so an operator sees
-    the scheduler alive and the network untouched.
+    drift, webhooks; see :func:`cloud_jobs` and :func:`shared_jobs`). With
+    ``MNEMOM_OFFLINE=true`` heartbeat and license check still tick (and are counted) but
+    make no call, so an operator sees the scheduler alive and the network untouched.
     """
 
     name = "scheduler"
 
-    def __init__(self, jobs: list[PeriodicJob]) -> None:
+    def __init__(self, jobs: list[PeriodicJob],
+                 stopping: list[Callable[[], None]] | None = None) -> None:
         self.jobs = jobs
+        #: Told first when stopping, so long runs (the traces job draining a backlog)
+        #: end after their work in flight instead of running on.
+        self.stopping = stopping or []
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -269,22 +306,27 @@ class SchedulerService(Service):
     @inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
+        for stop in self.stopping:
+            stop()
         for job in self.jobs:
             yield job.stop()
 
 
-def scheduler_jobs(config: Config, reactor: Any, health: HealthState,
-                   metrics: GatewayMetrics, license_state: LicenseState,
-                   root: MnemomService, db: Database, kv: KeyValueStore,
-                   dispatcher: WebhookDispatcher,
-                   decisions: AnalysisBackend | None) -> list[PeriodicJob]:
-    offline = config.mnemom_offline
-    heartbeat = Heartbeat(reactor, reactor, config.heartbeat_url,
-                          load_or_create_deployment_id(config.mnemom_data_dir), __version__,
+def cloud_jobs(cloud: CloudConfig, observer: ObserverConfig, reactor: IDaemonReactor,
+               health: HealthState, metrics: GatewayMetrics, license_state: LicenseState,
+               root: MnemomService, *, data_dir: str,
+               license_token: str | None) -> list[PeriodicJob]:
+    """The heartbeat and the online license check: every scheduler runs its own.
+
+    With ``MNEMOM_OFFLINE=true`` the jobs still tick (and are counted) but make no call.
+    """
+    offline = cloud.mnemom_offline
+    heartbeat = Heartbeat(reactor, reactor, cloud.heartbeat_url,
+                          load_or_create_deployment_id(data_dir), __version__,
                           reactor.seconds(), readiness_snapshot(health))
     root.addCleanup(heartbeat.close)
-    validator = OnlineValidator(reactor, reactor, config.mnemom_api_url, state=license_state,
-                                token=config.mnemom_license_jwt)
+    validator = OnlineValidator(reactor, reactor, cloud.mnemom_api_url, state=license_state,
+                                token=license_token)
     root.addCleanup(validator.close)
 
     def beat() -> Deferred[None] | None:
@@ -293,11 +335,26 @@ def scheduler_jobs(config: Config, reactor: Any, health: HealthState,
     def check_license() -> Deferred[None] | None:
         return None if offline else validator.check()
 
-    owner = lease_owner()
-    leases = lease_store(kv, config.redis_url, db, reactor)
+    return [
+        PeriodicJob("heartbeat", observer.observer_heartbeat_interval_seconds, beat, reactor,
+                    metrics),
+        PeriodicJob("license", observer.observer_license_interval_seconds, check_license,
+                    reactor, metrics),
+    ]
 
-    def shared(name: str, interval: float, func: Callable[[], Any]) -> PeriodicJob:
-        """A job that runs in one scheduler process at a time, whatever their number."""
+
+def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: GatewayMetrics,
+                db: Database, kv: KeyValueStore, dispatcher: WebhookDispatcher,
+                decisions: AnalysisBackend | None, *,
+                redis_url: str | None,
+                stopping: list[Callable[[], None]] | None = None) -> list[PeriodicJob]:
+    """The jobs that run in one scheduler process at a time, whatever their number
+    (a lease in Redis, or in a shared database). What must be told of a shutdown before
+    the jobs are stopped is added to ``stopping``."""
+    owner = lease_owner()
+    leases = lease_store(kv, redis_url, db, reactor)
+
+    def shared(name: str, interval: float, func: Callable[[], Deferred[Any]]) -> PeriodicJob:
         lease_ttl = max(60.0, interval * 2)
         return PeriodicJob(name, interval,
                            leased(leases, name, owner, lease_ttl, func, clock=reactor),
@@ -305,21 +362,22 @@ def scheduler_jobs(config: Config, reactor: Any, health: HealthState,
 
     store = EnforcementStore(db)
     agents = AgentStore(db)
-    builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, decisions, metrics)
+    # A run drains the backlog for up to one interval, then the log is scrubbed and the
+    # next tick starts the next run.
+    builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, decisions, metrics,
+                           max_run_seconds=observer.observer_traces_interval_seconds * 0.9)
+    if stopping is not None:
+        stopping.append(builder.stop)
     drift = DriftDetector(reactor, TraceStore(db), agents, CheckpointStore(db))
     return [
-        PeriodicJob("heartbeat", config.observer_heartbeat_interval_seconds, beat, reactor,
-                    metrics),
-        PeriodicJob("license", config.observer_license_interval_seconds, check_license,
-                    reactor, metrics),
-        shared("nudges", config.observer_nudges_interval_seconds,
+        shared("nudges", observer.observer_nudges_interval_seconds,
                lambda: expire_nudges(reactor, store)),
-        shared("retention", config.observer_retention_interval_seconds,
-               lambda: scrubbed(db, retention_run(reactor, db, config.retention_days))),
-        shared("traces", config.observer_traces_interval_seconds,
+        shared("retention", observer.observer_retention_interval_seconds,
+               lambda: scrubbed(db, retention_run(reactor, db, observer.retention_days))),
+        shared("traces", observer.observer_traces_interval_seconds,
                lambda: scrubbed(db, builder.run())),
-        shared("drift", config.observer_drift_interval_seconds, drift.run),
-        shared("webhooks", config.observer_webhooks_interval_seconds, dispatcher.run_due),
+        shared("drift", observer.observer_drift_interval_seconds, drift.run),
+        shared("webhooks", observer.observer_webhooks_interval_seconds, dispatcher.run_due),
     ]
 
 
@@ -335,23 +393,25 @@ def scrubbed(db: Database, run: Deferred[Any]) -> Deferred[Any]:
     return run.addCallback(scrub)
 
 
-def decision_backend(config: Config, analyzer: Any) -> AnalysisBackend | None:
+def decision_backend(trace_decisions: str,
+                     analyzer: IntegrityAnalyzer) -> AnalysisBackend | None:
     """The backend that may analyse trace decisions, or None for the heuristic: excerpts
     go only to a backend the operator gave a key for, never to the hybrid endpoint."""
     settings = analyzer.settings
-    if config.trace_decisions != "auto" or settings.provider == "mnemom":
+    if trace_decisions != "auto" or settings.provider == "mnemom":
         return None
     if settings.provider == "openai-compatible" or settings.api_key:
-        return analyzer.backend  # type: ignore[no-any-return]
+        return analyzer.backend
     return None
 
 
-def events_after(on_outcome: Callable[..., Any],
-                 kick: Callable[[], None]) -> Callable[..., Deferred[Any]]:
+def events_after(on_outcome: OutcomeHook, kick: Callable[[], None]) -> OutcomeHook:
     """``on_outcome``, then a kick of the webhook dispatcher when the verdict may have
     queued events (nudges, containment changes)."""
-    def run(agent: Any, session_id: str, verdict: str, *args: Any) -> Deferred[Any]:
-        d = maybeDeferred(on_outcome, agent, session_id, verdict, *args)
+    def run(agent: Agent, session_id: str, verdict: str, checkpoint_id: str,
+            concerns: list[dict[str, Any]], synthetic: bool = False) -> Deferred[Any]:
+        d = maybeDeferred(on_outcome, agent, session_id, verdict, checkpoint_id, concerns,
+                          synthetic=synthetic)
         if verdict != "clear":
             d.addBoth(lambda result: (kick(), result)[1])
         return d
@@ -362,7 +422,7 @@ def events_after(on_outcome: Callable[..., Any],
 class MnemomService(MultiService):
     """The whole daemon, one child per responsibility (SPEC §2)."""
 
-    def __init__(self, config: Config, reactor: Any, health: HealthState,
+    def __init__(self, config: Config, reactor: IReactorCore, health: HealthState,
                  metrics: GatewayMetrics) -> None:
         super().__init__()
         self.config = config
@@ -412,10 +472,11 @@ class MnemomService(MultiService):
         return self.getServiceNamed("storage")  # type: ignore[return-value]
 
 
-def make_management_api(config: Config, reactor: Any, db: Database,
+def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
                         directory: PersistentAgentDirectory, dispatcher: WebhookDispatcher,
-                        metrics: GatewayMetrics) -> ManagementApi:
-    """The ``/v1`` API over the same storage and KV store as the proxy."""
+                        metrics: GatewayMetrics, output_analysis: bool = True) -> ManagementApi:
+    """The ``/v1`` API over the same storage and KV store as the proxy; ``output_analysis``
+    says whether agents may be given ``without_reasoning: analyse_output``."""
     openapi: dict[str, Any] = {}
 
     def document() -> dict[str, Any]:
@@ -425,12 +486,11 @@ def make_management_api(config: Config, reactor: Any, db: Database,
 
     handlers = ApiHandlers(reactor, ManagementStore(db), EnforcementStore(db),
                            WebhookStore(db), TraceStore(db), directory.invalidate_all,
-                           dispatcher.kick, document)
-    return ManagementApi(reactor, credentials_from_config(config), handlers, send_json,
-                         metrics)
+                           dispatcher.kick, document, output_analysis=output_analysis)
+    return ManagementApi(reactor, credentials_from_config(api), handlers, send_json, metrics)
 
 
-def make_service(config: Config, reactor: Any = None,
+def make_service(config: Config, reactor: IDaemonReactor | None = None,
                  environ: Mapping[str, str] | None = None,
                  metrics: GatewayMetrics | None = None,
                  database_threads: TransactionThreads | None = None) -> MnemomService:
@@ -442,30 +502,37 @@ def make_service(config: Config, reactor: Any = None,
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
-        reactor = default_reactor
+        reactor = cast(IDaemonReactor, default_reactor)
     environ = os.environ if environ is None else environ
     metrics = metrics or GatewayMetrics()
-    health = HealthState(reactor, __version__, config.aip_enabled)
+    role = config.daemon.role
+    health = HealthState(reactor, __version__, config.integrity.aip_enabled)
     root = MnemomService(config, reactor, health, metrics)
 
-    db = Database(reactor, config.database_url, threads=database_threads)
-    kv = make_kv_store(reactor, config.redis_url, config.redis_password, metrics)
+    storage = config.storage
+    db = Database(reactor, storage.database_url, threads=database_threads)
+    kv = make_kv_store(reactor, storage.redis_url, storage.redis_password, metrics)
     directory = PersistentAgentDirectory(reactor, AgentStore(db),
                                          KVCache(kv, "", AGENT_CACHE_TTL),
-                                         config.aip_default_enforcement)
-    StorageService(config, reactor, db, kv, directory, health,
+                                         config.integrity.aip_default_enforcement,
+                                         config.integrity.aip_default_without_reasoning)
+    StorageService(storage, reactor, db, kv, directory, health,
                    root.fatal).setServiceParent(root)
 
     sender = WebhookSender(reactor)
-    dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner())
+    dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner(),
+                                   metrics=metrics)
     # Cleanups run in order: the send in progress finishes before the pool closes.
     root.addCleanup(dispatcher.stop)
     root.addCleanup(sender.close)
 
-    analyzer, analysis_http = build_analyzer(analysis_settings(config), reactor, metrics)
-    integrity = IntegrityPipeline(config, reactor, analyzer, AgentStore(db),
+    analyzer, analysis_http = build_analyzer(analysis_settings(config.analysis), reactor, metrics)
+    integrity = IntegrityPipeline(config.integrity, reactor, analyzer, AgentStore(db),
                                   CheckpointStore(db), KVCache(kv, "", CARD_CACHE_TTL),
-                                  KVCache(kv, "", WINDOW_TTL), metrics, OutboxStore(db))
+                                  KVCache(kv, "", WINDOW_TTL), metrics, OutboxStore(db),
+                                  outbox_ttl=config.observer.outbox_ttl,
+                                  output_analysis=output_analysis_allowed(
+                                      config.analysis.analysis_provider))
     root.addCleanup(analysis_http.close)
 
     enforcement = Enforcement(reactor, EnforcementStore(db),
@@ -473,31 +540,42 @@ def make_service(config: Config, reactor: Any = None,
     integrity.on_outcome = events_after(enforcement.on_outcome, dispatcher.kick)
     integrity.on_events_queued = dispatcher.kick
 
+    license_ = config.license
     license_state = LicenseState.from_token(
-        config.mnemom_license_jwt, load_trusted_keys(config.mnemom_license_public_key),
-        required=config.license_required, clock=reactor, metrics=metrics)
+        license_.mnemom_license_jwt, load_trusted_keys(license_.mnemom_license_public_key),
+        required=license_.license_required, clock=reactor, metrics=metrics)
     health.add_check("license", license_state.readiness)
     root.addCleanup(license_state.stop)
     root.license = license_state
     outbox = OutboxStore(db)
     # Every role sweeps the outbox, so its TTL holds whatever else runs (SPEC §8.1); rows
     # are written to expire one sweep early, so none outlives OUTBOX_TTL.
-    jobs = [PeriodicJob("outbox_expiry", outbox_sweep_interval(config.outbox_ttl),
-                        lambda: scrubbed(db, outbox.purge_expired(int(reactor.seconds() * 1000))),
+    jobs = [PeriodicJob("outbox_expiry", outbox_sweep_interval(config.observer.outbox_ttl),
+                        lambda: scrubbed(db, sweep_outbox(reactor, outbox, metrics)),
                         reactor, metrics)]
-    if config.role in ("all", "scheduler"):
-        jobs += scheduler_jobs(config, reactor, health, metrics, license_state, root, db, kv,
-                               dispatcher, decision_backend(config, analyzer))
-    SchedulerService(jobs).setServiceParent(root)
+    stopping: list[Callable[[], None]] = []
+    if role in ("all", "scheduler"):
+        jobs += cloud_jobs(config.cloud, config.observer, reactor, health, metrics,
+                           license_state, root, data_dir=config.daemon.mnemom_data_dir,
+                           license_token=license_.mnemom_license_jwt)
+        jobs += shared_jobs(config.observer, reactor, metrics, db, kv, dispatcher,
+                            decision_backend(config.observer.trace_decisions, analyzer),
+                            redis_url=storage.redis_url, stopping=stopping)
+    SchedulerService(jobs, stopping).setServiceParent(root)
 
-    client = UpstreamClient(reactor, config.upstream_max_connections_per_host)
-    proxy = ProxyHandler(config, reactor, client, directory, metrics, integrity, enforcement,
-                         license_state)
-    api = make_management_api(config, reactor, db, directory, dispatcher, metrics) \
-        if config.role != "scheduler" else None
-    gateway = Gateway(reactor, config.max_request_body_bytes, health, metrics,
-                      proxy if config.role != "scheduler" else None, api)
+    proxy_config = config.proxy
+    client = UpstreamClient(reactor, proxy_config.upstream_max_connections_per_host)
+    proxy = ProxyHandler(proxy_config, reactor, client, directory, metrics, integrity,
+                         enforcement, license_state, analysis_timeout=config.analysis.timeout,
+                         log_level=config.logging.log_level,
+                         failure_mode=config.analysis.aip_failure_mode)
+    api = make_management_api(
+        config.api, reactor, db, directory, dispatcher, metrics,
+        output_analysis_allowed(config.analysis.analysis_provider)) \
+        if role != "scheduler" else None
+    gateway = Gateway(reactor, config.listener.max_request_body_bytes, health, metrics,
+                      proxy if role != "scheduler" else None, api)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)
-    GatewayService(config, reactor, gateway, health, client, SystemdNotifier(environ),
-                   lag).setServiceParent(root)
+    GatewayService(config.listener, role, reactor, gateway, health, client,
+                   SystemdNotifier(environ), lag).setServiceParent(root)
     return root

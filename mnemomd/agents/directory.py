@@ -9,7 +9,6 @@ instead of one write per call.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -44,11 +43,13 @@ class PersistentAgentDirectory:
     """``AgentDirectory`` backed by storage, for the proxy."""
 
     def __init__(self, clock: IReactorTime, store: AgentStore, cache: KVCache,
-                 default_enforcement: str = "observe") -> None:
+                 default_enforcement: str = "observe",
+                 default_without_reasoning: str = "allow") -> None:
         self._clock = clock
         self._store = store
         self._cache = cache
         self._default_enforcement = default_enforcement
+        self._default_without_reasoning = default_without_reasoning
         self._in_flight: dict[str, list[Deferred[Agent]]] = {}
         self._last_seen: dict[str, int] = {}
         self._flusher = LoopingCall(self.flush_last_seen)
@@ -74,8 +75,8 @@ class PersistentAgentDirectory:
         d.addBoth(self._deliver, hash_)
         return mine
 
-    def _cached_or_stored(self, cached: Any, hash_: str, name: str | None,
-                          key_hash: str | None) -> Any:
+    def _cached_or_stored(self, cached: object, hash_: str, name: str | None,
+                          key_hash: str | None) -> Agent | Deferred[Agent]:
         if isinstance(cached, dict):
             try:
                 agent = Agent(**cached)
@@ -86,7 +87,7 @@ class PersistentAgentDirectory:
                     return agent
                 # A named agent from before keys were recorded: learn its key now.
         d = self._store.get_or_create(hash_, name, self._default_enforcement, self._now_ms(),
-                                      key_hash)
+                                      self._default_without_reasoning, key_hash)
         d.addCallback(self._with_key, hash_, key_hash)
 
         def remember(agent: Agent) -> Agent:
@@ -95,7 +96,8 @@ class PersistentAgentDirectory:
 
         return d.addCallback(remember)
 
-    def _with_key(self, agent: Agent, hash_: str, key_hash: str | None) -> Any:
+    def _with_key(self, agent: Agent, hash_: str,
+                  key_hash: str | None) -> Agent | Deferred[Agent]:
         """``agent``, after recording its key if it has none yet (see ``learn_key``)."""
         if agent.key_hash is not None or key_hash is None:
             return agent
@@ -121,15 +123,15 @@ class PersistentAgentDirectory:
                 self._last_seen[result.agent_id] = self._now_ms()
                 waiter.callback(result)
 
-    def invalidate(self, hash_: str) -> Deferred[Any]:
+    def invalidate(self, hash_: str) -> Deferred[None]:
         return self._cache.invalidate(agent_cache_key(hash_))
 
-    def invalidate_all(self, hash_: str, agent_id: str) -> Deferred[Any]:
+    def invalidate_all(self, hash_: str, agent_id: str) -> Deferred[list[None]]:
         """Drop the agent and everything cached from it (card, conscience values)."""
         return gatherResults([self._cache.invalidate(key)
                               for key in agent_derived_keys(hash_, agent_id)])
 
-    def drop_changed(self) -> Deferred[Any]:
+    def drop_changed(self) -> Deferred[None]:
         """Invalidate cached agents whose rows changed since the last look."""
         def drop(changed: list[tuple[str, int, str]]) -> None:
             for hash_, updated_at, agent_id in changed:
@@ -142,7 +144,7 @@ class PersistentAgentDirectory:
 
         return self._store.changed_since(self._changes_seen_ms).addCallbacks(drop, failed)
 
-    def flush_last_seen(self) -> Deferred[Any]:
+    def flush_last_seen(self) -> Deferred[int]:
         if not self._last_seen:
             return succeed(0)
         batch, self._last_seen = self._last_seen, {}
@@ -160,7 +162,7 @@ class PersistentAgentDirectory:
         self._flusher.start(LAST_SEEN_FLUSH_SECONDS, now=False)
         self._watcher.start(CHANGE_POLL_SECONDS, now=False)
 
-    def stop(self) -> Deferred[Any]:
+    def stop(self) -> Deferred[int]:
         if self._watcher.running:
             self._watcher.stop()
         if self._flusher.running:

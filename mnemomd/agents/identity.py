@@ -22,6 +22,9 @@ HOUR_MS = 3_600_000
 #: Containment states, least severe first: an agent is held by the worse of its own state
 #: and its key's.
 CONTAINMENT_SEVERITY = ("active", "paused", "killed")
+#: What ``enforce`` does with a response that has no analysable reasoning (SPEC §6.2):
+#: deliver it unverified, analyse its output instead, or refuse it.
+WITHOUT_REASONING_MODES = ("allow", "analyse_output", "refuse")
 
 
 def agent_hash(api_key: bytes, agent_name: str | None = None) -> str:
@@ -65,6 +68,7 @@ class Agent:
     containment_status: str = "active"
     auto_containment_threshold: int | None = None
     created_at: int = 0
+    without_reasoning: str = "allow"
     #: The hash of the key alone (the plain agent's hash); None for a named agent created
     #: before keys were recorded, until its next call.
     key_hash: str | None = None

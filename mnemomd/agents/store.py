@@ -33,7 +33,8 @@ DEFAULT_RETENTION_DAYS = 365
 AGENT_COLUMNS = ("a.id, a.agent_hash, a.name, a.enforcement_mode, a.aip_enabled, "
                  "a.aap_enabled, a.nudge_strategy, a.nudge_rate, a.nudge_threshold, "
                  "a.containment_status, a.auto_containment_threshold, a.created_at, "
-                 "a.key_hash, COALESCE(k.containment_status, a.pending_key_status, 'active')")
+                 "a.without_reasoning, a.key_hash, "
+                 "COALESCE(k.containment_status, a.pending_key_status, 'active')")
 AGENT_FROM = "agents a LEFT JOIN key_containments k ON k.key_hash = a.key_hash"
 
 
@@ -61,13 +62,15 @@ def default_conscience_values() -> list[dict[str, Any]]:
 
 def row_to_agent(row: tuple[Any, ...]) -> Agent:
     (agent_id, hash_, name, mode, aip_enabled, aap_enabled, strategy, rate, threshold,
-     containment, auto_threshold, created_at, key_hash, key_containment) = row
+     containment, auto_threshold, created_at, without_reasoning, key_hash,
+     key_containment) = row
     return Agent(agent_hash=hash_, agent_id=agent_id, name=name, enforcement_mode=mode,
                  aip_enabled=bool(aip_enabled), aap_enabled=bool(aap_enabled),
                  nudge_strategy=strategy, nudge_rate=float(rate),
                  nudge_threshold=int(threshold), containment_status=containment,
                  auto_containment_threshold=auto_threshold, created_at=int(created_at),
-                 key_hash=key_hash, key_containment_status=key_containment)
+                 without_reasoning=without_reasoning, key_hash=key_hash,
+                 key_containment_status=key_containment)
 
 
 def _select_by_hash(cursor: Cursor, hash_: str) -> Agent | None:
@@ -77,7 +80,8 @@ def _select_by_hash(cursor: Cursor, hash_: str) -> Agent | None:
 
 
 def _get_or_create(cursor: Cursor, hash_: str, name: str | None, enforcement_mode: str,
-                   now_ms: int, key_hash: str | None) -> Agent:
+                   now_ms: int, without_reasoning: str = "allow",
+                   key_hash: str | None = None) -> Agent:
     existing = _select_by_hash(cursor, hash_)
     if existing is not None:
         return existing
@@ -86,9 +90,11 @@ def _get_or_create(cursor: Cursor, hash_: str, name: str | None, enforcement_mod
     key = hash_ if name is None else key_hash
     for agent_id in agent_id_candidates(hash_):
         inserted = cursor.execute(
-            "INSERT INTO agents (id, agent_hash, name, enforcement_mode, key_hash, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (agent_id, hash_, name, enforcement_mode, key, now_ms, now_ms)).rowcount
+            "INSERT INTO agents (id, agent_hash, name, enforcement_mode, without_reasoning, "
+            "key_hash, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (agent_id, hash_, name, enforcement_mode, without_reasoning, key, now_ms,
+             now_ms)).rowcount
         if inserted == 1:
             card = default_alignment_card(agent_id, now_ms)
             cursor.execute(
@@ -176,11 +182,13 @@ class AgentStore:
         self._db = db
 
     def get_or_create(self, hash_: str, name: str | None, enforcement_mode: str,
-                      now_ms: int, key_hash: str | None = None) -> Deferred[Agent]:
-        """The agent, created on first sight; a named agent records ``key_hash`` (a plain
-        agent's key is its own hash)."""
+                      now_ms: int, without_reasoning: str = "allow",
+                      key_hash: str | None = None) -> Deferred[Agent]:
+        """The agent of ``hash_``; a new one starts with the deployment's defaults and
+        records ``key_hash``, the hash of its key alone (a plain agent's is its own
+        hash)."""
         return self._db.run_interaction("get_or_create_agent", _get_or_create, hash_, name,
-                                        enforcement_mode, now_ms, key_hash)
+                                        enforcement_mode, now_ms, without_reasoning, key_hash)
 
     def learn_key(self, hash_: str, key_hash: str,
                   now_ms: int) -> Deferred[tuple[Agent | None, list[tuple[str, str]]]]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import jwt
 
+from mnemomd.config import ApiConfig
+
 ROLES = ("admin", "viewer")
 #: Supabase's own server key is a JWT with this role; it can do anything there, so here too.
 SUPABASE_SERVICE_ROLE = "service_role"
@@ -51,10 +53,9 @@ class ApiCredentials:
         return bool(self.internal_api_key) or bool(self.jwt_secrets)
 
 
-def credentials_from_config(config: object) -> ApiCredentials:
-    secrets = tuple(s for s in (getattr(config, "mnemom_jwt_secret", None),
-                                getattr(config, "supabase_jwt_secret", None)) if s)
-    return ApiCredentials(getattr(config, "internal_api_key", None) or None, secrets)
+def credentials_from_config(api: ApiConfig) -> ApiCredentials:
+    secrets = tuple(s for s in (api.mnemom_jwt_secret, api.supabase_jwt_secret) if s)
+    return ApiCredentials(api.internal_api_key or None, secrets)
 
 
 def is_loopback(host: str | None) -> bool:

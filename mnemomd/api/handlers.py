@@ -28,8 +28,11 @@ from mnemomd.storage.traces import TraceStore
 from mnemomd.webhooks.delivery import check_url, new_secret
 from mnemomd.webhooks.store import WebhookStore
 
+#: What an operation returns: ``(status, payload)``, now or later.
+HandlerResult = tuple[int, dict[str, Any]] | Deferred[tuple[int, dict[str, Any]]]
+
 SETTINGS_FIELDS = ("aip_enabled", "aap_enabled", "nudge_strategy", "nudge_rate",
-                   "nudge_threshold")
+                   "nudge_threshold", "without_reasoning")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +87,13 @@ class ApiHandlers:
 
     def __init__(self, clock: IReactorTime, store: ManagementStore,
                  enforcement: EnforcementStore, webhooks: WebhookStore, traces: TraceStore,
-                 invalidate_agent: Callable[[str, str], Any],
+                 invalidate_agent: Callable[[str, str], Deferred[list[None]]],
                  events_queued: Callable[[], None],
-                 openapi: Callable[[], dict[str, Any]]) -> None:
+                 openapi: Callable[[], dict[str, Any]],
+                 output_analysis: bool = True) -> None:
         self._clock = clock
+        #: Whether the analysis backend may be sent output (``analyse_output``).
+        self._output_analysis = output_analysis
         self._store = store
         self._enforcement = enforcement
         self._webhooks = webhooks
@@ -97,8 +103,9 @@ class ApiHandlers:
         self._invalidate_agent = invalidate_agent
         self._openapi = openapi
 
-    def dispatch(self, call: ApiCall) -> Any:
-        return getattr(self, call.route.handler)(call)
+    def dispatch(self, call: ApiCall) -> HandlerResult:
+        handler: Callable[[ApiCall], HandlerResult] = getattr(self, call.route.handler)
+        return handler(call)
 
     def openapi(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
         return 200, self._openapi()
@@ -156,6 +163,11 @@ class ApiHandlers:
         changes = call.body.model_dump(exclude_none=True)
         if not changes:
             raise ApiError(400, f"give at least one of {', '.join(SETTINGS_FIELDS)}")
+        if changes.get("without_reasoning") == "analyse_output" and not self._output_analysis:
+            # The hybrid backend is promised the reasoning only, never the response.
+            raise ApiError(409, "without_reasoning analyse_output needs an analysis backend "
+                                "that may receive the response; this one may not: use refuse",
+                           "conflict")
         agent = yield self._change_settings(call.params["agent_id"], changes, call.now_ms)
         return 200, settings_view(agent)
 

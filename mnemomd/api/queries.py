@@ -24,23 +24,24 @@ AGENT_FIELDS = ("agent_id", "agent_hash", "name", "enforcement_mode", "aip_enabl
                 "aap_enabled", "nudge_strategy", "nudge_rate", "nudge_threshold",
                 "containment_status", "containment_reason", "containment_changed_at",
                 "auto_containment_threshold", "created_at", "updated_at", "last_seen_at",
-                "key_hash", "key_containment_status")
+                "without_reasoning", "key_hash", "key_containment_status")
 #: The agent with its key's containment (``AGENT_FIELDS`` in order, then the key's reason
 #: and time of change): a view shows the state that holds the agent and why.
 _AGENT_SELECT = (
     "SELECT a.id, a.agent_hash, a.name, a.enforcement_mode, a.aip_enabled, a.aap_enabled,"
     " a.nudge_strategy, a.nudge_rate, a.nudge_threshold, a.containment_status,"
     " a.containment_reason, a.containment_changed_at, a.auto_containment_threshold,"
-    " a.created_at, a.updated_at, a.last_seen_at, a.key_hash,"
+    " a.created_at, a.updated_at, a.last_seen_at, a.without_reasoning, a.key_hash,"
     " COALESCE(k.containment_status, a.pending_key_status, 'active'),"
     " k.containment_reason, k.containment_changed_at"
     " FROM agents a LEFT JOIN key_containments k ON k.key_hash = a.key_hash")
 #: The fields of an agent view, in the order they are shown.
 _AGENT_VIEW = ("agent_id", "agent_hash", "name", "key_hash", "enforcement_mode",
                "aip_enabled", "aap_enabled", "nudge_strategy", "nudge_rate", "nudge_threshold",
-               "containment_status", "containment_scope", "agent_containment_status",
-               "key_containment_status", "containment_reason", "containment_changed_at",
-               "auto_containment_threshold", "created_at", "updated_at", "last_seen_at")
+               "without_reasoning", "containment_status", "containment_scope",
+               "agent_containment_status", "key_containment_status", "containment_reason",
+               "containment_changed_at", "auto_containment_threshold", "created_at",
+               "updated_at", "last_seen_at")
 _AGENT_TABLE = "agents a LEFT JOIN key_containments k ON k.key_hash = a.key_hash"
 #: The effective containment state in SQL (the worse of the agent's and its key's), for
 #: the list filter; ``effective_containment`` is the same rule in Python.
@@ -117,7 +118,7 @@ def _checkpoint_dict(row: Sequence[Any]) -> dict[str, Any]:
             "analysis_metadata": record.analysis_metadata,
             "thinking_block_hash": record.thinking_block_hash, "synthetic": record.synthetic,
             "synthetic_reason": record.synthetic_reason, "trace_id": record.trace_id,
-            "created_at": record.created_at}
+            "output_block_hash": record.output_block_hash, "created_at": record.created_at}
 
 
 def _drift_dict(row: Sequence[Any]) -> dict[str, Any]:

@@ -8,9 +8,9 @@ Deferred and writes JSON. The Authorization header is never logged, at any level
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,21 +22,30 @@ from mnemomd.api.auth import (
     Principal,
     authenticate,
 )
-from mnemomd.api.handlers import ApiCall, ApiHandlers
+from mnemomd.api.handlers import ApiCall, HandlerResult
 from mnemomd.api.routes import ApiError, match, parse_body, parse_query
+from mnemomd.http.server import GatewayRequest
+from mnemomd.ops.metrics import GatewayMetrics
 
 log = Logger()
 
-SendJSON = Callable[..., None]
+#: Writes a JSON answer: ``http.server.send_json``.
+SendJSON = Callable[[GatewayRequest, int, dict[str, Any], list[tuple[bytes, bytes]]], None]
 
 
-def peer_host(request: Any) -> str | None:
+class Dispatcher(Protocol):
+    """Runs the operation a matched route names (``api.handlers.ApiHandlers``)."""
+
+    def dispatch(self, call: ApiCall) -> HandlerResult: ...
+
+
+def peer_host(request: GatewayRequest) -> str | None:
     """The client's IP address; None for a Unix socket peer (local by definition)."""
     address = request.getClientAddress()
     return getattr(address, "host", None)
 
 
-def indirect(request: Any) -> bool:
+def indirect(request: GatewayRequest) -> bool:
     """Whether a proxy relayed the request or a browser sent it (``INDIRECT_HEADERS``)."""
     return any(request.getHeader(name) is not None for name in INDIRECT_HEADERS)
 
@@ -45,20 +54,20 @@ class ManagementApi:
     """Serves ``/v1/…`` for the gateway (roles ``all`` and ``gateway``)."""
 
     def __init__(self, clock: IReactorTime, credentials: ApiCredentials,
-                 handlers: ApiHandlers, send_json: SendJSON, metrics: Any) -> None:
+                 handlers: Dispatcher, send_json: SendJSON, metrics: GatewayMetrics) -> None:
         self._clock = clock
         self._credentials = credentials
         self._handlers = handlers
         self._send_json = send_json
         self._metrics = metrics
 
-    def handle(self, request: Any, path: bytes, query: bytes) -> Deferred[None]:
+    def handle(self, request: GatewayRequest, path: bytes, query: bytes) -> Deferred[None]:
         started = self._clock.seconds()
         method = request.method.decode("latin-1")
         text_path = path.decode("utf-8", "replace")
         principal: Principal | None = None
 
-        def run() -> Any:
+        def run() -> Deferred[tuple[int, dict[str, Any]]]:
             nonlocal principal
             principal = authenticate(self._credentials, request.getHeader(b"authorization"),
                                      peer_host(request), indirect(request))
@@ -69,7 +78,8 @@ class ManagementApi:
             call = ApiCall(route, params, parse_query(route, query),
                            parse_body(route, request_body(request)), principal,
                            int(started * 1000))
-            return self._handlers.dispatch(call)
+            result = self._handlers.dispatch(call)
+            return result if isinstance(result, Deferred) else succeed(result)
 
         def answered(result: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any], tuple]:
             status, payload = result
@@ -99,13 +109,10 @@ class ManagementApi:
                      duration_ms=round((self._clock.seconds() - started) * 1000, 1),
                      role=principal.role if principal else None)
 
-        d = maybeDeferred(run)
-        d.addCallbacks(answered, refused)
-        d.addCallback(respond)
-        return d
+        return maybeDeferred(run).addCallbacks(answered, refused).addCallback(respond)
 
 
-def request_body(request: Any) -> bytes:
+def request_body(request: GatewayRequest) -> bytes:
     """The body as received; an oversized one is refused before it is parsed."""
     content = request.content
     if getattr(content, "too_large", False):

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mnemomd.webhooks.store import EVENT_TYPES
 
 MODES = ("observe", "nudge", "enforce")
+WITHOUT_REASONING = ("allow", "analyse_output", "refuse")
 NUDGE_STRATEGIES = ("always", "sampling", "threshold", "off")
 VERDICTS = ("clear", "review_needed", "boundary_violation")
 CONTAINMENT_STATUSES = ("active", "paused", "killed")
@@ -27,6 +28,7 @@ DEFAULT_WEBHOOK_EVENTS = ("*",)
 
 Mode = Literal["observe", "nudge", "enforce"]
 NudgeStrategy = Literal["always", "sampling", "threshold", "off"]
+WithoutReasoning = Literal["allow", "analyse_output", "refuse"]
 WebhookEvent = Literal["verdict.clear", "verdict.review_needed", "verdict.boundary_violation",
                        "drift.detected", "agent.paused", "agent.resumed", "agent.killed",
                        "nudge.created", "webhook.test", "*"]
@@ -50,6 +52,8 @@ class SettingsBody(Body):
     nudge_strategy: NudgeStrategy | None = None
     nudge_rate: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     nudge_threshold: Annotated[int, Field(ge=1, le=1000)] | None = None
+    #: What ``enforce`` does with a response without analysable reasoning.
+    without_reasoning: WithoutReasoning | None = None
 
 
 class ConscienceValueBody(Body):
@@ -140,11 +144,12 @@ AGENT = obj({
     "key_containment_status": enum(CONTAINMENT_STATUSES), "key_hash": nullable(STRING),
     "containment_reason": nullable(STRING), "containment_changed_at": nullable(MILLIS),
     "auto_containment_threshold": nullable(INTEGER), "created_at": MILLIS,
-    "updated_at": MILLIS, "last_seen_at": nullable(MILLIS)})
+    "updated_at": MILLIS, "last_seen_at": nullable(MILLIS),
+    "without_reasoning": enum(WITHOUT_REASONING)})
 ENFORCEMENT = obj({"agent_id": STRING, "mode": enum(MODES)})
 SETTINGS = obj({"agent_id": STRING, "aip_enabled": BOOLEAN, "aap_enabled": BOOLEAN,
                 "nudge_strategy": enum(NUDGE_STRATEGIES), "nudge_rate": NUMBER,
-                "nudge_threshold": INTEGER})
+                "nudge_threshold": INTEGER, "without_reasoning": enum(WITHOUT_REASONING)})
 CARD = obj({"agent_id": STRING, "card": OBJECT, "updated_at": MILLIS})
 CONSCIENCE_VALUE = obj({"type": enum(CONSCIENCE_TYPES), "content": STRING,
                         "id": nullable(STRING)}, optional=("id",))
@@ -157,7 +162,7 @@ CHECKPOINT = obj({
     "window_position": nullable(OBJECT), "analysis_metadata": nullable(OBJECT),
     "thinking_block_hash": nullable(STRING), "synthetic": BOOLEAN,
     "synthetic_reason": nullable(STRING), "trace_id": nullable(STRING),
-    "created_at": MILLIS})
+    "output_block_hash": nullable(STRING), "created_at": MILLIS})
 SCORE = obj({"agent_id": STRING, "total_checks": INTEGER, "clear_count": INTEGER,
              "review_count": INTEGER, "violation_count": INTEGER, "integrity_ratio": NUMBER,
              "latest_verdict": nullable(STRING), "latest_at": nullable(MILLIS)})

@@ -151,6 +151,7 @@ AGENT_FIELDS = (("agent_id", "agent"), ("name", "name"), ("enforcement_mode", "e
                 ("nudge_strategy", "nudge strategy"), ("nudge_rate", "nudge rate"),
                 ("nudge_threshold", "nudge threshold"),
                 ("auto_containment_threshold", "auto-containment"),
+                ("without_reasoning", "if no reasoning"),
                 ("created_at", "created"), ("last_seen_at", "last seen"))
 CHECKPOINT_COLUMNS = (("id", "CHECKPOINT"), ("verdict", "VERDICT"), ("session_id", "SESSION"),
                       ("model", "MODEL"), ("synthetic", "SYNTHETIC"), ("created_at", "CREATED"))
@@ -182,7 +183,7 @@ def on_off(value: str | None) -> bool | None:
 def settings_body(args: argparse.Namespace) -> dict[str, Any]:
     body = {"nudge_strategy": args.nudge_strategy, "nudge_rate": args.nudge_rate,
             "nudge_threshold": args.nudge_threshold, "aip_enabled": on_off(args.aip),
-            "aap_enabled": on_off(args.aap)}
+            "aap_enabled": on_off(args.aap), "without_reasoning": args.without_reasoning}
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -420,14 +421,18 @@ def add_management_commands(commands: Any, common: Any) -> None:
                               f"{default})")
     command(agent_commands, "show", "the agent and its containment log").add_argument(
         "agent_id")
-    settings = command(agent_commands, "settings", "change nudge, AIP/AAP and "
-                                                   "auto-containment settings")
+    settings = command(agent_commands, "settings", "change nudge, AIP/AAP, "
+                                                   "auto-containment and without-reasoning "
+                                                   "settings")
     settings.add_argument("agent_id")
     settings.add_argument("--nudge-strategy", choices=("always", "sampling", "threshold", "off"))
     settings.add_argument("--nudge-rate", type=float)
     settings.add_argument("--nudge-threshold", type=int)
     settings.add_argument("--aip", choices=("on", "off"))
     settings.add_argument("--aap", choices=("on", "off"))
+    settings.add_argument("--without-reasoning", choices=("allow", "analyse_output", "refuse"),
+                          help="what enforce does with a response that has no analysable "
+                               "reasoning")
     settings.add_argument("--auto-containment", metavar="N|off",
                           help="pause after N consecutive boundary violations (N >= 2)")
 

@@ -16,7 +16,15 @@ from collections.abc import Mapping, Sequence
 from typing import IO
 
 from mnemomd import __version__
-from mnemomd.config import EX_CONFIG, SETTINGS, Config, ConfigError, load_config
+from mnemomd.config import (
+    EX_CONFIG,
+    OPT_OUT_WARNING,
+    SETTINGS,
+    Config,
+    ConfigError,
+    StorageConfig,
+    load_config,
+)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="validate and print the effective configuration")
     add_config_flags(check)
     check.add_argument("--strict", action="store_true",
-                       help="treat warnings (such as deprecated settings) as errors")
+                       help="treat warnings (deprecated or unknown names, a missing analysis "
+                            "key) as errors")
     migrate = commands.add_parser("migrate", help="apply pending database migrations")
     add_config_flags(migrate)
     commands.add_parser("version", help="print the version and build")
@@ -82,12 +91,21 @@ def version_text() -> str:
 
 
 def check_config(config: Config, strict: bool, out: IO[str]) -> int:
+    """``mnemomd check-config``: every effective value and its source, section by section,
+    then the warnings; under ``--strict`` a warning fails like an error (exit 78)."""
     width = max(len(s.env) for s in SETTINGS)
     out.write(f"Configuration file: {config.config_path or '(none)'}\n")
-    for name, value, source in config.describe():
-        out.write(f"{name:<{width}}  {value}  [{source}]\n")
+    for section, rows in config.describe_sections():
+        out.write(f"[{section}]\n")
+        for name, value, source in rows:
+            out.write(f"{name:<{width}}  {value}  [{source}]\n")
     for warning in config.warnings:
         out.write(f"warning: {warning}\n")
+    integrity = config.integrity
+    if integrity.aip_enabled and integrity.aip_default_without_reasoning == "allow" \
+            and integrity.aip_default_enforcement != "enforce":  # else a warning above
+        # Not a warning (agents are put in enforce one by one), but said every time.
+        out.write(f"note: AIP_DEFAULT_WITHOUT_REASONING is allow. {OPT_OUT_WARNING}.\n")
     if strict and config.warnings:
         out.write("check-config --strict: warnings count as errors\n")
         return EX_CONFIG
@@ -102,7 +120,8 @@ def run(config: Config, environ: Mapping[str, str]) -> int:
     from mnemomd.ops.logging import start_logging
     from mnemomd.service import make_service
 
-    start_logging(config.log_format, config.log_level, f"mnemomd-{config.role}")
+    start_logging(config.logging.log_format, config.logging.log_level,
+                  f"mnemomd-{config.daemon.role}")
     log = Logger(namespace="mnemomd")
     for warning in config.warnings:
         log.warn("Configuration: {warning}", warning=warning)
@@ -129,17 +148,18 @@ def show_license_info(config: Config, as_json: bool, out: IO[str]) -> int:
 
     from mnemomd.cloud.license import LicenseInfo, load_trusted_keys, verify_license
 
-    if not config.mnemom_license_jwt:
+    license_ = config.license
+    if not license_.mnemom_license_jwt:
         info = LicenseInfo.unlicensed()
     else:
-        info = verify_license(config.mnemom_license_jwt,
-                              load_trusted_keys(config.mnemom_license_public_key), time.time())
+        info = verify_license(license_.mnemom_license_jwt,
+                              load_trusted_keys(license_.mnemom_license_public_key), time.time())
     summary = info.summary()
     if info.feature_flags:
         summary["feature_flags"] = info.feature_flags
     if info.limits:
         summary["limits"] = info.limits
-    if config.mnemom_license_jwt:
+    if license_.mnemom_license_jwt:
         summary["is_offline"] = info.is_offline
     if "seconds_to_expiry" in summary:
         summary["days_left"] = round(summary["seconds_to_expiry"] / 86400, 1)
@@ -151,7 +171,7 @@ def show_license_info(config: Config, as_json: bool, out: IO[str]) -> int:
     return 0 if info.allows_traffic else 1
 
 
-def migrate_database(config: Config, out: IO[str]) -> int:
+def migrate_database(config: StorageConfig, out: IO[str]) -> int:
     """``mnemomd migrate``: bring the schema to this build's version, then exit."""
     from twisted.internet import reactor
 
@@ -213,7 +233,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "check-config":
         return check_config(config, args.strict, sys.stdout)
     if args.command == "migrate":
-        return migrate_database(config, sys.stdout)
+        return migrate_database(config.storage, sys.stdout)
     if args.command == "license":
         return show_license_info(config, args.json, sys.stdout)
     if args.command in MANAGEMENT_COMMANDS:

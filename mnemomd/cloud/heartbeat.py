@@ -9,8 +9,9 @@ small JSON document to ``HEARTBEAT_URL``::
 and nothing else: no prompts, responses or thinking, no keys or license token, no host
 name, no check details (their error messages can name internal hosts). The body is built
 field by field from a whitelist rather than by copying the readiness document, so a new
-field added to readiness can never leak here by accident. ``MNEMOM_OFFLINE=true`` means
-the heartbeat is not scheduled at all; that decision belongs to whoever builds the job.
+field added to readiness can never leak here by accident. With ``MNEMOM_OFFLINE=true``
+the job still ticks (and is counted) but makes no call; that decision belongs to whoever
+builds the job.
 
 A heartbeat that fails is of no consequence to serving: :meth:`Heartbeat.send` never
 fails, and a failure streak is logged once at warn (then at debug) so an air-gapped host

@@ -1,21 +1,28 @@
-"""Configuration: one table of settings, three sources, one precedence order.
+"""Configuration: one table of settings, in sections, three sources, one precedence order.
 
 A setting has an environment name (``PORT``), a YAML key (``port``) and sometimes a
 command-line flag (``--port``). A flag beats the environment, which beats the YAML file,
-which beats the built-in default. Every value is parsed and checked up front, and every
-problem is reported together so an operator fixes their file in one pass, not one error
-per restart.
+which beats the built-in default. Each row of ``SETTINGS`` also names the section that
+holds its value (``listener.port``): a component is given its section, never the whole
+configuration, so what it can read is visible in its constructor.
+
+Every value is parsed and checked up front, then the checks that span settings run on
+whatever parsed, and every problem is reported together in one ``ConfigError`` so an
+operator fixes their file in one pass, not one error per restart. Names that are not
+settings (a typo in a YAML key, a misspelt ``MNEMOM_*`` variable) are reported with the
+nearest real name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -31,7 +38,7 @@ DEFAULT_CONFIG_PATH = "/etc/mnemomd/mnemomd.yaml"
 ROLES = ("all", "gateway", "scheduler")
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("json", "text")
-
+WITHOUT_REASONING_CHOICES = ("allow", "analyse_output", "refuse")
 
 class ConfigError(Exception):
     """Every problem found in the configuration, each naming where the value came from."""
@@ -49,13 +56,13 @@ class ConfigError(Exception):
 # -- value parsers: each takes a raw value (str from env/flags, native from YAML) ---------
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("must be a string")
     return str(value).strip()
 
 
-def parse_bool(value: Any) -> bool:
+def parse_bool(value: object) -> bool:
     if isinstance(value, bool):
         return value
     text = _text(value).lower()
@@ -66,8 +73,8 @@ def parse_bool(value: Any) -> bool:
     raise ValueError("must be true or false")
 
 
-def _int_in(low: int, high: int) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
+def _int_in(low: int, high: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
         if isinstance(value, bool):
             raise ValueError("must be an integer")
         try:
@@ -81,8 +88,8 @@ def _int_in(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
-def _seconds(low: float, high: float) -> Callable[[Any], float]:
-    def parse(value: Any) -> float:
+def _seconds(low: float, high: float) -> Callable[[object], float]:
+    def parse(value: object) -> float:
         if isinstance(value, bool):
             raise ValueError("must be a number of seconds")
         text = _text(value).lower().removesuffix("s").strip()
@@ -101,8 +108,8 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, 
                "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3}
 
 
-def _byte_size(low: int, high: int) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
+def _byte_size(low: int, high: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
         if isinstance(value, bool):
             raise ValueError("must be a size in bytes")
         match = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", _text(value))
@@ -117,8 +124,8 @@ def _byte_size(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
+def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def parse(value: object) -> str:
         text = _text(value).lower()
         if text not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}")
@@ -127,7 +134,7 @@ def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
     return parse
 
 
-def parse_base_url(value: Any) -> str:
+def parse_base_url(value: object) -> str:
     """An upstream base URL: http(s), a host, an optional path prefix, nothing else."""
     text = _text(value)
     parts = urlsplit(text)
@@ -144,7 +151,7 @@ def parse_base_url(value: Any) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def parse_heartbeat_url(value: Any) -> str:
+def parse_heartbeat_url(value: object) -> str:
     """A full endpoint URL: unlike base URLs it keeps its path."""
     text = _text(value)
     parts = urlsplit(text)
@@ -155,14 +162,14 @@ def parse_heartbeat_url(value: Any) -> str:
     return text
 
 
-def parse_host(value: Any) -> str:
+def parse_host(value: object) -> str:
     text = _text(value)
     if not text or any(c.isspace() for c in text):
         raise ValueError("must be a host name or IP address")
     return text
 
 
-def parse_listen(value: Any) -> str | None:
+def parse_listen(value: object) -> str | None:
     """A Twisted server endpoint description; checked for shape here, opened at start."""
     text = _text(value)
     if not text:
@@ -174,7 +181,7 @@ def parse_listen(value: Any) -> str | None:
     return text
 
 
-def parse_origins(value: Any) -> tuple[str, ...]:
+def parse_origins(value: object) -> tuple[str, ...]:
     items = value if isinstance(value, list) else _text(value).split(",")
     origins = tuple(_text(item) for item in items if _text(item))
     if not origins:
@@ -185,7 +192,7 @@ def parse_origins(value: Any) -> tuple[str, ...]:
     return origins
 
 
-def parse_database_url_setting(value: Any) -> str:
+def parse_database_url_setting(value: object) -> str:
     from mnemomd.storage.database import DatabaseURLError, parse_database_url
 
     text = _text(value)
@@ -196,7 +203,7 @@ def parse_database_url_setting(value: Any) -> str:
     return text
 
 
-def parse_redis_url_setting(value: Any) -> str:
+def parse_redis_url_setting(value: object) -> str:
     from mnemomd.kv import parse_redis_target
 
     text = _text(value)
@@ -204,7 +211,7 @@ def parse_redis_url_setting(value: Any) -> str:
     return text
 
 
-def parse_path(value: Any) -> str:
+def parse_path(value: object) -> str:
     text = _text(value)
     if not text:
         raise ValueError("must be a path")
@@ -216,12 +223,18 @@ class Setting:
     """One configuration value and everything needed to read it from any source."""
 
     env: str
-    parse: Callable[[Any], Any]
-    default: Any
+    parse: Callable[[object], object]
+    default: object
     help: str
     flag: str | None = None
     secret: bool = False
     deprecated_env: tuple[str, ...] = ()
+    #: The section that holds the value (``listener`` for ``listener.port``); empty only
+    #: for the per-provider rows, which ``PROVIDER_ROWS`` places.
+    section: str = ""
+    #: The default is worked out at load time (from the environment, or from another
+    #: setting), so the section's field starts as "" rather than as ``default``.
+    derived: bool = False
 
     @property
     def key(self) -> str:
@@ -247,171 +260,307 @@ def provider_key_settings(providers: ProviderRegistry) -> tuple[Setting, ...]:
 PROVIDER_SETTINGS = (upstream_settings(PROVIDERS), provider_key_settings(PROVIDERS))
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("HOST", parse_host, "0.0.0.0", "address to listen on", flag="--host"),
+    Setting("HOST", parse_host, "0.0.0.0", "address to listen on", flag="--host",
+            section="listener"),
     Setting("PORT", _int_in(0, 65535), 8787, "TCP port to listen on (0 picks a free one)",
-            flag="--port"),
+            flag="--port", section="listener"),
     Setting("LISTEN", parse_listen, None,
-            "Twisted endpoint description; replaces HOST and PORT when set", flag="--listen"),
+            "Twisted endpoint description; replaces HOST and PORT when set", flag="--listen",
+            section="listener"),
     Setting("MNEMOM_ROLE", _choice(ROLES), "all",
             "which half of the daemon runs: all, gateway or scheduler", flag="--role",
-            deprecated_env=("SMOLTBOT_ROLE",)),
+            deprecated_env=("SMOLTBOT_ROLE",), section="daemon"),
     Setting("MNEMOM_DATA_DIR", parse_path, None,
             "directory for embedded state (default: $STATE_DIRECTORY under systemd, else "
-            "$XDG_DATA_HOME/mnemomd)", flag="--data-dir"),
+            "$XDG_DATA_HOME/mnemomd)", flag="--data-dir", section="daemon", derived=True),
     Setting("LOG_LEVEL", _choice(LOG_LEVELS), "info", "debug, info, warn or error",
-            flag="--log-level"),
+            flag="--log-level", section="logging"),
     Setting("LOG_FORMAT", _choice(LOG_FORMATS), "json",
-            "json (one object per line) or text", flag="--log-format"),
+            "json (one object per line) or text", flag="--log-format", section="logging"),
     *PROVIDER_SETTINGS[0],
     Setting("UPSTREAM_TIMEOUT", _seconds(0.001, 86400), 600.0,
-            "seconds to wait for upstream response headers before answering 504"),
+            "seconds to wait for upstream response headers before answering 504", section="proxy"),
     Setting("STREAM_IDLE_TIMEOUT", _seconds(0.001, 86400), 300.0,
-            "longest silence allowed inside a response body before both sides are closed"),
+            "longest silence allowed inside a response body before both sides are closed",
+            section="proxy"),
     Setting("MAX_REQUEST_BODY_BYTES", _byte_size(1, 1024**3), 32 * 1024**2,
-            "largest request body accepted; larger bodies get 413"),
+            "largest request body accepted; larger bodies get 413", section="listener"),
     Setting("STREAM_CAPTURE_BYTES", _byte_size(0, 64 * 1024**2), 1024**2,
-            "bytes of each response kept in memory for analysis"),
+            "bytes of each response kept in memory for analysis", section="proxy"),
     Setting("UPSTREAM_MAX_CONNECTIONS_PER_HOST", _int_in(1, 10000), 256,
-            "persistent upstream connections kept per host"),
+            "persistent upstream connections kept per host", section="proxy"),
     Setting("CORS_ALLOWED_ORIGINS", parse_origins, ("*",),
-            "comma-separated origins allowed by CORS, or *"),
+            "comma-separated origins allowed by CORS, or *", section="proxy"),
     Setting("SHUTDOWN_GRACE_SECONDS", _seconds(0, 3600), 25.0,
-            "how long in-flight requests may finish after SIGTERM"),
+            "how long in-flight requests may finish after SIGTERM", section="listener"),
     Setting("DATABASE_URL", parse_database_url_setting, None,
             "sqlite:///absolute/path.db or postgresql://user@host/db (default: SQLite file "
-            "mnemomd.db in MNEMOM_DATA_DIR)", secret=False),
+            "mnemomd.db in MNEMOM_DATA_DIR)", secret=False, section="storage", derived=True),
     Setting("MIGRATE_ON_START", parse_bool, True,
-            "apply pending schema migrations at startup"),
+            "apply pending schema migrations at startup", section="storage"),
     Setting("REDIS_URL", parse_redis_url_setting, None,
-            "redis://host:port/db for a shared KV store (default: in-memory, single node)"),
+            "redis://host:port/db for a shared KV store (default: in-memory, single node)",
+            section="storage"),
     Setting("REDIS_PASSWORD", _text, None, "Redis password (overrides one in REDIS_URL)",
-            secret=True),
-    Setting("AIP_ENABLED", parse_bool, True, "integrity analysis on or off"),
+            secret=True, section="storage"),
+    Setting("AIP_ENABLED", parse_bool, True, "integrity analysis on or off", section="integrity"),
     Setting("AIP_DEFAULT_ENFORCEMENT", _choice(("observe", "nudge", "enforce")), "observe",
-            "enforcement mode given to new agents"),
+            "enforcement mode given to new agents", section="integrity"),
+    Setting("AIP_DEFAULT_WITHOUT_REASONING", _choice(WITHOUT_REASONING_CHOICES), "allow",
+            "what enforce does, for new agents, with a response that has no analysable "
+            "reasoning: allow (deliver unverified), analyse_output or refuse",
+            section="integrity"),
     Setting("AIP_FAILURE_MODE", _choice(("fail_open", "fail_closed")), "fail_open",
-            "verdict when analysis fails: synthetic clear, or synthetic boundary_violation"),
+            "verdict when analysis fails: synthetic clear, or synthetic boundary_violation",
+            section="analysis"),
     Setting("AIP_ANALYSIS_TIMEOUT_MS", _int_in(100, 600_000), 10_000,
-            "longest wait for the analysis model, in milliseconds"),
+            "longest wait for the analysis model, in milliseconds", section="analysis"),
+    Setting("AIP_HOLD_BUFFER_BYTES", _byte_size(64 * 1024, 64 * 1024**2), 1024**2,
+            "enforce mode: output held for a verdict in memory per response; past it the "
+            "upstream is paused, never released unanalysed", section="proxy"),
+    Setting("AIP_HOLD_KEEPALIVE_SECONDS", _seconds(1, 10), 5.0,
+            "enforce mode: seconds between keepalives on a stream held for a verdict",
+            section="proxy"),
     Setting("AIP_MIN_EVIDENCE_TOKENS", _int_in(0, 1_000_000), 100,
-            "thinking shorter than this (tokens ~ chars/4) is clear without analysis"),
+            "thinking shorter than this (tokens ~ chars/4) is clear without analysis",
+            section="analysis"),
     Setting("AIP_STORE_EVIDENCE", parse_bool, True,
-            "keep short evidence excerpts (200 chars) in concerns"),
+            "keep short evidence excerpts (200 chars) in concerns", section="analysis"),
     Setting("THINKING_INJECTION", _choice(("auto", "off")), "auto",
-            "ask models to expose reasoning where that is valid for the request"),
-    Setting("ANALYSIS_PROVIDER", _choice(tuple(PROVIDERS.analysis)), "anthropic",
-            "analysis backend"),
-    Setting("ANALYSIS_MODEL", _text, "claude-haiku-4-5-20251001", "analysis model"),
+            "ask models to expose reasoning where that is valid for the request",
+            section="integrity"),
+    Setting("ANALYSIS_PROVIDER",
+            _choice(tuple(PROVIDERS.analysis)),
+            "anthropic", "analysis backend", section="analysis"),
+    Setting("ANALYSIS_MODEL", _text, "claude-haiku-4-5-20251001", "analysis model",
+            section="analysis"),
     Setting("ANALYSIS_BASE_URL", parse_base_url, None,
             "analysis endpoint (required for openai-compatible; default: the backend's "
-            "official API)"),
+            "official API)", section="analysis"),
     Setting("ANALYSIS_API_KEY", _text, None,
-            "key for the analysis backend (default: the provider key below)", secret=True),
+            "key for the analysis backend (default: the provider key below)", secret=True,
+            section="analysis"),
     *PROVIDER_SETTINGS[1],
     Setting("MNEMOM_ANALYZE_URL", parse_base_url, None,
-            "hybrid analysis endpoint (ANALYSIS_PROVIDER=mnemom)"),
+            "hybrid analysis endpoint (ANALYSIS_PROVIDER=mnemom)", section="analysis"),
     Setting("MNEMOM_API_KEY", _text, None, "key for the hybrid analysis endpoint",
-            secret=True),
-    Setting("MNEMOM_LICENSE_JWT", _text, None, "the license token", secret=True),
+            secret=True, section="analysis"),
+    Setting("MNEMOM_LICENSE_JWT", _text, None, "the license token", secret=True, section="license"),
     Setting("MNEMOM_LICENSE_PUBLIC_KEY", parse_path, None,
             "PEM file, or directory of <kid>.pem files, with the keys trusted to sign "
-            "licenses"),
+            "licenses", section="license"),
     Setting("LICENSE_REQUIRED", parse_bool, False,
-            "refuse to start without a license (default: unlicensed evaluation)"),
+            "refuse to start without a license (default: unlicensed evaluation)",
+            section="license"),
     Setting("MNEMOM_API_URL", parse_base_url, "https://api.mnemom.ai",
-            "where online license validation goes"),
+            "where online license validation goes", section="cloud"),
     Setting("HEARTBEAT_URL", parse_heartbeat_url, "https://api.mnemom.ai/v1/deployments/heartbeat",
-            "where the deployment heartbeat goes"),
+            "where the deployment heartbeat goes", section="cloud"),
     Setting("MNEMOM_OFFLINE", parse_bool, False,
-            "no outbound calls except the LLM upstreams and the analysis backend"),
+            "no outbound calls except the LLM upstreams and the analysis backend", section="cloud"),
     Setting("OBSERVER_HEARTBEAT_INTERVAL_SECONDS", _seconds(0.01, 86400), 60.0,
-            "seconds between heartbeats"),
+            "seconds between heartbeats", section="observer"),
     Setting("OBSERVER_NUDGES_INTERVAL_SECONDS", _seconds(0.01, 86400), 300.0,
-            "seconds between runs of the nudge expiry job"),
+            "seconds between runs of the nudge expiry job", section="observer"),
     Setting("OBSERVER_RETENTION_INTERVAL_SECONDS", _seconds(0.01, 86400 * 7), 3600.0,
-            "seconds between runs of the retention job"),
+            "seconds between runs of the retention job", section="observer"),
     Setting("RETENTION_DAYS", _int_in(1, 36500), 365,
-            "checkpoints, traces and webhook delivery logs older than this are deleted"),
+            "checkpoints, traces and webhook delivery logs older than this are deleted",
+            section="observer"),
     Setting("OBSERVER_LICENSE_INTERVAL_SECONDS", _seconds(0.01, 86400 * 7), 3600.0,
-            "seconds between online license checks"),
+            "seconds between online license checks", section="observer"),
     Setting("OBSERVER_TRACES_INTERVAL_SECONDS", _seconds(0.01, 86400), 60.0,
-            "seconds between runs of the AP-trace job"),
+            "seconds between runs of the AP-trace job", section="observer"),
     Setting("OBSERVER_DRIFT_INTERVAL_SECONDS", _seconds(0.01, 86400), 300.0,
-            "seconds between runs of the behavioural drift job"),
+            "seconds between runs of the behavioural drift job", section="observer"),
     Setting("OBSERVER_WEBHOOKS_INTERVAL_SECONDS", _seconds(0.01, 86400), 10.0,
-            "seconds between runs of the webhook retry job"),
+            "seconds between runs of the webhook retry job", section="observer"),
     Setting("OUTBOX_TTL", _seconds(1, 86400), 600.0,
-            "seconds a trace outbox row (with its excerpts) may exist, whatever happens"),
+            "seconds a trace outbox row (with its excerpts) may exist, whatever happens",
+            section="observer"),
     Setting("TRACE_DECISIONS", _choice(("auto", "heuristic")), "auto",
             "auto: decision analysis by the analysis backend when one is usable; "
-            "heuristic: never send excerpts to the backend"),
+            "heuristic: never send excerpts to the backend", section="observer"),
     Setting("INTERNAL_API_KEY", _text, None,
-            "bearer token with the admin role on the management API", secret=True),
+            "bearer token with the admin role on the management API", secret=True, section="api"),
     Setting("MNEMOM_JWT_SECRET", _text, None,
             "HS256 secret that signs management API tokens (role admin or viewer)",
-            secret=True),
+            secret=True, section="api"),
     Setting("SUPABASE_JWT_SECRET", _text, None,
-            "a Supabase project's JWT secret, accepted like MNEMOM_JWT_SECRET", secret=True),
+            "a Supabase project's JWT secret, accepted like MNEMOM_JWT_SECRET", secret=True,
+            section="api"),
 )
+
 
 SETTINGS_BY_ENV = {s.env: s for s in SETTINGS}
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
-_C = TypeVar("_C")
-
-
-def _with_provider_attributes(cls: type[_C]) -> type[_C]:
-    """Adds one attribute per generated provider row (``anthropic_base_url``,
-    ``anthropic_api_key``, …) before ``dataclass`` reads the class, so that registering a
-    provider is enough for its settings to reach ``Config``."""
-    for setting in (*PROVIDER_SETTINGS[0], *PROVIDER_SETTINGS[1]):
-        cls.__annotations__[setting.key] = "str | None" if setting.default is None else "str"
-        setattr(cls, setting.key, setting.default)
-    return cls
+# -- where each value lives -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-@_with_provider_attributes
-class Config:
-    """The effective configuration, typed, plus where each value came from."""
+class Placement:
+    """Where a setting's value lives: ``section.field``, or an entry of a per-provider
+    mapping (``proxy.upstream_base_urls.openai``), so that a provider added to the
+    registry needs no new field in any section."""
+
+    section: str
+    field: str
+    provider: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The setting path named in error messages."""
+        where = f"{self.section}.{self.field}"
+        return f"{where}.{self.provider}" if self.provider else where
+
+
+#: The per-provider rows (generated from the provider registry) are placed by provider
+#: name, not by a ``section`` of their own.
+PROVIDER_ROWS: Mapping[str, Placement] = {
+    **{p.base_url_setting: Placement("proxy", "upstream_base_urls", p.name)
+       for p in PROVIDERS.values()},
+    **{p.analysis.key_setting: Placement("analysis", "provider_api_keys", p.name)
+       for p in PROVIDERS.values() if p.analysis is not None and p.analysis.key_setting},
+}
+
+
+def placement(setting: Setting) -> Placement:
+    return PROVIDER_ROWS.get(setting.env) or Placement(setting.section, setting.key)
+
+
+PLACEMENTS: Mapping[str, Placement] = {s.env: placement(s) for s in SETTINGS}
+_PLACEMENT_BY_KEY: Mapping[str, Placement] = {s.key: PLACEMENTS[s.env] for s in SETTINGS}
+
+
+def provider_defaults(field_name: str) -> dict[str, Any]:
+    """The table's defaults of one per-provider mapping, keyed by provider."""
+    return {place.provider: SETTINGS_BY_ENV[env].default for env, place in PROVIDER_ROWS.items()
+            if place.field == field_name and place.provider is not None}
+
+
+# -- the sections: each field is a row of SETTINGS (tests/config/test_sections.py) ---------
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Which half of the daemon runs, and where its embedded state lives."""
+
+    mnemom_role: str = "all"
+    mnemom_data_dir: str = ""
+
+    @property
+    def role(self) -> str:
+        return self.mnemom_role
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """The front door: where it listens, the largest body it takes, how long it drains."""
 
     host: str = "0.0.0.0"
     port: int = 8787
     listen: str | None = None
-    mnemom_role: str = "all"
-    mnemom_data_dir: str = ""
+    max_request_body_bytes: int = 32 * 1024**2
+    shutdown_grace_seconds: float = 25.0
+
+    @property
+    def listen_description(self) -> str:
+        """The endpoint the gateway listens on, from LISTEN or HOST and PORT."""
+        if self.listen:
+            return self.listen
+        host = self.host.replace(":", r"\:")
+        return f"tcp:{self.port}:interface={host}"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
     log_level: str = "info"
     log_format: str = "json"
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """How calls are forwarded: where to, how long to wait, what is kept for analysis."""
+
+    upstream_base_urls: Mapping[str, str] = field(
+        default_factory=lambda: provider_defaults("upstream_base_urls"))
     upstream_timeout: float = 600.0
     stream_idle_timeout: float = 300.0
-    max_request_body_bytes: int = 32 * 1024**2
     stream_capture_bytes: int = 1024**2
     upstream_max_connections_per_host: int = 256
     cors_allowed_origins: tuple[str, ...] = ("*",)
-    shutdown_grace_seconds: float = 25.0
+    aip_hold_buffer_bytes: int = 1024**2
+    aip_hold_keepalive_seconds: float = 5.0
+
+    def upstream_base_url(self, provider: str) -> str:
+        return self.upstream_base_urls[provider]
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """The database and the KV store."""
+
     database_url: str = ""
     migrate_on_start: bool = True
     redis_url: str | None = None
-    redis_password: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class IntegrityConfig:
+    """Whether calls are analysed, how new agents are enforced, whether reasoning is
+    asked for."""
+
     aip_enabled: bool = True
     aip_default_enforcement: str = "observe"
+    aip_default_without_reasoning: str = "allow"
+    thinking_injection: str = "auto"
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """The analysis backend, and what a failed analysis counts as."""
+
     aip_failure_mode: str = "fail_open"
     aip_analysis_timeout_ms: int = 10_000
     aip_min_evidence_tokens: int = 100
     aip_store_evidence: bool = True
-    thinking_injection: str = "auto"
     analysis_provider: str = "anthropic"
     analysis_model: str = "claude-haiku-4-5-20251001"
     analysis_base_url: str | None = None
-    analysis_api_key: str | None = None
+    analysis_api_key: str | None = field(default=None, repr=False)
+    provider_api_keys: Mapping[str, str | None] = field(
+        default_factory=lambda: provider_defaults("provider_api_keys"), repr=False)
     mnemom_analyze_url: str | None = None
-    mnemom_api_key: str | None = None
-    mnemom_license_jwt: str | None = None
+    mnemom_api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def timeout(self) -> float:
+        """The analysis timeout in seconds."""
+        return self.aip_analysis_timeout_ms / 1000
+
+
+@dataclass(frozen=True)
+class LicenseConfig:
+    mnemom_license_jwt: str | None = field(default=None, repr=False)
     mnemom_license_public_key: str | None = None
     license_required: bool = False
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    """Mnemom's own services: online license checks and the heartbeat."""
+
     mnemom_api_url: str = "https://api.mnemom.ai"
     heartbeat_url: str = "https://api.mnemom.ai/v1/deployments/heartbeat"
     mnemom_offline: bool = False
+
+
+@dataclass(frozen=True)
+class ObserverConfig:
+    """The periodic jobs: how often each runs, and what they keep."""
+
     observer_heartbeat_interval_seconds: float = 60.0
     observer_nudges_interval_seconds: float = 300.0
     observer_retention_interval_seconds: float = 3600.0
@@ -422,39 +571,108 @@ class Config:
     observer_webhooks_interval_seconds: float = 10.0
     outbox_ttl: float = 600.0
     trace_decisions: str = "auto"
-    internal_api_key: str | None = None
-    mnemom_jwt_secret: str | None = None
-    supabase_jwt_secret: str | None = None
-    config_path: str | None = None
-    sources: Mapping[str, str] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Who may use the management API."""
+
+    internal_api_key: str | None = field(default=None, repr=False)
+    mnemom_jwt_secret: str | None = field(default=None, repr=False)
+    supabase_jwt_secret: str | None = field(default=None, repr=False)
+
+
+#: The sections by name, in the order ``check-config`` shows them.
+SECTIONS: Mapping[str, type] = {
+    "daemon": DaemonConfig, "listener": ListenerConfig, "logging": LoggingConfig,
+    "proxy": ProxyConfig, "storage": StorageConfig, "integrity": IntegrityConfig,
+    "analysis": AnalysisConfig, "license": LicenseConfig, "cloud": CloudConfig,
+    "observer": ObserverConfig, "api": ApiConfig,
+}
+
+#: The rows of each section, in table order.
+SETTINGS_BY_SECTION: Mapping[str, tuple[Setting, ...]] = {
+    name: tuple(s for s in SETTINGS if PLACEMENTS[s.env].section == name) for name in SECTIONS
+}
+
+
+@dataclass(frozen=True, init=False)
+class Config:
+    """The effective configuration: one section per concern, plus where each value came
+    from and what the operator should be warned about.
+
+    Components are given a section (``config.proxy``), not this object. A setting's YAML
+    key also works as an attribute (``config.port`` reads ``config.listener.port``) and as
+    a constructor keyword (``Config(port=9000)``), which keeps tests short.
+    """
+
+    daemon: DaemonConfig
+    listener: ListenerConfig
+    logging: LoggingConfig
+    proxy: ProxyConfig
+    storage: StorageConfig
+    integrity: IntegrityConfig
+    analysis: AnalysisConfig
+    license: LicenseConfig
+    cloud: CloudConfig
+    observer: ObserverConfig
+    api: ApiConfig
+    config_path: str | None
+    sources: Mapping[str, str]
+    warnings: tuple[str, ...]
+
+    def __init__(self, *, config_path: str | None = None,
+                 sources: Mapping[str, str] | None = None, warnings: tuple[str, ...] = (),
+                 **values: object) -> None:
+        """Sections given by name, or else their defaults; then settings given by YAML key
+        replace single values in them."""
+        sections: dict[str, Any] = {name: values.pop(name, None) or cls()
+                                    for name, cls in SECTIONS.items()}
+        for key, value in values.items():
+            place = _PLACEMENT_BY_KEY.get(key)
+            if place is None:
+                raise TypeError(f"Config got {key!r}, which is not a setting or section")
+            section = sections[place.section]
+            if place.provider is not None:
+                value = {**getattr(section, place.field), place.provider: value}
+            sections[place.section] = dataclasses.replace(section, **{place.field: value})
+        for name, section in sections.items():
+            object.__setattr__(self, name, section)
+        object.__setattr__(self, "config_path", config_path)
+        object.__setattr__(self, "sources", dict(sources or {}))
+        object.__setattr__(self, "warnings", tuple(warnings))
+
+    def __getattr__(self, name: str) -> Any:
+        """A setting by its YAML key, read from its section (flat access)."""
+        place = _PLACEMENT_BY_KEY.get(name)
+        if place is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = getattr(getattr(self, place.section), place.field)
+        return value if place.provider is None else value.get(place.provider)
 
     @property
     def role(self) -> str:
-        return self.mnemom_role
+        return self.daemon.role
 
     @property
     def listen_description(self) -> str:
-        """The endpoint the gateway listens on, from LISTEN or HOST and PORT."""
-        if self.listen:
-            return self.listen
-        host = self.host.replace(":", r"\:")
-        return f"tcp:{self.port}:interface={host}"
+        return self.listener.listen_description
 
     def upstream_base_url(self, provider: str) -> str:
-        return str(getattr(self, PROVIDERS[provider].base_url_setting.lower()))
+        return self.proxy.upstream_base_url(provider)
+
+    def describe_sections(self) -> list[tuple[str, list[tuple[str, str, str]]]]:
+        """Per section, (setting, value with secrets masked, source) for ``check-config``."""
+        return [(name, [(s.env, mask(s, getattr(self, s.key)),
+                         self.sources.get(s.env, "default")) for s in rows])
+                for name, rows in SETTINGS_BY_SECTION.items()]
 
     def describe(self) -> list[tuple[str, str, str]]:
-        """(setting, value with secrets masked, source) for ``check-config``."""
-        rows = []
-        for setting in SETTINGS:
-            value = getattr(self, setting.key)
-            rows.append((setting.env, mask(setting, value), self.sources.get(setting.env,
-                                                                              "default")))
-        return rows
+        """(setting, value with secrets masked, source), section by section."""
+        return [row for _, rows in self.describe_sections() for row in rows]
 
 
-def mask(setting: Setting, value: Any) -> str:
+def mask(setting: Setting, value: object) -> str:
     """Render a value for humans without revealing secrets or URL credentials."""
     if value is None:
         return "(unset)"
@@ -485,7 +703,7 @@ def default_data_dir(environ: Mapping[str, str]) -> str:
     return os.path.join(base, "mnemomd")
 
 
-def read_config_file(path: str) -> dict[str, Any]:
+def read_config_file(path: str) -> dict[object, object]:
     """Read the YAML file; raises ConfigError naming the file on any problem."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -506,8 +724,114 @@ def read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
+# -- names that are not settings ----------------------------------------------------------
+
+#: Environment names the daemon watches for typos.
+ENV_PREFIX = "MNEMOM_"
+
+#: ``MNEMOM_*`` variables that are read but are not settings, and who reads them.
+ENV_READ_ELSEWHERE: Mapping[str, str] = {
+    "MNEMOM_CONFIG": "the YAML file to read (load_config)",
+    "MNEMOM_MIGRATIONS_DIR": "where the migration files are (mnemomd/storage/migrations.py)",
+}
+
+
+def nearest(name: str, candidates: list[str]) -> str | None:
+    """The known name closest to a misspelt one, if any is close."""
+    found = difflib.get_close_matches(name, candidates, n=1)
+    return found[0] if found else None
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``MNEMOM_*`` variable that nothing reads: a typo such as
+    ``MNEMOM_ROEL`` would otherwise leave the setting at its default without a word.
+
+    Names are compared without the prefix, which every candidate would otherwise share.
+    """
+    deprecated = {old for s in SETTINGS for old in s.deprecated_env}
+    bare = {name.removeprefix(ENV_PREFIX): name for name in [*SETTINGS_BY_ENV,
+                                                             *ENV_READ_ELSEWHERE]}
+    found = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in SETTINGS_BY_ENV \
+                or name in ENV_READ_ELSEWHERE or name in deprecated:
+            continue
+        match = nearest(name.removeprefix(ENV_PREFIX), list(bare))
+        found.append(f"{name} is not a setting"
+                     + (f" (did you mean {bare[match]}?)" if match else ""))
+    return found
+
+
+def unknown_file_keys(path: str, file_values: Mapping[object, object]) -> list[str]:
+    """A problem for each YAML key that is not a setting, with the nearest one."""
+    found = []
+    for key in file_values:
+        if str(key).lower() in SETTINGS_BY_KEY:
+            continue
+        match = nearest(str(key).lower(), list(SETTINGS_BY_KEY))
+        found.append(f"config file {path}: unknown setting {key!r}"
+                     + (f" (did you mean {match!r}?)" if match else ""))
+    return found
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def raw_value(setting: Setting, flags: Mapping[str, object], environ: Mapping[str, str],
+              file_values: Mapping[object, object], path: str | None) -> tuple[object, str]:
+    """The winning raw value of one setting and its source, ``(None, "default")`` if unset."""
+    raw: object = None
+    source = "default"
+    file_key = next((k for k in file_values if str(k).lower() == setting.key), None)
+    if file_key is not None and file_values[file_key] is not None:
+        raw, source = file_values[file_key], f"file {path}"
+    for old in setting.deprecated_env:
+        if environ.get(old, "") != "":
+            raw, source = environ[old], f"env {old}"
+    if environ.get(setting.env, "") != "":
+        raw, source = environ[setting.env], f"env {setting.env}"
+    if flags.get(setting.env) is not None:
+        raw, source = flags[setting.env], f"flag {setting.flag}"
+    return raw, source
+
+
+def deprecated_in_use(environ: Mapping[str, str]) -> list[str]:
+    return [f"{old} is deprecated; use {setting.env}" for setting in SETTINGS
+            for old in setting.deprecated_env if environ.get(old, "") != ""]
+
+
+def value_problem(setting: Setting, source: str, raw: object, error: ValueError) -> str:
+    """One bad value, naming its setting path, setting and source, never a secret."""
+    shown = "********" if setting.secret else repr(
+        mask(setting, raw) if isinstance(raw, str) else raw)
+    return f"[{PLACEMENTS[setting.env].path}] {setting.env} ({source}): {shown} {error}"
+
+
+def cross_setting_problems(config: Config) -> list[str]:
+    """Problems no single value has: the analysis settings together, the license."""
+    from mnemomd.config import analysis
+
+    problems = analysis.validate(analysis.from_config(config.analysis))
+    problems += without_reasoning_problems(config.integrity, config.analysis)
+    license_ = config.license
+    if license_.license_required and not license_.mnemom_license_jwt:
+        problems.append("LICENSE_REQUIRED is true but MNEMOM_LICENSE_JWT is not set")
+    if license_.mnemom_license_public_key:
+        from mnemomd.cloud.license import LicenseKeyError, load_trusted_keys
+
+        try:
+            load_trusted_keys(license_.mnemom_license_public_key)
+        except LicenseKeyError as e:
+            problems.append(f"MNEMOM_LICENSE_PUBLIC_KEY: {e}")
+    return problems
+
+
+def names_any(problem: str, envs: list[str]) -> bool:
+    return any(re.search(rf"\b{re.escape(env)}\b", problem) for env in envs)
+
+
 def load_config(
-    flags: Mapping[str, Any] | None = None,
+    flags: Mapping[str, object] | None = None,
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
     default_config_path: str = DEFAULT_CONFIG_PATH,
@@ -516,14 +840,16 @@ def load_config(
 
     ``flags`` maps environment names (``PORT``) to command-line values; ``config_path``
     is the ``--config`` flag. Nothing is read from the process globals unless passed in.
+    A value that does not parse leaves its default in place, so the checks that span
+    settings still run and their problems come in the same message; one that names the
+    unparsable setting is left out, as that setting already has its own.
     """
     flags = dict(flags or {})
     environ = dict(os.environ if environ is None else environ)
     problems: list[str] = []
-    warnings: list[str] = []
 
     path = config_path or environ.get("MNEMOM_CONFIG") or None
-    file_values: dict[str, Any] = {}
+    file_values: dict[object, object] = {}
     if path is None and os.path.isfile(default_config_path):
         path = default_config_path
     if path is not None:
@@ -531,61 +857,77 @@ def load_config(
             file_values = read_config_file(path)
         except ConfigError as e:
             problems += e.problems
-    for key in file_values:
-        if str(key).lower() not in SETTINGS_BY_KEY:
-            problems.append(f"config file {path}: unknown setting {key!r}")
+        problems += unknown_file_keys(path, file_values)
 
-    values: dict[str, Any] = {}
+    values: dict[str, object] = {}
     sources: dict[str, str] = {}
+    failed: list[str] = []
     for setting in SETTINGS:
-        raw, source = None, "default"
-        file_key = next((k for k in file_values if str(k).lower() == setting.key), None)
-        if file_key is not None and file_values[file_key] is not None:
-            raw, source = file_values[file_key], f"file {path}"
-        for old in setting.deprecated_env:
-            if environ.get(old, "") != "":
-                warnings.append(f"{old} is deprecated; use {setting.env}")
-                raw, source = environ[old], f"env {old}"
-        if environ.get(setting.env, "") != "":
-            raw, source = environ[setting.env], f"env {setting.env}"
-        if flags.get(setting.env) is not None:
-            raw, source = flags[setting.env], f"flag {setting.flag}"
+        raw, source = raw_value(setting, flags, environ, file_values, path)
+        values[setting.key] = setting.default
         if raw is None:
-            values[setting.key] = setting.default
             continue
         try:
             values[setting.key] = setting.parse(raw)
         except ValueError as e:
-            shown = "********" if setting.secret else repr(
-                mask(setting, raw) if isinstance(raw, str) else raw)
-            problems.append(f"{setting.env} ({source}): {shown} {e}")
+            problems.append(value_problem(setting, source, raw, e))
+            failed.append(setting.env)
             continue
         sources[setting.env] = source
 
-    if values.get("mnemom_data_dir") is None:
+    if values["mnemom_data_dir"] is None:
         values["mnemom_data_dir"] = default_data_dir(environ)
-    if values.get("database_url") is None and values.get("mnemom_data_dir"):
-        data_dir = os.path.abspath(values["mnemom_data_dir"])
+    if values["database_url"] is None:
+        data_dir = os.path.abspath(str(values["mnemom_data_dir"]))
         values["database_url"] = f"sqlite://{data_dir}/mnemomd.db"
+    warnings = deprecated_in_use(environ) + unknown_environment(environ)
+    config = Config(**values, config_path=path, sources=sources, warnings=tuple(warnings))
+    problems += [p for p in cross_setting_problems(config) if not names_any(p, failed)]
     if problems:
         raise ConfigError(problems)
-    config = Config(**values, config_path=path, sources=sources, warnings=tuple(warnings))
-    from mnemomd.config import analysis
+    if config.integrity.aip_enabled:
+        from mnemomd.config import analysis
 
-    analysis_settings = analysis.from_config(config)
-    cross_problems = analysis.validate(analysis_settings)
-    if config.license_required and not config.mnemom_license_jwt:
-        cross_problems.append("LICENSE_REQUIRED is true but MNEMOM_LICENSE_JWT is not set")
-    if config.mnemom_license_public_key:
-        from mnemomd.cloud.license import LicenseKeyError, load_trusted_keys
-
-        try:
-            load_trusted_keys(config.mnemom_license_public_key)
-        except LicenseKeyError as e:
-            cross_problems.append(f"MNEMOM_LICENSE_PUBLIC_KEY: {e}")
-    if cross_problems:
-        raise ConfigError(cross_problems)
-    if config.aip_enabled:
-        config = dataclasses.replace(
-            config, warnings=config.warnings + tuple(analysis.warnings(analysis_settings)))
+        config = dataclasses.replace(config, warnings=config.warnings + tuple(
+            analysis.warnings(analysis.from_config(config.analysis)))
+            + tuple(without_reasoning_warnings(config.integrity)))
     return config
+
+
+#: Said by ``check-config`` and at startup whenever an enforce agent may opt out.
+OPT_OUT_WARNING = (
+    "An agent in enforce mode can opt out of enforcement by turning its reasoning off "
+    "(temperature 0, thinking disabled, forced tool_choice, max_tokens <= 1024, a model "
+    "without reasoning, OpenAI Chat Completions): set without_reasoning to analyse_output "
+    "or refuse")
+
+
+def output_analysis_allowed(analysis_provider: str, providers: ProviderRegistry = PROVIDERS,
+                            ) -> bool:
+    """Whether ``analyse_output`` may send a response to the analysis backend.
+
+    The hybrid ``mnemom`` backend is promised never to receive the response (SPEC §5.4),
+    so with it output analysis is refused everywhere and acts as ``refuse``.
+    """
+    api = providers.analysis.get(analysis_provider)
+    return api is None or api.accepts_output
+
+
+def without_reasoning_problems(integrity: IntegrityConfig,
+                               analysis: AnalysisConfig) -> list[str]:
+    """A default ``analyse_output`` the analysis backend may not carry out."""
+    if (integrity.aip_default_without_reasoning == "analyse_output"
+            and not output_analysis_allowed(analysis.analysis_provider)):
+        return [f"AIP_DEFAULT_WITHOUT_REASONING=analyse_output cannot be used with "
+                f"ANALYSIS_PROVIDER={analysis.analysis_provider}: that backend never receives "
+                f"the response; use refuse"]
+    return []
+
+
+def without_reasoning_warnings(integrity: IntegrityConfig) -> list[str]:
+    """New agents in enforce mode that turning reasoning off lets through unverified."""
+    if (integrity.aip_default_enforcement == "enforce"
+            and integrity.aip_default_without_reasoning == "allow"):
+        return [f"AIP_DEFAULT_ENFORCEMENT=enforce with AIP_DEFAULT_WITHOUT_REASONING=allow: "
+                f"{OPT_OUT_WARNING}"]
+    return []

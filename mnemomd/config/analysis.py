@@ -9,12 +9,13 @@ registry (``mnemomd.providers``), which every function here takes as an argument
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from mnemomd.providers import PROVIDERS, ProviderRegistry
-from mnemomd.providers.analysis import AnalysisTarget
+from mnemomd.providers.analysis import AnalysisAPI, AnalysisTarget
 
 FAILURE_MODES = ("fail_open", "fail_closed")
 DEFAULT_ANALYSIS_MODEL = "claude-haiku-4-5-20251001"
@@ -41,6 +42,8 @@ class AnalysisSettings:
     max_tokens: int = 1024
     #: Thinking tokens sent for analysis; longer thinking keeps its head and tail.
     thinking_token_budget: int = 4096
+    #: Output tokens sent for output analysis (the TypeScript AIP SDK's default).
+    output_token_budget: int = 2048
     #: Largest analysis response body accepted; a larger one is a failure.
     max_response_bytes: int = MAX_RESPONSE_BYTES
 
@@ -104,6 +107,8 @@ def validate(settings: AnalysisSettings, providers: ProviderRegistry = PROVIDERS
         problems.append("analysis max tokens must be at least 1")
     if settings.thinking_token_budget < 1:
         problems.append("thinking token budget must be at least 1")
+    if settings.output_token_budget < 1:
+        problems.append("output token budget must be at least 1")
     if settings.max_response_bytes < 1:
         problems.append("analysis response size limit must be at least 1 byte")
     for name, url in (("ANALYSIS_BASE_URL", settings.base_url),
@@ -134,25 +139,49 @@ def warnings(settings: AnalysisSettings, providers: ProviderRegistry = PROVIDERS
     return found
 
 
-def from_config(config: Any, providers: ProviderRegistry = PROVIDERS) -> AnalysisSettings:
-    """Analysis settings from the daemon's ``Config`` (read by attribute name).
+class AnalysisSection(Protocol):
+    """What the analysis settings are read from: the ``analysis`` section of ``Config``."""
 
-    The key is ``ANALYSIS_API_KEY`` if set, else the chosen API's own key setting (none for
-    ``openai-compatible``: the gateway's real OpenAI key must not go to a local server).
+    analysis_provider: str
+    analysis_model: str
+    analysis_base_url: str | None
+    analysis_api_key: str | None
+    provider_api_keys: Mapping[str, str | None]
+    mnemom_analyze_url: str | None
+    mnemom_api_key: str | None
+    aip_failure_mode: str
+    aip_analysis_timeout_ms: int
+    aip_min_evidence_tokens: int
+    aip_store_evidence: bool
+
+
+def own_key(section: AnalysisSection, api: AnalysisAPI | None) -> str | None:
+    """The chosen API's own key setting: a provider's ``<NAME>_API_KEY`` (kept by provider
+    name), or an analysis-only API's own setting (``MNEMOM_API_KEY``); none for
+    ``openai-compatible``, so the gateway's real OpenAI key never goes to a local server."""
+    if api is None or not api.key_setting:
+        return None
+    if api.name in section.provider_api_keys:
+        return section.provider_api_keys[api.name]
+    return getattr(section, api.key_setting.lower(), None)
+
+
+def from_config(section: AnalysisSection,
+                providers: ProviderRegistry = PROVIDERS) -> AnalysisSettings:
+    """Analysis settings from the configuration's ``analysis`` section.
+
+    The key is ``ANALYSIS_API_KEY`` if set, else the chosen API's own key (``own_key``).
     """
-    provider = config.analysis_provider
+    provider = section.analysis_provider
     api = providers.analysis.get(provider)
-    key_setting = api.key_setting if api is not None else None
-    api_key = config.analysis_api_key or (
-        getattr(config, key_setting.lower()) if key_setting else None)
     return AnalysisSettings(
         provider=provider,
-        model=config.analysis_model,
-        base_url=config.analysis_base_url,
-        api_key=api_key,
-        analyze_url=config.mnemom_analyze_url,
-        failure_mode=config.aip_failure_mode,
-        timeout_ms=config.aip_analysis_timeout_ms,
-        min_evidence_tokens=config.aip_min_evidence_tokens,
-        store_evidence=config.aip_store_evidence,
+        model=section.analysis_model,
+        base_url=section.analysis_base_url,
+        api_key=section.analysis_api_key or own_key(section, api),
+        analyze_url=section.mnemom_analyze_url,
+        failure_mode=section.aip_failure_mode,
+        timeout_ms=section.aip_analysis_timeout_ms,
+        min_evidence_tokens=section.aip_min_evidence_tokens,
+        store_evidence=section.aip_store_evidence,
     )

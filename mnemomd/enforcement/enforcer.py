@@ -8,6 +8,7 @@ only for agents that actually have something to deliver.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -67,7 +68,10 @@ def containment_refusal(agent: Agent) -> dict[str, Any] | None:
 
 class Enforcement:
     def __init__(self, clock: IReactorTime, store: EnforcementStore, flags: KVCache,
-                 invalidate_agent: Any, rng: random.Random | None = None) -> None:
+                 invalidate_agent: Callable[[str], Deferred[None]],
+                 rng: random.Random | None = None) -> None:
+        """``invalidate_agent`` drops an agent (by hash) from the directory's cache, so a
+        containment takes effect on the next call."""
         self._clock = clock
         self._store = store
         self._flags = flags
@@ -94,18 +98,24 @@ class Enforcement:
             self._flags.invalidate(self._flag(agent.agent_id))
         return nudges
 
-    def delivered(self, agent: Agent, nudges: list[Nudge]) -> Deferred[Any]:
+    def delivered(self, agent: Agent, nudges: list[Nudge]) -> Deferred[int]:
+        """Mark the nudges a call carried as delivered; fires with how many were."""
         if not nudges:
-            return succeed(None)
+            return succeed(0)
         # The flag stays: the next call finds nothing pending and clears it, so a nudge
         # created meanwhile is never left without one.
         return self._store.mark_delivered([n.id for n in nudges], self._now_ms())
 
     @inlineCallbacks
     def on_outcome(self, agent: Agent, session_id: str, verdict: str, checkpoint_id: str,
-                   concerns: list[dict[str, Any]]) -> Any:
-        """After a stored checkpoint: nudge and auto-contain as the agent's policy says."""
-        if verdict != "boundary_violation":
+                   concerns: list[dict[str, Any]], synthetic: bool = False) -> Any:
+        """After a stored checkpoint: nudge and auto-contain as the agent's policy says.
+
+        A synthetic verdict (analysis failed, ``fail_closed``) blocks where it was given
+        but is no finding: no nudge tells the agent its reasoning was found in violation
+        when nothing was analysed, and it does not count towards auto-containment.
+        """
+        if verdict != "boundary_violation" or synthetic:
             return None
         if agent.enforcement_mode in ENFORCING_MODES:
             violations = yield self._store.session_violations(agent.agent_id, session_id)

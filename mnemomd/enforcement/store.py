@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from mnemomd.agents.identity import Agent
+from mnemomd.agents.identity import WITHOUT_REASONING_MODES, Agent
 from mnemomd.agents.store import AGENT_COLUMNS, AGENT_FROM, key_agents, row_to_agent
 from mnemomd.storage.database import Cursor, Database
 from mnemomd.webhooks.store import enqueue_event
@@ -95,6 +95,7 @@ SETTING_CHECKS: dict[str, Any] = {
     "aap_enabled": lambda v: isinstance(v, bool),
     "auto_containment_threshold": lambda v: v is None or (
         isinstance(v, int) and not isinstance(v, bool) and v >= 2),
+    "without_reasoning": lambda v: v in WITHOUT_REASONING_MODES,
 }
 
 
@@ -237,11 +238,13 @@ def _contain_unknown_key(cursor: Cursor, agent: Agent, action: str, actor: str,
 def _auto_contain(cursor: Cursor, agent_id: str, threshold: int,
                   now_ms: int) -> ContainmentChange | None:
     # Only violations since the last containment change count: a resumed agent starts
-    # a new streak.
+    # a new streak. Synthetic checkpoints (nothing was analysed) neither count nor break
+    # it, so an analysis outage under fail_closed does not pause every agent.
     rows = cursor.execute(
         "SELECT c.verdict FROM integrity_checkpoints c JOIN agents a ON a.id = c.agent_id "
-        "WHERE c.agent_id = ? AND c.created_at > COALESCE(a.containment_changed_at, 0) "
-        "ORDER BY c.created_at DESC, c.id DESC LIMIT ?", (agent_id, threshold)).fetchall()
+        "WHERE c.agent_id = ? AND c.synthetic = ? "
+        "AND c.created_at > COALESCE(a.containment_changed_at, 0) "
+        "ORDER BY c.created_at DESC, c.id DESC LIMIT ?", (agent_id, False, threshold)).fetchall()
     if len(rows) < threshold or any(r[0] != "boundary_violation" for r in rows):
         return None
     if _agent(cursor, agent_id).containment_status != "active":
@@ -290,12 +293,14 @@ class EnforcementStore:
         return self._db.run_interaction("containment_log", read)
 
     def session_violations(self, agent_id: str, session_id: str) -> Deferred[int]:
+        """Real violations of the session (the ``threshold`` nudge strategy counts them);
+        synthetic ones are not findings."""
         return self._db.run_interaction(
             "session_violations",
             lambda c: int(c.execute(
                 "SELECT COUNT(*) FROM integrity_checkpoints WHERE agent_id = ? AND "
-                "session_id = ? AND verdict = 'boundary_violation'",
-                (agent_id, session_id)).fetchone()[0]))
+                "session_id = ? AND verdict = 'boundary_violation' AND synthetic = ?",
+                (agent_id, session_id, False)).fetchone()[0]))
 
     # -- nudges -----------------------------------------------------------------------
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IProtocolNegotiationFactory, IReactorTime
+from twisted.internet.interfaces import IAddress, IProtocolNegotiationFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -162,9 +163,9 @@ class GatewayChannel(http.HTTPChannel):
             self.transport.write(head + data)
         self.loseConnection()
 
-    _host_address: Any = None
+    _host_address: IAddress | None = None
 
-    def getHost(self) -> Any:  # noqa: N802
+    def getHost(self) -> IAddress:  # noqa: N802
         # Asked by every request object; one getsockname() per connection is enough.
         if self._host_address is None:
             self._host_address = super().getHost()
@@ -197,7 +198,7 @@ class GatewayFactory(http.HTTPFactory):
         super().__init__(timeout=CLIENT_IDLE_TIMEOUT, reactor=clock)
         self.gateway = gateway
 
-    def buildProtocol(self, addr: Any) -> GatewayChannel:  # noqa: N802
+    def buildProtocol(self, addr: IAddress | None) -> GatewayChannel:  # noqa: N802
         channel: GatewayChannel = super().buildProtocol(addr)  # type: ignore[assignment]
         channel.requestFactory = GatewayRequest
         channel.gateway = self.gateway
@@ -240,12 +241,33 @@ class InFlight:
         return waiter
 
 
+#: Serves one routed request; the Deferred fires when all work for it is over.
+RequestHandler = Callable[[GatewayRequest], Deferred[None]]
+
+
+class ProxyRoutes(Protocol):
+    """What the front door hands provider paths to (``mnemomd.proxy``), without knowing it."""
+
+    def route(self, path: bytes, query: bytes) -> RequestHandler | None:
+        """The handler for a checked path that is the proxy's, or None when it is not.
+
+        May raise ``RouteError`` for a path that is the proxy's but malformed.
+        """
+
+
+class ApiRoutes(Protocol):
+    """What the front door hands ``/v1`` paths to (``mnemomd.api``)."""
+
+    def handle(self, request: GatewayRequest, path: bytes, query: bytes) -> Deferred[None]:
+        """Answer one management API request; fires when it is answered."""
+
+
 class Gateway:
     """Routes each request to the proxy, the management API, health or metrics."""
 
     def __init__(self, clock: IReactorTime, max_body_bytes: int,
-                 health: HealthState, metrics: GatewayMetrics, proxy: Any,
-                 api: Any = None) -> None:
+                 health: HealthState, metrics: GatewayMetrics, proxy: ProxyRoutes | None,
+                 api: ApiRoutes | None = None) -> None:
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.health = health
@@ -279,14 +301,14 @@ class Gateway:
             if self.api is not None and (path == b"/v1" or path.startswith(b"/v1/")):
                 self.in_flight.track(self.api.handle(request, path, query))
                 return
-            target = self.proxy.target(path, query) if self.proxy is not None else None
+            handler = self.proxy.route(path, query) if self.proxy is not None else None
         except RouteError as e:
             self._refuse(request, path, e.status, error_payload(e.message, e.error_type))
             return
-        if target is None:
+        if handler is None:
             self._refuse(request, path, 404, error_payload("Not found", "not_found"))
             return
-        self.in_flight.track(self.proxy.handle(request, target))
+        self.in_flight.track(handler(request))
 
     def _refuse(self, request: GatewayRequest, path: bytes, status: int,
                 payload: dict[str, Any]) -> None:

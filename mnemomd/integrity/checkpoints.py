@@ -19,7 +19,7 @@ from mnemomd.webhooks.store import EVENT_TYPES, enqueue_event
 CHECKPOINT_COLUMNS = (
     "id, agent_id, session_id, provider, model, verdict, concerns, reasoning_summary, "
     "conscience_context, window_position, analysis_metadata, thinking_block_hash, synthetic, "
-    "synthetic_reason, trace_id, created_at")
+    "synthetic_reason, trace_id, created_at, output_block_hash")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class CheckpointRecord:
     created_at: int
     trace_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: SHA-256 of the output block when the output was analysed (never the output).
+    output_block_hash: str | None = None
 
 
 def _dump(value: Any) -> str | None:
@@ -53,14 +55,14 @@ def _load(value: str | None) -> Any:
 
 def row_to_checkpoint(row: tuple[Any, ...]) -> CheckpointRecord:
     (id_, agent_id, session_id, provider, model, verdict, concerns, summary, context, window,
-     metadata, thinking_hash, synthetic, reason, trace_id, created_at) = row
+     metadata, thinking_hash, synthetic, reason, trace_id, created_at, output_hash) = row
     return CheckpointRecord(
         id=id_, agent_id=agent_id, session_id=session_id, provider=provider, model=model,
         verdict=verdict, concerns=_load(concerns) or [], reasoning_summary=summary,
         conscience_context=_load(context), window_position=_load(window),
         analysis_metadata=_load(metadata), thinking_block_hash=thinking_hash,
         synthetic=bool(synthetic), synthetic_reason=reason, trace_id=trace_id,
-        created_at=int(created_at))
+        created_at=int(created_at), output_block_hash=output_hash)
 
 
 def checkpoint_event_data(record: CheckpointRecord) -> dict[str, Any]:
@@ -82,13 +84,13 @@ class CheckpointStore:
         def write(cursor: Cursor) -> list[str]:
             inserted = cursor.execute(
                 f"INSERT INTO integrity_checkpoints ({CHECKPOINT_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (record.id, record.agent_id, record.session_id, record.provider, record.model,
                  record.verdict, _dump(record.concerns), record.reasoning_summary,
                  _dump(record.conscience_context), _dump(record.window_position),
                  _dump(record.analysis_metadata), record.thinking_block_hash,
                  record.synthetic, record.synthetic_reason, record.trace_id,
-                 record.created_at)).rowcount
+                 record.created_at, record.output_block_hash)).rowcount
             event = f"verdict.{record.verdict}"
             if not inserted or event not in EVENT_TYPES:
                 return []
@@ -129,7 +131,13 @@ class CheckpointStore:
                            severity: str | None, alert: dict[str, Any], streak_key: str,
                            created_at: int, source: str = "aip") -> Deferred[bool]:
         """True when this call stored the alert (and queued ``drift.detected``), False
-        when the streak already had one."""
+        when the streak already had one.
+
+        ``streak_key`` must name the streak the same way on every replica (for AIP drift:
+        the session and the checkpoint that started the streak, see
+        ``window.streak_key``), so that replicas raising an alert for one streak store
+        one row; the alert's own id differs per replica and cannot serve.
+        """
         def write(cursor: Cursor) -> bool:
             inserted = cursor.execute(
                 "INSERT INTO drift_alerts (id, agent_id, session_id, source, severity, alert, "

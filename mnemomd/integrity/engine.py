@@ -15,7 +15,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +55,16 @@ from mnemomd.integrity.backends import (
     failure_reason,
 )
 from mnemomd.integrity.breaker import CircuitBreaker
+from mnemomd.integrity.output import (
+    NO_REASONING_THINKING,
+    SCOPE_OUTPUT_ONLY,
+    SCOPE_THINKING_AND_OUTPUT,
+    SCOPE_THINKING_ONLY,
+    OutputTruncation,
+    output_hash,
+    truncate_output,
+    with_output,
+)
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS, ProviderRegistry
 
@@ -89,6 +99,9 @@ class AnalysisRequest:
     #: How sure the provider adapter is that this is the model's reasoning (0..1).
     extraction_confidence: float = 1.0
     linked_trace_id: str | None = None
+    #: Set for output analysis (``without_reasoning: analyse_output``): the response's
+    #: text and tool calls, analysed with ``thinking`` (the short or empty reasoning).
+    output_block: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -108,13 +121,21 @@ class AnalysisOutcome:
     conscience_context: dict[str, Any]
     window_position: dict[str, int]
     analysis_metadata: dict[str, Any]
-    thinking_block_hash: str
+    #: None when no reasoning was analysed (output analysis without any).
+    thinking_block_hash: str | None
     synthetic: bool
     synthetic_reason: str | None
     action: str
     proceed: bool
     linked_trace_id: str | None = None
     cross_validation_warnings: list[str] = field(default_factory=list)
+    #: SHA-256 of the output block, for output analysis only.
+    output_block_hash: str | None = None
+
+    @property
+    def analysis_scope(self) -> str:
+        """``thinking_only``, ``output_only`` or ``thinking_and_output``."""
+        return str(self.analysis_metadata.get("analysis_scope") or SCOPE_THINKING_ONLY)
 
     @property
     def failure_reason(self) -> str | None:
@@ -343,42 +364,75 @@ class IntegrityAnalyzer:
         self._metrics = metrics
 
     def analyze(self, request: AnalysisRequest) -> Deferred[AnalysisOutcome]:
-        """The outcome of analysing ``request.thinking``; fires with a synthetic outcome
-        (by the failure mode) whenever analysis cannot produce a verdict."""
+        """The outcome of analysing ``request.thinking`` (and ``request.output_block``
+        when set); fires with a synthetic outcome (by the failure mode) whenever analysis
+        cannot produce a verdict."""
         started = self._clock.seconds()
-        d: Deferred[Any] = maybeDeferred(self._analyze, request, started)
+        output = None
+        if request.output_block is not None:
+            output = truncate_output(request.output_block, self.settings.output_token_budget)
+        d: Deferred[Any] = maybeDeferred(self._analyze, request, started, output)
         d.addErrback(self._internal_error, request, started)
+        if output is not None:
+            d.addCallback(self._output_scoped, request, output)
         d.addCallback(self._counted)
         return d
 
     # -- the pipeline ------------------------------------------------------
 
-    def _analyze(self, request: AnalysisRequest,
-                 started: float) -> Deferred[Any] | AnalysisOutcome:
+    def _analyze(self, request: AnalysisRequest, started: float,
+                 output: OutputTruncation | None = None) -> Deferred[Any] | AnalysisOutcome:
+        thinking = request.thinking if request.thinking.strip() else ""
         digest = thinking_hash(request.thinking)
         tokens = estimate_tokens(request.thinking)
-        if not request.thinking.strip() or tokens < self.settings.min_evidence_tokens:
+        if output is None and (not thinking or tokens < self.settings.min_evidence_tokens):
             summary = (f"Thinking below minimum evidence ({tokens} < "
                        f"{self.settings.min_evidence_tokens} tokens); not analyzed.")
             return self._synthetic(request, "clear", BELOW_MINIMUM_EVIDENCE, summary, digest,
                                    tokens, started, failure=None)
+        # Output has no minimum evidence: a one-line tool call is what must be analysed.
         prompt = build_conscience_prompt(PromptInput(
             card=card_from_dict(request.card),
             conscience_values=conscience_values_from_dicts(request.conscience_values),
             window_context=window_for_prompt(request.window_checkpoints),
-            thinking_block=request.thinking,
+            thinking_block=thinking or NO_REASONING_THINKING,
             task_context=request.task_context or None,
             token_budget=self.settings.thinking_token_budget))
+        system, user = prompt.system, prompt.user
+        if output is not None:
+            system, user = with_output(system, user, output)
+        stats = (prompt.original_tokens, prompt.analyzed_tokens, prompt.truncated)
+        if not thinking:
+            stats = (0, 0, False)  # the placeholder is not the agent's reasoning
+        del prompt  # nothing below may keep the prompt
         if not self.breaker.allow():
             return self._failed(request, "circuit_open", digest, tokens, started)
-        d: Deferred[Any] = maybeDeferred(self.backend.complete, prompt.system, prompt.user,
+        d: Deferred[Any] = maybeDeferred(self.backend.complete, system, user,
                                          self.settings.max_tokens)
-        stats = (prompt.original_tokens, prompt.analyzed_tokens, prompt.truncated)
-        del prompt  # nothing below may keep the prompt
+        del system, user
         d.addCallbacks(self._answered, self._backend_failed,
                        callbackArgs=(request, digest, stats, started),
                        errbackArgs=(request, digest, tokens, started))
         return d
+
+    @staticmethod
+    def _output_scoped(outcome: AnalysisOutcome, request: AnalysisRequest,
+                       output: OutputTruncation) -> AnalysisOutcome:
+        """An output analysis' outcome says so: the output block's hash, no thinking hash
+        without thinking, and the TypeScript SDK's output metadata."""
+        assert request.output_block is not None
+        with_thinking = bool(request.thinking.strip())
+        metadata = {
+            **outcome.analysis_metadata,
+            "analysis_scope": SCOPE_THINKING_AND_OUTPUT if with_thinking else SCOPE_OUTPUT_ONLY,
+            "output_tokens_original": output.original_tokens,
+            "output_tokens_analyzed": 0 if outcome.synthetic else output.analyzed_tokens,
+            "output_truncated": output.truncated,
+        }
+        return replace(
+            outcome, analysis_metadata=metadata,
+            output_block_hash=output_hash(request.output_block),
+            thinking_block_hash=outcome.thinking_block_hash if with_thinking else None)
 
     def _answered(self, text: str, request: AnalysisRequest, digest: str,
                   stats: tuple[int, int, bool], started: float) -> AnalysisOutcome:
@@ -456,7 +510,8 @@ class IntegrityAnalyzer:
 
     def _from_checkpoint(self, cp: IntegrityCheckpoint) -> AnalysisOutcome:
         metadata = asdict(cp.analysis_metadata)
-        metadata.update(backend=self.backend.name, synthetic=False, failure_reason=None)
+        metadata.update(backend=self.backend.name, synthetic=False, failure_reason=None,
+                        analysis_scope=SCOPE_THINKING_ONLY)
         return AnalysisOutcome(
             checkpoint_id=cp.checkpoint_id, agent_id=cp.agent_id, card_id=cp.card_id,
             session_id=cp.session_id, provider=cp.provider, model=cp.model,
@@ -505,7 +560,8 @@ class IntegrityAnalyzer:
                 "analysis_duration_ms": self._elapsed_ms(started),
                 "thinking_tokens_original": tokens, "thinking_tokens_analyzed": 0,
                 "truncated": False, "extraction_confidence": request.extraction_confidence,
-                "backend": self.backend.name, "synthetic": True, "failure_reason": failure},
+                "backend": self.backend.name, "synthetic": True, "failure_reason": failure,
+                "analysis_scope": SCOPE_THINKING_ONLY},
             thinking_block_hash=digest, synthetic=True, synthetic_reason=synthetic_reason,
             # The SDK's synthetic signals: proceed only when clear, otherwise escalate.
             action="continue" if verdict == "clear" else "deny_and_escalate",

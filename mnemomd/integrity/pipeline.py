@@ -3,29 +3,40 @@
 The proxy calls in three places: before forwarding (describe the request, maybe ask the
 model to show its reasoning), when the response head arrives (hold it for a verdict, or
 say ``pending``), and when the body is complete (extract, analyse, store). Analysis is
-off the response path unless the agent is in ``enforce`` mode and the response is not a
-stream; it never fails a call.
+off the response path unless the agent is in ``enforce`` mode; it never fails a call.
+
+A stream held in ``enforce`` mode is checked in two steps: ``check_at_hold`` when its
+reasoning ends (the verdict releases or refuses the output held behind it), ``trace`` (and
+a late ``check`` of reasoning that came after output) when the stream ends.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mnemomd.agents.identity import Agent
+from mnemomd.agents.identity import WITHOUT_REASONING_MODES, Agent
 from mnemomd.agents.store import AgentStore
-from mnemomd.config import Config
+from mnemomd.config import IntegrityConfig
+from mnemomd.http.server import error_payload
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.integrity.engine import AnalysisOutcome, AnalysisRequest, IntegrityAnalyzer
-from mnemomd.integrity.window import drift_update, window_add, window_entries
+from mnemomd.integrity.output import reasoning_gap
+from mnemomd.integrity.window import (
+    session_record,
+    session_window,
+    streak_key,
+    window_entries,
+)
 from mnemomd.kv import KVCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
@@ -35,8 +46,6 @@ log = Logger()
 
 #: Bodies above this are parsed or serialised on a thread, not on the reactor.
 INLINE_JSON_LIMIT = 256 * 1024
-#: Largest non-streaming body held back for a verdict; larger ones stream on.
-HOLD_LIMIT = 16 * 1024 * 1024
 THINKING_BUDGET_TOKENS = 1024
 WINDOW_TTL = 3600.0
 CARD_CACHE_TTL = 300.0
@@ -47,12 +56,67 @@ MAX_TRACED_TOOLS = 32
 
 @dataclass(frozen=True)
 class ResponsePlan:
-    """What to do with a response whose head just arrived."""
+    """What to do with a response whose head just arrived.
+
+    ``hold``: the body is held whole for the verdict (enforce, not a stream).
+    ``hold_stream``: the stream is relayed up to the end of its reasoning and held there
+    for the verdict (enforce, an event stream).
+    """
 
     analyse: bool
     hold: bool
     #: ``X-AIP-Verdict`` when the head goes out before a verdict exists.
     early_verdict: str
+    hold_stream: bool = False
+
+
+@dataclass(frozen=True)
+class Unverifiable:
+    """A response ``enforce`` refuses unanalysed (``without_reasoning: refuse``): it has no
+    analysable reasoning, for ``reason`` (``no_reasoning``, ``redacted_reasoning`` or
+    ``below_minimum_evidence``). No analysis call is made and no checkpoint stored."""
+
+    reason: str
+
+
+#: What ``analyse`` fires with: the verdict (``X-AIP-Verdict``, or ``unverifiable``) and
+#: the checkpoint's outcome, the refusal, or None.
+CheckResult = tuple[str, AnalysisOutcome | Unverifiable | None]
+
+
+@dataclass(frozen=True)
+class HoldCheck:
+    """The check at a held stream's hold point.
+
+    ``without_reasoning`` is the action taken when there was no analysable reasoning
+    (``gap`` says why): ``allow`` (``verdict`` is today's ``skipped`` or synthetic clear),
+    ``refuse`` (``outcome`` is the ``Unverifiable``), or ``analyse_output`` (hold to the
+    end, then ``analyse_output``).
+    """
+
+    verdict: str
+    outcome: AnalysisOutcome | Unverifiable | None
+    without_reasoning: str | None = None
+    gap: str | None = None
+
+
+def refusal_payload(verdict: str,
+                    outcome: AnalysisOutcome | Unverifiable | None) -> dict[str, Any] | None:
+    """The body ``enforce`` answers instead of a held response (403), or None when the
+    response goes out. A violation names its checkpoint and concerns (derived analysis
+    only); a response without analysable reasoning under ``refuse`` says why."""
+    if isinstance(outcome, Unverifiable):
+        return error_payload(
+            "The response was withheld: it has no reasoning that can be verified",
+            "integrity_unverifiable", reason=outcome.reason)
+    if verdict == "boundary_violation" and isinstance(outcome, AnalysisOutcome):
+        what = "reasoning" if outcome.analysis_scope == "thinking_only" else "output"
+        return error_payload(
+            f"The response was withheld: its {what} crossed the agent's boundaries",
+            "integrity_violation", checkpoint_id=outcome.checkpoint_id,
+            concerns=[{k: c.get(k) for k in ("category", "severity", "description")}
+                      for c in outcome.concerns])
+    return None
 
 
 def outbox_payload(info: RequestInfo, extraction: Extraction,
@@ -72,7 +136,7 @@ def outbox_payload(info: RequestInfo, extraction: Extraction,
     }
 
 
-def _run(func: Any, size: int, *args: Any) -> Deferred[Any]:
+def _run(func: Callable[..., Any], size: int, *args: object) -> Deferred[Any]:
     """Run ``func`` inline when the input is small, on a thread when it is large."""
     if size > INLINE_JSON_LIMIT:
         return deferToThread(func, *args)
@@ -94,12 +158,28 @@ def aip_headers(outcome: AnalysisOutcome | None, verdict: str,
     return headers
 
 
+class OutcomeHook(Protocol):
+    """Called after each stored checkpoint: enforcement's nudges and auto-containment.
+    ``synthetic`` says the verdict was made up (a failed analysis): no finding."""
+
+    def __call__(self, agent: Agent, session_id: str, verdict: str, checkpoint_id: str,
+                 concerns: list[dict[str, Any]], synthetic: bool = False) -> Deferred[Any]: ...
+
+
 class IntegrityPipeline:
-    def __init__(self, config: Config, clock: IReactorTime, analyzer: IntegrityAnalyzer,
-                 agents: AgentStore, checkpoints: CheckpointStore, kv_cache: KVCache,
-                 session_state: KVCache, metrics: GatewayMetrics,
-                 outbox: OutboxStore | None = None) -> None:
+    """The integrity steps of one proxied call, for the proxy."""
+
+    def __init__(self, config: IntegrityConfig, clock: IReactorTime,
+                 analyzer: IntegrityAnalyzer, agents: AgentStore, checkpoints: CheckpointStore,
+                 kv_cache: KVCache, session_state: KVCache, metrics: GatewayMetrics,
+                 outbox: OutboxStore | None = None, *, outbox_ttl: float,
+                 output_analysis: bool = True) -> None:
+        """``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
+        ``output_analysis`` whether the analysis backend may be sent a response's output
+        (not the hybrid service)."""
         self._config = config
+        self._outbox_ttl = outbox_ttl
+        self._output_analysis = output_analysis
         self._clock = clock
         self._analyzer = analyzer
         self._agents = agents
@@ -109,9 +189,9 @@ class IntegrityPipeline:
         self._metrics = metrics
         self._outbox = outbox
         #: Called after each stored checkpoint (enforcement: nudges, auto-containment).
-        self.on_outcome: Any = None
+        self.on_outcome: OutcomeHook | None = None
         #: Called when a stored checkpoint queued webhook deliveries (send them now).
-        self.on_events_queued: Any = None
+        self.on_events_queued: Callable[[], None] | None = None
 
     # -- before forwarding ----------------------------------------------------------------
 
@@ -158,11 +238,36 @@ class IntegrityPipeline:
             return ResponsePlan(False, False, "skipped" if checking else "disabled")
         if not checking:  # traced only: the body is captured, nothing is held
             return ResponsePlan(True, False, "disabled")
-        hold = agent is not None and agent.enforcement_mode == "enforce" and not streaming
-        return ResponsePlan(True, hold, "pending")
+        enforce = agent is not None and agent.enforcement_mode == "enforce"
+        return ResponsePlan(True, enforce and not streaming, "pending",
+                            hold_stream=enforce and streaming)
 
     def tracing_for(self, agent: Agent | None) -> bool:
         return self._outbox is not None and agent is not None and agent.aap_enabled
+
+    # -- responses without analysable reasoning (SPEC §6.2) -------------------------------
+
+    def without_reasoning(self, agent: Agent | None, info: RequestInfo | None = None) -> str:
+        """What to do with a response of this agent that has no analysable reasoning:
+        ``allow``, ``analyse_output`` or ``refuse``.
+
+        Only ``enforce`` acts on it (with AIP on for the agent); elsewhere it is ``allow``,
+        today's behaviour. ``analyse_output`` the analysis backend may not carry out acts
+        as ``refuse``, never as ``allow``, and so does a value this build does not know.
+        """
+        if agent is None or agent.enforcement_mode != "enforce" or not self.enabled_for(agent):
+            return "allow"
+        mode = agent.without_reasoning
+        if mode not in WITHOUT_REASONING_MODES:
+            return "refuse"
+        if mode == "analyse_output" and not self._output_analysis:
+            return "refuse"
+        return mode
+
+    def reasoning_gap(self, extraction: Extraction) -> str | None:
+        """Why ``extraction`` has no analysable reasoning, or None (see
+        ``integrity.output.reasoning_gap``)."""
+        return reasoning_gap(extraction, self._analyzer.settings.min_evidence_tokens)
 
     # -- when the body is complete --------------------------------------------------------
 
@@ -180,12 +285,140 @@ class IntegrityPipeline:
             log.failure("Response extraction failed", agent_id=agent.agent_id)
             self._metrics.aip_checks.labels("error").inc()
             return "error", None
-        result: tuple[str, AnalysisOutcome | None] = ("disabled", None)
+        result: CheckResult = ("disabled", None)
         if self.enabled_for(agent):
-            result = yield self._check(provider, agent, session_id, info, extraction)
+            mode = self.without_reasoning(agent, info)
+            gap = self.reasoning_gap(extraction) if mode != "allow" else None
+            if gap is None:
+                result = yield self._check(provider, agent, session_id, info, extraction)
+            elif mode == "refuse":
+                result = self._unverifiable(agent, gap)
+            else:
+                result = yield self._check_output(
+                    provider, agent, session_id, info, extraction, gap,
+                    (content_type, content_encoding, body))
         if self.tracing_for(agent):
             yield self._queue_trace(agent, session_id, provider.name, info, extraction, *result)
         return result
+
+    # -- held streams (enforce mode) ------------------------------------------------------
+
+    @inlineCallbacks
+    def extract(self, provider: Provider, info: RequestInfo, content_type: str,
+                content_encoding: str | None, body: bytes, truncated: bool) -> Any:
+        """The extraction of a captured body (on a thread when large); None on failure."""
+        try:
+            extraction: Extraction = yield _run(
+                self._extract, len(body), provider, info, content_type, content_encoding,
+                body, truncated)
+        except Exception:
+            log.failure("Response extraction failed", provider=provider.name)
+            self._metrics.aip_checks.labels("error").inc()
+            return None
+        return extraction
+
+    @inlineCallbacks
+    def check_at_hold(self, provider: Provider, agent: Agent, session_id: str,
+                      info: RequestInfo, extraction: Extraction) -> Any:
+        """The check when a held stream's reasoning has ended; fires with a ``HoldCheck``.
+
+        Without analysable reasoning the agent's ``without_reasoning`` decides: ``allow``
+        checks as today (``skipped``, or a synthetic clear below the minimum evidence),
+        ``refuse`` analyses nothing, ``analyse_output`` defers to the end of the stream.
+        """
+        mode = self.without_reasoning(agent, info)
+        gap = self.reasoning_gap(extraction) if mode != "allow" else None
+        if gap is None:
+            verdict, outcome = yield self._check(provider, agent, session_id, info,
+                                                 extraction)
+            return HoldCheck(verdict, outcome)
+        if mode == "refuse":
+            verdict, refusal = self._unverifiable(agent, gap)
+            return HoldCheck(verdict, refusal, "refuse", gap)
+        return HoldCheck("pending", None, "analyse_output", gap)
+
+    def check(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
+              extraction: Extraction) -> Deferred[CheckResult]:
+        """Analyse the extraction's thinking and record the checkpoint (a held stream's
+        reasoning that came after its hold point). Never fails."""
+        return self._check(provider, agent, session_id, info, extraction)
+
+    def trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
+              extraction: Extraction, verdict: str,
+              outcome: AnalysisOutcome | Unverifiable | None) -> Deferred[None]:
+        """The call's trace outbox row, when the agent is traced."""
+        if not self.tracing_for(agent):
+            return succeed(None)
+        return self._queue_trace(agent, session_id, provider, info, extraction, verdict,
+                                 outcome)
+
+    def _unverifiable(self, agent: Agent, gap: str) -> CheckResult:
+        self._metrics.aip_checks.labels("unverifiable").inc()
+        log.info("Response without analysable reasoning ({reason}) refused for {agent_id}",
+                 reason=gap, agent_id=agent.agent_id)
+        return "unverifiable", Unverifiable(gap)
+
+    @inlineCallbacks
+    def analyse_output(self, provider: Provider, agent: Agent, session_id: str,
+                       info: RequestInfo, content_type: str, content_encoding: str | None,
+                       body: bytes, truncated: bool) -> Any:
+        """Output analysis of a whole captured response (``analyse_output``, a stream held
+        to its end): extract, analyse the text and tool calls with whatever reasoning there
+        is, store the checkpoint, enforce, trace. Fires with the outcome, or None when the
+        pipeline itself failed (logged; the caller applies the failure mode)."""
+        try:
+            extraction: Extraction = yield _run(
+                self._extract, len(body), provider, info, content_type, content_encoding,
+                body, truncated)
+        except Exception:
+            log.failure("Response extraction failed", agent_id=agent.agent_id)
+            self._metrics.aip_checks.labels("error").inc()
+            return None
+        gap = self.reasoning_gap(extraction)
+        result = yield self._check_output(provider, agent, session_id, info, extraction, gap,
+                                          (content_type, content_encoding, body))
+        if self.tracing_for(agent):
+            yield self._queue_trace(agent, session_id, provider.name, info, extraction, *result)
+        outcome = result[1]
+        return outcome if isinstance(outcome, AnalysisOutcome) else None
+
+    @inlineCallbacks
+    def _check_output(self, provider: Provider, agent: Agent, session_id: str,
+                      info: RequestInfo, extraction: Extraction, gap: str | None,
+                      response: tuple[str, str | None, bytes]) -> Any:
+        """Analyse the output instead of (or with) the reasoning; the verdict acts as for
+        reasoning. The output block is sent to the analysis backend and nowhere else."""
+        content_type, content_encoding, body = response
+        try:
+            block = yield _run(self._output_block, len(body), provider, info, content_type,
+                               content_encoding, body)
+            outcome = yield self._analyse(agent, session_id, info, extraction,
+                                          output_block=block)
+            del block
+            outcome = replace(outcome, analysis_metadata={
+                **outcome.analysis_metadata, "without_reasoning": "analyse_output",
+                "reasoning_gap": gap})
+            yield self._record(agent, session_id, provider.name, info, outcome)
+            yield self._enforce(agent, session_id, outcome)
+            return outcome.verdict, outcome
+        except Exception:
+            log.failure("Output analysis pipeline failed", agent_id=agent.agent_id)
+            self._metrics.aip_checks.labels("error").inc()
+            return "error", None
+
+    def _enforce(self, agent: Agent, session_id: str, outcome: AnalysisOutcome) -> Any:
+        if self.on_outcome is None:
+            return None
+        return self.on_outcome(agent, session_id, outcome.verdict, outcome.checkpoint_id,
+                               outcome.concerns, synthetic=outcome.synthetic)
+
+    @staticmethod
+    def _output_block(provider: Provider, info: RequestInfo, content_type: str,
+                      content_encoding: str | None, body: bytes) -> str:
+        decoded = decode_body(body, content_encoding)
+        if decoded is None:
+            return ""
+        return provider.output_block(info, decoded, content_type)
 
     @inlineCallbacks
     def _check(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
@@ -196,9 +429,7 @@ class IntegrityPipeline:
                 return "skipped", None
             outcome = yield self._analyse(agent, session_id, info, extraction)
             yield self._record(agent, session_id, provider.name, info, outcome)
-            if self.on_outcome is not None:
-                yield self.on_outcome(agent, session_id, outcome.verdict,
-                                      outcome.checkpoint_id, outcome.concerns)
+            yield self._enforce(agent, session_id, outcome)
             return outcome.verdict, outcome
         except Exception:
             log.failure("Integrity analysis pipeline failed", agent_id=agent.agent_id)
@@ -208,7 +439,7 @@ class IntegrityPipeline:
     @inlineCallbacks
     def _queue_trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
                      extraction: Extraction, verdict: str,
-                     outcome: AnalysisOutcome | None) -> Any:
+                     outcome: AnalysisOutcome | Unverifiable | None) -> Any:
         """One trace outbox row for the observer (SPEC §8.1); a failure costs the trace,
         never the call."""
         assert self._outbox is not None
@@ -216,9 +447,10 @@ class IntegrityPipeline:
         row = OutboxRow(
             id=f"ob-{uuid.uuid4().hex}", agent_id=agent.agent_id, session_id=session_id,
             provider=provider, model=info.model or extraction.model,
-            checkpoint_id=outcome.checkpoint_id if outcome is not None else None,
+            checkpoint_id=(outcome.checkpoint_id if isinstance(outcome, AnalysisOutcome)
+                           else None),
             payload=outbox_payload(info, extraction, verdict), attempts=0,
-            created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._config.outbox_ttl))
+            created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._outbox_ttl))
         try:
             yield self._outbox.add(row)
         except Exception:
@@ -234,10 +466,11 @@ class IntegrityPipeline:
 
     @inlineCallbacks
     def _analyse(self, agent: Agent, session_id: str, info: RequestInfo,
-                 extraction: Extraction) -> Any:
+                 extraction: Extraction, output_block: str | None = None) -> Any:
         card = yield self._card(agent.agent_id)
         values = yield self._conscience(agent.agent_id)
-        window = yield self._state.get_json(self._window_key(agent.agent_id, session_id))
+        state = yield self._state.get_json(self._session_key(agent.agent_id, session_id))
+        window = session_window(state)
         now = self._clock.seconds()
         tools = ", ".join(t.name for t in extraction.tool_calls[:10])
         context = f"{info.api} call to {info.model or extraction.model or 'unknown model'}"
@@ -245,17 +478,17 @@ class IntegrityPipeline:
             context += f"; tools used: {tools}"
         request = AnalysisRequest(
             agent_id=agent.agent_id, session_id=session_id, provider=info.api or "",
-            model=info.model or extraction.model or "unknown", thinking=extraction.thinking,
+            model=info.model or extraction.model or "unknown", thinking=extraction.thinking or "",
             card=card or {}, conscience_values=values or [],
-            window_checkpoints=window_entries(window, now), task_context=context)
+            window_checkpoints=window_entries(window, now), task_context=context,
+            output_block=output_block)
         outcome = yield self._analyzer.analyze(request)
         return outcome
 
-    def _window_key(self, agent_id: str, session_id: str) -> str:
-        return f"window:{agent_id}:{session_id}"
-
-    def _drift_key(self, agent_id: str, session_id: str) -> str:
-        return f"drift:{agent_id}:{session_id}"
+    def _session_key(self, agent_id: str, session_id: str) -> str:
+        """Window and drift state of one session, under one key so one atomic update
+        changes both."""
+        return f"session:{agent_id}:{session_id}"
 
     @inlineCallbacks
     def _card(self, agent_id: str) -> Any:
@@ -280,30 +513,42 @@ class IntegrityPipeline:
         return values
 
     @inlineCallbacks
+    def _record_in_session(self, agent: Agent, session_id: str, outcome: AnalysisOutcome,
+                           now: float) -> Any:
+        """Add the checkpoint to the session's window and drift state, shared by replicas
+        through the KV store, and store a drift alert if it completes a streak.
+
+        The update is atomic (compare-and-set, re-run on the state another replica just
+        wrote), so of two replicas racing on one session only the update that makes the
+        streak reach the threshold alerts; the alert is also unique per streak in the
+        database (``streak_key``), which covers an update that could not be stored.
+        """
+        entry = outcome.window_entry()
+        state, alert = yield self._state.update_json(
+            self._session_key(agent.agent_id, session_id),
+            lambda current: self._session_step(current, entry, now, agent.agent_id))
+        if alert is None:
+            return
+        key = streak_key(state.get("drift"), session_id) \
+            or f"{session_id}:{outcome.checkpoint_id}"
+        stored = yield self._checkpoints.insert_drift_alert(
+            str(alert.get("alert_id") or alert.get("id")), agent.agent_id, session_id,
+            alert.get("severity"), alert, key, int(now * 1000))
+        if stored:
+            log.warn("Integrity drift detected for {agent_id}", agent_id=agent.agent_id)
+
+    @staticmethod
+    def _session_step(current: Any, entry: dict[str, Any], now: float, agent_id: str,
+                      ) -> tuple[dict[str, Any], tuple[dict[str, Any], dict[str, Any] | None]]:
+        state, alert = session_record(current, entry, now, agent_id=agent_id)
+        return state, (state, alert)
+
+    @inlineCallbacks
     def _record(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
                 outcome: AnalysisOutcome) -> Any:
         now = self._clock.seconds()
         if not outcome.synthetic:
-            # Window and drift state are shared through the KV store (replicas agree).
-            window_key = self._window_key(agent.agent_id, session_id)
-            window = yield self._state.get_json(window_key)
-            window = window_add(window, outcome.window_entry(), now)
-            self._state.set_json(window_key, window)
-            drift_key = self._drift_key(agent.agent_id, session_id)
-            drift = yield self._state.get_json(drift_key)
-            drift, alert = drift_update(
-                drift, outcome.verdict, now, checkpoint_id=outcome.checkpoint_id,
-                categories=[c.get("category", "") for c in outcome.concerns],
-                agent_id=agent.agent_id, session_id=session_id,
-                window=window_entries(window, now))
-            self._state.set_json(drift_key, drift)
-            if alert is not None:
-                stored = yield self._checkpoints.insert_drift_alert(
-                    str(alert.get("alert_id") or alert.get("id")), agent.agent_id, session_id,
-                    alert.get("severity"), alert, f"{session_id}:{outcome.checkpoint_id}",
-                    int(now * 1000))
-                if stored:
-                    log.warn("Integrity drift detected for {agent_id}", agent_id=agent.agent_id)
+            yield self._record_in_session(agent, session_id, outcome, now)
         record = CheckpointRecord(
             id=outcome.checkpoint_id, agent_id=agent.agent_id, session_id=session_id,
             provider=provider, model=info.model or outcome.model, verdict=outcome.verdict,
@@ -312,7 +557,8 @@ class IntegrityPipeline:
             window_position=dict(outcome.window_position),
             analysis_metadata=outcome.analysis_metadata,
             thinking_block_hash=outcome.thinking_block_hash, synthetic=outcome.synthetic,
-            synthetic_reason=outcome.synthetic_reason, created_at=int(now * 1000))
+            synthetic_reason=outcome.synthetic_reason, created_at=int(now * 1000),
+            output_block_hash=outcome.output_block_hash)
         try:
             queued = yield self._checkpoints.insert(record)
             if queued and self.on_events_queued is not None:

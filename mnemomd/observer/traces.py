@@ -37,14 +37,22 @@ from twisted.logger import Logger
 from mnemomd.agents.store import AgentStore
 from mnemomd.integrity.backends import AnalysisBackend
 from mnemomd.ops.metrics import GatewayMetrics
-from mnemomd.storage.traces import OutboxRow, OutboxStore, TraceRecord
+from mnemomd.storage.traces import (
+    OutboxDepth,
+    OutboxFailure,
+    OutboxRow,
+    OutboxStore,
+    TraceRecord,
+)
 
 log = Logger()
 
-#: Rows claimed per round trip, and rounds per run (a run stays bounded).
-BATCH = 20
-MAX_ROUNDS = 25
-CONCURRENCY = 4
+#: Rows claimed, built and stored per batch (one claim statement, one hop to a worker
+#: thread, one finishing transaction), and batches in flight at once.
+BATCH = 100
+CONCURRENCY = 2
+#: Decision analyses in flight at once, when a backend decides (each is a model call).
+DECISION_CONCURRENCY = 4
 DECISION_MAX_TOKENS = 600
 RESPOND = "respond"
 
@@ -207,14 +215,74 @@ def verify(trace: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+#: One built trace and its verification, or why the row could not become one.
+Built = tuple[dict[str, Any], dict[str, Any]] | str
+
+
+def build_one(row: OutboxRow, card: dict[str, Any], decision: dict[str, Any] | None,
+              source: str, trace_id: str, now_ms: int) -> Built:
+    """The trace of one row and its verification, or the reason it failed: a row that
+    cannot be built must not take the other rows of its batch down with it."""
+    try:
+        if decision is None:
+            decision = heuristic_decision(row.payload, card)
+        trace = build_trace(row, card, decision, source, trace_id, now_ms)
+        return trace, verify(trace, card)
+    except TraceBuildError as e:
+        return str(e)
+    except Exception as e:
+        # The type only: a message could quote the row's payload.
+        return f"could not build the trace ({type(e).__name__})"
+
+
+BuildItem = tuple[OutboxRow, dict[str, Any], dict[str, Any] | None, str, str, int]
+
+
+def build_batch(items: list[BuildItem]) -> list[Built]:
+    """``build_one`` for a whole batch: one hop to a worker thread per batch, not per
+    row (AP-Trace validation and verification are the CPU-heavy part)."""
+    return [build_one(*item) for item in items]
+
+
+def record_depth(metrics: GatewayMetrics, depth: OutboxDepth, now_ms: int) -> None:
+    """``gateway_outbox_depth`` and the age of the oldest ready row (0 when none is
+    ready), so an alert can fire long before rows reach their TTL."""
+    metrics.outbox_depth.labels("ready").set(depth.ready)
+    metrics.outbox_depth.labels("parked").set(depth.parked)
+    age = 0.0 if depth.oldest_ready_at is None else max(0, now_ms - depth.oldest_ready_at) / 1000
+    metrics.outbox_oldest_ready_age.set(age)
+
+
+@inlineCallbacks
+def sweep_outbox(clock: IReactorTime, outbox: OutboxStore,
+                 metrics: GatewayMetrics | None = None) -> Any:
+    """The outbox TTL sweep every role runs: expired rows deleted, then the depth gauge
+    refreshed (the sweep runs where no traces job does). Fires with the rows deleted."""
+    now_ms = int(clock.seconds() * 1000)
+    purged = yield outbox.purge_expired(now_ms)
+    if metrics is not None:
+        depth = yield outbox.depth()
+        record_depth(metrics, depth, int(clock.seconds() * 1000))
+    return purged
+
+
 class TraceBuilder:
-    """One run of the ``traces`` job: claim rows, build, verify, store."""
+    """One run of the ``traces`` job: claim rows in batches, build, verify, store.
+
+    Up to ``concurrency`` batches are in flight at once, and a run keeps claiming while
+    rows are ready, so a backlog drains in one run instead of one batch per interval.
+    A run ends when the outbox has nothing ready, when ``max_run_seconds`` have passed
+    (the caller's job then scrubs the log and starts the next run on its schedule), or
+    after ``stop()``; the batches in flight are always finished.
+    """
 
     def __init__(self, clock: IReactorTime, outbox: OutboxStore, agents: AgentStore,
                  owner: str, backend: AnalysisBackend | None = None,
                  metrics: GatewayMetrics | None = None,
                  to_thread: Callable[..., Deferred[Any]] = deferToThread,
-                 lease_seconds: float = 120.0) -> None:
+                 lease_seconds: float = 120.0, batch_size: int = BATCH,
+                 concurrency: int = CONCURRENCY,
+                 max_run_seconds: float | None = None) -> None:
         self._clock = clock
         self._outbox = outbox
         self._agents = agents
@@ -223,10 +291,18 @@ class TraceBuilder:
         self._metrics = metrics
         self._to_thread = to_thread
         self._lease_ms = int(lease_seconds * 1000)
-        self._semaphore = DeferredSemaphore(CONCURRENCY)
+        self._batch_size = batch_size
+        self._concurrency = concurrency
+        self._max_run_seconds = max_run_seconds
+        self._decisions = DeferredSemaphore(DECISION_CONCURRENCY)
+        self._stopping = False
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
+
+    def stop(self) -> None:
+        """Claim no more batches: the run in progress ends once its batches are done."""
+        self._stopping = True
 
     @inlineCallbacks
     def run(self) -> Any:
@@ -234,49 +310,123 @@ class TraceBuilder:
         counts = {"built": 0, "failed": 0, "parked": 0, "expired": 0}
         # The TTL holds whatever happens to the rows below.
         counts["expired"] = yield self._outbox.purge_expired(self._now_ms())
-        for _ in range(MAX_ROUNDS):
-            rows = yield self._outbox.claim(self._owner, self._now_ms(), self._lease_ms, BATCH)
-            if not rows:
-                break
-            results = yield gatherResults([self._semaphore.run(self._one, row) for row in rows],
-                                          consumeErrors=True)
-            for result in results:
-                counts[result] += 1
+        deadline = None if self._max_run_seconds is None \
+            else self._clock.seconds() + self._max_run_seconds
+        cards: dict[str, dict[str, Any] | None] = {}
+        drained = [False]
+
+        @inlineCallbacks
+        def worker() -> Any:
+            while not (self._stopping or drained[0]
+                       or (deadline is not None and self._clock.seconds() >= deadline)):
+                rows = yield self._outbox.claim(self._owner, self._now_ms(), self._lease_ms,
+                                                self._batch_size)
+                if len(rows) < self._batch_size:
+                    drained[0] = True
+                if not rows:
+                    break
+                batch = yield self._batch(rows, cards)
+                for key, value in batch.items():
+                    counts[key] += value
+
+        yield gatherResults([worker() for _ in range(max(1, self._concurrency))],
+                            consumeErrors=True)
         if counts["built"] or counts["failed"]:
             log.info("Traces: {built} built, {failed} failed ({parked} parked)", **counts)
+        if self._metrics is not None:
+            depth = yield self._outbox.depth()
+            record_depth(self._metrics, depth, self._now_ms())
         return counts
 
     @inlineCallbacks
-    def _one(self, row: OutboxRow) -> Any:
-        try:
-            card = yield self._agents.card(row.agent_id)
-            if not isinstance(card, dict):
-                raise TraceBuildError("the agent has no alignment card")
-            decision, source = yield self._decide(row, card)
-            trace_id = f"tr-{uuid.uuid4().hex}"
-            now_ms = self._now_ms()
-            trace, verification = yield self._to_thread(self._build, row, card, decision,
-                                                        source, trace_id, now_ms)
-            record = TraceRecord(trace_id, row.agent_id, row.session_id, row.checkpoint_id,
-                                 row.id, trace, verification,
-                                 bool(verification.get("verified")), now_ms)
-            yield self._outbox.complete(row, record)
-            return "built"
-        except Exception as e:
-            reason = str(e) if isinstance(e, TraceBuildError) else type(e).__name__
-            log.warn("Could not build the trace of outbox row {row_id}: {reason}",
-                     row_id=row.id, reason=reason)
-            parked = yield self._outbox.fail(row, self._owner, reason)
-            return "parked" if parked else "failed"
+    def _cards(self, rows: list[OutboxRow], cards: dict[str, dict[str, Any] | None]) -> Any:
+        """The cards of the batch's agents, read once per run; fires with the reason the
+        card of an agent could not be read, by agent (those rows fail, not the batch)."""
+        errors: dict[str, str] = {}
+        for agent_id in dict.fromkeys(r.agent_id for r in rows):
+            if agent_id in cards:
+                continue
+            try:
+                card = yield self._agents.card(agent_id)
+            except Exception as e:
+                errors[agent_id] = type(e).__name__
+                continue
+            cards[agent_id] = card if isinstance(card, dict) else None
+        return errors
 
-    @staticmethod
-    def _build(row: OutboxRow, card: dict[str, Any], decision: dict[str, Any], source: str,
-               trace_id: str, now_ms: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        trace = build_trace(row, card, decision, source, trace_id, now_ms)
-        return trace, verify(trace, card)
+    @inlineCallbacks
+    def _batch(self, rows: list[OutboxRow], cards: dict[str, dict[str, Any] | None]) -> Any:
+        errors = yield self._cards(rows, cards)
+        failures: list[OutboxFailure] = []
+        buildable: list[tuple[OutboxRow, dict[str, Any]]] = []
+        for row in rows:
+            card = cards.get(row.agent_id)
+            if row.agent_id in errors:
+                failures.append(OutboxFailure(row, errors[row.agent_id]))
+            elif card is None:
+                failures.append(OutboxFailure(row, "the agent has no alignment card"))
+            else:
+                buildable.append((row, card))
+        decided: list[tuple[dict[str, Any] | None, str]]
+        if self._backend is None:
+            decided = [(None, "heuristic")] * len(buildable)
+        else:
+            decided = yield gatherResults(
+                [self._decisions.run(self._decide, row, card) for row, card in buildable])
+        now_ms = self._now_ms()
+        items: list[BuildItem] = [
+            (row, card, decision, source, f"tr-{uuid.uuid4().hex}", now_ms)
+            for (row, card), (decision, source) in zip(buildable, decided, strict=True)]
+        built = yield self._to_thread(build_batch, items) if items else []
+        traces: list[tuple[OutboxRow, TraceRecord]] = []
+        for item, result in zip(items, built, strict=True):
+            row, trace_id = item[0], item[4]
+            if isinstance(result, str):
+                failures.append(OutboxFailure(row, result))
+                continue
+            trace, verification = result
+            traces.append((row, TraceRecord(trace_id, row.agent_id, row.session_id,
+                                            row.checkpoint_id, row.id, trace, verification,
+                                            bool(verification.get("verified")), now_ms)))
+        for failure in failures:
+            log.warn("Could not build the trace of outbox row {row_id}: {reason}",
+                     row_id=failure.row.id, reason=failure.error)
+        try:
+            result = yield self._outbox.finish(self._owner, traces, failures)
+        except Exception as e:
+            log.warn("A batch of {count} traces could not be stored at once ({reason}); "
+                     "storing them one by one", count=len(rows), reason=type(e).__name__)
+            counts = yield self._one_by_one(traces, failures)
+            return counts
+        # As before batches: a failed row counts once, as "parked" or as "failed".
+        return {"built": len(traces), "failed": len(failures) - len(result.parked),
+                "parked": len(result.parked)}
+
+    @inlineCallbacks
+    def _one_by_one(self, traces: list[tuple[OutboxRow, TraceRecord]],
+                    failures: list[OutboxFailure]) -> Any:
+        """After a batch the database refused: each row in its own transaction, so one
+        row it refuses (say, its agent was deleted meanwhile) fails alone."""
+        counts = {"built": 0, "failed": 0, "parked": 0}
+        for row, record in traces:
+            try:
+                yield self._outbox.complete(row, record)
+                counts["built"] += 1
+            except Exception as e:
+                log.warn("Could not store the trace of outbox row {row_id}: {reason}",
+                         row_id=row.id, reason=type(e).__name__)
+                failures = [*failures, OutboxFailure(row, f"store failed ({type(e).__name__})")]
+        for failure in failures:
+            try:
+                parked = yield self._outbox.fail(failure.row, self._owner, failure.error)
+            except Exception:
+                parked = False  # the lease runs out and the row is tried again
+            counts["parked" if parked else "failed"] += 1
+        return counts
 
     @inlineCallbacks
     def _decide(self, row: OutboxRow, card: dict[str, Any]) -> Any:
+        """(decision, source): the backend's decision, or None for the heuristic."""
         if self._backend is not None:
             try:
                 text = yield self._backend.complete(DECISION_SYSTEM,
@@ -286,4 +436,5 @@ class TraceBuilder:
             except Exception as e:
                 log.debug("Decision analysis failed ({reason}); using the heuristic",
                           reason=type(e).__name__)
-        return heuristic_decision(row.payload, card), "heuristic"
+        # None: the heuristic runs with the build, on the worker thread, row by row.
+        return None, "heuristic"

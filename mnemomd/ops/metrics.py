@@ -51,7 +51,7 @@ class GatewayMetrics:
             buckets=LAG_BUCKETS, registry=self.registry)
         self.cache_operations = Counter(
             "gateway_cache_operations",
-            "Key-value store operations by operation and result (hit, miss, ok, error)",
+            "Key-value store operations by operation and result (hit, miss, ok, conflict, error)",
             ["operation", "result"], registry=self.registry)
         self.aip_checks = Counter(
             "gateway_aip_checks",
@@ -81,6 +81,22 @@ class GatewayMetrics:
             "gateway_cron_duration_seconds",
             "How long each background job run took, failed runs included",
             ["job"], buckets=DURATION_BUCKETS, registry=self.registry)
+
+        self.outbox_depth = Gauge(
+            "gateway_outbox_depth",
+            "Trace outbox rows by state (ready: waiting for the traces job; parked: failed "
+            "too often, kept until their TTL); the whole outbox, as every process sees it",
+            ["state"], registry=self.registry)
+        self.outbox_oldest_ready_age = Gauge(
+            "gateway_outbox_oldest_ready_age_seconds",
+            "Age of the oldest ready trace outbox row (0 when none is ready): a row this old "
+            "is lost when it reaches OUTBOX_TTL",
+            registry=self.registry)
+        self.webhook_deliveries = Counter(
+            "gateway_webhook_deliveries",
+            "Webhook delivery attempts by result (delivered, retried, failed: for good), "
+            "and endpoints disabled after consecutive failures (disabled)",
+            ["result"], registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

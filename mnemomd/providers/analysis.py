@@ -78,6 +78,9 @@ class AnalysisAPI:
     url_setting: str = ANALYSIS_BASE_URL
     #: The endpoint is the whole URL to POST to, not a base URL.
     full_url: bool = False
+    #: Whether this API may be sent a response's output for analysis (``without_reasoning:
+    #: analyse_output``); False for a service promised only the reasoning (SPEC §5.4).
+    accepts_output: bool = True
 
 
 # --------------------------------------------------------------------------

@@ -20,22 +20,33 @@ from mnemomd.providers.analysis import (
     versioned_url,
 )
 from mnemomd.providers.base import (
+    NEUTRAL,
+    OUTPUT,
+    REASONING,
     Accumulator,
     ExtractionBuilder,
     Provider,
     RequestInfo,
+    StreamError,
+    StreamState,
     bearer_token,
+    comment_keepalive,
     describe_json_api,
+    event_json,
     extractor,
     first_header,
     injector,
     model_name,
     never_raises,
+    output_writer,
     prepend_text,
     route_path,
+    sse_event,
+    stream_dispatch,
 )
 from mnemomd.providers.jsonutil import Parsed
 from mnemomd.providers.openai import OPENAI_CHAT
+from mnemomd.providers.sse import SSEEvent
 
 #: The official API, the default of ``ANTHROPIC_BASE_URL``.
 BASE_URL = "https://api.anthropic.com"
@@ -284,6 +295,67 @@ class MessagesAccumulator(Accumulator):
 extract_response = extractor(
     {ANTHROPIC_MESSAGES: MessagesAccumulator, OPENAI_CHAT: openai.ChatAccumulator}
 )
+#: Text blocks and ``[TOOL CALL] name {input}`` lines (``tool_use``, server and MCP tools).
+output_block = output_writer(
+    {ANTHROPIC_MESSAGES: MessagesAccumulator, OPENAI_CHAT: openai.ChatAccumulator}
+)
+
+# --------------------------------------------------------------------------
+# Held streams (enforce mode).
+
+_THINKING_BLOCKS = ("thinking", "redacted_thinking")
+_THINKING_DELTAS = ("thinking_delta", "signature_delta")
+#: Anthropic's own keepalive: the SDK skips ``ping`` events.
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+
+
+def classify_messages_event(info: RequestInfo, event: SSEEvent) -> str:
+    """``message_start`` and ``ping`` are neutral; thinking blocks are reasoning; the start
+    of any other block (text, tool use, tool results), ``message_delta``, ``message_stop``
+    and anything unknown are output.
+
+    A ``content_block_stop`` is reasoning: while the stream is relayed live, every block
+    opened so far was a thinking block (any other start is where the hold begins).
+    """
+    doc = event_json(event)
+    if doc is None:
+        return OUTPUT
+    kind = doc.get("type", event.event)
+    if kind in ("message_start", "ping"):
+        return NEUTRAL
+    if kind == "content_block_start":
+        block = doc.get("content_block")
+        return REASONING if isinstance(block, dict) and block.get("type") in _THINKING_BLOCKS \
+            else OUTPUT
+    if kind == "content_block_delta":
+        delta = doc.get("delta")
+        return REASONING if isinstance(delta, dict) and delta.get("type") in _THINKING_DELTAS \
+            else OUTPUT
+    if kind == "content_block_stop":
+        return REASONING
+    return OUTPUT
+
+
+def messages_error_event(info: RequestInfo, error: StreamError, state: StreamState) -> bytes:
+    """``event: error`` as the API sends it: the SDK raises ``APIStatusError`` with
+    ``.type`` the error's type and the gateway's fields in ``.body["error"]``."""
+    return sse_event("error", {"type": "error", "error": {
+        "type": error.type, "message": error.message, **error.fields()}})
+
+
+def messages_keepalive(info: RequestInfo) -> bytes:
+    return PING
+
+
+classify_stream_event = stream_dispatch(
+    {ANTHROPIC_MESSAGES: classify_messages_event, OPENAI_CHAT: openai.classify_chat_event},
+    lambda *args: OUTPUT)
+stream_error_event = stream_dispatch(
+    {ANTHROPIC_MESSAGES: messages_error_event, OPENAI_CHAT: openai.chat_error_event},
+    messages_error_event)
+stream_keepalive = stream_dispatch(
+    {ANTHROPIC_MESSAGES: messages_keepalive, OPENAI_CHAT: comment_keepalive},
+    comment_keepalive)
 
 # --------------------------------------------------------------------------
 # As the analysis backend: the Messages API.
@@ -323,6 +395,10 @@ PROVIDER = Provider(
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,
+    output_block=output_block,
     injection_hints={ANTHROPIC_MESSAGES: ("thinking",)},
     analysis=ANALYSIS,
+    classify_stream_event=classify_stream_event,
+    stream_error_event=stream_error_event,
+    stream_keepalive=stream_keepalive,
 )

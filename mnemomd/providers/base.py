@@ -30,7 +30,7 @@ from mnemomd.providers.jsonutil import (
     parse_partial,
     parse_partial_document,
 )
-from mnemomd.providers.sse import looks_like_sse, parse_sse
+from mnemomd.providers.sse import SSEEvent, looks_like_sse, parse_sse
 
 #: Separator between thinking blocks, as the AIP SDK joins them (SPEC §4).
 THINKING_SEPARATOR = "\n\n---\n\n"
@@ -142,6 +142,64 @@ class ResponseExtractor(Protocol):
     ) -> Extraction: ...
 
 
+#: How the relay of a held stream treats one event (``Provider.classify_stream_event``):
+#: reasoning and neutral events are relayed as they come, the first output event is where
+#: the stream is held until the verdict.
+REASONING = "reasoning"
+NEUTRAL = "neutral"
+OUTPUT = "output"
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """Why a held stream is ended: what its error event tells the client.
+
+    ``type`` is ``integrity_violation`` or ``integrity_unverifiable``; the checkpoint id
+    and concerns are those of the non-streaming 403 (``checkpoint_id`` is None when no
+    checkpoint was stored, as after an analysis timeout).
+    """
+
+    type: str
+    message: str
+    checkpoint_id: str | None = None
+    concerns: tuple[dict[str, Any], ...] = ()
+    synthetic: bool = False
+    reason: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The gateway's fields, in the order every error shape carries them."""
+        out: dict[str, Any] = {"checkpoint_id": self.checkpoint_id,
+                               "concerns": [dict(c) for c in self.concerns]}
+        if self.synthetic:
+            out["synthetic"] = True
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """What the relay passed on before the error event (Responses numbers its events)."""
+
+    last_event: SSEEvent | None = None
+
+
+class StreamClassifier(Protocol):
+    def __call__(self, info: RequestInfo, event: SSEEvent) -> str: ...
+
+
+class StreamErrorWriter(Protocol):
+    def __call__(self, info: RequestInfo, error: StreamError, state: StreamState) -> bytes: ...
+
+
+class StreamKeepalive(Protocol):
+    def __call__(self, info: RequestInfo) -> bytes: ...
+
+
+class OutputBlockWriter(Protocol):
+    def __call__(self, info: RequestInfo, body: bytes, content_type: str = "") -> str: ...
+
+
 def _describe_nothing(path: bytes, query: bytes, body: bytes) -> RequestInfo:
     return RequestInfo(None, None, False, None)
 
@@ -154,6 +212,51 @@ def _extract_nothing(
     info: RequestInfo, content_type: str, body: bytes, truncated: bool
 ) -> Extraction:
     return Extraction.empty(info.model, complete=not truncated)
+
+
+def _everything_is_output(info: RequestInfo, event: SSEEvent) -> str:
+    return OUTPUT
+
+
+def sse_event(event: str | None, payload: dict[str, Any], terminator: bytes = b"\n\n") -> bytes:
+    """One SSE event as providers write it: compact JSON, raw UTF-8."""
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    head = f"event: {event}\n".encode() if event is not None else b""
+    return head + b"data: " + data + terminator
+
+
+def generic_stream_error(info: RequestInfo, error: StreamError, state: StreamState) -> bytes:
+    """``event: error`` with the Anthropic-style body, for APIs without a shape of their own."""
+    return sse_event("error", {"type": "error", "error": {
+        "type": error.type, "message": error.message, **error.fields()}})
+
+
+def comment_keepalive(info: RequestInfo) -> bytes:
+    """An SSE comment: every event-stream reader skips it."""
+    return b": ping\n\n"
+
+
+def stream_dispatch(handlers: Mapping[str, Callable[..., _T]],
+                    fallback: Callable[..., _T]) -> Callable[..., _T]:
+    """A provider's stream function: the handler for ``info.api``, else ``fallback``; any
+    exception means ``fallback`` (for the classifier: output, the safe answer)."""
+
+    @never_raises(fallback)
+    def dispatch(info: RequestInfo, *args: Any) -> _T:
+        handler = handlers.get(getattr(info, "api", None) or "", fallback)
+        return handler(info, *args)
+
+    return dispatch
+
+
+def event_json(event: SSEEvent) -> dict[str, Any] | None:
+    """An event's data as a JSON object, or None."""
+    doc = loads(event.data)
+    return doc if isinstance(doc, dict) else None
+
+
+def _no_output(info: RequestInfo, body: bytes, content_type: str = "") -> str:
+    return ""
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -185,11 +288,21 @@ class Provider:
     inject_nudge: NudgeInjector = _inject_nothing
     #: Thinking, tool calls and a text excerpt out of a (decoded) JSON or SSE body.
     extract_response: ResponseExtractor = _extract_nothing
+    #: The visible output of a (decoded) JSON or SSE body, for output analysis (SPEC
+    #: §6.2 ``without_reasoning: analyse_output``): see ``OutputBuilder``.
+    output_block: OutputBlockWriter = _no_output
     #: Per API id, words that name the parameter ``inject_thinking`` adds, so a 400
     #: blaming it can be told apart (see ``injection_rejected``).
     injection_hints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: How to call it as the analysis backend; None when it cannot be one.
     analysis: AnalysisAPI | None = None
+    #: Held streams (enforce mode): one SSE event's class, ``REASONING``, ``NEUTRAL`` or
+    #: ``OUTPUT`` (unknown events are output); pure, never raises.
+    classify_stream_event: StreamClassifier = _everything_is_output
+    #: The bytes of the provider's own error event, so the client's SDK raises.
+    stream_error_event: StreamErrorWriter = generic_stream_error
+    #: Bytes that keep a held stream's connection alive and every SDK of the API ignores.
+    stream_keepalive: StreamKeepalive = comment_keepalive
 
     def injection_rejected(self, info: RequestInfo, status: int, body: bytes) -> bool:
         """Whether a 400 answer blames the parameter ``inject_thinking`` added."""
@@ -337,6 +450,58 @@ class ExtractionBuilder:
         )
 
 
+def compact_arguments(arguments: object) -> str:
+    """Tool arguments as compact JSON, however they arrived: a dict, JSON text (streamed
+    pieces joined), or nothing. Text that is not JSON (free-form tool input, or arguments
+    cut short) is kept as it is."""
+    if arguments is None:
+        return "{}"
+    if isinstance(arguments, str):
+        value = loads(arguments)
+        if value is MISSING:
+            return arguments
+        arguments = value
+    try:
+        return json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        return str(arguments)
+
+
+#: How a tool call appears in an output block.
+TOOL_CALL_PREFIX = "[TOOL CALL]"
+
+
+class OutputBuilder(ExtractionBuilder):
+    """Collects what a response *does*, in response order, for output analysis.
+
+    Each visible text block is kept whole, and each tool call becomes one line
+    ``[TOOL CALL] <name> <arguments as compact JSON>``; the pieces are joined with
+    ``"\n"``, as Mnemom's TypeScript AIP SDK joins text blocks, so a text-only response
+    gives the same block (and ``output_block_hash``) there and here. Reasoning is not
+    part of the output. The block goes to the analysis backend only: it is never
+    stored or logged (a checkpoint keeps its SHA-256).
+    """
+
+    def __init__(self, model: str | None = None) -> None:
+        super().__init__(model)
+        self._pieces: list[str] = []
+
+    def thinking(self, text: object) -> None:
+        """Reasoning is analysed as such, never as output."""
+
+    def text(self, text: object) -> None:
+        if isinstance(text, str) and text:
+            self._pieces.append(text)
+
+    def tool(self, name: object, arguments: object) -> None:
+        tool_name = short_name(name)
+        if tool_name is not None:
+            self._pieces.append(f"{TOOL_CALL_PREFIX} {tool_name} {compact_arguments(arguments)}")
+
+    def block(self) -> str:
+        return clean_text("\n".join(self._pieces))
+
+
 class Accumulator:
     """Per-API reader of one response, fed stream elements or the whole JSON document.
 
@@ -373,15 +538,15 @@ def is_event_stream(content_type: str, body: bytes) -> bool:
     return looks_like_sse(body)
 
 
-def run_extraction(
+def feed(
     accumulator: Callable[[ExtractionBuilder], Accumulator],
-    info: RequestInfo,
+    out: ExtractionBuilder,
     content_type: str,
     body: bytes,
-    truncated: bool,
-) -> Extraction:
-    """Drive an API's accumulator over an SSE stream, a JSON array stream or a JSON body."""
-    out = ExtractionBuilder(info.model)
+) -> bool | None:
+    """Drive an API's accumulator over an SSE stream, a JSON array stream or a JSON body,
+    writing into ``out``. Returns whether the response was complete (its terminal event,
+    or an uncut document), or None when the body holds nothing readable."""
     acc = accumulator(out)
     if is_event_stream(content_type, body):
         events = parse_sse(body)
@@ -398,7 +563,7 @@ def run_extraction(
                 if isinstance(doc, dict):
                     acc.chunk(doc, event.event, cut)
             acc.finish()
-            return out.build(complete=acc.terminal and not truncated)
+            return acc.terminal
     parsed = parse_document(body)
     cut = None if parsed.exact else parsed
     if isinstance(parsed.value, list):
@@ -408,9 +573,24 @@ def run_extraction(
     elif isinstance(parsed.value, dict):
         acc.whole(parsed.value, cut)
     else:
-        return Extraction.empty(info.model)
+        return None
     acc.finish()
-    return out.build(complete=parsed.exact and not truncated)
+    return parsed.exact
+
+
+def run_extraction(
+    accumulator: Callable[[ExtractionBuilder], Accumulator],
+    info: RequestInfo,
+    content_type: str,
+    body: bytes,
+    truncated: bool,
+) -> Extraction:
+    """What analysis and tracing need from one response (see ``feed``)."""
+    out = ExtractionBuilder(info.model)
+    complete = feed(accumulator, out, content_type, body)
+    if complete is None:
+        return Extraction.empty(info.model)
+    return out.build(complete=complete and not truncated)
 
 
 def extractor(accumulators: dict[str, Callable[[ExtractionBuilder], Accumulator]]) -> Any:
@@ -433,6 +613,26 @@ def extractor(accumulators: dict[str, Callable[[ExtractionBuilder], Accumulator]
         return run_extraction(make, info, content_type, body, truncated)
 
     return extract_response
+
+
+def output_writer(accumulators: dict[str, Callable[[ExtractionBuilder], Accumulator]]) -> Any:
+    """A provider's ``output_block``: the ``OutputBuilder`` block of a captured body, by
+    the accumulator for ``info.api``; empty for an API it does not know.
+
+    ``content_type`` may be left out: an SSE body is then told by its first bytes.
+    """
+
+    @never_raises(lambda *args, **kwargs: "")
+    def output_block(info: RequestInfo, body: bytes, content_type: str = "") -> str:
+        """Text blocks and ``[TOOL CALL]`` lines of a response body, in order."""
+        make = accumulators.get(info.api or "")
+        if make is None:
+            return ""
+        out = OutputBuilder(info.model)
+        feed(make, out, content_type, body)
+        return out.block()
+
+    return output_block
 
 
 def _decline(*args: Any, **kwargs: Any) -> None:

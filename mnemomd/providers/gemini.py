@@ -22,23 +22,34 @@ from mnemomd.providers.analysis import (
     versioned_url,
 )
 from mnemomd.providers.base import (
+    NEUTRAL,
+    OUTPUT,
+    REASONING,
     Accumulator,
     ExtractionBuilder,
     Provider,
     RequestInfo,
+    StreamError,
+    StreamState,
+    comment_keepalive,
     describe_json_api,
+    event_json,
     extractor,
     first_header,
     injector,
     load_json_object,
     model_name,
     never_raises,
+    output_writer,
     query_param,
     route_path,
     short_name,
+    sse_event,
+    stream_dispatch,
 )
 from mnemomd.providers.jsonutil import Parsed
 from mnemomd.providers.openai import OPENAI_CHAT
+from mnemomd.providers.sse import SSEEvent
 
 #: The official API, the default of ``GEMINI_BASE_URL``.
 BASE_URL = "https://generativelanguage.googleapis.com"
@@ -184,13 +195,20 @@ inject_nudge = injector(
 
 
 class _Candidate:
-    __slots__ = ("blocks", "run", "text", "finished")
+    __slots__ = ("blocks", "run", "output", "finished")
 
     def __init__(self) -> None:
         self.blocks: list[str] = []
         self.run: list[str] = []  # the thought being streamed
-        self.text: list[str] = []
+        #: In response order: runs of text pieces, and (name, args) of function calls.
+        self.output: list[list[str] | tuple[object, object]] = []
         self.finished = False
+
+    def text(self, piece: str) -> None:
+        if self.output and isinstance(self.output[-1], list):
+            self.output[-1].append(piece)
+        else:
+            self.output.append([piece])
 
     def end_thought(self) -> None:
         if self.run:
@@ -244,10 +262,10 @@ class GenerateAccumulator(Accumulator):
         call = part.get("functionCall")
         if isinstance(text, str) and text:
             state.end_thought()
-            state.text.append(text)
+            state.text(text)
         if isinstance(call, dict):
             state.end_thought()
-            self.out.tool(call.get("name"), call.get("args"))
+            state.output.append((call.get("name"), call.get("args")))
 
     def finish(self) -> None:
         # Gemini streams have no end event: the last chunk carries the finish reasons.
@@ -258,11 +276,75 @@ class GenerateAccumulator(Accumulator):
             state.end_thought()
             for block in state.blocks:
                 self.out.thinking(block)
-            self.out.text("".join(state.text))
+            for item in state.output:  # text and calls in response order
+                if isinstance(item, list):
+                    self.out.text("".join(item))
+                else:
+                    self.out.tool(*item)
 
 
 extract_response = extractor({GEMINI_GENERATE: GenerateAccumulator,
                               OPENAI_CHAT: openai.ChatAccumulator})
+#: Non-thought text and ``[TOOL CALL] name {args}`` lines of ``functionCall`` parts.
+output_block = output_writer({GEMINI_GENERATE: GenerateAccumulator,
+                              OPENAI_CHAT: openai.ChatAccumulator})
+
+# --------------------------------------------------------------------------
+# Held streams (enforce mode, ``alt=sse``).
+
+#: A bare line ending: google-genai skips a blank line, but reads any other non-``data:``
+#: line (an SSE comment too) as JSON and fails on it.
+BLANK_LINE = b"\r\n"
+
+
+def classify_generate_event(info: RequestInfo, event: SSEEvent) -> str:
+    """A chunk whose parts are all ``thought: true`` is reasoning; a chunk without
+    candidates (usage, prompt feedback) is neutral; a chunk with any other part, a finish
+    reason or an error (a chunk mixing thought and output too) is output."""
+    doc = event_json(event)
+    if doc is None or "error" in doc:
+        return OUTPUT
+    candidates = doc.get("candidates")
+    if candidates is None or candidates == []:
+        return NEUTRAL
+    if not isinstance(candidates, list):
+        return OUTPUT
+    for candidate in candidates:
+        if not isinstance(candidate, dict) or candidate.get("finishReason"):
+            return OUTPUT
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list) or not parts:
+            return OUTPUT
+        if not all(isinstance(p, dict) and p.get("thought") is True for p in parts):
+            return OUTPUT
+    return REASONING
+
+
+def generate_error_event(info: RequestInfo, error: StreamError, state: StreamState) -> bytes:
+    """``data: {"error": …}`` with ``error`` the first key (google-genai tests the text's
+    start) and Google's status: the SDK raises ``ClientError`` (403, PERMISSION_DENIED)
+    whose ``details`` hold the gateway's fields."""
+    body = {"code": 403, "message": error.message, "status": "PERMISSION_DENIED",
+            "type": error.type, **error.fields(),
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                         "reason": error.type.upper(), "domain": "mnemom.ai",
+                         "metadata": {"checkpoint_id": error.checkpoint_id or ""}}]}
+    return sse_event(None, {"error": body}, terminator=b"\r\n\r\n")
+
+
+def generate_keepalive(info: RequestInfo) -> bytes:
+    return BLANK_LINE
+
+
+classify_stream_event = stream_dispatch(
+    {GEMINI_GENERATE: classify_generate_event, OPENAI_CHAT: openai.classify_chat_event},
+    lambda *args: OUTPUT)
+stream_error_event = stream_dispatch(
+    {GEMINI_GENERATE: generate_error_event, OPENAI_CHAT: openai.chat_error_event},
+    generate_error_event)
+stream_keepalive = stream_dispatch(
+    {GEMINI_GENERATE: generate_keepalive, OPENAI_CHAT: comment_keepalive}, comment_keepalive)
 
 # --------------------------------------------------------------------------
 # As the analysis backend: generateContent.
@@ -307,6 +389,10 @@ PROVIDER = Provider(
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,
+    output_block=output_block,
     injection_hints={GEMINI_GENERATE: ("thinking", "include_thoughts", "includethoughts")},
     analysis=ANALYSIS,
+    classify_stream_event=classify_stream_event,
+    stream_error_event=stream_error_event,
+    stream_keepalive=stream_keepalive,
 )

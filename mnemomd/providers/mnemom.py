@@ -47,4 +47,6 @@ ANALYSIS = AnalysisAPI(
     key_rule="required",
     url_setting="MNEMOM_ANALYZE_URL",
     full_url=True,
+    # Only the reasoning leaves for the hybrid service, never the response (SPEC §5.4).
+    accepts_output=False,
 )

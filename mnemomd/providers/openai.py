@@ -23,21 +23,32 @@ from mnemomd.providers.analysis import (
     versioned_url,
 )
 from mnemomd.providers.base import (
+    NEUTRAL,
+    OUTPUT,
+    REASONING,
     Accumulator,
     ExtractionBuilder,
     Provider,
     RequestInfo,
+    StreamError,
+    StreamState,
     bearer_token,
+    comment_keepalive,
     describe_json_api,
+    event_json,
     extractor,
     injector,
     model_name,
     never_raises,
+    output_writer,
     prepend_text,
     route_path,
     short_name,
+    sse_event,
+    stream_dispatch,
 )
 from mnemomd.providers.jsonutil import Parsed
+from mnemomd.providers.sse import SSEEvent
 
 #: The official API, the default of ``OPENAI_BASE_URL``.
 BASE_URL = "https://api.openai.com"
@@ -229,7 +240,7 @@ class ChatAccumulator(Accumulator):
             self.out.tool(function.get("name"), function.get("arguments"))
         custom = call.get("custom")
         if isinstance(custom, dict):
-            self.out.tool(custom.get("name"), None)  # free-form input has no keys
+            self.out.tool(custom.get("name"), custom.get("input"))  # free-form: no keys
 
     def chunk(self, doc: dict[str, Any], event: str, cut: Parsed | None = None) -> None:
         self.out.set_model(doc.get("model"))
@@ -329,7 +340,7 @@ def add_response_item(out: ExtractionBuilder, item: object) -> None:
     elif kind in _FUNCTION_ITEMS:
         out.tool(item.get("name"), item.get("arguments"))
     elif kind == "custom_tool_call":
-        out.tool(item.get("name"), None)
+        out.tool(item.get("name"), item.get("input"))  # free-form input: no keys
     elif isinstance(kind, str) and kind.endswith("_call"):
         out.tool(kind.removesuffix("_call"), None)
 
@@ -438,7 +449,119 @@ class ResponsesAccumulator(Accumulator):
 
 
 extract_response = extractor({OPENAI_CHAT: ChatAccumulator, OPENAI_RESPONSES: ResponsesAccumulator})
+#: Message text (and refusals) and ``[TOOL CALL]`` lines: Chat ``tool_calls`` and
+#: ``function_call``, Responses function, MCP and custom tool calls and ``*_call`` items.
+output_block = output_writer({OPENAI_CHAT: ChatAccumulator,
+                              OPENAI_RESPONSES: ResponsesAccumulator})
 
+
+# --------------------------------------------------------------------------
+# Held streams (enforce mode).
+
+#: Delta fields that carry nothing of the answer when empty; reasoning fields are
+#: reasoning when not.
+_QUIET_DELTA_FIELDS = ("role", "content", "refusal")
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def _delta_class(delta: object) -> str:
+    if not isinstance(delta, dict):
+        return OUTPUT
+    found = NEUTRAL
+    for name, value in delta.items():
+        if name == "role" or value is None or value == "" or value == [] or value == {}:
+            continue
+        if name in _REASONING_FIELDS and isinstance(value, str):
+            found = REASONING
+        else:
+            return OUTPUT  # content, refusal, tool_calls, function_call, audio, unknown
+    return found
+
+
+def classify_chat_event(info: RequestInfo, event: SSEEvent) -> str:
+    """A chunk is reasoning when its deltas carry only reasoning text (``reasoning_content``
+    or ``reasoning``, as DeepSeek, vLLM and the compatible endpoints send it); the role
+    chunk and usage-only chunks (``choices: []``) are neutral; content, refusals, tool or
+    function calls, audio, a finish reason, errors, ``[DONE]`` and anything unknown are
+    output."""
+    doc = event_json(event)
+    if doc is None or "error" in doc:
+        return OUTPUT
+    choices = doc.get("choices")
+    if not isinstance(choices, list):
+        return OUTPUT
+    found = NEUTRAL
+    for choice in choices:
+        if not isinstance(choice, dict) or choice.get("finish_reason") is not None:
+            return OUTPUT
+        kind = _delta_class(choice.get("delta"))
+        if kind == OUTPUT:
+            return OUTPUT
+        if kind == REASONING:
+            found = REASONING
+    return found
+
+
+def chat_error_event(info: RequestInfo, error: StreamError, state: StreamState) -> bytes:
+    """``data: {"error": {…}}`` with no event name, as OpenAI sends errors mid-stream: the
+    SDK raises ``APIError`` with ``.type`` and ``.code`` the error's type."""
+    return sse_event(None, {"error": {
+        "message": error.message, "type": error.type, "param": None, "code": error.type,
+        **error.fields()}})
+
+
+_RESPONSES_NEUTRAL = ("response.created", "response.in_progress", "response.queued")
+_RESPONSES_REASONING = ("response.reasoning_summary_part.", "response.reasoning_summary_text.",
+                        "response.reasoning_text.")
+
+
+def classify_responses_event(info: RequestInfo, event: SSEEvent) -> str:
+    """Reasoning items and their summary and text events are reasoning; the response's
+    creation and progress events and the MCP tool list are neutral; any other output item
+    (message, function or tool call), the terminal events and anything unknown are output."""
+    doc = event_json(event)
+    if doc is None:
+        return OUTPUT
+    kind = doc.get("type", event.event)
+    if not isinstance(kind, str):
+        return OUTPUT
+    if kind in _RESPONSES_NEUTRAL or kind.startswith("response.mcp_list_tools."):
+        return NEUTRAL
+    if kind.startswith(_RESPONSES_REASONING):
+        return REASONING
+    if kind in ("response.output_item.added", "response.output_item.done"):
+        item = doc.get("item")
+        item_type = item.get("type") if isinstance(item, dict) else None
+        if item_type == "reasoning":
+            return REASONING
+        if item_type == "mcp_list_tools":
+            return NEUTRAL  # the server's tool list, not model output
+    return OUTPUT
+
+
+def _sequence_after(state: StreamState) -> int:
+    doc = event_json(state.last_event) if state.last_event is not None else None
+    number = doc.get("sequence_number") if doc is not None else None
+    return number + 1 if type(number) is int else 0
+
+
+def responses_error_event(info: RequestInfo, error: StreamError, state: StreamState) -> bytes:
+    """The documented ``error`` event (flat ``code``/``message``/``sequence_number``) with
+    the error also nested under ``error``: today's SDK raises ``APIError`` only for the
+    nested form, readers of the documented shape find theirs."""
+    nested = {"type": error.type, "code": error.type, "message": error.message,
+              "param": None, **error.fields()}
+    return sse_event("error", {"type": "error", "code": error.type, "message": error.message,
+                               "param": None, "sequence_number": _sequence_after(state),
+                               "error": nested})
+
+
+classify_stream_event = stream_dispatch(
+    {OPENAI_CHAT: classify_chat_event, OPENAI_RESPONSES: classify_responses_event},
+    lambda *args: OUTPUT)
+stream_error_event = stream_dispatch(
+    {OPENAI_CHAT: chat_error_event, OPENAI_RESPONSES: responses_error_event},
+    chat_error_event)
 
 # --------------------------------------------------------------------------
 # As the analysis backend: Chat Completions.
@@ -488,6 +611,10 @@ PROVIDER = Provider(
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,
+    output_block=output_block,
     injection_hints={OPENAI_RESPONSES: ("reasoning",)},
     analysis=ANALYSIS,
+    classify_stream_event=classify_stream_event,
+    stream_error_event=stream_error_event,
+    stream_keepalive=comment_keepalive,
 )

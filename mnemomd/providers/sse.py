@@ -8,9 +8,11 @@ reassembled. Work is linear in the input however it is chunked.
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass
 
 _BOM = b"\xef\xbb\xbf"
+_EOL = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,11 @@ class SSEParser:
     ``data`` lines of one event are joined with ``\\n``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, framed: bool = False) -> None:
+        # With ``framed``, each dispatched event's end offset is kept for ``feed_framed``.
+        self._framed = framed
+        self._ends: list[int] = []
+        self._consumed = 0  # stream offset of _buf[0]
         self._buf = bytearray()
         self._searched = 0  # bytes of _buf known to hold no line terminator
         self._started = False
@@ -58,6 +64,7 @@ class SSEParser:
                 return []
             if buf.startswith(_BOM):
                 del buf[: len(_BOM)]
+                self._consumed += len(_BOM)
             self._started = True
         searched = self._searched
         end = max(buf.rfind(b"\n", searched), buf.rfind(b"\r", searched)) + 1
@@ -72,8 +79,26 @@ class SSEParser:
         region = bytes(buf[:end])
         del buf[:end]
         events: list[SSEEvent] = []
-        self._lines(region.splitlines(), events)
+        if self._framed:
+            self._framed_lines(region, events)
+        else:
+            self._lines(region.splitlines(), events)
+        self._consumed += end
         return events
+
+    def feed_framed(self, chunk: bytes) -> list[tuple[SSEEvent, int]]:
+        """``feed`` for a parser built with ``framed=True``: each event with the stream
+        offset just past its blank line, so a relay can pass on the exact bytes of whole
+        events and keep the rest."""
+        events = self.feed(chunk)
+        ends, self._ends = self._ends, []
+        return list(zip(events, ends, strict=True))
+
+    def close_framed(self) -> list[tuple[SSEEvent, int]]:
+        """``close`` with offsets, as ``feed_framed``: a final event ends at the input's end."""
+        events = self.close()
+        ends, self._ends = self._ends, []
+        return list(zip(events, ends, strict=True))
 
     def close(self) -> list[SSEEvent]:
         """End of input: flush a final line and an event that never got its blank line."""
@@ -82,12 +107,25 @@ class SSEParser:
             del self._buf[: len(_BOM)]
         if self._buf:
             self._lines(bytes(self._buf).splitlines(), events)
+            self._consumed += len(self._buf)
             self._buf.clear()
         self._searched = 0
         if self._data:
             events.append(self._make(terminated=False))
+            if self._framed:
+                self._ends.append(self._consumed)
         self._reset()
         return events
+
+    def _framed_lines(self, region: bytes, events: list[SSEEvent]) -> None:
+        """``_lines`` one line at a time, noting where each dispatched event ends."""
+        start = 0
+        for match in _EOL.finditer(region):
+            before = len(events)
+            self._lines([region[start:match.start()]], events)
+            start = match.end()
+            if len(events) > before:
+                self._ends.append(self._consumed + start)
 
     def _lines(self, lines: list[bytes], events: list[SSEEvent]) -> None:
         data = self._data

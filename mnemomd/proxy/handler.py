@@ -1,20 +1,22 @@
 """One proxied call, start to end: identify the agent, forward, relay, account.
 
 The order matters for the promise "forwards every call unchanged": the gateway refuses a
-call only for reasons of its own (no key, oversized body, bad session header) and then
+call only for reasons of its own (no valid license, oversized body, no key, bad session
+header, a contained agent) and then
 gets out of the way; what the provider answers, the client gets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from prometheus_client import Counter
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import readBody
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
@@ -28,20 +30,40 @@ from mnemomd.agents.identity import (
     default_session_id,
     is_valid_session_id,
 )
-from mnemomd.config import Config
-from mnemomd.enforcement.enforcer import Enforcement, combined_notice, containment_refusal
+from mnemomd.config import ProxyConfig
+from mnemomd.enforcement.enforcer import combined_notice, containment_refusal
+from mnemomd.enforcement.store import Nudge
 from mnemomd.http import cors
+from mnemomd.http.body import read_body
 from mnemomd.http.server import GatewayRequest, error_payload, send_empty, send_json
 from mnemomd.integrity.engine import AnalysisOutcome
-from mnemomd.integrity.pipeline import HOLD_LIMIT, IntegrityPipeline, ResponsePlan, aip_headers
+from mnemomd.integrity.pipeline import (
+    CheckResult,
+    ResponsePlan,
+    Unverifiable,
+    aip_headers,
+    refusal_payload,
+)
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS, injection_rejected
-from mnemomd.providers.base import RequestInfo
+from mnemomd.providers.base import Extraction, Provider, RequestInfo
 from mnemomd.proxy.headers import client_response_headers, upstream_request_headers
-from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay, UpstreamClient
+from mnemomd.proxy.hold import (
+    FAILED_MESSAGE,
+    HeldStreamRelay,
+    HoldIntegrity,
+    HoldSettings,
+    PipelineGate,
+    StreamFormat,
+    within,
+)
+from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay
 from mnemomd.proxy.routing import ProxyTarget, parse_proxy_target, upstream_url
 
 log = Logger()
+
+#: Largest upstream 400 body read to decide whether an injected parameter was refused.
+ERROR_BODY_LIMIT = 1024 * 1024
 
 SSE_CONTENT_TYPE = b"text/event-stream"
 #: Longest wait for the agent record before the call is forwarded without it.
@@ -67,7 +89,9 @@ class Call:
     #: The client's own body when the gateway sent a rewritten one.
     original_body: bytes | None = None
     #: Pending nudges whose notice this call carries.
-    nudges: list[Any] = field(default_factory=list)
+    nudges: list[Nudge] = field(default_factory=list)
+    #: The held body was answered before it ended (at the hold cap): nothing left to check.
+    answered_early: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -81,19 +105,74 @@ def has_body(headers: Headers) -> bool:
     return headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
 
 
+# -- what the proxy needs from its collaborators ----------------------------------------
+
+
+class Upstream(Protocol):
+    """Sends a call to its provider (``proxy.relay.UpstreamClient``)."""
+
+    def request(self, method: bytes, url: bytes, headers: Headers,
+                body: bytes | None) -> Deferred[IResponse]: ...
+
+
+class TrafficGate(Protocol):
+    """Whether calls may be forwarded at all (``cloud.license.LicenseState``)."""
+
+    def allows_traffic(self) -> bool: ...
+
+
+class NudgeDelivery(Protocol):
+    """The pending nudges a call carries, and their delivery (``enforcement.Enforcement``)."""
+
+    def take_nudges(self, agent: Agent) -> Deferred[list[Nudge]]: ...
+
+    def delivered(self, agent: Agent, nudges: list[Nudge]) -> Deferred[int]: ...
+
+
+class CallIntegrity(HoldIntegrity, Protocol):
+    """The integrity steps of a call (``integrity.pipeline.IntegrityPipeline``)."""
+
+    def prepare(self, provider: Provider, agent: Agent | None, path: bytes, query: bytes,
+                body: bytes | None, notice: str | None = None,
+                ) -> Deferred[tuple[bytes | None, RequestInfo, bool]]: ...
+
+    def plan(self, agent: Agent | None, info: RequestInfo | None, status: int,
+             streaming: bool) -> ResponsePlan: ...
+
+    def analyse(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
+                content_type: str, content_encoding: str | None, body: bytes,
+                truncated: bool) -> Deferred[CheckResult]: ...
+
+    def check(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
+              extraction: Extraction) -> Deferred[CheckResult]: ...
+
+    def trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
+              extraction: Extraction, verdict: str,
+              outcome: AnalysisOutcome | Unverifiable | None) -> Deferred[None]: ...
+
+
 class ProxyHandler:
-    def __init__(self, config: Config, clock: IReactorTime, client: UpstreamClient,
+    """The proxy: what the front door hands ``/anthropic``, ``/openai``, ``/gemini`` and
+    ``/agent/{name}/…`` paths to."""
+
+    def __init__(self, config: ProxyConfig, clock: IReactorTime, client: Upstream,
                  agents: AgentDirectory, metrics: GatewayMetrics,
-                 integrity: IntegrityPipeline, enforcement: Enforcement,
-                 license_state: Any = None) -> None:
+                 integrity: CallIntegrity, enforcement: NudgeDelivery,
+                 license_state: TrafficGate | None = None, *, analysis_timeout: float,
+                 log_level: str, failure_mode: str) -> None:
+        """``analysis_timeout`` (seconds) bounds how long a held response waits for its
+        verdict, and then ``failure_mode`` (``AIP_FAILURE_MODE``) decides; ``log_level``
+        says whether access lines are worth formatting."""
+        self._failure_mode = failure_mode
         self._license = license_state
         self._integrity = integrity
         self._enforcement = enforcement
         self._config = config
+        self._hold_timeout = analysis_timeout + HOLD_GRACE_SECONDS
         # Formatting an access line costs as much as a large share of the proxying;
         # skip building it when the level would drop it anyway.
-        self._log_access = config.log_level in ("debug", "info")
-        self._request_counters: dict[tuple[str, int], Any] = {}
+        self._log_access = log_level in ("debug", "info")
+        self._request_counters: dict[tuple[str, int], Counter] = {}
         self._clock = clock
         self._client = client
         self._agents = agents
@@ -102,6 +181,14 @@ class ProxyHandler:
     def target(self, path: bytes, query: bytes) -> ProxyTarget | None:
         """The proxy route a checked path names, or None when it names none."""
         return parse_proxy_target(path, query)
+
+    def route(self, path: bytes,
+              query: bytes) -> Callable[[GatewayRequest], Deferred[None]] | None:
+        """For the front door: the handler of a path that is a proxy route, else None."""
+        target = self.target(path, query)
+        if target is None:
+            return None
+        return lambda request: self.handle(request, target)
 
     def handle(self, request: GatewayRequest, target: ProxyTarget) -> Deferred[None]:
         """Handle one call; the Deferred fires when all work for it is over."""
@@ -247,23 +334,118 @@ class ProxyHandler:
         call.status = response.code
         call.streaming = is_streaming(response.headers)
         plan = self._integrity.plan(call.agent, call.info, response.code, call.streaming)
+        if plan.hold_stream and response.headers.hasHeader(b"content-encoding"):
+            # Encoded events cannot be framed: held whole, like a non-streaming body.
+            plan = ResponsePlan(True, True, plan.early_verdict)
         enforcement = call.agent.enforcement_mode if call.agent else None
         early = aip_headers(None, plan.early_verdict, enforcement)
+        capture_limit = self._config.stream_capture_bytes if plan.analyse else 0
+        capture = ResponseCapture(capture_limit)
+        if plan.hold_stream:
+            return self._relay_held_stream(call, response, plan, early, capture)
         if not plan.hold:
             self._write_head(call, response, early)
-        capture_limit = self._config.stream_capture_bytes if plan.analyse else 0
         relay = StreamRelay(request, self._clock, self._config.stream_idle_timeout,
-                            ResponseCapture(capture_limit), request.request_id,
-                            hold_limit=HOLD_LIMIT if plan.hold else None,
-                            on_release=lambda: self._write_head(call, response, early))
+                            capture, request.request_id,
+                            hold_limit=self._config.aip_hold_buffer_bytes if plan.hold else None,
+                            on_hold_full=lambda: self._hold_full(call, response, relay))
         response.deliverBody(relay)
         return relay.done.addCallback(self._relayed, call, response, plan)
+
+    def _relay_held_stream(self, call: Call, response: IResponse, plan: ResponsePlan,
+                           early: list[tuple[bytes, bytes]],
+                           capture: ResponseCapture) -> Deferred[None]:
+        """Enforce mode, an event stream: relayed to the end of its reasoning, held there
+        for the verdict (``proxy.hold``). The head goes out at once, without a length: the
+        body may end differently from upstream's."""
+        assert call.agent is not None and call.info is not None
+        request = call.request
+        provider = PROVIDERS[call.target.provider]
+        self._write_head(call, response, early, keep_length=False)
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        gate = PipelineGate(self._integrity, provider, call.agent, call.session_id, call.info,
+                            content_type.decode("latin-1"), self._failure_mode)
+        settings = HoldSettings(
+            buffer_bytes=self._config.aip_hold_buffer_bytes,
+            keepalive_seconds=self._config.aip_hold_keepalive_seconds,
+            timeout_seconds=self._hold_timeout)
+        relay = HeldStreamRelay(request, self._clock, self._config.stream_idle_timeout,
+                                capture, request.request_id,
+                                StreamFormat.of(provider, call.info), gate, settings)
+        response.deliverBody(relay)
+        return relay.done.addCallback(self._held_stream_relayed, call, response, gate, relay)
+
+    def _held_stream_relayed(self, outcome: RelayOutcome, call: Call, response: IResponse,
+                             gate: PipelineGate, relay: HeldStreamRelay) -> Deferred[Any] | None:
+        """The held stream is over; what is left is off the response path: a check of
+        reasoning that came only after the hold point (it can only nudge) and the trace."""
+        call.extra["bytes_sent"] = outcome.bytes_sent
+        call.extra["hold"] = "refused" if relay.error is not None else (
+            "released" if gate.check is not None else "none")
+        if relay.error is not None:
+            call.extra["refused"] = relay.error.type
+        if outcome.ending not in ("complete",):
+            call.extra["reason"] = outcome.ending
+        self._account(call, call.status)
+        if outcome.ending not in ("complete", "client_gone"):
+            return None
+        return self._after_held_stream(call, response, gate, outcome)
+
+    @inlineCallbacks
+    def _after_held_stream(self, call: Call, response: IResponse, gate: PipelineGate,
+                           outcome: RelayOutcome) -> Any:
+        assert call.agent is not None and call.info is not None
+        provider = PROVIDERS[call.target.provider]
+        yield gate.settled()  # a check still running (the hold timed out) is waited for
+        if gate.output_analysed:
+            return None  # analysed, recorded and traced with the whole output
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        extraction = yield self._integrity.extract(
+            provider, call.info, content_type.decode("latin-1"), None,
+            outcome.capture.getvalue(), outcome.capture.truncated)
+        if extraction is None:
+            return None
+        check = gate.check
+        result: CheckResult
+        if check is None or (check.without_reasoning is None and extraction.thinking
+                             and extraction.thinking != gate.checked_thinking):
+            # No hold point, or reasoning after it: checked now, it can only nudge.
+            result = yield self._integrity.check(provider, call.agent, call.session_id,
+                                                 call.info, extraction)
+        else:
+            result = (check.verdict, check.outcome)
+        yield self._integrity.trace(call.agent, call.session_id, provider.name, call.info,
+                                    extraction, *result)
+        return None
+
+    def _hold_full(self, call: Call, response: IResponse, relay: StreamRelay) -> None:
+        """A held body reached the hold cap: the upstream is paused and what is held is
+        analysed now (never released unanalysed); the verdict releases it, and the rest
+        streams on, or refuses it."""
+        call.answered_early = True
+        d = within(self._analyse(call, response, relay.capture), self._hold_timeout,
+                   self._clock, ("timeout", None))
+
+        def answer(result: CheckResult) -> None:
+            verdict, outcome = result
+            refusal = self._held_refusal(verdict, outcome)
+            headers = self._held_headers(verdict, outcome, refusal is not None)
+            if refusal is None:
+                relay.release_hold(lambda: self._write_head(call, response, headers))
+                return
+            call.status = 403
+            relay.abandon()
+            send_json(call.request, 403, refusal, self._gateway_headers(call) + headers)
+
+        d.addCallback(answer)
 
     def _check_injection_refused(self, response: IResponse, call: Call) -> Deferred[None]:
         """A 400 to a body the gateway rewrote: if the rewrite was the reason, send the
         client's own body instead, so asking for reasoning never costs the client a call."""
         original, call.original_body = call.original_body, None
-        d = readBody(response)
+        # Bounded like every other body the gateway reads: an error answer is small, and an
+        # upstream trickling one must not hold the call once its response timer is gone.
+        d = read_body(response, ERROR_BODY_LIMIT, self._clock, self._config.stream_idle_timeout)
 
         def decide(error_body: bytes) -> Deferred[None] | None:
             if call.info is not None and injection_rejected(call.info, 400, error_body):
@@ -290,13 +472,13 @@ class ProxyHandler:
         return d.addCallbacks(decide, broken)
 
     def _write_head(self, call: Call, response: IResponse,
-                    extra: list[tuple[bytes, bytes]]) -> None:
+                    extra: list[tuple[bytes, bytes]], keep_length: bool = True) -> None:
         """Status and headers as upstream sent them, plus the gateway's own."""
         request = call.request
         request.setResponseCode(response.code, response.phrase or None)
         for name, values in client_response_headers(response.headers):
             request.responseHeaders.setRawHeaders(name, values)
-        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD" \
+        if keep_length and response.length is not UNKNOWN_LENGTH and request.method != b"HEAD" \
                 and response.code not in NO_BODY_CODES:
             # Twisted's client consumes Content-Length; the body is relayed unchanged,
             # so the client gets the same framing the provider chose.
@@ -330,48 +512,75 @@ class ProxyHandler:
             call.extra["reason"] = outcome.ending
         analysable = plan.analyse and outcome.ending in ("complete", "client_gone") \
             and call.info is not None and call.agent is not None
+        if call.answered_early:
+            self._account(call, call.status)
+            return None
         if outcome.held_body is None:
             self._account(call, call.status)
             if not analysable:
                 return None
             # Off the response path: the client already has everything.
-            return self._analyse(call, response, outcome).addCallback(lambda _: None)
+            return self._analyse(call, response, outcome.capture).addCallback(lambda _: None)
         if not analysable:
             self._answer_held(("skipped", None), call, response, outcome.held_body)
             return None
-        d = self._analyse(call, response, outcome)
+        analysis = self._analyse(call, response, outcome.capture)
         # The analyzer bounds the model call; this bounds everything around it too.
-        d.addTimeout(self._config.aip_analysis_timeout_ms / 1000 + HOLD_GRACE_SECONDS,
-                     self._clock, onTimeoutCancel=lambda *_: ("error", None))
+        d = within(analysis, self._hold_timeout, self._clock, ("timeout", None))
         d.addCallback(self._answer_held, call, response, outcome.held_body)
-        return d
+        return d.addCallback(lambda _: analysis)
 
-    def _analyse(self, call: Call, response: IResponse, outcome: RelayOutcome) -> Deferred[Any]:
+    def _analyse(self, call: Call, response: IResponse,
+                 capture: ResponseCapture) -> Deferred[CheckResult]:
         assert call.agent is not None and call.info is not None
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
         return self._integrity.analyse(
             PROVIDERS[call.target.provider], call.agent, call.session_id, call.info,
             content_type.decode("latin-1"), encoding.decode("latin-1") if encoding else None,
-            outcome.capture.getvalue(), outcome.capture.truncated)
+            capture.getvalue(), capture.truncated)
 
-    def _answer_held(self, result: tuple[str, AnalysisOutcome | None], call: Call,
-                     response: IResponse, body: bytes) -> None:
+    def _held_refusal(self, verdict: str,
+                      outcome: AnalysisOutcome | Unverifiable | None) -> dict[str, Any] | None:
+        """The 403 body for a held response, or None to release it: a boundary violation
+        (synthetic ones under ``fail_closed`` included) and a response refused unanalysed
+        (``refusal_payload``), and no verdict at all (timeout, pipeline error) under
+        ``fail_closed``."""
+        refusal = refusal_payload(verdict, outcome)
+        if refusal is None and verdict in ("timeout", "error") \
+                and self._failure_mode == "fail_closed":
+            refusal = error_payload(FAILED_MESSAGE, "integrity_violation", checkpoint_id=None,
+                                    concerns=[], synthetic=True,
+                                    reason="analysis_timeout" if verdict == "timeout"
+                                    else "analysis_failed")
+        return refusal
+
+    @staticmethod
+    def _held_headers(verdict: str, outcome: AnalysisOutcome | Unverifiable | None,
+                      refused: bool) -> list[tuple[bytes, bytes]]:
+        """``X-AIP-*`` of a held response: refused unanalysed has no verdict (``skipped``);
+        no verdict in time is ``error`` when released, a violation when refused."""
+        checkpoint = outcome if isinstance(outcome, AnalysisOutcome) else None
+        shown = verdict
+        if isinstance(outcome, Unverifiable):
+            shown = "skipped"
+        elif verdict in ("timeout", "error"):
+            shown = "boundary_violation" if refused else "error"
+        return aip_headers(checkpoint, shown, "enforce")
+
+    def _answer_held(self, result: CheckResult, call: Call, response: IResponse,
+                     body: bytes) -> None:
         """The verdict is in: send the held response, or refuse it (enforce mode)."""
         verdict, outcome = result
         request = call.request
-        headers = aip_headers(outcome, verdict, "enforce")
         if request._disconnected:
             self._account(call, call.status)
             return
-        if verdict == "boundary_violation" and outcome is not None:
+        refusal = self._held_refusal(verdict, outcome)
+        headers = self._held_headers(verdict, outcome, refusal is not None)
+        if refusal is not None:
             call.status = 403
-            payload = error_payload(
-                "The response was withheld: its reasoning crossed the agent's boundaries",
-                "integrity_violation", checkpoint_id=outcome.checkpoint_id,
-                concerns=[{k: c.get(k) for k in ("category", "severity", "description")}
-                          for c in outcome.concerns])
-            send_json(request, 403, payload, self._gateway_headers(call) + headers)
+            send_json(request, 403, refusal, self._gateway_headers(call) + headers)
         else:
             self._write_head(call, response, headers)
             request.write(body)

@@ -165,13 +165,15 @@ class StreamRelay(Protocol):
     connection is closed.
 
     With ``hold_limit`` set, nothing is written: the body is held so the caller can answer
-    after the integrity verdict (enforce mode). A body that outgrows the limit is released:
-    ``on_release`` writes the response head, then the held bytes and the rest stream on.
+    after the integrity verdict (enforce mode). A body that outgrows the limit is never
+    released unanalysed: the upstream is paused and ``on_hold_full`` asks the caller for a
+    verdict on what is held, who then calls ``release_hold`` (the head, the held bytes, and
+    the rest streams on) or ``abandon`` (the caller answered; the upstream is closed).
     """
 
     def __init__(self, request: Request, clock: IReactorTime, idle_timeout: float,
                  capture: ResponseCapture, request_id: str, hold_limit: int | None = None,
-                 on_release: Callable[[], None] | None = None) -> None:
+                 on_hold_full: Callable[[], None] | None = None) -> None:
         self._request = request
         self._clock = clock
         self._idle_timeout = idle_timeout
@@ -186,7 +188,10 @@ class StreamRelay(Protocol):
         self._hold_limit = hold_limit
         self._held: list[bytes] | None = [] if hold_limit is not None else None
         self._held_size = 0
-        self._on_release = on_release
+        self._on_hold_full = on_hold_full
+        self._waiting = False  # held at the limit, paused, until release_hold or abandon
+        self._answered = False  # the caller answered the client itself
+        self._lost: Failure | None = None  # the upstream's end while waiting
 
     # -- upstream side (IProtocol) ------------------------------------------------------
 
@@ -203,8 +208,15 @@ class StreamRelay(Protocol):
         if self._held is not None:
             self._held.append(data)
             self._held_size += len(data)
-            if self._hold_limit is not None and self._held_size > self._hold_limit:
-                self._release_hold()
+            if self._hold_limit is not None and self._held_size > self._hold_limit \
+                    and not self._waiting:
+                self._waiting = True
+                self._cancel_idle()  # the silence is ours
+                self.transport.pauseProducing()
+                if self._on_hold_full is not None:
+                    self._on_hold_full()
+            return
+        if self._answered:
             return
         if self._client_connected:
             self._request.write(data)
@@ -212,21 +224,46 @@ class StreamRelay(Protocol):
         elif self.capture.full:
             self._close_upstream("client_gone")
 
-    def _release_hold(self) -> None:
-        """Stop holding: write the head and what was held, then stream the rest."""
+    def release_hold(self, write_head: Callable[[], None]) -> None:
+        """The verdict on a body held at the limit allows it: ``write_head``, the held
+        bytes, then the rest streams on as a plain relay."""
+        if not self._waiting:
+            return
+        self._waiting = False
         held, self._held = self._held or [], None
         self._client_connected = not self._request._disconnected
-        if not self._client_connected:
+        if self._client_connected:
+            write_head()
+            for chunk in held:
+                self._request.write(chunk)
+                self.bytes_sent += len(chunk)
+            self._request.registerProducer(self, True)
+        if self._lost is not None:
+            self.connectionLost(self._lost)
             return
-        if self._on_release is not None:
-            self._on_release()
-        for chunk in held:
-            self._request.write(chunk)
-            self.bytes_sent += len(chunk)
-        self._request.registerProducer(self, True)
+        self._arm_idle()
+        self.transport.resumeProducing()
+
+    def abandon(self) -> None:
+        """The caller answered the client instead (a refusal): drop what is held and
+        close the upstream connection."""
+        if not self._waiting:
+            return
+        self._waiting = False
+        self._held = None
+        self._answered = True
+        self._client_connected = False
+        if self._lost is not None:
+            self.connectionLost(self._lost)
+            return
+        self.transport.resumeProducing()
+        self._close_upstream("refused")
 
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
         self._cancel_idle()
+        if self._waiting:
+            self._lost = reason  # ended while its verdict is pending: finished after it
+            return
         clean = isinstance(reason, Failure) and reason.check(ResponseDone, PotentialDataLoss)
         ending = self._ending or ("complete" if clean else "upstream_failed")
         if self._held is not None:
@@ -249,6 +286,8 @@ class StreamRelay(Protocol):
         if ending == "upstream_failed":
             log.error("Upstream closed the response before it was complete",
                       request_id=self._request_id, bytes_sent=self.bytes_sent)
+        elif ending == "refused":
+            ending = "complete"
         elif ending == "complete" and not self._client_connected:
             ending = "client_gone"
         self.done.callback(RelayOutcome(ending, self.bytes_sent, self.capture))

@@ -5,6 +5,10 @@ until its trace is built, and never past ``expires_at`` (``OUTBOX_TTL``), whatev
 it is in. Rows are claimed with a lease, so with several schedulers each row is worked
 on by one at a time; the trace insert is idempotent per outbox row (``outbox_id`` is
 unique) and deletes the row in the same transaction, so a row becomes exactly one trace.
+
+The traces job works in batches (``claim`` many rows in one statement, ``finish`` a whole
+batch in one transaction with multi-row statements) because the per-row round trips,
+not the trace building, are what limits how many traces a second the job can make.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from mnemomd.storage.database import Cursor, Database
 #: A row that failed this many times is parked: kept for inspection until its TTL, never
 #: retried, never blocking the rows behind it.
 MAX_ATTEMPTS = 5
+#: Rows per multi-row statement: well under SQLite's 32,766 bound parameters (9 a trace).
+STATEMENT_ROWS = 500
 
 OUTBOX_FIELDS = ("id", "agent_id", "session_id", "provider", "model", "checkpoint_id",
                  "payload", "attempts", "created_at", "expires_at")
@@ -91,6 +97,43 @@ def _dump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+@dataclass(frozen=True)
+class OutboxFailure:
+    """A claimed row whose trace could not be built this time."""
+
+    row: OutboxRow
+    error: str
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What ``finish`` did: the outbox ids that became a trace now, those whose trace
+    another scheduler had already stored, and the failed rows now parked."""
+
+    stored: frozenset[str]
+    duplicates: frozenset[str]
+    parked: frozenset[str]
+
+
+@dataclass(frozen=True)
+class OutboxDepth:
+    """The outbox as ``gateway_outbox_depth`` shows it; ``oldest_ready_at`` is None when
+    no row is ready."""
+
+    ready: int
+    parked: int
+    oldest_ready_at: int | None
+
+
+def _chunks(items: list[Any], size: int = STATEMENT_ROWS) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _marks(count: int, width: int = 1) -> str:
+    row = "?" if width == 1 else "(" + ", ".join("?" * width) + ")"
+    return ", ".join([row] * count)
+
+
 class OutboxStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -109,6 +152,15 @@ class OutboxStore:
         return self._db.run_interaction("claim_trace_outbox", _claim, owner, now_ms, lease_ms,
                                         limit)
 
+    def finish(self, owner: str, traces: list[tuple[OutboxRow, TraceRecord]],
+               failures: list[OutboxFailure]) -> Deferred[BatchResult]:
+        """A whole batch in one transaction: the traces stored (idempotent per outbox
+        row), their checkpoints linked and their rows dropped, the failures recorded.
+        One row the database refuses fails the whole transaction; the caller then
+        finishes the rows one by one (``complete`` and ``fail``)."""
+        return self._db.run_interaction("finish_trace_batch", _finish, owner, traces,
+                                        failures)
+
     def complete(self, row: OutboxRow, trace: TraceRecord) -> Deferred[bool]:
         """Store the trace, link its checkpoint and drop the outbox row, in one transaction.
         Fires False when another scheduler already built this row's trace."""
@@ -123,37 +175,79 @@ class OutboxStore:
         return self._db.execute("expire_trace_outbox",
                                 "DELETE FROM trace_outbox WHERE expires_at <= ?", (now_ms,))
 
-    def counts(self) -> Deferred[dict[str, int]]:
-        def read(cursor: Cursor) -> dict[str, int]:
-            rows = cursor.execute("SELECT parked, COUNT(*) FROM trace_outbox GROUP BY parked"
-                                  ).fetchall()
-            counts = {"ready": 0, "parked": 0}
-            for parked, count in rows:
-                counts["parked" if parked else "ready"] += int(count)
-            return counts
+    def depth(self) -> Deferred[OutboxDepth]:
+        """Ready and parked rows, and when the oldest ready row was written."""
+        def read(cursor: Cursor) -> OutboxDepth:
+            counts = _counts(cursor)
+            oldest = cursor.execute("SELECT MIN(created_at) FROM trace_outbox WHERE parked = ?",
+                                    (False,)).fetchone()
+            return OutboxDepth(counts["ready"], counts["parked"],
+                               int(oldest[0]) if oldest and oldest[0] is not None else None)
 
-        return self._db.run_interaction("count_trace_outbox", read)
+        return self._db.run_interaction("trace_outbox_depth", read)
+
+    def counts(self) -> Deferred[dict[str, int]]:
+        return self._db.run_interaction("count_trace_outbox", _counts)
+
+
+def _counts(cursor: Cursor) -> dict[str, int]:
+    rows = cursor.execute("SELECT parked, COUNT(*) FROM trace_outbox GROUP BY parked"
+                          ).fetchall()
+    counts = {"ready": 0, "parked": 0}
+    for parked, count in rows:
+        counts["parked" if parked else "ready"] += int(count)
+    return counts
 
 
 def _claim(cursor: Cursor, owner: str, now_ms: int, lease_ms: int,
            limit: int) -> list[OutboxRow]:
-    candidates = cursor.execute(
-        "SELECT id FROM trace_outbox WHERE parked = ? AND expires_at > ? AND "
-        "(lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY created_at, id LIMIT ?",
-        (False, now_ms, now_ms, limit)).fetchall()
-    claimed = []
-    for (row_id,) in candidates:
-        won = cursor.execute(
-            "UPDATE trace_outbox SET lease_owner = ?, lease_expires_at = ?, "
-            "attempts = attempts + 1 WHERE id = ? AND parked = ? AND "
-            "(lease_expires_at IS NULL OR lease_expires_at < ?)",
-            (owner, now_ms + lease_ms, row_id, False, now_ms)).rowcount
-        if won:
-            row = cursor.execute(f"SELECT {', '.join(OUTBOX_FIELDS)} FROM trace_outbox "
-                                 "WHERE id = ?", (row_id,)).fetchone()
-            if row is not None:
-                claimed.append(row_to_outbox(row))
-    return claimed
+    """One statement leases up to ``limit`` rows and returns them. On PostgreSQL the
+    candidates are locked ``FOR UPDATE SKIP LOCKED``, so concurrent claimers take
+    disjoint rows without waiting for each other; a row another claimer committed
+    meanwhile is re-checked against the lease condition and left out. SQLite has one
+    writer at a time, so its claims cannot interleave."""
+    lock = " FOR UPDATE SKIP LOCKED" if cursor.engine == "postgresql" else ""
+    ready = "parked = ? AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
+    rows = cursor.execute(
+        "UPDATE trace_outbox SET lease_owner = ?, lease_expires_at = ?, "
+        f"attempts = attempts + 1 WHERE {ready} AND id IN (SELECT id FROM trace_outbox "
+        f"WHERE {ready} AND expires_at > ? ORDER BY created_at, id LIMIT ?{lock}) "
+        f"RETURNING {', '.join(OUTBOX_FIELDS)}",
+        (owner, now_ms + lease_ms, False, now_ms, False, now_ms, now_ms, limit)).fetchall()
+    return sorted((row_to_outbox(r) for r in rows), key=lambda r: (r.created_at, r.id))
+
+
+def _finish(cursor: Cursor, owner: str, traces: list[tuple[OutboxRow, TraceRecord]],
+            failures: list[OutboxFailure]) -> BatchResult:
+    stored: set[str] = set()
+    for chunk in _chunks(traces):
+        params: list[Any] = []
+        for _, t in chunk:
+            params += [t.id, t.agent_id, t.session_id, t.checkpoint_id, t.outbox_id,
+                       _dump(t.trace), _dump(t.verification) if t.verification else None,
+                       t.verified, t.created_at]
+        # Only the rows inserted now come back: a trace another scheduler already stored
+        # for the same outbox row is left as it is (exactly one trace per outbox row).
+        stored.update(r[0] for r in cursor.execute(
+            f"INSERT INTO ap_traces ({', '.join(TRACE_FIELDS)}) VALUES "
+            f"{_marks(len(chunk), len(TRACE_FIELDS))} ON CONFLICT DO NOTHING "
+            "RETURNING outbox_id", params).fetchall())
+        links = [(t.checkpoint_id, t.id) for _, t in chunk
+                 if t.checkpoint_id and t.outbox_id in stored]
+        if links:
+            cases = " ".join(["WHEN ? THEN ?"] * len(links))
+            cursor.execute(
+                f"UPDATE integrity_checkpoints SET trace_id = CASE id {cases} END "
+                f"WHERE id IN ({_marks(len(links))})",
+                [v for link in links for v in link] + [c for c, _ in links])
+        ids = [row.id for row, _ in chunk]
+        cursor.execute(f"DELETE FROM trace_outbox WHERE id IN ({_marks(len(ids))})", ids)
+    parked = set()
+    for failure in failures:
+        if _fail(cursor, failure.row, owner, failure.error):
+            parked.add(failure.row.id)
+    done = {row.id for row, _ in traces}
+    return BatchResult(frozenset(stored), frozenset(done - stored), frozenset(parked))
 
 
 def _complete(cursor: Cursor, row: OutboxRow, trace: TraceRecord) -> bool:

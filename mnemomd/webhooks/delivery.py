@@ -1,6 +1,6 @@
 """Webhook delivery: signing, the retry schedule and the dispatcher (SPEC §7).
 
-Every event is a durable row (see ``storage/webhooks.py``). The process that queued it
+Every event is a durable row (see ``webhooks/store.py``). The process that queued it
 sends it at once and retries 1 s, 4 s and 16 s later; after that the scheduler's
 ``webhooks`` job keeps retrying due rows until 24 hours after the event, and picks up
 anything a stopped process left behind. A 2xx is delivered; a 4xx other than 408/429 is
@@ -31,6 +31,7 @@ from twisted.web.http_headers import Headers
 from mnemomd import __version__
 from mnemomd.http.client import ClientSettings, HTTPClient, Reply
 from mnemomd.http.errors import as_outbound
+from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.webhooks.store import AttemptResult, Delivery, Endpoint, WebhookStore
 
 log = Logger()
@@ -47,6 +48,8 @@ TIMEOUT_SECONDS = 10.0
 LEASE_MS = 60_000
 RESPONSE_BODY_LIMIT = 64 * 1024
 BATCH = 50
+#: ``gateway_webhook_deliveries_total`` result of each attempt outcome.
+METRIC_RESULTS = {"delivered": "delivered", "retry": "retried", "failed": "failed"}
 
 
 def new_secret() -> str:
@@ -169,8 +172,9 @@ class WebhookDispatcher:
     def __init__(self, clock: IReactorTime, store: WebhookStore,
                  send: Callable[[str, dict[str, str], bytes], Deferred[SendResult]],
                  owner: str, disable_after: int = DISABLE_AFTER,
-                 lease_ms: int = LEASE_MS) -> None:
+                 lease_ms: int = LEASE_MS, metrics: GatewayMetrics | None = None) -> None:
         self._clock = clock
+        self._metrics = metrics
         self._store = store
         self._send = send
         self._owner = owner
@@ -240,6 +244,11 @@ class WebhookDispatcher:
                                                                 body), body)
         outcome = attempt_result(delivery, result.status, result.error, self._now_ms())
         disabled = yield self._store.record_attempt(outcome, self._owner, self._disable_after)
+        if self._metrics is not None:
+            # Counted once recorded: an attempt the database did not take is tried again.
+            self._metrics.webhook_deliveries.labels(METRIC_RESULTS[outcome.outcome]).inc()
+            if disabled:
+                self._metrics.webhook_deliveries.labels("disabled").inc()
         if disabled:
             log.warn("Webhook endpoint {endpoint_id} disabled after {count} consecutive "
                      "failures", endpoint_id=endpoint.id, count=self._disable_after)

@@ -129,7 +129,7 @@ def test_credentials_come_from_the_configuration():
     config = load_config(environ={"INTERNAL_API_KEY": KEY, "SUPABASE_JWT_SECRET": SUPABASE,
                                   "MNEMOM_DATA_DIR": "/nonexistent"},
                          default_config_path="/nonexistent.yaml")
-    assert credentials_from_config(config) == ApiCredentials(KEY, (SUPABASE,))
+    assert credentials_from_config(config.api) == ApiCredentials(KEY, (SUPABASE,))
     shown = {name: value for name, value, _ in config.describe()}
     assert shown["INTERNAL_API_KEY"] == "********"
     assert shown["SUPABASE_JWT_SECRET"] == "********"

@@ -48,7 +48,8 @@ class ManagementStoreTests(MigratedDatabase):
     def test_agent_views_show_the_state_that_holds_them_and_its_scope(self):
         agents = AgentStore(self.db)
         plain = yield agents.get_or_create("f" * 16, None, "observe", 20)
-        sibling = yield agents.get_or_create("e" * 16, "sibling", "observe", 21, "f" * 16)
+        sibling = yield agents.get_or_create("e" * 16, "sibling", "observe", 21,
+                                           key_hash="f" * 16)
         enforcement = EnforcementStore(self.db)
         yield enforcement.contain(self.ids[0], "pause", "t", "own", 40, "agent")
         yield enforcement.contain(plain.agent_id, "kill", "t", "the key leaked", 50)

@@ -17,15 +17,20 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(source: str, module: str, is_package: bool) -> Iterator[str]:
-    """Every ``mnemomd`` module a source file imports, wherever the statement is (lazy
-    imports and ``TYPE_CHECKING`` blocks included: a layer is a layer at type-check time
-    too)."""
+def imports_of(source: str, module: str, is_package: bool) -> Iterator[tuple[str, ...]]:
+    """Every import statement of a source file, wherever it is (lazy imports and
+    ``TYPE_CHECKING`` blocks included: a layer is a layer at type-check time too), as the
+    candidate module names it may import, most specific first.
+
+    ``from pkg import name`` imports ``pkg.name`` when that is a module, else ``pkg``; the
+    caller, which knows the modules that exist, keeps the first candidate that does, for
+    each name of each statement on its own.
+    """
     package = module if is_package else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield alias.name
+                yield (alias.name,)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -33,11 +38,8 @@ def imports_of(source: str, module: str, is_package: bool) -> Iterator[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            submodules = [f"{target}.{alias.name}" for alias in node.names]
-            # ``from pkg import module`` imports the module; ``from pkg import name``
-            # imports the package. Both are yielded; the caller keeps the ones that exist.
-            yield from submodules
-            yield target + "?"  # the package itself, only when no submodule matched
+            for alias in node.names:
+                yield (f"{target}.{alias.name}", target)
 
 
 def import_graph(root: Path = PACKAGE_ROOT) -> dict[str, set[str]]:
@@ -45,18 +47,11 @@ def import_graph(root: Path = PACKAGE_ROOT) -> dict[str, set[str]]:
     files = {module_name(p, root): p for p in root.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for module, path in files.items():
-        names = list(imports_of(path.read_text(encoding="utf-8"), module,
-                                path.name == "__init__.py"))
         found: set[str] = set()
-        for name in names:
-            if name.endswith("?"):
-                continue
-            if name in files and name != module:
+        for candidates in imports_of(path.read_text(encoding="utf-8"), module,
+                                     path.name == "__init__.py"):
+            name = next((c for c in candidates if c in files), None)
+            if name is not None and name != module:
                 found.add(name)
-        for name in names:
-            package = name.removesuffix("?")
-            if name.endswith("?") and package in files and package != module and not any(
-                    f.startswith(package + ".") for f in found):
-                found.add(package)
         graph[module] = found
     return graph

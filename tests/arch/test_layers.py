@@ -163,3 +163,13 @@ def test_a_sideways_import_between_proxy_and_api_is_caught(tmp_path):
     })
     assert upward_imports(import_graph(root)) == [
         "mnemomd.api.handlers imports mnemomd.proxy.handler, a sibling package of its layer"]
+
+
+def test_a_cycle_through_a_package_init_is_caught(tmp_path):
+    root = _package(tmp_path, {
+        "__init__.py": "",
+        "kv/__init__.py": "from mnemomd.kv.redis import RedisStore\nVALUE = 1\n",
+        "kv/base.py": "",
+        "kv/redis.py": "from mnemomd.kv import base\nfrom mnemomd.kv import VALUE\n",
+    })
+    assert cycles(import_graph(root)) == [["mnemomd.kv", "mnemomd.kv.redis"]]

@@ -66,15 +66,15 @@ def test_from_config_picks_the_backends_own_key():
     config = Config(analysis_provider="gemini", gemini_api_key="g", anthropic_api_key="a",
                     aip_failure_mode="fail_closed", aip_analysis_timeout_ms=2500,
                     aip_store_evidence=False)
-    s = from_config(config)
+    s = from_config(config.analysis)
     assert (s.provider, s.api_key, s.failure_mode, s.timeout_ms, s.store_evidence) == (
         "gemini", "g", "fail_closed", 2500, False)
-    assert from_config(replace(config, analysis_api_key="override")).api_key == "override"
+    assert from_config(replace(config, analysis_api_key="override").analysis).api_key == "override"
     local = from_config(Config(analysis_provider="openai-compatible", openai_api_key="o",
-                               analysis_base_url="http://llm:8080"))
+                               analysis_base_url="http://llm:8080").analysis)
     assert local.api_key is None  # the real OpenAI key never goes to a local server
     hybrid = from_config(Config(analysis_provider="mnemom", mnemom_api_key="m",
-                                mnemom_analyze_url="https://m.example/analyze"))
+                                mnemom_analyze_url="https://m.example/analyze").analysis)
     assert (hybrid.api_key, hybrid.endpoint()) == ("m", "https://m.example/analyze")
 
 

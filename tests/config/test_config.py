@@ -149,3 +149,66 @@ def test_url_credentials_masked_in_description():
     shown = mask(setting, "https://user:hunter2@proxy.example:8443/v")
     assert "hunter2" not in shown
     assert shown == "https://user:****@proxy.example:8443/v"
+
+
+def test_one_message_carries_value_and_cross_setting_problems(tmp_path):
+    key_file = tmp_path / "not-a-key.pem"
+    key_file.write_text("not a PEM key\n")
+    with pytest.raises(ConfigError) as caught:
+        load(env={"PORT": "eighty", "ANALYSIS_PROVIDER": "mnemom", "LICENSE_REQUIRED": "true",
+                  "MNEMOM_LICENSE_PUBLIC_KEY": str(key_file)})
+    problems = caught.value.problems
+    assert problems[0] == "[listener.port] PORT (env PORT): 'eighty' must be an integer"
+    assert "MNEMOM_ANALYZE_URL is required when ANALYSIS_PROVIDER is mnemom" in problems
+    assert "LICENSE_REQUIRED is true but MNEMOM_LICENSE_JWT is not set" in problems
+    assert any(p.startswith("MNEMOM_LICENSE_PUBLIC_KEY: ") for p in problems)
+    assert len(problems) == 5  # the fifth: MNEMOM_API_KEY is required for mnemom
+    assert caught.value.render().startswith("mnemomd: 5 configuration problem(s):")
+
+
+def test_cross_setting_problem_about_an_unparsable_value_is_left_out():
+    """An invalid ANALYSIS_BASE_URL is reported once, not also as missing."""
+    with pytest.raises(ConfigError) as caught:
+        load(env={"ANALYSIS_PROVIDER": "openai-compatible", "ANALYSIS_BASE_URL": "ftp://x"})
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(
+        "[analysis.analysis_base_url] ANALYSIS_BASE_URL (env ANALYSIS_BASE_URL): 'ftp://x'")
+
+
+def test_problems_name_the_setting_path():
+    with pytest.raises(ConfigError) as caught:
+        load(env={"GEMINI_BASE_URL": "gopher://x", "OUTBOX_TTL": "0"})
+    assert [p.split()[0] for p in caught.value.problems] == [
+        "[proxy.upstream_base_urls.gemini]", "[observer.outbox_ttl]"]
+
+
+def test_unknown_environment_variable_warns_with_the_nearest_name():
+    config = load(env={"MNEMOM_ROEL": "scheduler", "MNEMOM_LOG_LEVEL": "debug",
+                       "MNEMOM_XYZZY": "1", "ROLE": "not ours"})
+    assert config.role == "all"
+    assert "MNEMOM_ROEL is not a setting (did you mean MNEMOM_ROLE?)" in config.warnings
+    assert "MNEMOM_LOG_LEVEL is not a setting (did you mean LOG_LEVEL?)" in config.warnings
+    assert "MNEMOM_XYZZY is not a setting" in config.warnings
+    assert not any("ROLE is not" in w and "MNEMOM" not in w for w in config.warnings)
+
+
+def test_names_read_elsewhere_or_deprecated_are_not_unknown(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("")
+    config = load(env={"MNEMOM_CONFIG": str(path), "MNEMOM_MIGRATIONS_DIR": "/m",
+                       "SMOLTBOT_ROLE": "gateway", "MNEMOM_OFFLINE": "true",
+                       "ANALYSIS_PROVIDER": "openai-compatible",
+                       "ANALYSIS_BASE_URL": "http://llm.local"})
+    assert config.warnings == ("SMOLTBOT_ROLE is deprecated; use MNEMOM_ROLE",)
+
+
+def test_unknown_yaml_key_is_an_error_with_the_nearest_name(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("upstream_timout: 5\nwibble: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load(path=str(path))
+    assert caught.value.problems == [
+        f"config file {path}: unknown setting 'upstream_timout' "
+        "(did you mean 'upstream_timeout'?)",
+        f"config file {path}: unknown setting 'wibble'",
+    ]

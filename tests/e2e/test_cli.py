@@ -91,6 +91,17 @@ def test_agent_settings(cli, agent):
     assert "nothing to change" in cli("agent", "settings", agent, expect=2).stderr
 
 
+def test_agent_settings_without_reasoning(cli, agent):
+    shown = cli("agent", "settings", agent, "--without-reasoning", "refuse").stdout
+    assert "if no reasoning   refuse" in shown
+    result = json.loads(cli("agent", "settings", agent, "--without-reasoning",
+                            "analyse_output", "--json").stdout)
+    assert result["settings"]["without_reasoning"] == "analyse_output"
+    assert result["agent"]["without_reasoning"] == "analyse_output"
+    cli("agent", "settings", agent, "--without-reasoning", "sometimes", expect=2)
+    cli("agent", "settings", agent, "--without-reasoning", "allow")
+
+
 def test_checkpoints_and_traces(cli, agent):
     lines = cli("checkpoints", agent).stdout.splitlines()
     assert lines[0].split()[:3] == ["CHECKPOINT", "VERDICT", "SESSION"]

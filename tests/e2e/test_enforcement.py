@@ -129,15 +129,22 @@ def test_nudge_injected_into_the_next_call(start, tmp_path, violating, upstream,
     assert any(n["status"] == "delivered" for n in shown["nudges"])
 
 
-def test_enforce_streaming_is_delivered_and_nudges(start, tmp_path, violating):
+def test_enforce_streaming_violation_is_withheld_with_an_error_event(start, tmp_path, violating):
+    """SPEC §6.2: a stream is held at the end of its reasoning, and a violation ends it with
+    the provider's error event; nothing after the reasoning is delivered."""
     s = Setup(start, tmp_path, violating, AIP_DEFAULT_ENFORCEMENT="enforce")
     status, headers, body = s.call(body={"model": "claude-x", "max_tokens": 64, "stream": True,
                                          "messages": [{"role": "user", "content": "hi"}]})
-    assert status == 200 and b"message_stop" in body
-    assert headers["x-aip-verdict"] == "pending"
-    s.wait("SELECT COUNT(*) FROM nudges WHERE status='pending'", 1)
-    status, _, payload = s.call()
-    assert status == 403 and json.loads(payload)["type"] == "integrity_violation"
+    assert status == 200 and headers["x-aip-verdict"] == "pending"
+    assert b"thinking_delta" in body
+    assert b"text_delta" not in body and b"message_stop" not in body
+    head, _, event = body.rpartition(b"event: error\ndata: ")
+    assert head and event.endswith(b"\n\n")
+    error = json.loads(event)["error"]
+    assert error["type"] == "integrity_violation"
+    [(checkpoint_id,)] = s.rows("SELECT id FROM integrity_checkpoints "
+                                "WHERE verdict='boundary_violation'")
+    assert error["checkpoint_id"] == checkpoint_id
 
 
 def test_nudge_strategy_off_and_threshold(start, tmp_path, violating):

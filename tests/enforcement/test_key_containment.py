@@ -43,7 +43,7 @@ class KeyContainmentTests(MigratedDatabase):
         self.store = EnforcementStore(self.db)
         self.plain = yield self.agents.get_or_create(K, None, "observe", 10)
         self.planner = yield self.agents.get_or_create(named("planner"), "planner", "observe",
-                                                       11, K)
+                                                       11, key_hash=K)
         self.stranger = yield self.agents.get_or_create(OTHER, None, "observe", 12)
 
     @inlineCallbacks
@@ -65,7 +65,7 @@ class KeyContainmentTests(MigratedDatabase):
         self.assertEqual(self.stranger.key_hash, OTHER)
         # A plain agent's key is its own hash whatever the caller says.
         again = yield self.agents.get_or_create(agent_hash(b"sk-third"), None, "observe", 13,
-                                                "ignored")
+                                                key_hash="ignored")
         self.assertEqual(again.key_hash, again.agent_hash)
 
     @inlineCallbacks
@@ -86,7 +86,7 @@ class KeyContainmentTests(MigratedDatabase):
         self.assertEqual(planner.containment_status, "active")
         self.assertEqual((yield self.status(OTHER)), ("active", None))
         # A name first used after the kill starts contained.
-        late = yield self.agents.get_or_create(named("late"), "late", "observe", 200, K)
+        late = yield self.agents.get_or_create(named("late"), "late", "observe", 200, key_hash=K)
         self.assertEqual(effective_containment(late), ("killed", "key"))
         self.assertEqual((yield self.log()),
                          [(self.plain.agent_id, "kill", "key", K, "active", "killed")])

@@ -2,7 +2,8 @@
 
 The daemon under test sends its conscience prompts here. Tests script the answers
 (``POST /_fake/script``), can hold answers until released (``POST /_fake/release``) to
-prove what waits for analysis and what does not, and read what was asked
+prove what waits for analysis and what does not, delay them by a fixed time
+(``delay:<ms>`` or ``delay:<ms>:<action>``, for benchmarks), and read what was asked
 (``GET /_fake/requests``).
 
 Run as ``python -m tests.fakes.analysis --port 0``; prints ``{"port": N}``.
@@ -15,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -23,7 +24,10 @@ from tests.integrity.fakes import envelope, model_text
 
 
 class FakeAnalysis:
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.clock = clock
         self.default: Any = "valid"
         self.script: list[Any] = []
         self.requests: list[dict[str, Any]] = []
@@ -54,6 +58,11 @@ class FakeAnalysis:
         if isinstance(action, str) and action.startswith("hold"):
             self.held.append((request, dialect, action.partition(":")[2] or "valid"))
             return NOT_DONE_YET
+        if isinstance(action, str) and action.startswith("delay:"):
+            delay, _, then = action[len("delay:"):].partition(":")
+            self.clock.callLater(float(delay) / 1000, self.answer, request, dialect,
+                                 then or "valid")
+            return NOT_DONE_YET
         self.answer(request, dialect, action)
         return NOT_DONE_YET
 
@@ -65,9 +74,11 @@ class FakeAnalysis:
             self.default = data.get("default", self.default)
             return b"{}"
         if path == "/_fake/release":
+            # {"answer": action} answers every held request with that action instead.
+            data = json.loads(request.content.read() or b"{}")
             held, self.held = self.held, []
             for pending, dialect, action in held:
-                self.answer(pending, dialect, action)
+                self.answer(pending, dialect, data.get("answer", action))
             return json.dumps({"released": len(held)}).encode()
         if path == "/_fake/requests":
             if request.method == b"DELETE":
@@ -95,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    site = Site(_Root(FakeAnalysis()))
+    from twisted.internet import reactor
+
+    site = Site(_Root(FakeAnalysis(reactor)))
     site.noisy = False
     site.log = lambda request: None  # type: ignore[method-assign]
     port = reactor.listenTCP(args.port, site, interface="127.0.0.1")

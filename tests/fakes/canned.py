@@ -33,6 +33,7 @@ __all__ = [
     "encode_json",
     "error_body",
     "error_json",
+    "flood_after_thinking_events",
     "flood_events",
     "is_sse",
     "match_route",
@@ -89,6 +90,8 @@ OPENAI_FINGERPRINT = "fp_fake0001"
 OPENAI_RESPONSE_ID = "resp_fakeupstream0000000000000001"
 OPENAI_REASONING_ID = "rs_fakeupstream0000000000000001"
 OPENAI_MESSAGE_ID = "msg_fakeupstream0000000000000001"
+OPENAI_CALL_ITEM_ID = "fc_fakeupstream0000000000000001"
+OPENAI_CALL_ID = "call_FakeUpstream0000000001"
 GEMINI_RESPONSE_ID = "FakeUpstreamGeminiResponse01"
 
 INPUT_TOKENS = 21
@@ -174,21 +177,17 @@ def parse_request(path: str, query: str, body: bytes) -> CannedRequest | None:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object")
+    tool_name = _first_tool_name(api, payload.get("tools"))
     if api is Api.GEMINI_GENERATE:
         alt = parse_qs(query).get("alt", [""])[-1]
         return CannedRequest(
             api=api,
             model=path_model or DEFAULT_MODEL,
             stream=gemini_stream,
+            tool_name=tool_name,
             gemini_sse=alt == "sse",
         )
     model = payload.get("model")
-    tools = payload.get("tools")
-    tool_name: str | None = None
-    if api is Api.ANTHROPIC_MESSAGES and isinstance(tools, list) and tools:
-        first = tools[0]
-        if isinstance(first, dict) and isinstance(first.get("name"), str):
-            tool_name = first["name"]
     options = payload.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     return CannedRequest(
@@ -198,6 +197,27 @@ def parse_request(path: str, query: str, body: bytes) -> CannedRequest | None:
         tool_name=tool_name,
         include_usage=include_usage,
     )
+
+
+def _first_tool_name(api: Api, tools: Any) -> str | None:
+    """The name of the first tool the request offers, in each API's own shape: the canned
+    answer calls it (after its text), as a model asked to use a tool would."""
+    if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
+        return None
+    first = tools[0]
+    if api is Api.OPENAI_CHAT:
+        first = first.get("function")
+    elif api is Api.GEMINI_GENERATE:
+        declarations = first.get("functionDeclarations", first.get("function_declarations"))
+        first = declarations[0] if isinstance(declarations, list) and declarations else None
+    name = first.get("name") if isinstance(first, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def chat_reasons(req: CannedRequest) -> bool:
+    """Chat Completions reasons visibly (``reasoning_content``, as DeepSeek and vLLM send
+    it) for a model named ``…reasoner``; other chat models show no reasoning."""
+    return req.model.endswith("reasoner")
 
 
 def is_sse(req: CannedRequest) -> bool:
@@ -426,7 +446,25 @@ def _openai_chat_usage() -> dict[str, Any]:
     }
 
 
+def _chat_tool_call(req: CannedRequest) -> dict[str, Any]:
+    return {
+        "id": OPENAI_CALL_ID,
+        "type": "function",
+        "function": {"name": req.tool_name, "arguments": "".join(TOOL_INPUT_PIECES)},
+    }
+
+
 def _openai_chat_completion(req: CannedRequest) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": TEXT,
+        "refusal": None,
+        "annotations": [],
+    }
+    if chat_reasons(req):
+        message["reasoning_content"] = THINKING_TEXT
+    if req.tool_name:
+        message["tool_calls"] = [_chat_tool_call(req)]
     return {
         "id": OPENAI_CHAT_ID,
         "object": "chat.completion",
@@ -435,14 +473,9 @@ def _openai_chat_completion(req: CannedRequest) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": TEXT,
-                    "refusal": None,
-                    "annotations": [],
-                },
+                "message": message,
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": "tool_calls" if req.tool_name else "stop",
             }
         ],
         "usage": _openai_chat_usage(),
@@ -470,9 +503,30 @@ def _openai_chat_events(req: CannedRequest) -> list[bytes]:
     def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
-    events = [chunk(choice({"role": "assistant", "content": "", "refusal": None}))]
-    events.extend(chunk(choice({"content": piece})) for piece in TEXT_PIECES)
-    events.append(chunk(choice({}, "stop")))
+    reasons = chat_reasons(req)
+    role: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}
+    if reasons:
+        role = {"role": "assistant", "content": None, "reasoning_content": ""}
+    events = [chunk(choice(role))]
+    if reasons:
+        events.extend(
+            chunk(choice({"content": None, "reasoning_content": piece}))
+            for piece in THINKING_PIECES
+        )
+    for piece in TEXT_PIECES:
+        delta: dict[str, Any] = {"content": piece}
+        if reasons:
+            delta["reasoning_content"] = None
+        events.append(chunk(choice(delta)))
+    if req.tool_name:
+        call = _chat_tool_call(req)
+        first = {**call, "index": 0, "function": {"name": req.tool_name, "arguments": ""}}
+        events.append(chunk(choice({"tool_calls": [first]})))
+        events.extend(
+            chunk(choice({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+            for piece in TOOL_INPUT_PIECES
+        )
+    events.append(chunk(choice({}, "tool_calls" if req.tool_name else "stop")))
     if req.include_usage:
         events.append(chunk([], usage=_openai_chat_usage()))
     events.append(_sse(None, b"[DONE]"))
@@ -544,11 +598,24 @@ def _response_object(
     }
 
 
+def _function_call_item(req: CannedRequest, status: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": OPENAI_CALL_ITEM_ID,
+        "type": "function_call",
+        "status": status,
+        "arguments": arguments,
+        "call_id": OPENAI_CALL_ID,
+        "name": req.tool_name,
+    }
+
+
 def _openai_response(req: CannedRequest) -> dict[str, Any]:
     output = [
         _reasoning_item([{"type": "summary_text", "text": THINKING_TEXT}]),
         _message_item("completed", [_output_text(TEXT)]),
     ]
+    if req.tool_name:
+        output.append(_function_call_item(req, "completed", "".join(TOOL_INPUT_PIECES)))
     return _response_object(req, "completed", output, _responses_usage())
 
 
@@ -586,6 +653,16 @@ def _openai_responses_events(req: CannedRequest) -> list[bytes]:
         output_index=1,
         item=_message_item("completed", [_output_text(TEXT)]),
     )
+    if req.tool_name:
+        call_ids = {"item_id": OPENAI_CALL_ITEM_ID, "output_index": 2}
+        arguments = "".join(TOOL_INPUT_PIECES)
+        add("response.output_item.added", output_index=2,
+            item=_function_call_item(req, "in_progress", ""))
+        for piece in TOOL_INPUT_PIECES:
+            add("response.function_call_arguments.delta", **call_ids, delta=piece)
+        add("response.function_call_arguments.done", **call_ids, arguments=arguments)
+        add("response.output_item.done", output_index=2,
+            item=_function_call_item(req, "completed", arguments))
     add("response.completed", response=_openai_response(req))
     return [_sse(p["type"], p) for p in payloads]
 
@@ -618,11 +695,17 @@ def _gemini_response(
     }
 
 
+def _gemini_call(req: CannedRequest) -> dict[str, Any]:
+    return {"functionCall": {"name": req.tool_name, "args": TOOL_INPUT}}
+
+
 def _gemini_generate(req: CannedRequest) -> dict[str, Any]:
     parts = [
         {"text": THINKING_TEXT, "thought": True},
         {"text": TEXT, "thoughtSignature": SIGNATURE},
     ]
+    if req.tool_name:
+        parts.append(_gemini_call(req))
     return _gemini_response(req, parts, True, _gemini_usage(THINKING_TOKENS, TEXT_TOKENS))
 
 
@@ -638,9 +721,12 @@ def _gemini_chunks(req: CannedRequest) -> list[dict[str, Any]]:
         part: dict[str, Any] = {"text": piece}
         if index == 0:
             part["thoughtSignature"] = SIGNATURE
-        last = index == len(TEXT_PIECES) - 1
+        last = index == len(TEXT_PIECES) - 1 and not req.tool_name
         tokens = TEXT_TOKENS if last else index + 1
         chunks.append(_gemini_response(req, [part], last, _gemini_usage(THINKING_TOKENS, tokens)))
+    if req.tool_name:
+        usage = _gemini_usage(THINKING_TOKENS, TEXT_TOKENS)
+        chunks.append(_gemini_response(req, [_gemini_call(req)], True, usage))
     return chunks
 
 
@@ -832,6 +918,41 @@ def flood_events(model: str, total_bytes: int) -> Iterator[bytes]:
         yield full
     yield from tail_deltas
     yield from tail
+
+
+#: Thinking of the flood-after-thinking stream: enough tokens for any minimum evidence.
+FLOOD_THINKING_TEXT = "I will answer at length, with every detail I can think of. " * 8
+
+
+def flood_after_thinking_events(model: str, total_bytes: int) -> Iterator[bytes]:
+    """:func:`flood_events` with a thinking block (about 120 tokens) before the text, so
+    an enforce-mode gateway holds the flood at its first text event."""
+    events = flood_events(model, total_bytes)
+    yield next(events)  # message_start
+    thinking_block = {"type": "thinking", "thinking": "", "signature": ""}
+    yield _sse(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": thinking_block},
+    )
+    yield _sse(
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": FLOOD_THINKING_TEXT},
+        },
+    )
+    yield _sse(
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "signature_delta", "signature": SIGNATURE},
+        },
+    )
+    yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+    for event in events:
+        yield event.replace(b'"index":0', b'"index":1', 1)
 
 
 def tiny_pieces(data: bytes, *, seed: int = 0, max_size: int = 7) -> list[bytes]:

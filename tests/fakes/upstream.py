@@ -27,7 +27,11 @@ Scenarios (``x-fake-scenario``):
 * ``silent`` -- never answers (any path).
 * ``flood:<id>:<bytes>`` -- an Anthropic-format SSE stream of exactly
   ``bytes`` bytes, produced only while the transport wants data.
+* ``flood_after_thinking:<id>:<bytes>`` -- the same flood after a thinking
+  block (about 120 tokens), so an enforce-mode gateway holds the flood.
 * ``echo`` -- ``200 application/octet-stream`` with the request body (any path).
+* ``realistic_reasoning`` / ``redacted_reasoning`` -- reasoning only when the request
+  asks for it, or only in a form nobody can read (see :mod:`tests.fakes.plain`).
 
 Control routes: ``GET|DELETE /_fake/requests``, ``POST /_fake/release/<id>``,
 ``GET /_fake/streams/<id>``.  Every provider-side response carries
@@ -58,7 +62,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from tests.fakes import canned
+from tests.fakes import canned, plain
 
 try:  # Linux/BSD only: lets an abort wait until the kernel has sent everything.
     import fcntl
@@ -133,7 +137,7 @@ def parse_scenario(value: str | None) -> Scenario:
     if raw in ("", "ok"):
         return Scenario()
     name, sep, arg = raw.partition(":")
-    if name in ("silent", "echo", "refuse_reasoning") and not sep:
+    if name in ("silent", "echo", "refuse_reasoning", *plain.SCENARIOS) and not sep:
         return Scenario(kind=name)
     if name == "split":
         if not sep:
@@ -151,10 +155,10 @@ def parse_scenario(value: str | None) -> Scenario:
         return Scenario(kind="abort_after", events=_int_arg(arg, raw, 0))
     if name == "status" and sep:
         return Scenario(kind="status", status=_int_arg(arg, raw, 200, 599))
-    if name == "flood":
+    if name in ("flood", "flood_after_thinking"):
         stream_id, sep2, total = arg.rpartition(":")
         if stream_id and sep2:
-            return Scenario(kind="flood", stream_id=stream_id, total_bytes=_int_arg(total, raw, 1))
+            return Scenario(kind=name, stream_id=stream_id, total_bytes=_int_arg(total, raw, 1))
     raise UnknownScenario(raw)
 
 
@@ -600,7 +604,23 @@ class FakeUpstreamResource(Resource):
             request.setHeader(b"content-type", b"application/json")
             return canned.error_body(api, 400, str(exc))
         assert req is not None
+        if scenario.kind in plain.SCENARIOS:
+            answer = plain.answer(req, body, scenario.kind)
+            if answer is not None:
+                return self._plain(request, req, answer)
         return self._respond(request, scenario, req)
+
+    def _plain(self, request: Request, req: canned.CannedRequest,
+               answer: bytes | list[bytes]) -> bytes | int:
+        if isinstance(answer, bytes):
+            request.setHeader(b"content-type", canned.content_type(req).encode("ascii"))
+            return answer
+        self._sse_headers(request, req)
+        response = _Response(request, self.reactor)
+        for event in answer:
+            response.write(event, event_end=True)
+        response.finish()
+        return NOT_DONE_YET
 
     def _identify(self, request: Request) -> None:
         request_id = self.state.next_request_id().encode("ascii")
@@ -612,17 +632,19 @@ class FakeUpstreamResource(Resource):
         self, request: Request, scenario: Scenario, req: canned.CannedRequest
     ) -> bytes | int:
         kind = scenario.kind
-        if kind == "flood":
+        if kind in ("flood", "flood_after_thinking"):
             assert scenario.stream_id is not None
             self._sse_headers(
                 request, canned.CannedRequest(api=canned.Api.ANTHROPIC_MESSAGES, stream=True)
             )
+            events = (canned.flood_events if kind == "flood"
+                      else canned.flood_after_thinking_events)
             flood = _FloodStream(
                 request,
                 self.reactor,
                 self.state,
                 scenario.stream_id,
-                canned.flood_events(req.model, scenario.total_bytes),
+                events(req.model, scenario.total_bytes),
             )
             flood.start()
             return NOT_DONE_YET

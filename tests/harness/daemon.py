@@ -121,7 +121,7 @@ class InProcessDaemon:
         self.network = MemoryNetwork(self.reactor)
         self.upstream = FakeUpstream(make_site(self.reactor))
         self.network.serve(UPSTREAM_HOST, 80, self.upstream.site)
-        self.analysis = FakeAnalysis()
+        self.analysis = FakeAnalysis(self.reactor)
         analysis_site = Site(_AnalysisResource(self.analysis), reactor=self.reactor)
         analysis_site.noisy = False
         analysis_site.log = lambda request: None  # type: ignore[method-assign]

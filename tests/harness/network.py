@@ -95,6 +95,7 @@ class CallingThread:
     def __init__(self) -> None:
         self.started = False
         self.transactions = 0
+        self._stalled: list[tuple[Any, ...]] | None = None
 
     def start(self) -> None:
         self.started = True
@@ -102,8 +103,20 @@ class CallingThread:
     def stop(self) -> None:
         self.started = False
 
+    def stall(self) -> None:
+        """A database that does not answer: transactions wait until ``resume``."""
+        self._stalled = []
+
+    def resume(self) -> None:
+        stalled, self._stalled = self._stalled or [], None
+        for on_result, func, args, kwargs in stalled:
+            self.callInThreadWithCallback(on_result, func, *args, **kwargs)
+
     def callInThreadWithCallback(self, onResult: Callable[[bool, Any], None],  # noqa: N802,N803
                                  func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if self._stalled is not None:
+            self._stalled.append((onResult, func, args, kwargs))
+            return
         self.transactions += 1
         try:
             result = func(*args, **kwargs)

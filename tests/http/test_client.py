@@ -135,6 +135,46 @@ def test_the_proxy_import_check_sees_one(tmp_path: Path):
 # -- the failure mapping --------------------------------------------------------------
 
 
+#: Twisted client pieces only the outbound layer may use: an unbounded body reader, an Agent
+#: or a pool built elsewhere is a second client layer. (Exceptions and the proxy's
+#: replay-aware protocol are not clients of their own.)
+CLIENT_PIECES = frozenset({"readBody", "Agent", "HTTPConnectionPool", "ProxyAgent",
+                           "ContentDecoderAgent", "RedirectAgent", "BrowserLikeRedirectAgent"})
+CLIENT_MODULES = ("twisted.web.client", "twisted.web._newclient")
+
+
+def outside_uses(root: Path = PACKAGE_ROOT) -> list[str]:
+    """``module: name`` for each client piece imported outside ``mnemomd/http``."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] == "http":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module in CLIENT_MODULES:
+                found += [f"{path.relative_to(root)}: {alias.name}" for alias in node.names
+                          if alias.name in CLIENT_PIECES or alias.name == "*"]
+            elif isinstance(node, ast.Import):
+                found += [f"{path.relative_to(root)}: {alias.name}" for alias in node.names
+                          if alias.name in CLIENT_MODULES]
+    return found
+
+
+def test_no_client_piece_is_used_outside_the_outbound_layer():
+    assert outside_uses() == []
+
+
+def test_the_piece_check_sees_an_unbounded_reader(tmp_path: Path):
+    root = tmp_path / "mnemomd"
+    (root / "proxy").mkdir(parents=True)
+    (root / "http").mkdir()
+    (root / "http" / "client.py").write_text("from twisted.web.client import Agent\n")
+    (root / "proxy" / "handler.py").write_text(
+        "from twisted.web.client import ResponseDone, readBody\n")
+    (root / "proxy" / "relay.py").write_text("import twisted.web.client\n")
+    assert outside_uses(root) == ["proxy/handler.py: readBody",
+                                  "proxy/relay.py: twisted.web.client"]
+
+
 def test_failures_map_to_the_reasons_callers_log():
     refused = Failure(ConnectionRefusedError())
     cases = [

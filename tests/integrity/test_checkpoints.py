@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
@@ -33,6 +35,16 @@ class CheckpointStoreTests(AgentDatabase):
         yield self.store.insert(original)
         self.assertEqual((yield self.store.get("ic-1")), original)
         self.assertIsNone((yield self.store.get("ic-missing")))
+
+    @inlineCallbacks
+    def test_an_output_analysis_keeps_the_output_hash_and_no_thinking_hash(self):
+        original = replace(record(1, self.agent_id), thinking_block_hash=None,
+                           output_block_hash="b" * 64,
+                           analysis_metadata={"analysis_scope": "output_only"})
+        yield self.store.insert(original)
+        self.assertEqual((yield self.store.get("ic-1")), original)
+        [listed] = yield self.store.list_for_agent(self.agent_id)
+        self.assertEqual(listed.output_block_hash, "b" * 64)
 
     @inlineCallbacks
     def test_list_filters_and_pages_newest_first(self):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 from aap import APTrace
-from twisted.internet.defer import fail, inlineCallbacks, succeed
+from twisted.internet.defer import fail, gatherResults, inlineCallbacks, succeed
 from twisted.trial import unittest
 
-from mnemomd.agents.store import default_alignment_card
+from mnemomd.agents.store import AgentStore, default_alignment_card
 from mnemomd.integrity.backends import AnalysisFailure
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.observer.traces import (
@@ -19,8 +19,10 @@ from mnemomd.observer.traces import (
     build_trace,
     heuristic_decision,
     parse_decision,
+    sweep_outbox,
     verify,
 )
+from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.storage.traces import MAX_ATTEMPTS, OutboxRow, OutboxStore, TraceStore
 from tests.storage.engines import NOW, AgentDatabase
 from tests.support import synchronously
@@ -213,9 +215,11 @@ class TraceBuilderTests(AgentDatabase):
         self.outbox = OutboxStore(self.db)
         self.traces = TraceStore(self.db)
 
-    def builder(self, backend=None, agents=None):
-        return TraceBuilder(self.clock, self.outbox, agents or self.agents, "me", backend,
-                            to_thread=synchronously, lease_seconds=120)
+    def builder(self, backend=None, agents=None, outbox=None, owner="me", metrics=None,
+                **settings):
+        return TraceBuilder(self.clock, outbox or self.outbox, agents or self.agents, owner,
+                            backend, metrics=metrics, to_thread=synchronously,
+                            lease_seconds=120, **settings)
 
     def now_ms(self):
         return int(self.clock.seconds() * 1000)
@@ -331,9 +335,140 @@ class TraceBuilderTests(AgentDatabase):
         self.assertEqual(len(failing.prompts), 2)
 
 
-class SQLiteTraceBuilderTests(TraceBuilderTests, unittest.TestCase):
+class BatchTests:
+    """Batches, concurrency and the outbox metrics, on a migrated database (mixed into
+    TraceBuilderTests' engine classes below)."""
+
+    @inlineCallbacks
+    def traces_per_outbox_row(self):
+        rows = yield self.db.fetchall("t", "SELECT outbox_id, COUNT(*) FROM ap_traces "
+                                           "GROUP BY outbox_id")
+        return {r[0]: int(r[1]) for r in rows}
+
+    @inlineCallbacks
+    def test_a_backlog_of_many_batches_drains_in_one_run(self):
+        count = 3 * 10 + 7
+        for n in range(count):
+            yield self.add(n, {"tools": tools("search")})
+        builder = self.builder(batch_size=10, concurrency=2)
+        counts = yield builder.run()
+        self.assertEqual(counts, {"built": count, "failed": 0, "parked": 0, "expired": 0})
+        self.assertEqual((yield self.outbox_rows()), [])
+        self.assertEqual((yield self.traces_per_outbox_row()),
+                         {f"ob-{n}": 1 for n in range(count)})
+
+    @inlineCallbacks
+    def test_a_run_past_its_budget_claims_no_more_batches(self):
+        for n in range(25):
+            yield self.add(n, {"tools": []})
+
+        class Slow:
+            """Each card read takes 10 s of Clock time: a run reaches its budget."""
+
+            def __init__(self, agents, clock):
+                self.agents, self.clock = agents, clock
+
+            def card(self, agent_id):
+                self.clock.advance(10)
+                return self.agents.card(agent_id)
+
+        builder = self.builder(agents=Slow(self.agents, self.clock), batch_size=10,
+                               concurrency=1, max_run_seconds=5)
+        self.assertEqual((yield builder.run())["built"], 10)
+        self.assertEqual(len((yield self.outbox_rows())), 15)
+        # The next run carries on where it stopped.
+        self.assertEqual((yield builder.run())["built"], 10)
+
+    @inlineCallbacks
+    def test_after_stop_a_run_claims_nothing(self):
+        yield self.add(1, {"tools": []})
+        builder = self.builder()
+        builder.stop()
+        self.assertEqual((yield builder.run())["built"], 0)
+        self.assertEqual((yield self.outbox_rows()), [("ob-1", 0, False)])
+
+    @inlineCallbacks
+    def test_a_row_that_cannot_be_built_fails_alone_in_its_batch(self):
+        """Poison at build time: no card, and a payload that breaks the heuristic."""
+        yield self.add(1, {"tools": tools("search")})
+        yield self.add(2, {"tools": []}, agent_id="smith-ghost")  # no card
+        yield self.add(3, {"tools": [{"name": "x", "argument_keys": 7}],
+                           "thinking_visible": True})
+        yield self.add(4, {"tools": "not a list"})
+        yield self.add(5, {"tools": tools("delete_file")})
+        counts = yield self.builder(batch_size=10).run()
+        self.assertEqual(counts, {"built": 4, "failed": 1, "parked": 0, "expired": 0})
+        self.assertEqual((yield self.outbox_rows()), [("ob-2", 1, False)])
+        self.assertEqual(set((yield self.traces_per_outbox_row())), {"ob-1", "ob-3", "ob-4",
+                                                                     "ob-5"})
+
+    @inlineCallbacks
+    def test_a_row_the_database_refuses_fails_alone_in_its_batch(self):
+        """Poison at store time: a card is found for an agent that no longer exists, so
+        its trace breaks the foreign key and the batch's transaction; the other rows are
+        then stored one by one."""
+        agents = self.agents
+        the_card = self.card
+
+        class GhostCards:
+            def card(self, agent_id):
+                return succeed(the_card) if agent_id == "smith-ghost" else agents.card(agent_id)
+
+        for n in range(1, 6):
+            yield self.add(n, {"tools": tools("search")},
+                           agent_id="smith-ghost" if n == 3 else None)
+        counts = yield self.builder(agents=GhostCards(), batch_size=10).run()
+        self.assertEqual(counts, {"built": 4, "failed": 1, "parked": 0, "expired": 0})
+        self.assertEqual((yield self.outbox_rows()), [("ob-3", 1, False)])
+        self.assertEqual((yield self.traces_per_outbox_row()),
+                         {f"ob-{n}": 1 for n in (1, 2, 4, 5)})
+
+    @inlineCallbacks
+    def test_two_builders_on_two_pools_make_exactly_one_trace_per_row(self):
+        count = 120
+        for n in range(count):
+            yield self.add(n, {"tools": tools("search")})
+        replica = self.open_database()
+        a = self.builder(owner="a", batch_size=7, concurrency=3)
+        b = self.builder(owner="b", outbox=OutboxStore(replica), agents=AgentStore(replica),
+                         batch_size=7, concurrency=3)
+        first, second = yield gatherResults([a.run(), b.run()])
+        # Every row was claimed by one builder only: no trace was built twice.
+        self.assertEqual(first["built"] + second["built"], count)
+        self.assertEqual((yield self.outbox_rows()), [])
+        self.assertEqual((yield self.traces_per_outbox_row()),
+                         {f"ob-{n}": 1 for n in range(count)})
+
+    @inlineCallbacks
+    def test_the_depth_gauges_follow_the_sweep_and_the_job(self):
+        metrics = GatewayMetrics(process_collectors=False)
+
+        def sample(name, labels=None):
+            return metrics.registry.get_sample_value(name, labels or {})
+
+        for n in range(3):
+            yield self.add(n, {"tools": []})
+        # One row fails its last attempt: parked.
+        yield self.add(9, {"tools": []}, agent_id="smith-ghost")
+        yield self.db.execute("t", "UPDATE trace_outbox SET attempts = ? WHERE id = ?",
+                              (MAX_ATTEMPTS - 1, "ob-9"))
+        self.clock.advance(30)
+        purged = yield sweep_outbox(self.clock, self.outbox, metrics)
+        self.assertEqual(purged, 0)
+        self.assertEqual((sample("gateway_outbox_depth", {"state": "ready"}),
+                          sample("gateway_outbox_depth", {"state": "parked"})), (4, 0))
+        # The oldest ready row was written 30 s ago (ob-0, at +0 ms).
+        self.assertEqual(sample("gateway_outbox_oldest_ready_age_seconds"), 30.0)
+        counts = yield self.builder(metrics=metrics).run()
+        self.assertEqual((counts["built"], counts["parked"]), (3, 1))
+        self.assertEqual((sample("gateway_outbox_depth", {"state": "ready"}),
+                          sample("gateway_outbox_depth", {"state": "parked"})), (0, 1))
+        self.assertEqual(sample("gateway_outbox_oldest_ready_age_seconds"), 0.0)
+
+
+class SQLiteTraceBuilderTests(TraceBuilderTests, BatchTests, unittest.TestCase):
     engine = "sqlite"
 
 
-class PostgresTraceBuilderTests(TraceBuilderTests, unittest.TestCase):
+class PostgresTraceBuilderTests(TraceBuilderTests, BatchTests, unittest.TestCase):
     engine = "postgresql"

@@ -8,8 +8,7 @@ extracted, given its settings and used as the analysis backend, with no edit any
 from __future__ import annotations
 
 import json
-from dataclasses import fields, replace
-from types import SimpleNamespace
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from twisted.trial import unittest
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-from mnemomd.config import Config, provider_key_settings, upstream_settings
+from mnemomd.config import AnalysisConfig, provider_key_settings, upstream_settings
 from mnemomd.config.analysis import AnalysisSettings, from_config, validate, warnings
 from mnemomd.http.paths import check_path, split_target
 from mnemomd.integrity.engine import build_analyzer
@@ -150,10 +149,8 @@ def test_it_is_an_analysis_provider_with_its_own_endpoint_and_key():
     assert warnings(settings, REGISTRY) == [
         "no API key for the acme analysis backend: every analysis will fail (fail_open)"]
     assert any("must be one of" in p for p in validate(settings))  # not the daemon's
-    config = SimpleNamespace(**{f.name: getattr(Config(), f.name) for f in fields(Config)},
-                             acme_api_key="a-key")
-    config.analysis_provider = "acme"
-    assert from_config(config, REGISTRY).api_key == "a-key"
+    section = AnalysisConfig(analysis_provider="acme", provider_api_keys={"acme": "a-key"})
+    assert from_config(section, REGISTRY).api_key == "a-key"
 
 
 def test_analysis_request_url_with_or_without_the_version():

@@ -195,41 +195,74 @@ def test_reused_connection_retry_rule():
 def make_holding_relay(limit=100):
     clock = Clock()
     request = ClientRequest()
-    released = []
+    full = []
     relay = StreamRelay(request, clock, 30.0, ResponseCapture(1024), "rid", hold_limit=limit,
-                        on_release=lambda: released.append(True))
-    relay.makeConnection(UpstreamTransport())
+                        on_hold_full=lambda: full.append(True))
+    transport = UpstreamTransport()
+    relay.makeConnection(transport)
     outcomes = []
     relay.done.addCallback(outcomes.append)
-    return relay, request, released, outcomes
+    return relay, request, full, outcomes, transport
 
 
 def test_held_body_is_not_written_and_handed_over_whole():
-    relay, request, released, outcomes = make_holding_relay()
+    relay, request, full, outcomes, _ = make_holding_relay()
     assert request.producer is None
     relay.dataReceived(b'{"a":')
     relay.dataReceived(b"1}")
     relay.connectionLost(Failure(ResponseDone()))
-    assert request.written == [] and not request.finished and not released
+    assert request.written == [] and not request.finished and not full
     assert outcomes[0].ending == "complete"
     assert outcomes[0].held_body == b'{"a":1}'
 
 
-def test_body_outgrowing_the_hold_limit_is_released_and_streamed():
-    relay, request, released, outcomes = make_holding_relay(limit=4)
+def test_body_outgrowing_the_hold_limit_pauses_the_upstream_and_writes_nothing():
+    relay, request, full, outcomes, transport = make_holding_relay(limit=4)
     relay.dataReceived(b"abc")
+    assert not full and not transport.paused
     relay.dataReceived(b"defg")
-    assert released == [True]
-    assert request.written == [b"abc", b"defg"]
-    assert request.producer is relay
+    assert full == [True] and transport.paused
+    relay.dataReceived(b"h")  # in flight when the pause came: still held
+    relay.connectionLost(Failure(ResponseDone()))
+    assert request.written == [] and not request.finished and not outcomes
+    assert relay.capture.getvalue() == b"abcdefgh"
+
+
+def test_body_held_at_the_limit_released_by_the_verdict_streams_on():
+    relay, request, _, outcomes, transport = make_holding_relay(limit=4)
+    relay.dataReceived(b"abcdefg")
+    heads = []
+    relay.release_hold(lambda: heads.append(True))
+    assert heads == [True] and request.written == [b"abcdefg"]
+    assert request.producer is relay and not transport.paused
     relay.dataReceived(b"h")
     relay.connectionLost(Failure(ResponseDone()))
     assert request.finished
     assert outcomes[0].held_body is None and outcomes[0].bytes_sent == 8
 
 
+def test_body_held_at_the_limit_that_ended_meanwhile_is_finished_on_release():
+    relay, request, _, outcomes, _ = make_holding_relay(limit=4)
+    relay.dataReceived(b"abcdefg")
+    relay.connectionLost(Failure(ResponseDone()))
+    relay.release_hold(lambda: None)
+    assert request.written == [b"abcdefg"] and request.finished
+    assert outcomes[0].ending == "complete"
+
+
+def test_body_held_at_the_limit_refused_closes_the_upstream_and_writes_nothing():
+    relay, request, _, outcomes, transport = make_holding_relay(limit=4)
+    relay.dataReceived(b"abcdefg")
+    relay.abandon()
+    assert transport.stopped and not transport.paused
+    relay.dataReceived(b"h")
+    relay.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost())])))
+    assert request.written == [] and not request.finished and not request.lost
+    assert outcomes[0].ending == "complete" and outcomes[0].held_body is None
+
+
 def test_held_body_broken_upstream_breaks_the_client_connection():
-    relay, request, _, outcomes = make_holding_relay()
+    relay, request, _, outcomes, _ = make_holding_relay()
     relay.dataReceived(b"{")
     relay.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost())])))
     assert request.lost

@@ -142,6 +142,33 @@ class MigrationTests:
         tables = yield self.tables()
         self.assertFalse({"good", "half"} & tables)
 
+    @inlineCallbacks
+    def test_without_reasoning_keeps_existing_agents_as_they_were(self):
+        """0006 on a database in use: every agent is ``allow`` (today's behaviour), and
+        older checkpoints have no output hash."""
+        directory = self.tmp / "migrations"
+        directory.mkdir()
+        for migration in load_migrations(migrations_dir(), self.engine):
+            if migration.version < 6:
+                write(directory, f"{migration.label}.sql", migration.sql)
+        yield migrate(self.db, 1, directory)
+        yield self.db.execute("t", "INSERT INTO agents (id, agent_hash, created_at, "
+                                   "updated_at) VALUES ('smolt-1', 'h1', 1, 1)")
+        yield self.db.execute(
+            "t", "INSERT INTO integrity_checkpoints (id, agent_id, session_id, provider, "
+                 "verdict, created_at) VALUES ('ic-1', 'smolt-1', 's', 'anthropic', 'clear', 1)")
+        applied = yield migrate(self.db, 2)
+        self.assertIn("0006_without_reasoning", applied)
+        rows = yield self.db.fetchall("t", "SELECT without_reasoning FROM agents")
+        self.assertEqual([tuple(r) for r in rows], [("allow",)])
+        rows = yield self.db.fetchall("t", "SELECT output_block_hash FROM integrity_checkpoints")
+        self.assertEqual([tuple(r) for r in rows], [(None,)])
+        yield self.db.execute("t", "INSERT INTO agents (id, agent_hash, created_at, "
+                                   "updated_at) VALUES ('smolt-2', 'h2', 1, 1)")
+        rows = yield self.db.fetchall("t", "SELECT without_reasoning FROM agents WHERE id = ?",
+                                      ("smolt-2",))
+        self.assertEqual([tuple(r) for r in rows], [("allow",)])
+
 
 class SQLiteMigrationTests(MigrationTests, unittest.TestCase):
     engine = "sqlite"

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import psycopg2
 import pytest
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
-from mnemomd.storage.traces import MAX_ATTEMPTS, OutboxRow, OutboxStore, TraceRecord, TraceStore
+from mnemomd.storage.traces import (
+    MAX_ATTEMPTS,
+    BatchResult,
+    OutboxFailure,
+    OutboxRow,
+    OutboxStore,
+    TraceRecord,
+    TraceStore,
+)
 from tests.storage.engines import AgentDatabase
 
 NOW = 1_700_000_000_000
@@ -136,6 +147,50 @@ class OutboxTests(AgentDatabase):
         self.assertFalse((yield self.outbox.complete(claimed, trace_record("tr-c", claimed))))
         self.assertEqual((yield CheckpointStore(self.db).get("ic-1")).trace_id, winner)
         self.assertEqual((yield self.traces.get(winner)).trace, {"trace_id": winner})
+
+    @inlineCallbacks
+    def test_finish_stores_a_batch_links_its_checkpoints_and_records_failures(self):
+        checkpoints = CheckpointStore(self.db)
+        for n in (1, 2):
+            yield checkpoints.insert(CheckpointRecord(
+                id=f"ic-{n}", agent_id=self.agent_id, session_id="s1", provider="anthropic",
+                model=None, verdict="clear", concerns=[], reasoning_summary=None,
+                conscience_context=None, window_position=None, analysis_metadata=None,
+                thinking_block_hash=None, synthetic=False, synthetic_reason=None,
+                created_at=NOW))
+        rows = [outbox_row(n, self.agent_id, checkpoint_id=f"ic-{n}" if n < 3 else None)
+                for n in (1, 2, 3, 4)]
+        yield self.add(*rows)
+        claimed = yield self.outbox.claim("a", NOW + 10, LEASE, 10)
+        one, two, three, four = claimed
+        # Another scheduler already stored ob-002's trace.
+        yield self.outbox.complete(two, trace_record("tr-old", two))
+        result = yield self.outbox.finish(
+            "a", [(one, trace_record("tr-1", one)), (two, trace_record("tr-2", two)),
+                  (three, trace_record("tr-3", three))],
+            [OutboxFailure(four, "no card")])
+        self.assertEqual(result, BatchResult(frozenset({one.id, three.id}),
+                                             frozenset({two.id}), frozenset()))
+        self.assertEqual((yield checkpoints.get("ic-1")).trace_id, "tr-1")
+        self.assertEqual((yield checkpoints.get("ic-2")).trace_id, "tr-old")
+        traces, total = yield self.traces.list_for_agent(self.agent_id)
+        self.assertEqual(sorted(t.id for t in traces), ["tr-1", "tr-3", "tr-old"])
+        self.assertEqual((yield self.outbox_ids()), [four.id])
+        # The failed row keeps its lease: not claimable again until it runs out.
+        self.assertEqual((yield self.outbox.claim("b", NOW + 10, LEASE, 10)), [])
+
+    @inlineCallbacks
+    def test_finish_is_one_transaction(self):
+        rows = [outbox_row(n, self.agent_id) for n in (1, 2)]
+        yield self.add(*rows)
+        one, two = yield self.outbox.claim("a", NOW + 10, LEASE, 10)
+        ghost = TraceRecord("tr-2", "no-such-agent", None, None, two.id, {}, None, None, NOW)
+        # The foreign key on the agent refuses the second trace.
+        with self.assertRaises((sqlite3.IntegrityError, psycopg2.IntegrityError)):
+            yield self.outbox.finish("a", [(one, trace_record("tr-1", one)), (two, ghost)],
+                                     [])
+        self.assertEqual((yield self.traces.list_for_agent(self.agent_id))[1], 0)
+        self.assertEqual((yield self.outbox_ids()), [one.id, two.id])
 
     @inlineCallbacks
     def test_purge_removes_expired_rows_in_any_state(self):

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
+from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.webhooks.delivery import (
     DISABLE_AFTER,
     GIVE_UP_AFTER_MS,
@@ -316,6 +317,26 @@ class DispatcherTests(MigratedDatabase):
         yield self.advance(3600)
         yield self.dispatcher.run_due()
         self.assertEqual(len(self.receiver.calls), sent)
+
+    @inlineCallbacks
+    def test_each_recorded_attempt_counts_in_the_deliveries_metric_by_result(self):
+        metrics = GatewayMetrics(process_collectors=False)
+        self.dispatcher = WebhookDispatcher(self.clock, self.store, self.receiver, "me",
+                                            disable_after=2, metrics=metrics)
+
+        def count(result):
+            return metrics.registry.get_sample_value("gateway_webhook_deliveries_total",
+                                                     {"result": result}) or 0
+
+        self.receiver.statuses = [200, 500, 404]
+        for _ in range(3):
+            yield self.queue()
+            self.assertEqual(len((yield self.dispatcher.run_due())), 1)
+        # 200: delivered; 500: retried; 404: failed for good, the 2nd failure in a row,
+        # which disables the endpoint.
+        self.assertEqual([count(r) for r in ("delivered", "retried", "failed", "disabled")],
+                         [1, 1, 1, 1])
+        self.assertFalse((yield self.store.endpoint(self.endpoint.id)).enabled)
 
     @inlineCallbacks
     def test_stop_cancels_scheduled_retries(self):
