@@ -72,6 +72,7 @@ from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.jobs import PeriodicJob
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
 from mnemomd.ops.notify import SystemdNotifier
+from mnemomd.providers import PROVIDERS, ProviderRegistry
 from mnemomd.proxy.handler import ProxyHandler
 from mnemomd.proxy.relay import UpstreamClient
 from mnemomd.storage.database import Database, TransactionThreads
@@ -495,11 +496,14 @@ def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
 def make_service(config: Config, reactor: IDaemonReactor | None = None,
                  environ: Mapping[str, str] | None = None,
                  metrics: GatewayMetrics | None = None,
-                 database_threads: TransactionThreads | None = None) -> MnemomService:
+                 database_threads: TransactionThreads | None = None,
+                 providers: ProviderRegistry = PROVIDERS) -> MnemomService:
     """Build the daemon for ``config``; nothing runs until the service is started.
 
     ``database_threads`` replaces the database's thread pool (the in-process test harness
-    runs transactions on the calling thread); production leaves it unset.
+    runs transactions on the calling thread); production leaves it unset. ``providers``
+    is what the proxy routes to and the analysis may use: a build or a test with a
+    provider of its own passes ``PROVIDERS.including(...)``, and nothing else changes.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -528,13 +532,14 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     root.addCleanup(dispatcher.stop)
     root.addCleanup(sender.close)
 
-    analyzer, analysis_http = build_analyzer(analysis_settings(config.analysis), reactor, metrics)
+    analyzer, analysis_http = build_analyzer(analysis_settings(config.analysis, providers),
+                                             reactor, metrics, providers=providers)
+    output_analysis = output_analysis_allowed(config.analysis.analysis_provider, providers)
     integrity = IntegrityPipeline(config.integrity, reactor, analyzer, AgentStore(db),
                                   CheckpointStore(db), KVCache(kv, "", CARD_CACHE_TTL),
                                   KVCache(kv, "", WINDOW_TTL), metrics, OutboxStore(db),
                                   outbox_ttl=config.observer.outbox_ttl,
-                                  output_analysis=output_analysis_allowed(
-                                      config.analysis.analysis_provider))
+                                  output_analysis=output_analysis)
     root.addCleanup(analysis_http.close)
 
     enforcement = Enforcement(reactor, EnforcementStore(db),
@@ -570,11 +575,9 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     proxy = ProxyHandler(proxy_config, reactor, client, directory, metrics, integrity,
                          enforcement, license_state, analysis_timeout=config.analysis.timeout,
                          log_level=config.logging.log_level,
-                         failure_mode=config.analysis.aip_failure_mode)
-    api = make_management_api(
-        config.api, reactor, db, directory, dispatcher, metrics,
-        output_analysis_allowed(config.analysis.analysis_provider)) \
-        if role != "scheduler" else None
+                         failure_mode=config.analysis.aip_failure_mode, providers=providers)
+    api = make_management_api(config.api, reactor, db, directory, dispatcher, metrics,
+                              output_analysis) if role != "scheduler" else None
     gateway = Gateway(reactor, config.listener.max_request_body_bytes, health, metrics,
                       proxy if role != "scheduler" else None, api)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from mnemomd.providers import PROVIDERS, ProviderRegistry
+from mnemomd.providers import PROVIDERS, Provider, ProviderRegistry
 
 #: Exit status for configuration errors (sysexits.h EX_CONFIG); systemd units use it in
 #: ``RestartPreventExitStatus`` so a broken config does not restart in a loop.
@@ -503,8 +503,13 @@ class ProxyConfig:
     aip_hold_buffer_bytes: int = 1024**2
     aip_hold_keepalive_seconds: float = 5.0
 
-    def upstream_base_url(self, provider: str) -> str:
-        return self.upstream_base_urls[provider]
+    def upstream_base_url(self, provider: str | Provider) -> str:
+        """Where a provider's routes go: its ``<NAME>_BASE_URL`` setting, or, for a provider
+        the settings table has no row for (one registered by a build or a test), its own
+        official API. A name must have a row."""
+        if isinstance(provider, str):
+            return self.upstream_base_urls[provider]
+        return self.upstream_base_urls.get(provider.name, provider.base_url)
 
 
 @dataclass(frozen=True)
@@ -668,7 +673,7 @@ class Config:
     def listen_description(self) -> str:
         return self.listener.listen_description
 
-    def upstream_base_url(self, provider: str) -> str:
+    def upstream_base_url(self, provider: str | Provider) -> str:
         return self.proxy.upstream_base_url(provider)
 
     def describe_sections(self) -> list[tuple[str, list[tuple[str, str, str]]]]:

@@ -131,7 +131,13 @@ class CheckpointStore:
                            severity: str | None, alert: dict[str, Any], streak_key: str,
                            created_at: int, source: str = "aip") -> Deferred[bool]:
         """True when this call stored the alert (and queued ``drift.detected``), False
-        when the streak already had one."""
+        when the streak already had one.
+
+        ``streak_key`` must name the streak the same way on every replica (for AIP drift:
+        the session and the checkpoint that started the streak, see
+        ``window.streak_key``), so that replicas raising an alert for one streak store
+        one row; the alert's own id differs per replica and cannot serve.
+        """
         def write(cursor: Cursor) -> bool:
             inserted = cursor.execute(
                 "INSERT INTO drift_alerts (id, agent_id, session_id, source, severity, alert, "

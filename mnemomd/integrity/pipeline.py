@@ -30,7 +30,12 @@ from mnemomd.http.server import error_payload
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
 from mnemomd.integrity.engine import AnalysisOutcome, AnalysisRequest, IntegrityAnalyzer
 from mnemomd.integrity.output import reasoning_gap
-from mnemomd.integrity.window import drift_update, window_add, window_entries
+from mnemomd.integrity.window import (
+    session_record,
+    session_window,
+    streak_key,
+    window_entries,
+)
 from mnemomd.kv import KVCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
@@ -463,7 +468,8 @@ class IntegrityPipeline:
                  extraction: Extraction, output_block: str | None = None) -> Any:
         card = yield self._card(agent.agent_id)
         values = yield self._conscience(agent.agent_id)
-        window = yield self._state.get_json(self._window_key(agent.agent_id, session_id))
+        state = yield self._state.get_json(self._session_key(agent.agent_id, session_id))
+        window = session_window(state)
         now = self._clock.seconds()
         tools = ", ".join(t.name for t in extraction.tool_calls[:10])
         context = f"{info.api} call to {info.model or extraction.model or 'unknown model'}"
@@ -478,11 +484,10 @@ class IntegrityPipeline:
         outcome = yield self._analyzer.analyze(request)
         return outcome
 
-    def _window_key(self, agent_id: str, session_id: str) -> str:
-        return f"window:{agent_id}:{session_id}"
-
-    def _drift_key(self, agent_id: str, session_id: str) -> str:
-        return f"drift:{agent_id}:{session_id}"
+    def _session_key(self, agent_id: str, session_id: str) -> str:
+        """Window and drift state of one session, under one key so one atomic update
+        changes both."""
+        return f"session:{agent_id}:{session_id}"
 
     @inlineCallbacks
     def _card(self, agent_id: str) -> Any:
@@ -507,30 +512,42 @@ class IntegrityPipeline:
         return values
 
     @inlineCallbacks
+    def _record_in_session(self, agent: Agent, session_id: str, outcome: AnalysisOutcome,
+                           now: float) -> Any:
+        """Add the checkpoint to the session's window and drift state, shared by replicas
+        through the KV store, and store a drift alert if it completes a streak.
+
+        The update is atomic (compare-and-set, re-run on the state another replica just
+        wrote), so of two replicas racing on one session only the update that makes the
+        streak reach the threshold alerts; the alert is also unique per streak in the
+        database (``streak_key``), which covers an update that could not be stored.
+        """
+        entry = outcome.window_entry()
+        state, alert = yield self._state.update_json(
+            self._session_key(agent.agent_id, session_id),
+            lambda current: self._session_step(current, entry, now, agent.agent_id))
+        if alert is None:
+            return
+        key = streak_key(state.get("drift"), session_id) \
+            or f"{session_id}:{outcome.checkpoint_id}"
+        stored = yield self._checkpoints.insert_drift_alert(
+            str(alert.get("alert_id") or alert.get("id")), agent.agent_id, session_id,
+            alert.get("severity"), alert, key, int(now * 1000))
+        if stored:
+            log.warn("Integrity drift detected for {agent_id}", agent_id=agent.agent_id)
+
+    @staticmethod
+    def _session_step(current: Any, entry: dict[str, Any], now: float, agent_id: str,
+                      ) -> tuple[dict[str, Any], tuple[dict[str, Any], dict[str, Any] | None]]:
+        state, alert = session_record(current, entry, now, agent_id=agent_id)
+        return state, (state, alert)
+
+    @inlineCallbacks
     def _record(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
                 outcome: AnalysisOutcome) -> Any:
         now = self._clock.seconds()
         if not outcome.synthetic:
-            # Window and drift state are shared through the KV store (replicas agree).
-            window_key = self._window_key(agent.agent_id, session_id)
-            window = yield self._state.get_json(window_key)
-            window = window_add(window, outcome.window_entry(), now)
-            self._state.set_json(window_key, window)
-            drift_key = self._drift_key(agent.agent_id, session_id)
-            drift = yield self._state.get_json(drift_key)
-            drift, alert = drift_update(
-                drift, outcome.verdict, now, checkpoint_id=outcome.checkpoint_id,
-                categories=[c.get("category", "") for c in outcome.concerns],
-                agent_id=agent.agent_id, session_id=session_id,
-                window=window_entries(window, now))
-            self._state.set_json(drift_key, drift)
-            if alert is not None:
-                stored = yield self._checkpoints.insert_drift_alert(
-                    str(alert.get("alert_id") or alert.get("id")), agent.agent_id, session_id,
-                    alert.get("severity"), alert, f"{session_id}:{outcome.checkpoint_id}",
-                    int(now * 1000))
-                if stored:
-                    log.warn("Integrity drift detected for {agent_id}", agent_id=agent.agent_id)
+            yield self._record_in_session(agent, session_id, outcome, now)
         record = CheckpointRecord(
             id=outcome.checkpoint_id, agent_id=agent.agent_id, session_id=session_id,
             provider=provider, model=info.model or outcome.model, verdict=outcome.verdict,

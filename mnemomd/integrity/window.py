@@ -9,8 +9,11 @@ changes; a drift alert once a streak of non-clear verdicts reaches the threshold
 
 The SDK re-alerts every 5 further non-clear checks of a long streak; here an alert is
 raised exactly once per streak (a clear verdict ends the streak), so a stuck agent does
-not send a stream of identical webhooks. Loading, saving (with a TTL of about
-``max_age``) and concurrent updates are the caller's business.
+not send a stream of identical webhooks. Loading and saving (with a TTL of about
+``max_age``) are the caller's business; ``session_record`` is the whole update of one
+checkpoint, so the caller can apply it atomically (an optimistic compare-and-set loop
+that re-runs it on the state another replica just wrote). The streak's start is kept in
+the state, so :func:`streak_key` names the same streak on every replica.
 """
 
 from __future__ import annotations
@@ -124,12 +127,45 @@ def _drift_state(state: Mapping[str, Any] | None) -> DriftState:
         if isinstance(categories, list) else [])
 
 
-def _drift_json(state: DriftState, now: float) -> dict[str, Any]:
+def _streak_start(state: Mapping[str, Any] | None) -> str | None:
+    """The id of the checkpoint that started the current streak (None: no streak).
+
+    State written before the start was kept falls back to the oldest id remembered.
+    """
+    if not isinstance(state, Mapping):
+        return None
+    start = state.get("streak_start")
+    if isinstance(start, str) and start:
+        return start
+    ids = state.get("streak_checkpoint_ids")
+    if isinstance(ids, list) and ids and isinstance(ids[0], str) and ids[0]:
+        return ids[0]
+    return None
+
+
+def _drift_json(state: DriftState, now: float, streak_start: str | None) -> dict[str, Any]:
     return {"sustained_nonclear": state.sustained_nonclear,
             "alert_fired": state.alert_fired,
+            "streak_start": streak_start if state.sustained_nonclear > 0 else None,
             "streak_checkpoint_ids": state.streak_checkpoint_ids[-MAX_STREAK_ITEMS:],
             "streak_categories": state.streak_categories[-MAX_STREAK_ITEMS:],
             "updated_at": float(now)}
+
+
+def streak_key(drift_json: Mapping[str, Any] | None, session_id: str) -> str | None:
+    """The drift alert's unique key: the session and the checkpoint that started the
+    streak (``{session_id}:{checkpoint id}``), None outside a streak.
+
+    The start is written once, by whichever replica saw the streak's first non-clear
+    verdict, and read by every later update of the shared state, so replicas that raise
+    an alert for the same streak name it the same way and the database keeps one.
+    """
+    start = _streak_start(drift_json)
+    if start is None or not isinstance(drift_json, Mapping) \
+            or not isinstance(drift_json.get("sustained_nonclear"), int) \
+            or drift_json["sustained_nonclear"] <= 0:
+        return None
+    return f"{session_id}:{start}"
 
 
 def drift_update(state_json: Mapping[str, Any] | None, verdict: str, now: float, *,
@@ -147,8 +183,9 @@ def drift_update(state_json: Mapping[str, Any] | None, verdict: str, now: float,
     (``skipped``, ``error``) neither extends nor ends a streak.
     """
     state = _drift_state(state_json)
+    start = _streak_start(state_json) if state.sustained_nonclear > 0 else None
     if verdict not in VERDICTS:
-        return _drift_json(state, now), None
+        return _drift_json(state, now, start), None
     entry = {"checkpoint_id": checkpoint_id, "session_id": session_id, "verdict": verdict}
     checkpoint = sdk_checkpoint(entry)
     checkpoint.agent_id = agent_id
@@ -162,7 +199,45 @@ def drift_update(state_json: Mapping[str, Any] | None, verdict: str, now: float,
     already_alerted = state.alert_fired
     new_state, alert = detect_integrity_drift(state, checkpoint, window_checkpoints,
                                               threshold)
+    if new_state.sustained_nonclear > 0 and start is None:
+        start = checkpoint_id or f"at-{now!r}"  # this verdict starts the streak
     if alert is None or already_alerted:
-        return _drift_json(new_state, now), None
+        return _drift_json(new_state, now, start), None
     alert.detection_timestamp = datetime.fromtimestamp(now, UTC).isoformat()
-    return _drift_json(new_state, now), asdict(alert)
+    return _drift_json(new_state, now, start), asdict(alert)
+
+
+def session_record(state_json: Mapping[str, Any] | None,
+                   checkpoint_summary: Mapping[str, Any], now: float, *, agent_id: str,
+                   threshold: int = DEFAULT_SUSTAINED_CHECKS_THRESHOLD,
+                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The session state (``{"window": …, "drift": …}``) after one more real checkpoint,
+    and the drift alert if this checkpoint makes the streak reach ``threshold``.
+
+    Window and drift live under one key and change in one step, so a replica that lost
+    a race re-runs this on the winner's state: the streak counts both checkpoints and
+    only the update that crosses the threshold alerts.
+    """
+    state = state_json if isinstance(state_json, Mapping) else {}
+    window_json = state.get("window")
+    drift_json = state.get("drift")
+    window = window_add(window_json if isinstance(window_json, Mapping) else None,
+                        checkpoint_summary, now)
+    categories = checkpoint_summary.get("concern_categories")
+    drift, alert = drift_update(
+        drift_json if isinstance(drift_json, Mapping) else None,
+        str(checkpoint_summary.get("verdict")), now,
+        checkpoint_id=str(checkpoint_summary.get("checkpoint_id") or ""),
+        categories=[c for c in categories if isinstance(c, str)]
+        if isinstance(categories, list) else [],
+        agent_id=agent_id, session_id=window["session_id"],
+        window=window_entries(window, now), threshold=threshold)
+    return {"window": window, "drift": drift}, alert
+
+
+def session_window(state_json: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The window part of a stored session state (what the next analysis sees)."""
+    if not isinstance(state_json, Mapping):
+        return None
+    window = state_json.get("window")
+    return window if isinstance(window, Mapping) else None

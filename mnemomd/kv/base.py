@@ -50,6 +50,9 @@ class KeyValueStore(Protocol):
 
     def extend_if_equal(self, key: str, value: bytes, ttl: float) -> Deferred[bool]: ...
 
+    def compare_and_set(self, key: str, expected: bytes | None, value: bytes,
+                        ttl: float | None = None) -> Deferred[bool]: ...
+
     def ping(self) -> Deferred[float]: ...
 
     def close(self) -> Deferred[None]: ...
@@ -139,6 +142,20 @@ class MeteredStore:
         return self._run("extend_if_equal", lambda: self._do_extend_if_equal(
             check_key(key), check_value(value), ttl_ms(ttl)))
 
+    def compare_and_set(self, key: str, expected: bytes | None, value: bytes,
+                        ttl: float | None = None) -> Deferred[bool]:
+        """Store ``value`` (with ``ttl``, or none) only if the key still holds ``expected``
+        (``None``: only if it does not exist); True when it was stored.
+
+        The one atomic step of an optimistic read-modify-write (``get``, a pure update,
+        ``compare_and_set``, retry on False): the update logic stays in Python and the same
+        loop is atomic on both stores. Counted as ``ok`` when stored, ``conflict`` when not.
+        """
+        return self._run("compare_and_set", lambda: self._do_compare_and_set(
+            check_key(key), None if expected is None else check_value(expected),
+            check_value(value), None if ttl is None else ttl_ms(ttl)),
+            lambda stored: "ok" if stored else "conflict")
+
     def ping(self) -> Deferred[float]:
         """Round-trip latency in seconds; fails when the store is unreachable."""
         return self._run("ping", self._do_ping)
@@ -170,6 +187,10 @@ class MeteredStore:
         raise NotImplementedError
 
     def _do_extend_if_equal(self, key: str, value: bytes, ttl_ms: int) -> Deferred[bool] | bool:
+        raise NotImplementedError
+
+    def _do_compare_and_set(self, key: str, expected: bytes | None, value: bytes,
+                            ttl_ms: int | None) -> Deferred[bool] | bool:
         raise NotImplementedError
 
     def _do_ping(self) -> Deferred[float] | float:

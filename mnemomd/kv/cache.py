@@ -6,16 +6,37 @@ Values may be derived from user data and are never logged.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mnemomd.kv.base import LOG_NAMESPACE, KeyValueStore, T, ttl_ms
 
 log = Logger(namespace=LOG_NAMESPACE)
+
+R = TypeVar("R")
+#: An update of a stored JSON value: the current value (None when absent or unreadable)
+#: to the value to store and what the caller gets back.
+JSONUpdate = Callable[[Any | None], tuple[Any, R]]
+#: Tries of one ``update_json`` before it gives up on storing (each lost race is one).
+MAX_UPDATE_ATTEMPTS = 8
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _decode(raw: bytes | None) -> Any | None:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None  # written by something else; the next write replaces it
 
 
 class KVCache:
@@ -66,23 +87,60 @@ class KVCache:
         def decode(raw: bytes | None) -> Any | None:
             stale = full in self._pending  # checked before _ok() may retry the delete
             self._ok(None)
-            if raw is None or stale:
-                return None
-            try:
-                return json.loads(raw)
-            except ValueError:
-                return None  # written by something else; the next set_json replaces it
+            return None if stale else _decode(raw)
 
         return self._store.get(full).addCallbacks(decode, self._swallow, errbackArgs=(None,))
 
     def set_json(self, key: str, value: Any) -> Deferred[None]:
         """Store ``value``; a value JSON cannot encode is the caller's bug and fails."""
         try:
-            raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+            raw = _encode(value)
         except (TypeError, ValueError):
             return defer.fail()
         return self._store.set(self._key(key), raw, self._ttl).addCallback(self._ok) \
             .addErrback(self._swallow, None)
+
+    @inlineCallbacks
+    def update_json(self, key: str, update: JSONUpdate[R],
+                    attempts: int = MAX_UPDATE_ATTEMPTS) -> Any:
+        """Read, ``update`` and write back atomically; fires with ``update``'s result.
+
+        Optimistic: the write is a compare-and-set against the bytes read, and a lost
+        race (another replica wrote in between) re-reads and re-runs ``update`` on the
+        winner's value, so no update is lost and ``update`` may run more than once: it
+        must be pure. ``update`` raising fails the Deferred (a bug in the caller).
+
+        Like the other methods, the store failing never reaches the caller: the result
+        of ``update`` on what could be read (nothing, if the read failed) comes back
+        and the write is dropped. After ``attempts`` lost races the last result comes
+        back unstored too, logged; the caller must tolerate a result computed on a
+        state that did not win (e.g. make what it triggers idempotent).
+        """
+        full = self._key(key)
+        current: Any | None = None
+        result: Any = None
+        for _ in range(attempts):
+            try:
+                raw = yield self._store.get(full)
+            except Exception:
+                self._swallow(Failure(), None)
+                return update(None)[1]
+            stale = full in self._pending
+            self._ok(None)
+            current = None if stale else _decode(raw)
+            new, result = update(current)
+            encoded = _encode(new)
+            try:
+                stored = yield self._store.compare_and_set(full, raw, encoded, self._ttl)
+            except Exception:
+                self._swallow(Failure(), None)
+                return result
+            if stored:
+                self._pending.pop(full, None)
+                return result
+        log.warn("Cache {cache}: gave up an update after {attempts} concurrent writes; "
+                 "it is not stored", cache=self._name, attempts=attempts)
+        return result
 
     def invalidate(self, key: str) -> Deferred[None]:
         full = self._key(key)

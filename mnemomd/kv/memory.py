@@ -127,5 +127,17 @@ class MemoryKeyValueStore(MeteredStore):
         self._put(key, value, self._expiry(ttl_ms))
         return True
 
+    def _do_compare_and_set(self, key: str, expected: bytes | None, value: bytes,
+                            ttl_ms: int | None) -> bool:
+        # Atomic because it runs to completion on the reactor thread: no other operation
+        # can come between the comparison and the write.
+        self._purge()
+        entry = self._live(key)
+        current = None if entry is None else entry[0]
+        if current != expected:
+            return False
+        self._put(key, value, self._expiry(ttl_ms))  # like SET: drops an earlier TTL
+        return True
+
     def _do_ping(self) -> float:
         return 0.0

@@ -46,6 +46,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# ARGV: expect-absent flag, expected value, new value, TTL in ms ('' for none). A missing
+# key reads as false, which equals no string, so "expected X" fails on a missing key.
+_COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current then return 0 end
+elseif current ~= ARGV[2] then
+  return 0
+end
+if ARGV[4] == '' then
+  redis.call('SET', KEYS[1], ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+end
+return 1
+"""
 
 #: Failures that mean "Redis is not reachable", as opposed to an error reply.
 _UNAVAILABLE = (txredisapi.ConnectionError, defer.TimeoutError, ConnectError)
@@ -181,6 +197,15 @@ class RedisKeyValueStore(MeteredStore):
 
     def _do_extend_if_equal(self, key: str, value: bytes, ttl_ms: int) -> Deferred[bool]:
         return self._command("eval", _EXTEND_IF_EQUAL, [key], [value, ttl_ms]) \
+            .addCallback(lambda n: n == 1)
+
+    def _do_compare_and_set(self, key: str, expected: bytes | None, value: bytes,
+                            ttl_ms: int | None) -> Deferred[bool]:
+        # A script rather than WATCH/MULTI: it needs no connection pinned to one caller
+        # (the pool is shared by every request) and no retry inside the store.
+        args: list[bytes | int] = [b"1" if expected is None else b"0", expected or b"",
+                                   value, b"" if ttl_ms is None else ttl_ms]
+        return self._command("eval", _COMPARE_AND_SET, [key], args) \
             .addCallback(lambda n: n == 1)
 
     def _do_ping(self) -> Deferred[float]:

@@ -51,7 +51,7 @@ class GatewayMetrics:
             buckets=LAG_BUCKETS, registry=self.registry)
         self.cache_operations = Counter(
             "gateway_cache_operations",
-            "Key-value store operations by operation and result (hit, miss, ok, error)",
+            "Key-value store operations by operation and result (hit, miss, ok, conflict, error)",
             ["operation", "result"], registry=self.registry)
         self.aip_checks = Counter(
             "gateway_aip_checks",

@@ -45,7 +45,7 @@ from mnemomd.integrity.pipeline import (
     refusal_payload,
 )
 from mnemomd.ops.metrics import GatewayMetrics
-from mnemomd.providers import PROVIDERS, injection_rejected
+from mnemomd.providers import PROVIDERS, ProviderRegistry
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, is_usable_key
 from mnemomd.proxy.headers import client_response_headers, upstream_request_headers
 from mnemomd.proxy.hold import (
@@ -152,17 +152,20 @@ class CallIntegrity(HoldIntegrity, Protocol):
 
 
 class ProxyHandler:
-    """The proxy: what the front door hands ``/anthropic``, ``/openai``, ``/gemini`` and
-    ``/agent/{name}/…`` paths to."""
+    """The proxy: what the front door hands the paths of its providers (``/anthropic``,
+    ``/openai``, ``/gemini``, and any other the registry holds) and ``/agent/{name}/…`` to."""
 
     def __init__(self, config: ProxyConfig, clock: IReactorTime, client: Upstream,
                  agents: AgentDirectory, metrics: GatewayMetrics,
                  integrity: CallIntegrity, enforcement: NudgeDelivery,
                  license_state: TrafficGate | None = None, *, analysis_timeout: float,
-                 log_level: str, failure_mode: str) -> None:
+                 log_level: str, failure_mode: str,
+                 providers: ProviderRegistry = PROVIDERS) -> None:
         """``analysis_timeout`` (seconds) bounds how long a held response waits for its
         verdict, and then ``failure_mode`` (``AIP_FAILURE_MODE``) decides; ``log_level``
-        says whether access lines are worth formatting."""
+        says whether access lines are worth formatting. ``providers`` is every provider
+        the proxy routes to and looks up (the daemon's registry unless a build adds one)."""
+        self._providers = providers
         self._failure_mode = failure_mode
         self._license = license_state
         self._integrity = integrity
@@ -180,7 +183,7 @@ class ProxyHandler:
 
     def target(self, path: bytes, query: bytes) -> ProxyTarget | None:
         """The proxy route a checked path names, or None when it names none."""
-        return parse_proxy_target(path, query)
+        return parse_proxy_target(path, query, self._providers)
 
     def route(self, path: bytes,
               query: bytes) -> Callable[[GatewayRequest], Deferred[None]] | None:
@@ -213,7 +216,7 @@ class ProxyHandler:
             done.callback(None)
             return done
 
-        provider = PROVIDERS[target.provider]
+        provider = self._providers[target.provider]
         key = provider.find_api_key(request.requestHeaders, target.query)
         assert key is not None  # checked by _refusal
         hash_ = agent_hash(key, target.agent_name)
@@ -246,7 +249,7 @@ class ProxyHandler:
         if request.content.too_large:
             return 413, error_payload(
                 f"Request body exceeds {request.content.limit} bytes", "request_too_large")
-        provider = PROVIDERS[target.provider]
+        provider = self._providers[target.provider]
         key = provider.find_api_key(request.requestHeaders, target.query)
         if key is None:
             return 401, error_payload(f"Missing {provider.key_header}",
@@ -274,7 +277,7 @@ class ProxyHandler:
             self._account(call, 403)
             return None
         body = request.content.getvalue() if has_body(request.requestHeaders) else None
-        provider = PROVIDERS[call.target.provider]
+        provider = self._providers[call.target.provider]
         try:
             nudges = yield self._enforcement.take_nudges(agent)
         except Exception:
@@ -301,7 +304,8 @@ class ProxyHandler:
         request = call.request
         target = call.target
         headers = upstream_request_headers(request.requestHeaders)
-        url = upstream_url(self._config.upstream_base_url(target.provider), target)
+        base_url = self._config.upstream_base_url(self._providers[target.provider])
+        url = upstream_url(base_url, target)
 
         sent_at = self._clock.seconds()
         call.overhead_ms = (sent_at - call.started) * 1000
@@ -362,7 +366,7 @@ class ProxyHandler:
         body may end differently from upstream's."""
         assert call.agent is not None and call.info is not None
         request = call.request
-        provider = PROVIDERS[call.target.provider]
+        provider = self._providers[call.target.provider]
         self._write_head(call, response, early, keep_length=False)
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         gate = PipelineGate(self._integrity, provider, call.agent, call.session_id, call.info,
@@ -397,7 +401,7 @@ class ProxyHandler:
     def _after_held_stream(self, call: Call, response: IResponse, gate: PipelineGate,
                            outcome: RelayOutcome) -> Any:
         assert call.agent is not None and call.info is not None
-        provider = PROVIDERS[call.target.provider]
+        provider = self._providers[call.target.provider]
         yield gate.settled()  # a check still running (the hold timed out) is waited for
         if gate.output_analysed:
             return None  # analysed, recorded and traced with the whole output
@@ -450,7 +454,8 @@ class ProxyHandler:
         d = read_body(response, ERROR_BODY_LIMIT, self._clock, self._config.stream_idle_timeout)
 
         def decide(error_body: bytes) -> Deferred[None] | None:
-            if call.info is not None and injection_rejected(call.info, 400, error_body):
+            if call.info is not None and self._providers.injection_rejected(call.info, 400,
+                                                                            error_body):
                 call.nudges = []  # the body resent is the client's own, without the notice
                 log.info("Upstream refused the reasoning request; resending the call as sent",
                          request_id=call.request.request_id, provider=call.target.provider)
@@ -538,7 +543,7 @@ class ProxyHandler:
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
         return self._integrity.analyse(
-            PROVIDERS[call.target.provider], call.agent, call.session_id, call.info,
+            self._providers[call.target.provider], call.agent, call.session_id, call.info,
             content_type.decode("latin-1"), encoding.decode("latin-1") if encoding else None,
             capture.getvalue(), capture.truncated)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import socket
 import sqlite3
 import uuid
 
@@ -276,6 +277,76 @@ def test_one_drift_alert_per_streak_across_two_daemons(start, analysis, postgres
     alerts = pg_rows(postgres_url, "SELECT agent_id, session_id FROM drift_alerts")
     assert len(alerts) == 2, alerts
     assert {a[1] for a in alerts} == {"run-1"}
+
+
+def redis_command(*args: str) -> bytes | None:
+    """One command to the shared Redis (RESP over a socket); a bulk or simple reply."""
+    request = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection(("127.0.0.1", 6379), timeout=5) as sock, \
+            sock.makefile("rb") as reply:
+        sock.sendall(request.encode())
+        head = reply.readline().rstrip(b"\r\n")
+        if not head.startswith(b"$"):
+            return head[1:]
+        size = int(head[1:])
+        return None if size < 0 else reply.read(size)
+
+
+def test_two_daemons_racing_on_one_session_raise_one_drift_alert(start, analysis,
+                                                                 postgres_url):
+    """Concurrent calls of one session through two daemons sharing PostgreSQL and Redis:
+    every analysis is held until all calls are in, then answered at once, so the two
+    processes update the session's window and drift state at the same moment."""
+    key, session, calls = f"sk-race-{uuid.uuid4().hex}", f"race-{uuid.uuid4().hex}", 6
+    env = {"DATABASE_URL": postgres_url, "REDIS_URL": "redis://127.0.0.1:6379/0",
+           "ANALYSIS_BASE_URL": analysis, "ANTHROPIC_API_KEY": "sk-analysis-key",
+           "AIP_MIN_EVIDENCE_TOKENS": "1"}
+    daemons = [start(env), start(env)]
+    # The first call of an agent creates it: make it before the race.
+    analysis_control(analysis, "POST", "script", {"actions": [], "default": "valid"})
+    with raw_request(daemons[0].base_url, "POST", "/anthropic/v1/messages", BODY,
+                     {"x-api-key": key, "x-mnemom-session": "warm-up"}) as r:
+        r.read_body()
+    stored = "SELECT COUNT(*) FROM integrity_checkpoints WHERE session_id = '{}'"
+    wait_until(lambda: pg_rows(postgres_url, stored.format("warm-up"))[0][0] == 1,
+               timeout=20, what="the warm-up checkpoint")
+    analysis_control(analysis, "POST", "script", {"actions": [], "default": "hold:valid"})
+
+    def call(n: int) -> int:
+        with raw_request(daemons[n % 2].base_url, "POST", "/anthropic/v1/messages", BODY,
+                         {"x-api-key": key, "x-mnemom-session": session}) as r:
+            r.read_body()
+            return r.status
+
+    with concurrent.futures.ThreadPoolExecutor(calls) as pool:
+        assert list(pool.map(call, range(calls))) == [200] * calls
+    wait_until(lambda: analysis_control(analysis, "GET", "held")["held"] == calls,
+               timeout=20, what="every analysis to be held")
+    analysis_control(analysis, "POST", "release")
+    wait_until(lambda: pg_rows(postgres_url, stored.format(session))[0][0] == calls,
+               timeout=20, what=f"{calls} checkpoints")
+
+    def alerts() -> list[tuple]:
+        return pg_rows(postgres_url, "SELECT agent_id, streak_key FROM drift_alerts "
+                                     f"WHERE session_id = '{session}'")
+
+    # An alert is stored after its checkpoint's state update: wait for the drift state
+    # to count every checkpoint, then for the alert.
+    agent_id = pg_rows(postgres_url, "SELECT DISTINCT agent_id FROM integrity_checkpoints "
+                                     f"WHERE session_id = '{session}'")[0][0]
+    state_key = f"mnemom:session:{agent_id}:{session}"
+    try:
+        state = wait_until(lambda: (raw := redis_command("GET", state_key)) and json.loads(raw),
+                           timeout=10, what="the session state")
+        assert state["drift"]["sustained_nonclear"] == calls, state["drift"]
+        assert state["window"]["total_checks"] == calls
+        first = wait_until(alerts, timeout=20, what="the drift alert")
+        assert len(first) == 1, first
+        assert first[0][1] == f"{session}:{state['drift']['streak_start']}"
+        # Every update has landed: no second alert can still be on its way.
+        assert alerts() == first
+    finally:
+        redis_command("DEL", state_key)
 
 
 def test_shutdown_waits_for_background_analysis(start, tmp_path, analysis):

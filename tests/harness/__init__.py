@@ -14,6 +14,11 @@ manner of ``treq.testing.RequestTraversalAgent``:
   provider of ``tests.fakes.upstream`` as ``upstream.test`` and the fake analysis model of
   ``tests.fakes.analysis`` as ``analysis.test``. Other names do not resolve and unserved
   ports refuse: nothing leaves the process. Upstream URLs are ``http://`` here (no TLS).
+  ``daemon.serve(name, resource)`` adds another party.
+- **Providers.** ``InProcessDaemon(..., providers=PROVIDERS.including(acme.PROVIDER))``
+  hands a test's registry to ``make_service``; ``configure`` changes the loaded
+  configuration last, for what the settings table has no row for (the base URL of that
+  provider, or choosing it as the analysis backend).
 - **Storage.** SQLite through adbapi needs pool threads, which a memory reactor does not
   run, and waiting on real threads would make every flush a race. ``make_service`` takes
   ``database_threads`` (the one injection point, handed to ``Database``): the harness

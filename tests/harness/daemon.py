@@ -12,7 +12,7 @@ through :meth:`InProcessDaemon.advance`.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from mnemomd.config import Config, load_config
+from mnemomd.providers import PROVIDERS, ProviderRegistry
 from mnemomd.service import MnemomService, make_service
 from tests.fakes.analysis import FakeAnalysis
 from tests.fakes.upstream import FakeUpstreamSite, FakeUpstreamState, make_site
@@ -122,28 +123,42 @@ class _ErrorLog:
 class InProcessDaemon:
     """``make_service(config, reactor=…)`` with the test in charge of bytes and time."""
 
-    def __init__(self, data_dir: Path, settings: Mapping[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, settings: Mapping[str, str] | None = None, *,
+                 providers: ProviderRegistry = PROVIDERS,
+                 configure: Callable[[Config], Config] | None = None) -> None:
+        """``settings`` are environment-style names over the harness's own; ``providers``
+        goes to ``make_service`` (a test's registry with a provider of its own), and
+        ``configure`` changes the loaded configuration last, for what the settings table
+        has no row for (that provider's base URL, or choosing it as analysis backend)."""
         self.reactor = HarnessReactor()
         self.network = MemoryNetwork(self.reactor)
         self.upstream = FakeUpstream(make_site(self.reactor))
         self.network.serve(UPSTREAM_HOST, 80, self.upstream.site)
         self.analysis = FakeAnalysis(self.reactor)
-        analysis_site = Site(_AnalysisResource(self.analysis), reactor=self.reactor)
-        analysis_site.noisy = False
-        analysis_site.log = lambda request: None  # type: ignore[method-assign]
-        self.network.serve(ANALYSIS_HOST, 80, analysis_site)
+        self.serve(ANALYSIS_HOST, _AnalysisResource(self.analysis))
         self.threads = CallingThread()
         data_dir.mkdir(parents=True, exist_ok=True)
         environ = {**harness_settings(data_dir), **(settings or {})}
-        self.config: Config = load_config(environ=environ,
-                                          default_config_path=str(data_dir / "absent.yaml"))
+        config = load_config(environ=environ, default_config_path=str(data_dir / "absent.yaml"))
+        self.config: Config = configure(config) if configure is not None else config
         self.service: MnemomService = make_service(self.config, reactor=self.reactor,
-                                                   environ={}, database_threads=self.threads)
+                                                   environ={}, database_threads=self.threads,
+                                                   providers=providers)
         self.data_dir = data_dir
         self.errors = _ErrorLog()
         self.client: HttpClient | None = None
         self._started = False
         self._stopping: Deferred[None] | None = None
+
+    def serve(self, name: str, resource: Resource, port: int = 80) -> Site:
+        """Serve a ``twisted.web`` resource as ``http://name:port`` on the memory network,
+        quietly (no log line per request): another outside party, such as a provider
+        a test registers."""
+        site = Site(resource, reactor=self.reactor)
+        site.noisy = False
+        site.log = lambda request: None  # type: ignore[method-assign]
+        self.network.serve(name, port, site)
+        return site
 
     # -- life cycle -------------------------------------------------------------------------
 

@@ -7,18 +7,25 @@ from pathlib import Path
 
 import pytest
 
+from mnemomd.config import Config
+from mnemomd.providers import PROVIDERS, ProviderRegistry
 from tests.harness import InProcessDaemon
 
 
 @pytest.fixture
 def make_daemon(tmp_path: Path) -> Iterator[Callable[..., InProcessDaemon]]:
     """Start in-process daemons with settings on top of the harness's (environment names:
-    ``make_daemon(MAX_REQUEST_BODY_BYTES="1000")``). A daemon that logged an error the test
-    did not take (``daemon.take_errors()``) fails the test."""
+    ``make_daemon(MAX_REQUEST_BODY_BYTES="1000")``), and optionally a provider registry
+    and a last change to the configuration (``InProcessDaemon``'s ``providers`` and
+    ``configure``). A daemon that logged an error the test did not take
+    (``daemon.take_errors()``) fails the test."""
     daemons: list[InProcessDaemon] = []
 
-    def make(**settings: str) -> InProcessDaemon:
-        daemon = InProcessDaemon(tmp_path / f"d{len(daemons)}", settings)
+    def make(providers: ProviderRegistry = PROVIDERS,
+             configure: Callable[[Config], Config] | None = None,
+             **settings: str) -> InProcessDaemon:
+        daemon = InProcessDaemon(tmp_path / f"d{len(daemons)}", settings, providers=providers,
+                                 configure=configure)
         daemons.append(daemon)
         return daemon.start()
 

@@ -8,6 +8,9 @@ import pytest
 
 from mnemomd.integrity.window import (
     drift_update,
+    session_record,
+    session_window,
+    streak_key,
     window_add,
     window_entries,
     window_summary,
@@ -131,3 +134,63 @@ def test_other_verdicts_neither_extend_nor_end_a_streak():
     assert alert is None and state["sustained_nonclear"] == 2
     state, alert = drift_update(state, "review_needed", 3.0)
     assert alert is not None
+
+
+def stored(state):
+    """Through the store and back, as every replica reads it."""
+    return json.loads(json.dumps(state))
+
+
+def record(state, verdict: str, n: int):
+    categories = ["prompt_injection"] if verdict != "clear" else []
+    new, alert = session_record(state, entry(verdict, n, categories=categories),
+                                float(n), agent_id="agent-1")
+    return stored(new), alert
+
+
+def test_streak_key_names_the_streak_by_its_first_checkpoint():
+    r, c = "review_needed", "clear"
+    state, keys = None, []
+    for n, verdict in enumerate([c, r, r, r, r, c, r, r, r]):
+        state, _ = record(state, verdict, n)
+        keys.append(streak_key(state["drift"], "s1"))
+    assert keys == [None, "s1:ic-1", "s1:ic-1", "s1:ic-1", "s1:ic-1", None,
+                    "s1:ic-6", "s1:ic-6", "s1:ic-6"]
+    assert streak_key(None, "s1") is None
+
+
+def test_streak_key_of_state_written_without_a_start_uses_the_oldest_id():
+    old = {"sustained_nonclear": 2, "alert_fired": False,
+           "streak_checkpoint_ids": ["ic-7", "ic-8"], "streak_categories": []}
+    assert streak_key(old, "s1") == "s1:ic-7"
+    new, _ = drift_update(old, "review_needed", 9.0, checkpoint_id="ic-9")
+    assert streak_key(new, "s1") == "s1:ic-7"
+
+
+def test_session_record_keeps_window_and_drift_in_one_state():
+    state, alert = record(None, "review_needed", 1)
+    assert alert is None
+    assert [e["checkpoint_id"] for e in session_window(state)["checkpoints"]] == ["ic-1"]
+    assert state["drift"]["sustained_nonclear"] == 1
+    state, _ = record(state, "review_needed", 2)
+    state, alert = record(state, "boundary_violation", 3)
+    assert alert is not None and alert["checkpoint_ids"] == ["ic-1", "ic-2", "ic-3"]
+    assert alert["integrity_similarity"] == 0.0  # the window it saw holds all three
+    assert session_window(None) is None and session_window({"window": 3}) is None
+
+
+def test_replica_that_lost_the_race_re_runs_on_the_winner_and_does_not_alert():
+    # Two replicas read the same state (a streak of 2), each with a non-clear verdict.
+    state = None
+    for n in (1, 2):
+        state, _ = record(state, "review_needed", n)
+    a_state, a_alert = record(state, "review_needed", 3)
+    b_state, b_alert = record(state, "boundary_violation", 4)
+    assert a_alert is not None and b_alert is not None  # both would alert: the bug
+    assert streak_key(a_state["drift"], "s1") == streak_key(b_state["drift"], "s1")
+    # A stores first; B's compare-and-set fails and it re-runs on A's state.
+    b_state, b_alert = record(a_state, "boundary_violation", 4)
+    assert b_alert is None
+    assert b_state["drift"]["sustained_nonclear"] == 4
+    assert [e["checkpoint_id"] for e in b_state["window"]["checkpoints"]] == \
+        ["ic-1", "ic-2", "ic-3", "ic-4"]

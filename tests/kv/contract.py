@@ -9,13 +9,59 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.logger import LogLevel
 
-from mnemomd.kv import PREFIX, KVCache, KVError, readiness_check
+from mnemomd.kv import PREFIX, KVCache, KVError, KVUnavailableError, readiness_check
+from mnemomd.kv.cache import MAX_UPDATE_ATTEMPTS
 from mnemomd.ops.metrics import GatewayMetrics
+from tests.support import captured_logs, poll
 
 #: Short enough to keep the Redis TTL tests fast, long enough to read a key back first.
 SHORT_TTL = 0.3
+
+
+class HeldStore:
+    """A store whose ``compare_and_set`` calls wait while ``holding``, so a test decides
+    when each one reaches the real store: "both read before either writes" is set up,
+    not hoped for. Everything else goes straight through."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.kind = store.kind
+        self.holding = False
+        self.held: list[tuple[tuple[Any, ...], Deferred]] = []
+        self.fail_with: BaseException | None = None
+        #: Another writer changes the key just before each compare_and_set.
+        self.interfere = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def compare_and_set(self, *args: Any) -> Deferred:
+        if self.fail_with is not None:
+            return defer.fail(self.fail_with)
+        if self.interfere:
+            self.interfered = getattr(self, "interfered", 0) + 1
+            return self.store.set(args[0], f"other-{self.interfered}".encode()) \
+                .addCallback(lambda _: self.store.compare_and_set(*args))
+        if not self.holding:
+            return self.store.compare_and_set(*args)
+        waiting: Deferred = Deferred()
+        self.held.append((args, waiting))
+        return waiting
+
+    def release(self) -> Deferred:
+        """Let the oldest held ``compare_and_set`` through; fires with its result once
+        the real store answered and the caller's own callbacks ran."""
+        args, waiting = self.held.pop(0)
+
+        def done(result: Any) -> Any:
+            waiting.callback(result)
+            return result
+
+        return self.store.compare_and_set(*args).addCallback(done)
 
 
 def count(metrics: GatewayMetrics, operation: str, result: str) -> float:
@@ -241,3 +287,164 @@ class KeyValueContract:
         cache = KVCache(self.store, self.k("agents"), 300)
         yield self.store.set(self.k("agents:a1"), b"\xff not json")
         self.assertIsNone((yield cache.get_json("a1")))
+
+    # -- compare_and_set and the optimistic update built on it ------------------------------
+
+    @inlineCallbacks
+    def test_compare_and_set_expecting_absent(self):
+        key = self.k("cas")
+        self.assertTrue((yield self.store.compare_and_set(key, None, b"first")))
+        self.assertEqual((yield self.store.get(key)), b"first")
+        self.assertFalse((yield self.store.compare_and_set(key, None, b"second")))
+        self.assertEqual((yield self.store.get(key)), b"first")
+        yield self.store.set(self.k("empty"), b"")
+        self.assertFalse((yield self.store.compare_and_set(self.k("empty"), None, b"x")))
+        self.assertEqual((yield self.store.get(self.k("empty"))), b"")
+
+    @inlineCallbacks
+    def test_compare_and_set_expecting_a_value(self):
+        key = self.k("cas")
+        self.assertFalse((yield self.store.compare_and_set(key, b"", b"x")))
+        self.assertFalse((yield self.store.compare_and_set(key, b"v1", b"x")))
+        self.assertIsNone((yield self.store.get(key)))
+        yield self.store.set(key, b"\x00v1\xff")
+        self.assertFalse((yield self.store.compare_and_set(key, b"\x00v1", b"x")))
+        self.assertFalse((yield self.store.compare_and_set(key, b"\x00v1\xff ", b"x")))
+        self.assertEqual((yield self.store.get(key)), b"\x00v1\xff")
+        self.assertTrue((yield self.store.compare_and_set(key, b"\x00v1\xff", b"v2")))
+        self.assertEqual((yield self.store.get(key)), b"v2")
+        self.assertFalse((yield self.store.compare_and_set(key, b"\x00v1\xff", b"v3")))
+        self.assertEqual((yield self.store.get(key)), b"v2")
+
+    @inlineCallbacks
+    def test_compare_and_set_ttl(self):
+        key = self.k("cas")
+        self.assertTrue((yield self.store.compare_and_set(key, None, b"a", ttl=100)))
+        remaining = yield self.remaining_ttl(key)
+        self.assertTrue(99 < remaining <= 100, remaining)
+        self.assertTrue((yield self.store.compare_and_set(key, b"a", b"b", ttl=1000)))
+        remaining = yield self.remaining_ttl(key)
+        self.assertTrue(999 < remaining <= 1000, remaining)
+        self.assertFalse((yield self.store.compare_and_set(key, b"a", b"c", ttl=5)))
+        self.assertTrue(999 < (yield self.remaining_ttl(key)) <= 1000)
+        self.assertTrue((yield self.store.compare_and_set(key, b"b", b"c")))  # like SET
+        self.assertIsNone((yield self.remaining_ttl(key)))
+
+    @inlineCallbacks
+    def test_compare_and_set_after_expiry_sees_the_key_absent(self):
+        key = self.k("cas")
+        yield self.store.set(key, b"old", ttl=SHORT_TTL)
+        yield self.expire(key, SHORT_TTL)
+        self.assertFalse((yield self.store.compare_and_set(key, b"old", b"new")))
+        self.assertTrue((yield self.store.compare_and_set(key, None, b"new", ttl=30)))
+        self.assertEqual((yield self.store.get(key)), b"new")
+
+    @inlineCallbacks
+    def test_compare_and_set_one_winner_from_one_read(self):
+        key = self.k("cas")
+        yield self.store.set(key, b"v0")
+        attempts = [self.store.compare_and_set(key, b"v0", f"v1-{i}".encode(), 30)
+                    for i in range(20)]
+        results = yield gatherResults(attempts)
+        self.assertEqual(results.count(True), 1)
+        self.assertEqual((yield self.store.get(key)), f"v1-{results.index(True)}".encode())
+        self.assertEqual(count(self.metrics, "compare_and_set", "ok"), 1)
+        self.assertEqual(count(self.metrics, "compare_and_set", "conflict"), 19)
+
+    @inlineCallbacks
+    def test_compare_and_set_bad_arguments(self):
+        with self.assertRaises(TypeError):
+            yield self.store.compare_and_set(self.k("x"), "text", b"v")
+        with self.assertRaises(TypeError):
+            yield self.store.compare_and_set(self.k("x"), None, "text")
+        with self.assertRaises(ValueError):
+            yield self.store.compare_and_set(self.k("x"), None, b"v", ttl=0)
+        self.assertEqual(count(self.metrics, "compare_and_set", "error"), 3)
+        self.assertIsNone((yield self.store.get(self.k("x"))))
+
+    @staticmethod
+    def counting_update(calls: list):
+        """An update counting ``n`` up by one; it records every value it was run on."""
+        def update(current):
+            calls.append(current)
+            n = current["n"] if isinstance(current, dict) else 0
+            return {"n": n + 1}, n + 1
+        return update
+
+    @inlineCallbacks
+    def test_update_json_applies_the_update_with_the_ttl(self):
+        cache = KVCache(self.store, self.k("state"), 300)
+        calls: list = []
+        self.assertEqual((yield cache.update_json("s1", self.counting_update(calls))), 1)
+        self.assertEqual((yield cache.update_json("s1", self.counting_update(calls))), 2)
+        self.assertEqual(calls, [None, {"n": 1}])
+        self.assertEqual((yield cache.get_json("s1")), {"n": 2})
+        remaining = yield self.remaining_ttl(self.k("state") + ":s1")
+        self.assertTrue(299 < remaining <= 300, remaining)
+
+    @inlineCallbacks
+    def test_update_json_loses_no_update_when_both_read_before_either_writes(self):
+        held = HeldStore(self.store)
+        caches = [KVCache(held, self.k("state"), 300) for _ in range(2)]  # two replicas
+        calls: list = []
+        held.holding = True
+        racing = [c.update_json("s1", self.counting_update(calls)) for c in caches]
+        yield self.wait_until(lambda: len(held.held) == 2)
+        self.assertEqual(calls, [None, None])  # both read the same (empty) state
+        held.holding = False
+        self.assertTrue((yield held.release()))
+        self.assertFalse((yield held.release()))  # the loser re-reads and runs again
+        results = yield gatherResults(racing)
+        self.assertEqual(sorted(results), [1, 2])
+        self.assertEqual(calls, [None, None, {"n": 1}])
+        self.assertEqual((yield caches[0].get_json("s1")), {"n": 2})
+        self.assertEqual(count(self.metrics, "compare_and_set", "conflict"), 1)
+
+    @inlineCallbacks
+    def test_update_json_concurrent_updates_all_count(self):
+        # Each conflict means another update was stored, so with no more concurrent
+        # updates than attempts none can run out of attempts.
+        caches = [KVCache(self.store, self.k("state"), 300) for _ in range(3)]
+        calls: list = []
+        yield gatherResults([caches[i % 3].update_json("s1", self.counting_update(calls))
+                             for i in range(MAX_UPDATE_ATTEMPTS)])
+        self.assertEqual((yield caches[0].get_json("s1")), {"n": MAX_UPDATE_ATTEMPTS})
+
+    @inlineCallbacks
+    def test_update_json_gives_up_after_bounded_conflicts(self):
+        logs = captured_logs(self, "mnemomd.kv")
+        held = HeldStore(self.store)
+        held.interfere = True  # no write can win
+        cache = KVCache(held, self.k("state"), 300)
+        calls: list = []
+        result = yield cache.update_json("s1", self.counting_update(calls), attempts=4)
+        self.assertEqual((len(calls), result), (4, 1))
+        self.assertEqual(count(self.metrics, "compare_and_set", "conflict"), 4)
+        self.assertEqual((yield self.store.get(self.k("state:s1"))), b"other-4")
+        warnings = logs.at(LogLevel.warn)
+        self.assertEqual(len(warnings), 1)
+        self.assertNotIn("s1", str(warnings))
+
+    @inlineCallbacks
+    def test_update_json_store_failure_returns_the_update_unstored(self):
+        held = HeldStore(self.store)
+        cache = KVCache(held, self.k("state"), 300)
+        yield cache.set_json("s1", {"n": 5})
+        held.fail_with = KVUnavailableError("Redis unavailable: test")
+        calls: list = []
+        self.assertEqual((yield cache.update_json("s1", self.counting_update(calls))), 6)
+        self.assertEqual((yield cache.get_json("s1")), {"n": 5})
+        yield self.store.close()
+        self.assertEqual((yield cache.update_json("s1", self.counting_update(calls))), 1)
+        self.assertEqual(calls, [{"n": 5}, None])
+
+    @inlineCallbacks
+    def test_update_json_overwrites_a_foreign_value(self):
+        cache = KVCache(self.store, self.k("state"), 300)
+        yield self.store.set(self.k("state:s1"), b"\xff not json")
+        calls: list = []
+        self.assertEqual((yield cache.update_json("s1", self.counting_update(calls))), 1)
+        self.assertEqual((yield cache.get_json("s1")), {"n": 1})
+
+    def wait_until(self, predicate) -> Deferred:
+        return poll(predicate, 10, "the condition")

@@ -7,7 +7,11 @@ It exists to show that adding a provider takes one module and a registration
   ``system``, ``prompt``, ``stream`` and, to show its reasoning, ``show_reasoning: true``.
 - JSON answer: ``{"model", "reasoning", "output", "calls": [{"tool", "args"}]}``.
 - Streamed answer: SSE events ``reasoning`` and ``output`` carrying ``{"text": …}``, ``call``
-  carrying ``{"tool", "args"}``, and a final ``done`` carrying ``{"model": …}``.
+  carrying ``{"tool", "args"}``, and a final ``done`` carrying ``{"model": …}``. A stream
+  that fails says so with an ``error`` event carrying ``{"error": {"type", "message"}}``.
+
+Registered with ``PROVIDERS.including(PROVIDER)`` and handed to ``make_service``, it is
+served by the daemon itself (``tests/inprocess/test_fourth_provider.py``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ from mnemomd.providers.analysis import (
     versioned_url,
 )
 from mnemomd.providers.base import (
+    OUTPUT,
+    REASONING,
     Accumulator,
     ExtractionBuilder,
     Provider,
     RequestInfo,
+    StreamError,
+    StreamState,
     describe_json_api,
     extractor,
     first_header,
@@ -35,8 +43,11 @@ from mnemomd.providers.base import (
     never_raises,
     prepend_text,
     route_path,
+    sse_event,
+    stream_dispatch,
 )
 from mnemomd.providers.jsonutil import Parsed
+from mnemomd.providers.sse import SSEEvent
 
 BASE_URL = "https://api.acme.test"
 ACME_GENERATE = "acme.generate"
@@ -105,6 +116,24 @@ class GenerateAccumulator(Accumulator):
         self.out.text("".join(self._output))
 
 
+def classify_generate_event(info: RequestInfo, event: SSEEvent) -> str:
+    """``reasoning`` events are reasoning; ``output``, ``call``, ``done`` and anything
+    unknown are output, where an enforced stream is held for its verdict."""
+    return REASONING if event.event == "reasoning" else OUTPUT
+
+
+def generate_error_event(info: RequestInfo, error: StreamError, state: StreamState) -> bytes:
+    """Acme's own ``error`` event, so Acme's client raises with the gateway's fields."""
+    return sse_event("error", {"error": {"type": error.type, "message": error.message,
+                                         **error.fields()}})
+
+
+classify_stream_event = stream_dispatch({ACME_GENERATE: classify_generate_event},
+                                        lambda *args: OUTPUT)
+stream_error_event = stream_dispatch({ACME_GENERATE: generate_error_event},
+                                     generate_error_event)
+
+
 def analysis_request(target: AnalysisTarget, system: str, user: str,
                      max_tokens: int) -> AnalysisCall:
     url = versioned_url(target.endpoint, ("/v1",), "/generate")
@@ -138,4 +167,6 @@ PROVIDER = Provider(
     extract_response=extractor({ACME_GENERATE: GenerateAccumulator}),
     injection_hints={ACME_GENERATE: ("show_reasoning",)},
     analysis=ANALYSIS,
+    classify_stream_event=classify_stream_event,
+    stream_error_event=stream_error_event,
 )
