@@ -53,7 +53,7 @@ from mnemomd.config.analysis import from_config as analysis_settings
 from mnemomd.enforcement.enforcer import NUDGE_FLAG_TTL, Enforcement
 from mnemomd.enforcement.expiry import expire_nudges
 from mnemomd.enforcement.store import EnforcementStore
-from mnemomd.http.server import Gateway, GatewayFactory, send_json
+from mnemomd.http.server import ConnectionLimits, Gateway, GatewayFactory, send_json
 from mnemomd.integrity.backends import AnalysisBackend
 from mnemomd.integrity.checkpoints import CheckpointStore
 from mnemomd.integrity.engine import IntegrityAnalyzer, build_analyzer
@@ -109,7 +109,9 @@ class GatewayService(Service):
         self._client = client
         self._notifier = notifier
         self._lag = lag
-        self.factory = GatewayFactory(gateway, reactor)
+        self.factory = GatewayFactory(gateway, reactor, ConnectionLimits(
+            request_timeout=listener.request_timeout,
+            max_per_client=listener.max_connections_per_client))
         self.port: IListeningPort | None = None
         self._bound: Deferred[IListeningPort] | None = None
         self.listening: Deferred[IListeningPort] = Deferred()

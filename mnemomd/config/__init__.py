@@ -293,6 +293,13 @@ SETTINGS: tuple[Setting, ...] = (
             "comma-separated origins allowed by CORS, or *", section="proxy"),
     Setting("SHUTDOWN_GRACE_SECONDS", _seconds(0, 3600), 25.0,
             "how long in-flight requests may finish after SIGTERM", section="listener"),
+    Setting("REQUEST_TIMEOUT", _seconds(0.001, 3600), 60.0,
+            "deadline for receiving a whole request, head and body, counted from the "
+            "connection opening or the request's first byte (not reset by each byte); "
+            "past it the client gets 408 and the connection closes", section="listener"),
+    Setting("MAX_CONNECTIONS_PER_CLIENT", _int_in(0, 1_000_000), 256,
+            "open connections allowed from one client IP address (0: no limit); one more "
+            "is answered 429 and closed", section="listener"),
     Setting("DATABASE_URL", parse_database_url_setting, None,
             "sqlite:///absolute/path.db or postgresql://user@host/db (default: SQLite file "
             "mnemomd.db in MNEMOM_DATA_DIR)", secret=False, section="storage", derived=True),
@@ -456,13 +463,16 @@ class DaemonConfig:
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    """The front door: where it listens, the largest body it takes, how long it drains."""
+    """The front door: where it listens, the largest body it takes, how long a request may
+    take to arrive, how many connections one client may hold, how long it drains."""
 
     host: str = "0.0.0.0"
     port: int = 8787
     listen: str | None = None
     max_request_body_bytes: int = 32 * 1024**2
     shutdown_grace_seconds: float = 25.0
+    request_timeout: float = 60.0
+    max_connections_per_client: int = 256
 
     @property
     def listen_description(self) -> str:

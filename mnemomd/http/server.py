@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Protocol
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IProtocolNegotiationFactory, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol as WireProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -33,6 +42,41 @@ CLIENT_IDLE_TIMEOUT = 300
 #: A body this many times over the limit is cut off instead of drained.
 OVERSIZE_DRAIN_FACTOR = 2
 EXTRA_REASON_PHRASES = {431: b"Request Header Fields Too Large"}
+#: Seconds a client that does not read its 408 may keep the socket before it is aborted.
+ABORT_AFTER_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long a client may take to send a request, and how many connections it may hold.
+
+    ``request_timeout`` is a deadline, not an idle timer: a client trickling one byte a
+    minute would reset an idle timer forever (slowloris). It runs from the connection's
+    first moment for its first request, and from the first byte of each later request
+    on a kept-alive connection, and ends once the whole body has arrived, so the time a
+    response takes (a long stream) is never counted. ``max_per_client`` caps the open
+    connections from one IP address (0: no cap), so one client cannot hold them all.
+    """
+
+    request_timeout: float = 60.0
+    max_per_client: int = 256
+
+
+def client_host(address: IAddress | None) -> str | None:
+    """The IP address a connection comes from; None for UNIX sockets and the like, which
+    all share one peer and are never capped."""
+    if isinstance(address, IPv4Address | IPv6Address):
+        return address.host
+    return None
+
+
+def raw_response(status: int, payload: dict[str, Any]) -> bytes:
+    """A whole HTTP/1.1 response that closes its connection, for answers given outside any
+    request object (the request could not be parsed, or never arrived in time)."""
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    phrase = http.RESPONSES.get(status) or EXTRA_REASON_PHRASES.get(status, b"Error")
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n" % (status, phrase, len(data))) + data
 
 
 class BoundedBody(BytesIO):
@@ -134,11 +178,65 @@ class GatewayRequest(http.Request):
 
 
 class GatewayChannel(http.HTTPChannel):
-    """HTTP/1.1 connection that answers protocol errors in JSON, like everything else."""
+    """HTTP/1.1 connection that answers protocol errors in JSON, like everything else, and
+    gives each request a deadline to arrive in (``ConnectionLimits``)."""
 
     totalHeadersSize = 65536
     MAX_LENGTH = 65536
     gateway: Gateway
+    limits: ConnectionLimits = ConnectionLimits()
+    #: The peer's IP address, counted against ``max_per_client`` while the connection lives.
+    client_host: str | None = None
+    on_lost: Callable[[GatewayChannel], None] | None = None
+    _deadline: IDelayedCall | None = None
+    _abort_call: IDelayedCall | None = None
+    #: Set once the connection has been answered outside a request: input is ignored.
+    _answered_raw = False
+
+    def connectionMade(self) -> None:  # noqa: N802
+        super().connectionMade()
+        self._start_deadline()  # a connection that never sends a byte is a slow client too
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._answered_raw:
+            return  # what a refused client still sends must not start another request
+        if self._deadline is None and not self._handlingRequest and data:
+            self._start_deadline()  # the first byte of the next request on this connection
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:  # noqa: N802
+        """The whole request is in: its deadline is met, the response takes its own time."""
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def timeoutConnection(self) -> None:  # noqa: N802
+        """The idle timer is for kept-alive connections between requests; while a request
+        is arriving its deadline decides, so a long ``REQUEST_TIMEOUT`` is not cut short
+        by silence, nor a 408 replaced by a close without an answer."""
+        if self._deadline is None:
+            super().timeoutConnection()
+
+    def _start_deadline(self) -> None:
+        self._deadline = self.callLater(self.limits.request_timeout, self._request_timed_out)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _request_timed_out(self) -> None:
+        self._deadline = None
+        self.gateway.metrics.client_connections_closed.labels("request_timeout").inc()
+        # A client that does not read its answer either must not keep the socket.
+        self._abort_call = self.callLater(ABORT_AFTER_TIMEOUT, self._abort)
+        self.respond_raw(408, error_payload(
+            f"Request not received within {self.limits.request_timeout:g} seconds",
+            "request_timeout"))
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802
         if getattr(self, "_receivedHeaderSize", 0) > self.totalHeadersSize:
@@ -153,14 +251,14 @@ class GatewayChannel(http.HTTPChannel):
 
     def respond_raw(self, status: int, payload: dict[str, Any]) -> None:
         """Answer outside any request object (it could not even be parsed) and close."""
+        if self._answered_raw:
+            return
+        self._answered_raw = True
+        self._cancel_deadline()
         log.info("Refused a request at the HTTP layer: {status} {reason}", status=status,
                  reason=payload["error"])
-        data = json.dumps(payload, separators=(",", ":")).encode()
-        phrase = http.RESPONSES.get(status) or EXTRA_REASON_PHRASES.get(status, b"Error")
-        head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n" % (status, phrase, len(data)))
         if self.transport is not None:
-            self.transport.write(head + data)
+            self.transport.write(raw_response(status, payload))
         self.loseConnection()
 
     _host_address: IAddress | None = None
@@ -172,7 +270,13 @@ class GatewayChannel(http.HTTPChannel):
         return self._host_address
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        self._cancel_deadline()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         self.gateway.channels.discard(self)
+        if self.on_lost is not None:
+            self.on_lost, on_lost = None, self.on_lost
+            on_lost(self)
         super().connectionLost(reason)
 
     def checkPersistence(self, request: http.Request, version: bytes) -> bool:  # noqa: N802
@@ -194,22 +298,66 @@ class GatewayFactory(http.HTTPFactory):
     protocol = GatewayChannel  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, gateway: Gateway, clock: IReactorTime) -> None:
+    def __init__(self, gateway: Gateway, clock: IReactorTime,
+                 limits: ConnectionLimits | None = None) -> None:
         super().__init__(timeout=CLIENT_IDLE_TIMEOUT, reactor=clock)
         self.gateway = gateway
+        self.limits = limits or ConnectionLimits()
+        #: Open connections by client IP address (only addresses with one open).
+        self.per_client: Counter[str] = Counter()
 
-    def buildProtocol(self, addr: IAddress | None) -> GatewayChannel:  # noqa: N802
+    def buildProtocol(self, addr: IAddress | None) -> WireProtocol:  # noqa: N802
+        host = client_host(addr)
+        cap = self.limits.max_per_client
+        if host is not None and cap and self.per_client[host] >= cap:
+            self.gateway.metrics.client_connections_closed.labels("per_client_limit").inc()
+            return RefusedConnection(cap)
         channel: GatewayChannel = super().buildProtocol(addr)  # type: ignore[assignment]
         channel.requestFactory = GatewayRequest
         channel.gateway = self.gateway
+        channel.limits = self.limits
+        if host is not None:
+            channel.client_host = host
+            self.per_client[host] += 1
+            channel.on_lost = self._release
         self.gateway.channels.add(channel)
         return channel
+
+    def _release(self, channel: GatewayChannel) -> None:
+        host = channel.client_host
+        if host is None:
+            return
+        self.per_client[host] -= 1
+        if self.per_client[host] <= 0:
+            del self.per_client[host]
 
     def log(self, request: http.Request) -> None:
         pass
 
     def acceptableProtocols(self) -> list[bytes]:  # noqa: N802
         return [b"http/1.1"]
+
+
+class RefusedConnection(WireProtocol):
+    """A connection over its address's cap: told why in one 429 response, then closed.
+
+    It is answered at once, before its request is read: holding it open to read the
+    request would give the client the very connection the cap denies it.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+
+    def connectionMade(self) -> None:  # noqa: N802
+        log.info("Refused a connection: {cap} already open from its address", cap=self._cap)
+        assert self.transport is not None
+        self.transport.write(raw_response(429, error_payload(
+            f"Too many open connections from this address (limit {self._cap})",
+            "too_many_connections")))
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        pass
 
 
 class InFlight:

@@ -12,7 +12,6 @@ a late ``check`` of reasoning that came after output) when the stream ends.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -40,6 +39,7 @@ from mnemomd.integrity.window import (
 from mnemomd.kv import KVCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
+from mnemomd.providers.jsonutil import dumps_request
 from mnemomd.storage.traces import OutboxRow, OutboxStore, outbox_expiry_ms
 
 log = Logger()
@@ -219,10 +219,9 @@ class IntegrityPipeline:
             final = nudged or changed
             if final is None:
                 return body, info, False
-            try:
-                encoded = json.dumps(final, ensure_ascii=False).encode()
-            except UnicodeEncodeError:  # lone surrogates: only the escaped form is valid
-                encoded = json.dumps(final).encode()
+            encoded = dumps_request(final)
+            if encoded is None:  # a number JSON cannot carry back (1e400): left untouched
+                return body, info, False
             return encoded, info, nudged is not None
 
         return _run(work, len(body or b""))

@@ -98,6 +98,13 @@ class GatewayMetrics:
             "and endpoints disabled after consecutive failures (disabled)",
             ["result"], registry=self.registry)
 
+        self.client_connections_closed = Counter(
+            "gateway_client_connections_closed",
+            "Client connections the front door closed on its own: request_timeout (the "
+            "request was not received by REQUEST_TIMEOUT, answered 408), per_client_limit "
+            "(over MAX_CONNECTIONS_PER_CLIENT, answered 429)",
+            ["reason"], registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

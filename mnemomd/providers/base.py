@@ -61,12 +61,28 @@ def bearer_token(headers: Headers) -> bytes | None:
 
 
 def query_param(query: bytes, name: str) -> bytes | None:
-    """A query-string parameter, percent-decoded, or None."""
+    """A query-string parameter, percent-decoded byte for byte, or None.
+
+    Escapes decode as Latin-1, one character per byte, so any value (``%E2%82%AC``, ``%FF``)
+    comes back as the client's exact bytes: it is for ``is_usable_key`` to refuse it, never
+    for an encoder to raise on it.
+    """
     text = query.decode("latin-1").removeprefix("?")
-    for key, value in parse_qsl(text, keep_blank_values=False):
+    for key, value in parse_qsl(text, keep_blank_values=False, encoding="latin-1"):
         if key == name and value:
             return value.encode("latin-1")
     return None
+
+
+def is_usable_key(key: bytes) -> bool:
+    """Whether ``key`` could be a provider key at all: visible ASCII only.
+
+    Every provider issues keys of letters, digits and punctuation. Anything else (UTF-8,
+    control bytes, NUL) cannot authenticate anywhere, and would not survive being put back
+    into a header or query string, so the gateway refuses it with a 400 instead of
+    forwarding it.
+    """
+    return bool(key) and all(0x21 <= byte <= 0x7E for byte in key)
 
 
 # --------------------------------------------------------------------------

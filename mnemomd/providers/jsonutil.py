@@ -54,6 +54,22 @@ def loads(text: str | bytes, strict: bool = False) -> Any:
         return MISSING
 
 
+def dumps_request(value: Any) -> bytes | None:
+    """A rewritten request body as JSON, or None when JSON cannot say it back exactly.
+
+    ``json.loads`` reads ``1e400`` as infinity, and ``json.dumps`` would write that back as
+    ``Infinity``, which is not JSON: the upstream would refuse a body the client sent
+    valid. A caller that gets None forwards the client's own bytes unchanged instead.
+    """
+    try:
+        try:
+            return json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+        except UnicodeEncodeError:  # lone surrogates: only the escaped form is valid
+            return json.dumps(value, allow_nan=False).encode()
+    except (ValueError, RecursionError, TypeError):
+        return None
+
+
 def repair(text: str) -> str | None:
     """Close a JSON document that was cut short, or None when nothing sensible is left.
 

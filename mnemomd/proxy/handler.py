@@ -46,7 +46,7 @@ from mnemomd.integrity.pipeline import (
 )
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS, ProviderRegistry
-from mnemomd.providers.base import Extraction, Provider, RequestInfo
+from mnemomd.providers.base import Extraction, Provider, RequestInfo, is_usable_key
 from mnemomd.proxy.headers import client_response_headers, upstream_request_headers
 from mnemomd.proxy.hold import (
     FAILED_MESSAGE,
@@ -252,9 +252,13 @@ class ProxyHandler:
             return 413, error_payload(
                 f"Request body exceeds {request.content.limit} bytes", "request_too_large")
         provider = self._providers[target.provider]
-        if provider.find_api_key(request.requestHeaders, target.query) is None:
+        key = provider.find_api_key(request.requestHeaders, target.query)
+        if key is None:
             return 401, error_payload(f"Missing {provider.key_header}",
                                       "authentication_error")
+        if not is_usable_key(key):
+            return 400, error_payload(
+                f"{provider.key_header} must be printable ASCII", "invalid_request_error")
         session = request.requestHeaders.getRawHeaders(SESSION_HEADER, [None])[0]
         if session is not None and not is_valid_session_id(session.decode("latin-1")):
             return 400, error_payload(

@@ -173,7 +173,7 @@ def parse_request(path: str, query: str, body: bytes) -> CannedRequest | None:
     api, path_model, gemini_stream = route
     try:
         payload = json.loads(body.decode("utf-8")) if body.strip() else {}
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object")

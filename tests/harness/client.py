@@ -121,3 +121,42 @@ class HttpClient:
                                 _Body(body) if body is not None else None)
         d.addCallbacks(exchange._response, exchange._failed)
         return exchange
+
+
+class RawClient(Protocol):
+    """A client that writes exactly the bytes a test gives it, when it gives them: a slow
+    client, a half-sent request, a connection that never sends at all."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.connected = False
+        self.closed = False
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.connected = True
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.received += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
+        self.closed = True
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None and not self.closed
+        self.transport.write(data)
+
+    def close(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    @property
+    def status(self) -> int | None:
+        """The status of the first response received, if one has arrived."""
+        if not self.received.startswith(b"HTTP/1.1 "):
+            return None
+        return int(self.received[9:12])
+
+    def json(self) -> Any:
+        """The body of the (single) response received."""
+        return json.loads(self.received.partition(b"\r\n\r\n")[2])
+

@@ -28,8 +28,14 @@ from mnemomd.providers import PROVIDERS, ProviderRegistry
 from mnemomd.service import MnemomService, make_service
 from tests.fakes.analysis import FakeAnalysis
 from tests.fakes.upstream import FakeUpstreamSite, FakeUpstreamState, make_site
-from tests.harness.client import Exchange, HttpClient
-from tests.harness.network import CallingThread, HarnessPort, HarnessReactor, MemoryNetwork
+from tests.harness.client import Exchange, HttpClient, RawClient
+from tests.harness.network import (
+    CLIENT_ADDRESS,
+    CallingThread,
+    HarnessPort,
+    HarnessReactor,
+    MemoryNetwork,
+)
 
 T = TypeVar("T")
 
@@ -166,6 +172,7 @@ class InProcessDaemon:
         assert isinstance(listener, HarnessPort)
         assert listener.factory is self.service.gateway_service.factory
         self.network.attach(GATEWAY_HOST, listener)
+        self.listener = listener
         self.client = HttpClient(self.reactor, f"http://{GATEWAY_HOST}:{listener.getHost().port}")
         self.flush()
         return self
@@ -229,6 +236,15 @@ class InProcessDaemon:
         exchange = self.client.request(method, path, headers, body)
         self.flush()
         return exchange
+
+    def open_raw(self, client_host: str = CLIENT_ADDRESS) -> RawClient:
+        """A connection to the front door from ``client_host`` that sends only what the
+        test writes into it (``RawClient.send``), settled."""
+        client = RawClient()
+        self.network.connect_raw(GATEWAY_HOST, self.listener.getHost().port, client,
+                                 client_host)
+        self.flush()
+        return client
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows of a query, through the daemon's own database connection."""

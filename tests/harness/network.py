@@ -22,6 +22,7 @@ from twisted.internet.interfaces import (
     IHostnameResolver,
     IHostResolution,
     IListeningPort,
+    IProtocol,
     IProtocolFactory,
     IReactorFromThreads,
     IResolutionReceiver,
@@ -205,12 +206,22 @@ class MemoryNetwork:
             self._connect(host, port, factory, server.factory)
         return bool(attempts)
 
-    def _connect(self, host: str, port: int, client_factory: IProtocolFactory,
-                 server_factory: IProtocolFactory) -> None:
-        client_address = IPv4Address("TCP", CLIENT_ADDRESS, next(self._client_ports))
+    def connect_raw(self, name: str, port: int, client: IProtocol,
+                    client_host: str = CLIENT_ADDRESS) -> None:
+        """Connect ``client`` (a protocol the test drives byte by byte) to ``name:port``,
+        from ``client_host``: how a test plays a slow client, or many client addresses."""
+        host = self._address(name)
+        server = self._servers[(host, port)]
+        self._connect(host, port, None, server.factory, client, client_host)
+
+    def _connect(self, host: str, port: int, client_factory: IProtocolFactory | None,
+                 server_factory: IProtocolFactory, client_protocol: IProtocol | None = None,
+                 client_host: str = CLIENT_ADDRESS) -> None:
+        client_address = IPv4Address("TCP", client_host, next(self._client_ports))
         server_address = IPv4Address("TCP", host, port)
         server = server_factory.buildProtocol(client_address)
-        client = client_factory.buildProtocol(server_address)
+        client = (client_protocol if client_factory is None
+                  else client_factory.buildProtocol(server_address))
         pump = connect(server, FakeTransport(server, True, server_address, client_address),
                        client, FakeTransport(client, False, client_address, server_address),
                        greet=False, clock=self._reactor)

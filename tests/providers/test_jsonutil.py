@@ -10,6 +10,7 @@ from mnemomd.providers.jsonutil import (
     MISSING,
     Parsed,
     decode_text,
+    dumps_request,
     loads,
     parse_document,
     parse_partial,
@@ -96,3 +97,21 @@ def test_huge_flat_and_unterminated_inputs():
     assert not parsed.exact and len(parsed.value) == 500_000
     parsed = parse_document(b'{"t":"' + b"x" * 5_000_000)
     assert parsed.value == {"t": "x" * 5_000_000}
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model":"m","temperature":1e400}', b'{"x":-1e400}', b'{"x":[1,2,1E999]}',
+    b'{"x":NaN}', b'{"x":Infinity}',
+])
+def test_a_number_json_cannot_write_back_is_not_re_serialised(body):
+    value = loads(body, strict=True)
+    assert value is not MISSING  # Python reads it (as inf or nan) ...
+    assert dumps_request(value) is None  # ... but will not write invalid JSON back
+
+
+def test_a_request_body_json_can_write_back_is_re_serialised():
+    value = {"a": 1e300, "b": -0.5, "c": 10**40, "t": "h\u00e9llo \U0001f30d", "s": "\ud800"}
+    encoded = dumps_request(value)
+    assert encoded is not None
+    assert json.loads(encoded) == value
+    assert b"Infinity" not in encoded and b"NaN" not in encoded

@@ -6,6 +6,7 @@ import pytest
 from twisted.web.http_headers import Headers
 
 from mnemomd.providers import PROVIDERS
+from mnemomd.providers.base import is_usable_key
 
 
 def key(provider: str, headers: dict[bytes, list[bytes]], query: bytes = b"") -> bytes | None:
@@ -38,3 +39,21 @@ def test_gemini_header_or_query():
 def test_key_header_names_for_401():
     assert {p: PROVIDERS[p].key_header for p in PROVIDERS} == {
         "anthropic": "x-api-key", "openai": "Authorization", "gemini": "x-goog-api-key"}
+
+
+@pytest.mark.parametrize("query, expected", [
+    (b"?key=%E2%82%AC", b"\xe2\x82\xac"),  # UTF-8 escapes: the client's bytes, not text
+    (b"?key=%FF%00", b"\xff\x00"),
+    (b"?key=\xe2\x82\xac", b"\xe2\x82\xac"),  # raw bytes in the request line
+    (b"?key=%E2%82", b"\xe2\x82"),  # half a character
+])
+def test_gemini_query_key_outside_latin1_comes_back_as_bytes_without_raising(query, expected):
+    assert key("gemini", {}, query) == expected
+
+
+@pytest.mark.parametrize("value, usable", [
+    (b"sk-ant-api03-AbC_d.e+f/g=", True), (b"\xe2\x82\xacuro", False), (b"sk\x00", False),
+    (b"sk ant", False), (b"sk\tant", False), (b"\xff", False), (b"", False), (b"sk\x7f", False),
+])
+def test_only_visible_ascii_is_a_usable_key(value, usable):
+    assert is_usable_key(value) is usable
