@@ -276,13 +276,9 @@ class IntegrityPipeline:
                 truncated: bool) -> Any:
         """Extract, analyse and record, and queue the call for tracing; fires with
         (verdict, outcome or None). Never fails."""
-        try:
-            extraction: Extraction = yield _run(
-                self._extract, len(body), provider, info, content_type, content_encoding,
-                body, truncated)
-        except Exception:
-            log.failure("Response extraction failed", agent_id=agent.agent_id)
-            self._metrics.aip_checks.labels("error").inc()
+        extraction = yield self.extract(provider, info, content_type, content_encoding, body,
+                                        truncated)
+        if extraction is None:
             return "error", None
         result: CheckResult = ("disabled", None)
         if self.enabled_for(agent):
@@ -365,13 +361,9 @@ class IntegrityPipeline:
         to its end): extract, analyse the text and tool calls with whatever reasoning there
         is, store the checkpoint, enforce, trace. Fires with the outcome, or None when the
         pipeline itself failed (logged; the caller applies the failure mode)."""
-        try:
-            extraction: Extraction = yield _run(
-                self._extract, len(body), provider, info, content_type, content_encoding,
-                body, truncated)
-        except Exception:
-            log.failure("Response extraction failed", agent_id=agent.agent_id)
-            self._metrics.aip_checks.labels("error").inc()
+        extraction = yield self.extract(provider, info, content_type, content_encoding, body,
+                                        truncated)
+        if extraction is None:
             return None
         gap = self.reasoning_gap(extraction)
         result = yield self._check_output(provider, agent, session_id, info, extraction, gap,

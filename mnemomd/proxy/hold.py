@@ -44,7 +44,7 @@ from mnemomd.providers.base import (
     StreamState,
 )
 from mnemomd.providers.sse import SSEEvent, SSEParser
-from mnemomd.proxy.relay import RelayOutcome, ResponseCapture
+from mnemomd.proxy.relay import IdleTimer, RelayOutcome, ResponseCapture
 
 log = Logger()
 
@@ -194,7 +194,7 @@ class HeldStreamRelay(TwistedProtocol):
                  gate: HoldGate, settings: HoldSettings) -> None:
         self._request = request
         self._clock = clock
-        self._idle_timeout = idle_timeout
+        self._idle = IdleTimer(clock, idle_timeout, self._idle_expired)
         self.capture = capture
         self._request_id = request_id
         self._stream = stream
@@ -215,7 +215,6 @@ class HeldStreamRelay(TwistedProtocol):
         self._upstream_paused = False
         self._upstream_ending: str | None = None  # set once the upstream has ended
         self._closing: str | None = None  # why we closed the upstream ourselves
-        self._idle_call: IDelayedCall | None = None
         self._hold_timer: IDelayedCall | None = None
         self._keepalive_call: IDelayedCall | None = None
         self._finished = False
@@ -474,20 +473,14 @@ class HeldStreamRelay(TwistedProtocol):
         if self._closing is not None or self._upstream_paused \
                 or self._upstream_ending is not None:
             return
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self._idle_timeout)
-        else:
-            self._idle_call = self._clock.callLater(self._idle_timeout, self._idle_expired)
+        self._idle.arm()
 
     def _cancel_idle(self) -> None:
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self._idle.cancel()
 
     def _idle_expired(self) -> None:
-        self._idle_call = None
         log.warn("Upstream was silent for {seconds}s mid-response; closing both sides",
-                 seconds=self._idle_timeout, request_id=self._request_id)
+                 seconds=self._idle.seconds, request_id=self._request_id)
         self._close_upstream("idle_timeout")
 
 

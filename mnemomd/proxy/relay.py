@@ -116,6 +116,33 @@ class UpstreamClient:
         return self.http.close()
 
 
+class IdleTimer:
+    """A relay's limit on the provider's silence mid-response: every chunk re-arms it, and
+    the relay cancels it while the silence is the gateway's own (paused, held, ending)."""
+
+    def __init__(self, clock: IReactorTime, seconds: float,
+                 on_expire: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._on_expire = on_expire
+        self._call: IDelayedCall | None = None
+
+    def arm(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.reset(self.seconds)
+        else:
+            self._call = self._clock.callLater(self.seconds, self._expired)
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _expired(self) -> None:
+        self._call = None
+        self._on_expire()
+
+
 class ResponseCapture:
     """A bounded in-memory copy of a response, kept for integrity analysis."""
 
@@ -176,12 +203,11 @@ class StreamRelay(Protocol):
                  on_hold_full: Callable[[], None] | None = None) -> None:
         self._request = request
         self._clock = clock
-        self._idle_timeout = idle_timeout
+        self._idle = IdleTimer(clock, idle_timeout, self._idle_expired)
         self.capture = capture
         self._request_id = request_id
         self._client_connected = not request._disconnected
         self._paused = False
-        self._idle_call: IDelayedCall | None = None
         self._ending: str | None = None
         self.bytes_sent = 0
         self.done: Deferred[RelayOutcome] = Deferred()
@@ -328,18 +354,12 @@ class StreamRelay(Protocol):
     def _arm_idle(self) -> None:
         if self._ending is not None or self._paused:
             return
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self._idle_timeout)
-        else:
-            self._idle_call = self._clock.callLater(self._idle_timeout, self._idle_expired)
+        self._idle.arm()
 
     def _cancel_idle(self) -> None:
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self._idle.cancel()
 
     def _idle_expired(self) -> None:
-        self._idle_call = None
         log.warn("Upstream was silent for {seconds}s mid-response; closing both sides",
-                 seconds=self._idle_timeout, request_id=self._request_id)
+                 seconds=self._idle.seconds, request_id=self._request_id)
         self._close_upstream("idle_timeout")
