@@ -78,6 +78,7 @@ from mnemomd.proxy.relay import UpstreamClient
 from mnemomd.storage.database import Database, TransactionThreads
 from mnemomd.storage.migrations import MigrationError, check_schema, migrate
 from mnemomd.storage.traces import OutboxStore, TraceStore, outbox_sweep_interval
+from mnemomd.storage.writes import WriteQueue
 from mnemomd.webhooks.delivery import WebhookDispatcher, WebhookSender
 from mnemomd.webhooks.store import WebhookStore
 
@@ -280,6 +281,40 @@ class StorageService(Service):
         finally:
             yield self.kv.close()
             self.db.close()
+
+
+class WriterService(Service):
+    """The write queue of the proxy's bookkeeping (``storage.writes``): started after the
+    storage, stopped before it, once the gateway has drained, so the last calls' writes
+    reach the database or the spool."""
+
+    name = "writer"
+
+    def __init__(self, writes: WriteQueue, health: HealthState) -> None:
+        self.writes = writes
+        #: Waited for before the queue's last drain (the pipeline's bookkeeping).
+        self.settle: list[Callable[[], Deferred[Any]]] = []
+        health.add_check("spool", self._check)
+
+    def _check(self) -> CheckResult:
+        writes = self.writes
+        state = "shedding" if writes.shedding else "spooling" if writes.outage else "ok"
+        return not writes.shedding, {"state": state, "depth": writes.spool_depth,
+                                     "queued": writes.depth}
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self.writes.start()
+
+    @inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        for settle in self.settle:
+            try:
+                yield settle()
+            except Exception:
+                log.failure("Waiting for bookkeeping before the last write failed")
+        yield self.writes.stop()
 
 
 class SchedulerService(Service):
@@ -524,6 +559,11 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                                          config.integrity.aip_default_without_reasoning)
     StorageService(storage, reactor, db, kv, directory, health,
                    root.fatal).setServiceParent(root)
+    writes = WriteQueue(reactor, db, os.path.join(config.daemon.mnemom_data_dir, "spool"),
+                        metrics, max_pending=storage.write_queue_max_rows,
+                        spool_max_bytes=storage.spool_max_bytes, threads=database_threads)
+    writer = WriterService(writes, health)
+    writer.setServiceParent(root)
 
     sender = WebhookSender(reactor)
     dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner(),
@@ -536,16 +576,17 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                                              reactor, metrics, providers=providers)
     output_analysis = output_analysis_allowed(config.analysis.analysis_provider, providers)
     integrity = IntegrityPipeline(config.integrity, reactor, analyzer, AgentStore(db),
-                                  CheckpointStore(db), KVCache(kv, "", CARD_CACHE_TTL),
-                                  KVCache(kv, "", WINDOW_TTL), metrics, OutboxStore(db),
+                                  writes, KVCache(kv, "", CARD_CACHE_TTL),
+                                  KVCache(kv, "", WINDOW_TTL), metrics, True,
                                   outbox_ttl=config.observer.outbox_ttl,
                                   output_analysis=output_analysis)
     root.addCleanup(analysis_http.close)
 
-    enforcement = Enforcement(reactor, EnforcementStore(db),
+    enforcement = Enforcement(reactor, EnforcementStore(db, writes),
                               KVCache(kv, "", NUDGE_FLAG_TTL), directory.invalidate)
     integrity.on_outcome = events_after(enforcement.on_outcome, dispatcher.kick)
     integrity.on_events_queued = dispatcher.kick
+    writer.settle.append(integrity.settled)
 
     license_ = config.license
     license_state = LicenseState.from_token(

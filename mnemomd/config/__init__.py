@@ -305,6 +305,13 @@ SETTINGS: tuple[Setting, ...] = (
             "mnemomd.db in MNEMOM_DATA_DIR)", secret=False, section="storage", derived=True),
     Setting("MIGRATE_ON_START", parse_bool, True,
             "apply pending schema migrations at startup", section="storage"),
+    Setting("SPOOL_MAX_BYTES", _byte_size(1024 * 1024, 1024**4), 256 * 1024**2,
+            "largest size of the durable local spool (MNEMOM_DATA_DIR/spool) that keeps "
+            "bookkeeping while the database is down or behind; past it bookkeeping is "
+            "shed, counted and logged", section="storage"),
+    Setting("WRITE_QUEUE_MAX_ROWS", _int_in(100, 10_000_000), 50_000,
+            "bookkeeping writes held in memory for the batch writer; past it they go to "
+            "the spool", section="storage"),
     Setting("REDIS_URL", parse_redis_url_setting, None,
             "redis://host:port/db for a shared KV store (default: in-memory, single node)",
             section="storage"),
@@ -520,6 +527,8 @@ class StorageConfig:
     migrate_on_start: bool = True
     redis_url: str | None = None
     redis_password: str | None = field(default=None, repr=False)
+    spool_max_bytes: int = 256 * 1024**2
+    write_queue_max_rows: int = 50_000
 
 
 @dataclass(frozen=True)

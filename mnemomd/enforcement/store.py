@@ -21,7 +21,8 @@ from twisted.internet.defer import Deferred
 from mnemomd.agents.identity import WITHOUT_REASONING_MODES, Agent
 from mnemomd.agents.store import AGENT_COLUMNS, AGENT_FROM, key_agents, row_to_agent
 from mnemomd.storage.database import Cursor, Database
-from mnemomd.webhooks.store import enqueue_event
+from mnemomd.storage.writes import Write, WriteQueue, insert_many
+from mnemomd.webhooks.store import enqueue_event, enqueue_events
 
 MODES = ("observe", "nudge", "enforce")
 NUDGE_STRATEGIES = ("always", "sampling", "threshold", "off")
@@ -42,6 +43,23 @@ CONTAINMENT_EVENTS = {"paused": "agent.paused", "active": "agent.resumed",
 SCOPES = ("agent", "key")
 
 NUDGE_MAX_AGE_MS = 4 * 3600 * 1000
+#: The write-queue kind of nudges (``storage.writes``).
+NUDGE_WRITE = "nudge"
+NUDGE_FIELDS = ("id", "agent_id", "session_id", "checkpoint_id", "notice", "status",
+                "created_at", "expires_at")
+
+
+def write_nudges(cursor: Cursor, writes: list[Write]) -> list[str]:
+    """Insert queued nudges and queue ``nudge.created`` for those that were new."""
+    rows = [(w.row["id"], w.row["agent_id"], w.row["session_id"], w.row["checkpoint_id"],
+             w.row["notice"], "pending", w.row["created_at"], w.row["expires_at"])
+            for w in writes]
+    inserted = set(insert_many(cursor, "nudges", NUDGE_FIELDS, rows, returning="id"))
+    return enqueue_events(cursor, [
+        ("nudge.created", w.row["agent_id"],
+         {"nudge_id": w.row["id"], "session_id": w.row["session_id"],
+          "checkpoint_id": w.row["checkpoint_id"]}, w.row["created_at"])
+        for w in writes if w.row["id"] in inserted])
 NUDGES_PER_CALL = 5
 
 
@@ -254,8 +272,13 @@ def _auto_contain(cursor: Cursor, agent_id: str, threshold: int,
 
 
 class EnforcementStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, writes: WriteQueue | None = None) -> None:
+        """With ``writes``, nudges are written through the write queue (this registers
+        their kind)."""
         self._db = db
+        self._writes = writes
+        if writes is not None:
+            writes.register(NUDGE_WRITE, write_nudges)
 
     def agent(self, agent_id: str) -> Deferred[Agent]:
         return self._db.run_interaction("get_agent", _agent, agent_id)
@@ -306,7 +329,16 @@ class EnforcementStore:
 
     def create_nudge(self, agent_id: str, session_id: str | None, checkpoint_id: str | None,
                      notice: str, now_ms: int) -> Deferred[str]:
+        """A pending nudge (and its ``nudge.created`` event). Through the write queue when
+        the store has one: it then survives a database outage in the spool."""
         nudge_id = f"ndg-{uuid.uuid4().hex}"
+        if self._writes is not None:
+            done = self._writes.submit(Write(NUDGE_WRITE, nudge_id, {
+                "id": nudge_id, "agent_id": agent_id, "session_id": session_id,
+                "checkpoint_id": checkpoint_id, "notice": notice, "created_at": now_ms,
+                "expires_at": now_ms + NUDGE_MAX_AGE_MS}), wait=True)
+            assert done is not None
+            return done.addCallback(lambda _: nudge_id)
 
         def write(cursor: Cursor) -> str:
             cursor.execute(

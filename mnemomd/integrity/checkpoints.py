@@ -14,12 +14,19 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from mnemomd.storage.database import Cursor, Database
-from mnemomd.webhooks.store import EVENT_TYPES, enqueue_event
+from mnemomd.storage.writes import Write, insert_many
+from mnemomd.webhooks.store import EVENT_TYPES, enqueue_event, enqueue_events
 
-CHECKPOINT_COLUMNS = (
-    "id, agent_id, session_id, provider, model, verdict, concerns, reasoning_summary, "
-    "conscience_context, window_position, analysis_metadata, thinking_block_hash, synthetic, "
-    "synthetic_reason, trace_id, created_at, output_block_hash")
+CHECKPOINT_FIELDS = (
+    "id", "agent_id", "session_id", "provider", "model", "verdict", "concerns",
+    "reasoning_summary", "conscience_context", "window_position", "analysis_metadata",
+    "thinking_block_hash", "synthetic", "synthetic_reason", "trace_id", "created_at",
+    "output_block_hash")
+CHECKPOINT_COLUMNS = ", ".join(CHECKPOINT_FIELDS)
+DRIFT_ALERT_FIELDS = ("id", "agent_id", "session_id", "source", "severity", "alert",
+                      "streak_key", "created_at")
+#: The write-queue kinds of this module (``storage.writes``).
+CHECKPOINT_WRITE, DRIFT_ALERT_WRITE = "checkpoint", "drift_alert"
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,72 @@ def checkpoint_event_data(record: CheckpointRecord) -> dict[str, Any]:
             "synthetic": record.synthetic,
             "concerns": [{k: c.get(k) for k in ("category", "severity", "description")}
                          for c in record.concerns if isinstance(c, dict)]}
+
+
+def checkpoint_write(record: CheckpointRecord) -> Write:
+    """The checkpoint as a queued write: the row's columns, JSON already encoded."""
+    return Write(CHECKPOINT_WRITE, record.id, {
+        "id": record.id, "agent_id": record.agent_id, "session_id": record.session_id,
+        "provider": record.provider, "model": record.model, "verdict": record.verdict,
+        "concerns": _dump(record.concerns), "reasoning_summary": record.reasoning_summary,
+        "conscience_context": _dump(record.conscience_context),
+        "window_position": _dump(record.window_position),
+        "analysis_metadata": _dump(record.analysis_metadata),
+        "thinking_block_hash": record.thinking_block_hash, "synthetic": record.synthetic,
+        "synthetic_reason": record.synthetic_reason, "trace_id": record.trace_id,
+        "created_at": record.created_at, "output_block_hash": record.output_block_hash})
+
+
+def write_checkpoints(cursor: Cursor, writes: list[Write]) -> list[str]:
+    """Insert queued checkpoints (a batch, one statement per ~1,700 rows) and queue the
+    ``verdict.*`` webhook events of those that were new; returns the delivery ids.
+    A checkpoint already stored (a replayed spool) queues nothing again."""
+    rows = [tuple(w.row.get(f) for f in CHECKPOINT_FIELDS) for w in writes]
+    inserted = set(insert_many(cursor, "integrity_checkpoints", CHECKPOINT_FIELDS,
+                               [_typed(r) for r in rows], returning="id"))
+    events = []
+    for write in writes:
+        row = write.row
+        if row["id"] not in inserted or f"verdict.{row['verdict']}" not in EVENT_TYPES:
+            continue
+        inserted.discard(row["id"])
+        events.append((f"verdict.{row['verdict']}", row["agent_id"],
+                       checkpoint_event_data(row_to_checkpoint(
+                           tuple(row.get(f) for f in CHECKPOINT_FIELDS))), row["created_at"]))
+    return enqueue_events(cursor, events)
+
+
+def _typed(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    synthetic = CHECKPOINT_FIELDS.index("synthetic")
+    return row[:synthetic] + (bool(row[synthetic]),) + row[synthetic + 1:]
+
+
+def drift_alert_write(alert_id: str, agent_id: str, session_id: str | None,
+                      severity: str | None, alert: dict[str, Any], streak_key: str,
+                      created_at: int, source: str = "aip") -> Write:
+    """A drift alert as a queued write; ``streak_key`` as in ``insert_drift_alert``."""
+    return Write(DRIFT_ALERT_WRITE, alert_id, {
+        "id": alert_id, "agent_id": agent_id, "session_id": session_id, "source": source,
+        "severity": severity, "alert": _dump(alert), "streak_key": streak_key,
+        "created_at": created_at})
+
+
+def write_drift_alerts(cursor: Cursor, writes: list[Write]) -> list[dict[str, Any]]:
+    """Insert queued drift alerts, one per streak, and queue ``drift.detected`` for each
+    that was new; returns the rows stored now."""
+    rows = [tuple(w.row.get(f) for f in DRIFT_ALERT_FIELDS) for w in writes]
+    stored = []
+    for row, write in zip(rows, writes, strict=True):
+        # One at a time: two alerts of one batch may share a streak, and only the first
+        # of them may queue the event.
+        if insert_many(cursor, "drift_alerts", DRIFT_ALERT_FIELDS, [row], returning="id"):
+            stored.append(write.row)
+    enqueue_events(cursor, [
+        ("drift.detected", r["agent_id"],
+         {"alert_id": r["id"], "source": r["source"], "session_id": r["session_id"],
+          "severity": r["severity"], "alert": _load(r["alert"])}, r["created_at"])
+        for r in stored])
+    return stored
 
 
 class CheckpointStore:

@@ -17,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    gatherResults,
+    inlineCallbacks,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -27,7 +33,15 @@ from mnemomd.agents.identity import WITHOUT_REASONING_MODES, Agent
 from mnemomd.agents.store import AgentStore
 from mnemomd.config import IntegrityConfig
 from mnemomd.http.server import error_payload
-from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
+from mnemomd.integrity.checkpoints import (
+    CHECKPOINT_WRITE,
+    DRIFT_ALERT_WRITE,
+    CheckpointRecord,
+    checkpoint_write,
+    drift_alert_write,
+    write_checkpoints,
+    write_drift_alerts,
+)
 from mnemomd.integrity.engine import AnalysisOutcome, AnalysisRequest, IntegrityAnalyzer
 from mnemomd.integrity.output import reasoning_gap
 from mnemomd.integrity.window import (
@@ -40,7 +54,14 @@ from mnemomd.kv import KVCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
 from mnemomd.providers.jsonutil import dumps_request
-from mnemomd.storage.traces import OutboxRow, OutboxStore, outbox_expiry_ms
+from mnemomd.storage.traces import (
+    OUTBOX_WRITE,
+    OutboxRow,
+    outbox_expiry_ms,
+    outbox_write,
+    write_outbox,
+)
+from mnemomd.storage.writes import WriteQueue
 
 log = Logger()
 
@@ -170,11 +191,13 @@ class IntegrityPipeline:
     """The integrity steps of one proxied call, for the proxy."""
 
     def __init__(self, config: IntegrityConfig, clock: IReactorTime,
-                 analyzer: IntegrityAnalyzer, agents: AgentStore, checkpoints: CheckpointStore,
+                 analyzer: IntegrityAnalyzer, agents: AgentStore, writes: WriteQueue,
                  kv_cache: KVCache, session_state: KVCache, metrics: GatewayMetrics,
-                 outbox: OutboxStore | None = None, *, outbox_ttl: float,
+                 tracing: bool = True, *, outbox_ttl: float,
                  output_analysis: bool = True) -> None:
-        """``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
+        """``writes`` takes the checkpoints, drift alerts and trace-outbox rows (this
+        registers their kinds); ``tracing`` whether traced agents get an outbox row;
+        ``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
         ``output_analysis`` whether the analysis backend may be sent a response's output
         (not the hybrid service)."""
         self._config = config
@@ -183,15 +206,30 @@ class IntegrityPipeline:
         self._clock = clock
         self._analyzer = analyzer
         self._agents = agents
-        self._checkpoints = checkpoints
+        self._writes = writes
         self._kv = kv_cache
         self._state = session_state
         self._metrics = metrics
-        self._outbox = outbox
+        self._tracing = tracing
+        self._in_flight: set[Deferred[Any]] = set()
         #: Called after each stored checkpoint (enforcement: nudges, auto-containment).
         self.on_outcome: OutcomeHook | None = None
-        #: Called when a stored checkpoint queued webhook deliveries (send them now).
+        #: Called when stored checkpoints queued webhook deliveries (send them now).
         self.on_events_queued: Callable[[], None] | None = None
+        if writes is not None:
+            writes.register(CHECKPOINT_WRITE, write_checkpoints, self._events_queued)
+            writes.register(DRIFT_ALERT_WRITE, write_drift_alerts, self._drift_stored)
+            writes.register(OUTBOX_WRITE, write_outbox)
+
+    def _events_queued(self, deliveries: list[str]) -> None:
+        if deliveries and self.on_events_queued is not None:
+            self.on_events_queued()
+
+    def _drift_stored(self, alerts: list[dict[str, Any]]) -> None:
+        for alert in alerts:
+            log.warn("Integrity drift detected for {agent_id}", agent_id=alert["agent_id"])
+        if alerts and self.on_events_queued is not None:
+            self.on_events_queued()
 
     # -- before forwarding ----------------------------------------------------------------
 
@@ -242,7 +280,7 @@ class IntegrityPipeline:
                             hold_stream=enforce and streaming)
 
     def tracing_for(self, agent: Agent | None) -> bool:
-        return self._outbox is not None and agent is not None and agent.aap_enabled
+        return self._tracing and agent is not None and agent.aap_enabled
 
     # -- responses without analysable reasoning (SPEC §6.2) -------------------------------
 
@@ -389,13 +427,32 @@ class IntegrityPipeline:
             outcome = replace(outcome, analysis_metadata={
                 **outcome.analysis_metadata, "without_reasoning": "analyse_output",
                 "reasoning_gap": gap})
-            yield self._record(agent, session_id, provider.name, info, outcome)
-            yield self._enforce(agent, session_id, outcome)
+            self._bookkeeping(agent, session_id, provider.name, info, outcome)
             return outcome.verdict, outcome
         except Exception:
             log.failure("Output analysis pipeline failed", agent_id=agent.agent_id)
             self._metrics.aip_checks.labels("error").inc()
             return "error", None
+
+    def _bookkeeping(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
+                     outcome: AnalysisOutcome) -> None:
+        """Record the checkpoint, then nudge or contain, behind the verdict: the verdict
+        (and so a held response's release or block) never waits for, or depends on, the
+        database or the KV store. ``settled`` fires once all of it is done."""
+        d = self._record(agent, session_id, provider, info, outcome)
+        d.addCallback(lambda _: self._enforce(agent, session_id, outcome))
+
+        def failed(failure: Failure) -> None:
+            log.warn("Enforcement bookkeeping of checkpoint {checkpoint_id} failed: {reason}",
+                     checkpoint_id=outcome.checkpoint_id, reason=failure.getErrorMessage())
+
+        d.addErrback(failed)
+        self._in_flight.add(d)
+        d.addBoth(lambda _: self._in_flight.discard(d))
+
+    def settled(self) -> Deferred[Any]:
+        """Fires once the bookkeeping of every verdict given so far is done."""
+        return gatherResults(list(self._in_flight)) if self._in_flight else succeed(None)
 
     def _enforce(self, agent: Agent, session_id: str, outcome: AnalysisOutcome) -> Any:
         if self.on_outcome is None:
@@ -419,21 +476,18 @@ class IntegrityPipeline:
                 self._metrics.aip_checks.labels("skipped").inc()
                 return "skipped", None
             outcome = yield self._analyse(agent, session_id, info, extraction)
-            yield self._record(agent, session_id, provider.name, info, outcome)
-            yield self._enforce(agent, session_id, outcome)
+            self._bookkeeping(agent, session_id, provider.name, info, outcome)
             return outcome.verdict, outcome
         except Exception:
             log.failure("Integrity analysis pipeline failed", agent_id=agent.agent_id)
             self._metrics.aip_checks.labels("error").inc()
             return "error", None
 
-    @inlineCallbacks
     def _queue_trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
                      extraction: Extraction, verdict: str,
-                     outcome: AnalysisOutcome | Unverifiable | None) -> Any:
-        """One trace outbox row for the observer (SPEC §8.1); a failure costs the trace,
-        never the call."""
-        assert self._outbox is not None
+                     outcome: AnalysisOutcome | Unverifiable | None) -> Deferred[None]:
+        """One trace outbox row for the observer (SPEC §8.1), through the write queue:
+        it never slows or fails the call."""
         now_ms = int(self._clock.seconds() * 1000)
         row = OutboxRow(
             id=f"ob-{uuid.uuid4().hex}", agent_id=agent.agent_id, session_id=session_id,
@@ -442,10 +496,8 @@ class IntegrityPipeline:
                            else None),
             payload=outbox_payload(info, extraction, verdict), attempts=0,
             created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._outbox_ttl))
-        try:
-            yield self._outbox.add(row)
-        except Exception:
-            log.failure("Could not queue the call for tracing", agent_id=agent.agent_id)
+        self._writes.submit(outbox_write(row))
+        return succeed(None)
 
     @staticmethod
     def _extract(provider: Provider, info: RequestInfo, content_type: str,
@@ -522,11 +574,9 @@ class IntegrityPipeline:
             return
         key = streak_key(state.get("drift"), session_id) \
             or f"{session_id}:{outcome.checkpoint_id}"
-        stored = yield self._checkpoints.insert_drift_alert(
+        self._writes.submit(drift_alert_write(
             str(alert.get("alert_id") or alert.get("id")), agent.agent_id, session_id,
-            alert.get("severity"), alert, key, int(now * 1000))
-        if stored:
-            log.warn("Integrity drift detected for {agent_id}", agent_id=agent.agent_id)
+            alert.get("severity"), alert, key, int(now * 1000)))
 
     @staticmethod
     def _session_step(current: Any, entry: dict[str, Any], now: float, agent_id: str,
@@ -539,7 +589,13 @@ class IntegrityPipeline:
                 outcome: AnalysisOutcome) -> Any:
         now = self._clock.seconds()
         if not outcome.synthetic:
-            yield self._record_in_session(agent, session_id, outcome, now)
+            try:
+                yield self._record_in_session(agent, session_id, outcome, now)
+            except Exception as e:
+                # The KV store is down: the window misses this checkpoint, the checkpoint
+                # itself is still recorded and the verdict stands.
+                log.warn("Could not add checkpoint {checkpoint_id} to its session window: "
+                         "{reason}", checkpoint_id=outcome.checkpoint_id, reason=str(e))
         record = CheckpointRecord(
             id=outcome.checkpoint_id, agent_id=agent.agent_id, session_id=session_id,
             provider=provider, model=info.model or outcome.model, verdict=outcome.verdict,
@@ -550,10 +606,9 @@ class IntegrityPipeline:
             thinking_block_hash=outcome.thinking_block_hash, synthetic=outcome.synthetic,
             synthetic_reason=outcome.synthetic_reason, created_at=int(now * 1000),
             output_block_hash=outcome.output_block_hash)
-        try:
-            queued = yield self._checkpoints.insert(record)
-            if queued and self.on_events_queued is not None:
-                self.on_events_queued()
-        except Exception:
-            log.failure("Could not store checkpoint {checkpoint_id}", Failure(),
-                        checkpoint_id=outcome.checkpoint_id)
+        # Never waited for, but by a violation: enforcement then counts the session's
+        # stored violations, this one included.
+        finding = outcome.verdict == "boundary_violation" and not outcome.synthetic
+        stored = self._writes.submit(checkpoint_write(record), wait=finding)
+        if stored is not None:
+            yield stored

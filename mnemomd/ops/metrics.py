@@ -98,6 +98,28 @@ class GatewayMetrics:
             "and endpoints disabled after consecutive failures (disabled)",
             ["result"], registry=self.registry)
 
+        self.write_queue_depth = Gauge(
+            "gateway_write_queue_depth",
+            "Bookkeeping writes (checkpoints, trace-outbox rows, drift alerts, nudges) "
+            "queued in memory for the batch writer", registry=self.registry)
+        self.spool_depth = Gauge(
+            "gateway_spool_depth",
+            "Bookkeeping writes in the durable local spool, waiting for the database",
+            registry=self.registry)
+        self.spool_bytes = Gauge(
+            "gateway_spool_bytes", "Size of the durable local spool on disk (SPOOL_MAX_BYTES "
+            "caps it)", registry=self.registry)
+        self.bookkeeping_writes = Counter(
+            "gateway_bookkeeping_writes",
+            "Bookkeeping writes by kind and outcome: stored (in the database), spooled "
+            "(on local disk), replayed (from the spool into the database), expired "
+            "(past their TTL before they could be written), rejected (refused by the "
+            "database: a bug)", ["kind", "outcome"], registry=self.registry)
+        self.bookkeeping_shed = Counter(
+            "gateway_bookkeeping_shed",
+            "Bookkeeping writes dropped because the queue and the spool were both full",
+            ["kind"], registry=self.registry)
+
         self.client_connections_closed = Counter(
             "gateway_client_connections_closed",
             "Client connections the front door closed on its own: request_timeout (the "

@@ -20,6 +20,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from mnemomd.storage.database import Cursor, Database
+from mnemomd.storage.writes import Write, insert_many
 
 #: A row that failed this many times is parked: kept for inspection until its TTL, never
 #: retried, never blocking the rows behind it.
@@ -31,6 +32,10 @@ OUTBOX_FIELDS = ("id", "agent_id", "session_id", "provider", "model", "checkpoin
                  "payload", "attempts", "created_at", "expires_at")
 TRACE_FIELDS = ("id", "agent_id", "session_id", "checkpoint_id", "outbox_id", "trace",
                 "verification", "verified", "created_at")
+
+
+#: The write-queue kind of outbox rows (``storage.writes``).
+OUTBOX_WRITE = "trace_outbox"
 
 
 def outbox_sweep_interval(ttl: float) -> float:
@@ -76,6 +81,23 @@ class TraceRecord:
                 "checkpoint_id": self.checkpoint_id, "trace": self.trace,
                 "verification": self.verification, "verified": self.verified,
                 "created_at": self.created_at}
+
+
+def outbox_write(row: OutboxRow) -> Write:
+    """The outbox row as a queued write; it is never written after ``expires_at``."""
+    payload = row.payload if isinstance(row.payload, str) else _dump(row.payload)
+    return Write(OUTBOX_WRITE, row.id, {
+        "id": row.id, "agent_id": row.agent_id, "session_id": row.session_id,
+        "provider": row.provider, "model": row.model, "checkpoint_id": row.checkpoint_id,
+        "payload": payload, "attempts": row.attempts, "created_at": row.created_at,
+        "expires_at": row.expires_at}, expires_at=row.expires_at)
+
+
+def write_outbox(cursor: Cursor, writes: list[Write]) -> int:
+    """Insert queued outbox rows (multi-row statements); returns how many were given."""
+    insert_many(cursor, "trace_outbox", OUTBOX_FIELDS,
+                [tuple(w.row.get(f) for f in OUTBOX_FIELDS) for w in writes])
+    return len(writes)
 
 
 def row_to_outbox(row: tuple[Any, ...]) -> OutboxRow:

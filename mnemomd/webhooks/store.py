@@ -143,6 +143,32 @@ def enqueue_event(cursor: Cursor, event_type: str, agent_id: str | None,
     return ids
 
 
+def enqueue_events(cursor: Cursor,
+                   events: list[tuple[str, str | None, dict[str, Any], int]]) -> list[str]:
+    """``enqueue_event`` for many events (type, agent, data, time) in one transaction: the
+    endpoints are read once and the deliveries written in one statement."""
+    if not events:
+        return []
+    endpoints = [(endpoint, json.loads(types)) for endpoint, types in cursor.execute(
+        "SELECT id, event_types FROM webhook_endpoints WHERE enabled = ?", (True,)).fetchall()]
+    rows = []
+    for event_type, agent_id, data, now_ms in events:
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event_type}")
+        targets = [e for e, types in endpoints if subscribed(types, event_type)]
+        if not targets:
+            continue
+        event_id = f"evt-{uuid.uuid4().hex}"
+        payload = event_body(event_id, event_type, agent_id, data, now_ms)
+        rows += [(f"whd-{uuid.uuid4().hex}", endpoint, event_id, event_type, agent_id, payload,
+                  now_ms, now_ms) for endpoint in targets]
+    if rows:
+        cursor.executemany(
+            f"INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, 'pending', 0, ?, NULL, NULL, ?, NULL)", rows)
+    return [row[0] for row in rows]
+
+
 @dataclass(frozen=True)
 class AttemptResult:
     """What one send attempt came to, decided by the delivery engine."""

@@ -18,7 +18,13 @@ class TcpGate:
         self.port = 0
         self.open()
 
+    @property
+    def is_open(self) -> bool:
+        return self._listener is not None
+
     def open(self) -> None:
+        if self._listener is not None:
+            return
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))

@@ -247,7 +247,9 @@ class InProcessDaemon:
         return client
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a query, through the daemon's own database connection."""
+        """Rows of a query, through the daemon's own database connection, once the
+        bookkeeping queued so far is written (as it would be ~20 ms later)."""
+        self.wait(self.service.getServiceNamed("writer").writes.drain())
         return self.wait(self.service.storage.db.fetchall("harness", sql, params))
 
     def release_analysis(self, answer: Any = None) -> int:

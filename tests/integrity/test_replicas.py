@@ -21,13 +21,13 @@ from twisted.trial import unittest
 from mnemomd.agents.store import AgentStore
 from mnemomd.config import IntegrityConfig
 from mnemomd.config.analysis import AnalysisSettings
-from mnemomd.integrity.checkpoints import CheckpointStore
+from mnemomd.integrity.checkpoints import DRIFT_ALERT_WRITE
 from mnemomd.integrity.engine import IntegrityAnalyzer
 from mnemomd.integrity.pipeline import WINDOW_TTL, IntegrityPipeline
 from mnemomd.kv import KVCache, KVUnavailableError, RedisKeyValueStore
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS
-from mnemomd.storage.traces import OutboxStore
+from mnemomd.storage.writes import Write, WriteQueue
 from tests.fakes.redisserver import require_shared_redis
 from tests.integrity.fakes import VERDICT_REVIEW, VERDICT_VIOLATION
 from tests.integrity.helpers import THINKING
@@ -58,24 +58,22 @@ class ScriptedBackend:
         return defer.succeed(json.dumps(self.verdicts.pop(0)))
 
 
-class CountingCheckpoints(CheckpointStore):
-    """The checkpoint store, counting the drift alerts the pipeline tried to store."""
+class CountingWrites(WriteQueue):
+    """The write queue, counting the drift alerts the pipeline tried to store."""
 
-    def __init__(self, db: Any) -> None:
-        super().__init__(db)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.alert_attempts: list[str] = []
 
-    def insert_drift_alert(self, alert_id: str, agent_id: str, session_id: str | None,
-                           severity: str | None, alert: dict[str, Any], streak_key: str,
-                           created_at: int, source: str = "aip") -> Deferred[bool]:
-        self.alert_attempts.append(streak_key)
-        return super().insert_drift_alert(alert_id, agent_id, session_id, severity, alert,
-                                          streak_key, created_at, source)
+    def submit(self, write: Write, wait: bool = False) -> Deferred[str] | None:
+        if write.kind == DRIFT_ALERT_WRITE:
+            self.alert_attempts.append(write.row["streak_key"])
+        return super().submit(write, wait)
 
 
 class Replica:
     def __init__(self, pipeline: IntegrityPipeline, kv: HeldStore,
-                 checkpoints: CountingCheckpoints, backend: ScriptedBackend) -> None:
+                 checkpoints: CountingWrites, backend: ScriptedBackend) -> None:
         self.pipeline, self.kv = pipeline, kv
         self.checkpoints, self.backend = checkpoints, backend
 
@@ -89,6 +87,7 @@ class ReplicaRaceTests(AgentDatabase):
         self.redis_url = require_shared_redis()
         self.session_id = f"race-{uuid.uuid4().hex}"
         self.agent = yield self.agents.get_or_create(AGENT_HASH, None, "observe", 0)
+        self.queues: list[WriteQueue] = []
         self.replicas = [self.replica(), self.replica()]
 
     @inlineCallbacks
@@ -97,6 +96,8 @@ class ReplicaRaceTests(AgentDatabase):
         yield store.delete(self.state_key)
         for replica in self.replicas:
             yield replica.kv.store.close()
+        for queue in self.queues:
+            yield queue.stop()
         yield super().tearDown()
 
     @property
@@ -110,10 +111,12 @@ class ReplicaRaceTests(AgentDatabase):
         db = self.open_database()
         backend = ScriptedBackend([])
         analyzer = IntegrityAnalyzer(AnalysisSettings(), self.clock, backend)
-        checkpoints = CountingCheckpoints(db)
+        checkpoints = CountingWrites(reactor, db, str(self.tmp / f"spool-{id(kv)}"), metrics)
+        checkpoints.start()
+        self.queues.append(checkpoints)
         pipeline = IntegrityPipeline(
             IntegrityConfig(), self.clock, analyzer, AgentStore(db), checkpoints,
-            KVCache(kv, "", 300), KVCache(kv, "", WINDOW_TTL), metrics, OutboxStore(db),
+            KVCache(kv, "", 300), KVCache(kv, "", WINDOW_TTL), metrics, True,
             outbox_ttl=3600)
         return Replica(pipeline, kv, checkpoints, backend)
 
@@ -122,17 +125,26 @@ class ReplicaRaceTests(AgentDatabase):
         replica.backend.verdicts.append(verdict)
         provider = PROVIDERS["anthropic"]
         info = provider.describe_request(b"/v1/messages", b"", REQUEST)
-        return replica.pipeline.analyse(provider, self.agent, self.session_id, info,
-                                        "application/json", None, RESPONSE, False)
+        d = replica.pipeline.analyse(provider, self.agent, self.session_id, info,
+                                     "application/json", None, RESPONSE, False)
+        # The verdict comes first; the checkpoint's session update follows it.
+        return d.addCallback(lambda result: replica.pipeline.settled().addCallback(
+            lambda _: result))
 
     @inlineCallbacks
     def alert_rows(self):
+        for replica in self.replicas:
+            yield replica.pipeline.settled()
+        for queue in self.queues:
+            yield queue.drain()
         rows = yield self.db.fetchall("t", "SELECT streak_key, alert FROM drift_alerts "
                                            "WHERE agent_id = ?", (self.agent.agent_id,))
         return [(r[0], json.loads(r[1])) for r in rows]
 
     @inlineCallbacks
     def stored_state(self):
+        for replica in self.replicas:
+            yield replica.pipeline.settled()
         raw = yield self.replicas[0].kv.store.get(self.state_key)
         return json.loads(raw)
 
