@@ -142,6 +142,8 @@ def test_enforce_streaming_violation_is_withheld_with_an_error_event(start, tmp_
     assert head and event.endswith(b"\n\n")
     error = json.loads(event)["error"]
     assert error["type"] == "integrity_violation"
+    # The checkpoint is written behind the verdict.
+    s.wait("SELECT COUNT(*) FROM integrity_checkpoints WHERE verdict='boundary_violation'", 1)
     [(checkpoint_id,)] = s.rows("SELECT id FROM integrity_checkpoints "
                                 "WHERE verdict='boundary_violation'")
     assert error["checkpoint_id"] == checkpoint_id

@@ -70,9 +70,13 @@ class Gateway:
         self.url = self.daemon.base_url
 
     def violations(self) -> list[str]:
-        with sqlite3.connect(self.database) as connection:
-            return [r[0] for r in connection.execute(
-                "SELECT id FROM integrity_checkpoints WHERE verdict='boundary_violation'")]
+        """The stored violations, once there is one (written behind the verdict)."""
+        def stored() -> list[str]:
+            with sqlite3.connect(self.database) as connection:
+                return [r[0] for r in connection.execute(
+                    "SELECT id FROM integrity_checkpoints WHERE verdict='boundary_violation'")]
+
+        return wait_until(stored, timeout=10, interval=0.02, what="a stored violation")
 
 
 def assert_no_output(body: bytes) -> None:

@@ -142,7 +142,7 @@ def test_enforce_mode_waits_for_the_verdict_and_says_it(start, tmp_path, analysi
     assert status == 200
     assert headers["x-aip-verdict"] == "review_needed"
     assert headers["x-aip-enforcement"] == "enforce"
-    rows = checkpoints(database)
+    rows = wait_until(lambda: checkpoints(database), timeout=10, what="the checkpoint")
     assert headers["x-aip-checkpoint-id"] == rows[0]["id"]
     assert json.loads(body)["content"][1]["text"] == canned.TEXT
 
@@ -156,7 +156,8 @@ def test_enforce_mode_withholds_a_violating_response(start, tmp_path, analysis):
         status, payload = r.status, json.loads(r.read_body())
     assert status == 403
     assert payload["type"] == "integrity_violation"
-    assert payload["checkpoint_id"] == checkpoints(database)[0]["id"]
+    stored = wait_until(lambda: checkpoints(database), timeout=10, what="the checkpoint")
+    assert payload["checkpoint_id"] == stored[0]["id"]
     assert payload["concerns"][0]["category"] == "prompt_injection"
 
 
