@@ -8,12 +8,18 @@ off the response path unless the agent is in ``enforce`` mode; it never fails a 
 A stream held in ``enforce`` mode is checked in two steps: ``check_at_hold`` when its
 reasoning ends (the verdict releases or refuses the output held behind it), ``trace`` (and
 a late ``check`` of reasoning that came after output) when the stream ends.
+
+A verdict, once the analysis has given it, stands whatever happens to the bookkeeping
+after it (storing the checkpoint, the session window, nudges and auto-containment): a
+failed step is logged and the verdict still releases or refuses the held response. The
+card and conscience values analysed against come from the KV cache, the database, or,
+when both fail, the last known ones in memory (``agents.memory.LastKnownState``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -24,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mnemomd.agents.identity import WITHOUT_REASONING_MODES, Agent
+from mnemomd.agents.memory import LastKnownState
 from mnemomd.agents.store import AgentStore
 from mnemomd.config import IntegrityConfig
 from mnemomd.http.server import error_payload
@@ -37,6 +44,7 @@ from mnemomd.integrity.window import (
     window_entries,
 )
 from mnemomd.kv import KVCache
+from mnemomd.ops.dependency import DependencyState, log_failure
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
 from mnemomd.providers.jsonutil import dumps_request
@@ -173,10 +181,16 @@ class IntegrityPipeline:
                  analyzer: IntegrityAnalyzer, agents: AgentStore, checkpoints: CheckpointStore,
                  kv_cache: KVCache, session_state: KVCache, metrics: GatewayMetrics,
                  outbox: OutboxStore | None = None, *, outbox_ttl: float,
-                 output_analysis: bool = True) -> None:
+                 output_analysis: bool = True, memory: LastKnownState | None = None,
+                 outages: Sequence[DependencyState] = ()) -> None:
         """``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
         ``output_analysis`` whether the analysis backend may be sent a response's output
-        (not the hybrid service)."""
+        (not the hybrid service). ``memory`` keeps the last known card and conscience
+        values (shared with the agent directory, which refreshes them on change);
+        ``outages`` the storage dependencies whose known outage errors their trackers
+        log, so a call that meets one logs no traceback of its own."""
+        self._memory = memory if memory is not None else LastKnownState()
+        self._outages = outages
         self._config = config
         self._outbox_ttl = outbox_ttl
         self._output_analysis = output_analysis
@@ -389,13 +403,31 @@ class IntegrityPipeline:
             outcome = replace(outcome, analysis_metadata={
                 **outcome.analysis_metadata, "without_reasoning": "analyse_output",
                 "reasoning_gap": gap})
-            yield self._record(agent, session_id, provider.name, info, outcome)
-            yield self._enforce(agent, session_id, outcome)
-            return outcome.verdict, outcome
         except Exception:
-            log.failure("Output analysis pipeline failed", agent_id=agent.agent_id)
+            log_failure(log, "Output analysis pipeline failed", Failure(), self._outages,
+                        agent_id=agent.agent_id)
             self._metrics.aip_checks.labels("error").inc()
             return "error", None
+        yield self._bookkeeping(agent, session_id, provider.name, info, outcome)
+        return outcome.verdict, outcome
+
+    @inlineCallbacks
+    def _bookkeeping(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
+                     outcome: AnalysisOutcome) -> Any:
+        """Record the checkpoint, then nudge and auto-contain: each step that fails is
+        logged (a storage outage once, by its tracker) and the verdict stands."""
+        try:
+            yield self._record(agent, session_id, provider, info, outcome)
+        except Exception:
+            log_failure(log, "Could not record checkpoint {checkpoint_id}", Failure(),
+                        self._outages, checkpoint_id=outcome.checkpoint_id,
+                        agent_id=agent.agent_id)
+        try:
+            yield self._enforce(agent, session_id, outcome)
+        except Exception:
+            log_failure(log, "Enforcement bookkeeping of checkpoint {checkpoint_id} failed; "
+                        "its verdict stands", Failure(), self._outages,
+                        checkpoint_id=outcome.checkpoint_id, agent_id=agent.agent_id)
 
     def _enforce(self, agent: Agent, session_id: str, outcome: AnalysisOutcome) -> Any:
         if self.on_outcome is None:
@@ -419,13 +451,13 @@ class IntegrityPipeline:
                 self._metrics.aip_checks.labels("skipped").inc()
                 return "skipped", None
             outcome = yield self._analyse(agent, session_id, info, extraction)
-            yield self._record(agent, session_id, provider.name, info, outcome)
-            yield self._enforce(agent, session_id, outcome)
-            return outcome.verdict, outcome
         except Exception:
-            log.failure("Integrity analysis pipeline failed", agent_id=agent.agent_id)
+            log_failure(log, "Integrity analysis pipeline failed", Failure(), self._outages,
+                        agent_id=agent.agent_id)
             self._metrics.aip_checks.labels("error").inc()
             return "error", None
+        yield self._bookkeeping(agent, session_id, provider.name, info, outcome)
+        return outcome.verdict, outcome
 
     @inlineCallbacks
     def _queue_trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
@@ -445,7 +477,8 @@ class IntegrityPipeline:
         try:
             yield self._outbox.add(row)
         except Exception:
-            log.failure("Could not queue the call for tracing", agent_id=agent.agent_id)
+            log_failure(log, "Could not queue the call for tracing", Failure(), self._outages,
+                        agent_id=agent.agent_id)
 
     @staticmethod
     def _extract(provider: Provider, info: RequestInfo, content_type: str,
@@ -483,23 +516,41 @@ class IntegrityPipeline:
 
     @inlineCallbacks
     def _card(self, agent_id: str) -> Any:
+        """The agent's card: KV cache, database, or (both down) the last known one."""
         key = f"card:{agent_id}"
         cached = yield self._kv.get_json(key)
         if isinstance(cached, dict):
+            self._memory.remember_card(agent_id, cached)
             return cached
-        card = yield self._agents.card(agent_id)
+        try:
+            card = yield self._agents.card(agent_id)
+        except Exception:
+            remembered = self._memory.card(agent_id)
+            if remembered is None:
+                raise
+            return remembered
         if card is not None:
+            self._memory.remember_card(agent_id, card)
             self._kv.set_json(key, card)
         return card
 
     @inlineCallbacks
     def _conscience(self, agent_id: str) -> Any:
+        """The agent's conscience values, from the same places as its card."""
         key = f"conscience:{agent_id}"
         cached = yield self._kv.get_json(key)
         if isinstance(cached, list):
+            self._memory.remember_conscience(agent_id, cached)
             return cached
-        values = yield self._agents.conscience_values(agent_id)
+        try:
+            values = yield self._agents.conscience_values(agent_id)
+        except Exception:
+            remembered = self._memory.conscience(agent_id)
+            if remembered is None:
+                raise
+            return remembered
         if values is not None:
+            self._memory.remember_conscience(agent_id, values)
             self._kv.set_json(key, values)
         return values
 
@@ -539,7 +590,12 @@ class IntegrityPipeline:
                 outcome: AnalysisOutcome) -> Any:
         now = self._clock.seconds()
         if not outcome.synthetic:
-            yield self._record_in_session(agent, session_id, outcome, now)
+            try:
+                yield self._record_in_session(agent, session_id, outcome, now)
+            except Exception:  # the drift alert could not be stored: the checkpoint still is
+                log_failure(log, "Could not record the session window of checkpoint "
+                            "{checkpoint_id}", Failure(), self._outages,
+                            checkpoint_id=outcome.checkpoint_id, agent_id=agent.agent_id)
         record = CheckpointRecord(
             id=outcome.checkpoint_id, agent_id=agent.agent_id, session_id=session_id,
             provider=provider, model=info.model or outcome.model, verdict=outcome.verdict,
@@ -550,10 +606,6 @@ class IntegrityPipeline:
             thinking_block_hash=outcome.thinking_block_hash, synthetic=outcome.synthetic,
             synthetic_reason=outcome.synthetic_reason, created_at=int(now * 1000),
             output_block_hash=outcome.output_block_hash)
-        try:
-            queued = yield self._checkpoints.insert(record)
-            if queued and self.on_events_queued is not None:
-                self.on_events_queued()
-        except Exception:
-            log.failure("Could not store checkpoint {checkpoint_id}", Failure(),
-                        checkpoint_id=outcome.checkpoint_id)
+        queued = yield self._checkpoints.insert(record)
+        if queued and self.on_events_queued is not None:
+            self.on_events_queued()

@@ -10,21 +10,41 @@ means no "database is locked" surprises inside the daemon.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from twisted.enterprise import adbapi
+from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+from mnemomd.ops.dependency import DependencyState
 
 log = Logger()
 T = TypeVar("T")
 
 #: How many times a transaction that lost a serialization race is retried.
 SERIALIZATION_RETRIES = 3
+
+
+def outage_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the database cannot be reached or written right now"
+    (as opposed to a bug or a constraint): what the database's ``DependencyState``
+    counts as an outage."""
+    errors: list[type[BaseException]] = [
+        sqlite3.OperationalError, adbapi.ConnectionLost, ConnectionError,
+        net_error.ConnectError, net_error.ConnectionLost]
+    try:
+        import psycopg2
+    except ImportError:  # pragma: no cover - psycopg2 is a dependency
+        pass
+    else:
+        errors += [psycopg2.OperationalError, psycopg2.InterfaceError]
+    return tuple(errors)
 
 
 class DatabaseURLError(ValueError):
@@ -165,7 +185,11 @@ class Database:
     """Named transactions over a connection pool, on either engine."""
 
     def __init__(self, reactor: Any, url: str, max_connections: int = 10,
-                 threads: TransactionThreads | None = None) -> None:
+                 threads: TransactionThreads | None = None,
+                 state: DependencyState | None = None) -> None:
+        """``state``, when given, hears of every transaction's success or failure, so
+        an outage is noticed, logged once and timed (``ops.dependency``)."""
+        self.state = state
         self.target = parse_database_url(url)
         self.engine = self.target.engine
         self.url = url
@@ -213,7 +237,11 @@ class Database:
                     log.debug("Transaction {desc} lost a serialization race; retrying",
                               desc=desc)
                     continue
+                if self.state is not None:
+                    self.state.failed(e)
                 raise
+            if self.state is not None:
+                self.state.succeeded()
             return result
 
     def fetchall(self, desc: str, sql: str, params: Sequence[Any] = ()) -> Deferred[Any]:
