@@ -47,6 +47,57 @@ def outage_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+class QuietConnection(adbapi.Connection):
+    """adbapi's reconnecting connection, without a traceback per transaction when the
+    server has gone: a rollback on a dead connection is the outage itself (counted and
+    logged once by the database's ``DependencyState``), not a fresh error."""
+
+    def rollback(self) -> None:
+        if not self._pool.reconnect:
+            self._connection.rollback()
+            return
+        try:
+            self._connection.rollback()
+            cursor = self._connection.cursor()
+            cursor.execute(self._pool.good_sql)
+            cursor.close()
+            self._connection.commit()
+            return
+        except outage_errors() as e:
+            log.debug("Rollback failed on a lost connection: {reason}", reason=str(e))
+        except BaseException:
+            log.failure("Rollback failed")
+        self._pool.disconnect(self._connection)
+        raise adbapi.ConnectionLost()
+
+
+class QuietConnectionPool(adbapi.ConnectionPool):
+    """adbapi's pool with ``QuietConnection``s, whose failed rollback after a lost
+    connection is not logged again with a traceback (the transaction's own error is
+    what the caller gets, and the outage is the ``DependencyState``'s to log)."""
+
+    connectionFactory = QuietConnection  # noqa: N815 (adbapi's name)
+
+    def _runInteraction(self, interaction: Callable[..., Any], *args: Any,  # noqa: N802
+                        **kw: Any) -> Any:
+        conn = self.connectionFactory(self)
+        trans = self.transactionFactory(self, conn)
+        try:
+            result = interaction(trans, *args, **kw)
+            trans.close()
+            conn.commit()
+            return result
+        except BaseException:
+            try:
+                conn.rollback()
+            except (*outage_errors(), adbapi.ConnectionLost) as e:
+                log.debug("Rollback failed on a lost connection: {reason}",
+                          reason=str(e) or type(e).__name__)
+            except BaseException:
+                log.failure("Rollback failed")
+            raise
+
+
 class DatabaseURLError(ValueError):
     """A DATABASE_URL this daemon cannot use."""
 
@@ -196,12 +247,12 @@ class Database:
         self._reactor: IReactorTime = reactor
         if self.engine == "sqlite":
             _prepare_sqlite_file(self.target.location)
-            self.pool = adbapi.ConnectionPool(
+            self.pool = QuietConnectionPool(
                 "sqlite3", self.target.location, check_same_thread=False, timeout=5.0,
                 cp_min=1, cp_max=1, cp_noisy=False, cp_openfun=_sqlite_connection_setup,
                 cp_reactor=reactor)
         else:
-            self.pool = adbapi.ConnectionPool(
+            self.pool = QuietConnectionPool(
                 "psycopg2", self.target.location, connect_timeout=5,
                 application_name="mnemomd", cp_min=1, cp_max=max_connections,
                 cp_noisy=False, cp_reconnect=True, cp_openfun=_postgres_connection_setup,
