@@ -8,8 +8,9 @@ and is analysed against its last known card. Changes made through the API (or by
 process, seen by the directory's change poll) update the entries as they invalidate the
 KV cache, so a pause made before an outage holds during it.
 
-Bounded: the ``max_agents`` most recently used agents (and as many cards and conscience
-value lists) are kept, the least recently used dropped first. Nothing here is written
+Bounded: the ``max_agents`` most recently used agents and the ``max_cards`` most recently
+used cards (each with its conscience values) are kept, the least recently used dropped
+first. Nothing here is written
 anywhere; it lives and dies with the process.
 """
 
@@ -20,9 +21,11 @@ from typing import Any, Generic, TypeVar
 
 from mnemomd.agents.identity import CONTAINMENT_SEVERITY, Agent
 
-#: Agents (and cards, and conscience value lists) kept. An ``Agent`` takes about 1 KB,
-#: a default card and its values about 3 KB: some 200 MB at the very most.
+#: Agents kept: an ``Agent`` takes about 0.5 KB, so some 26 MB at the most.
 MAX_REMEMBERED_AGENTS = 50_000
+#: Cards (and conscience value lists) kept: a default card with its values takes about
+#: 8 KB once parsed, so some 80 MB at the most. Only analysed agents have one read.
+MAX_REMEMBERED_CARDS = 10_000
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -63,12 +66,13 @@ class LastKnownState:
     """Agents by hash, key containment by key hash, cards and conscience values by
     agent id: what the gateway last read of each."""
 
-    def __init__(self, max_agents: int = MAX_REMEMBERED_AGENTS) -> None:
+    def __init__(self, max_agents: int = MAX_REMEMBERED_AGENTS,
+                 max_cards: int = MAX_REMEMBERED_CARDS) -> None:
         self._agents: Lru[str, Agent] = Lru(max_agents)
         #: The key's containment state as last seen on any agent of the key.
         self._keys: Lru[str, str] = Lru(max_agents)
-        self._cards: Lru[str, dict[str, Any]] = Lru(max_agents)
-        self._conscience: Lru[str, list[Any]] = Lru(max_agents)
+        self._cards: Lru[str, dict[str, Any]] = Lru(max_cards)
+        self._conscience: Lru[str, list[Any]] = Lru(max_cards)
 
     def remember(self, agent: Agent) -> None:
         self._agents.put(agent.agent_hash, agent)

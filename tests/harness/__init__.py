@@ -33,7 +33,10 @@ manner of ``treq.testing.RequestTraversalAgent``:
 The fakes hold on demand: ``x-fake-scenario: gated:<id>`` streams one event per
 ``daemon.upstream.release(id)``, and a ``"hold"`` in ``daemon.analysis.script`` keeps an
 analysis answer until ``daemon.release_analysis()``, so a test proves what waits for what
-by cause. ``daemon.rows(sql)`` reads the database through the daemon's own connection;
+by cause. ``daemon.fail_storage(database=…, kv=…)`` makes the database (every transaction
+fails as an unreachable SQLite file does) and the KV store (as an unreachable Redis) go
+away until ``daemon.restore_storage()``; ``daemon.threads.stall()`` makes the database
+hang instead. ``daemon.rows(sql)`` reads the database through the daemon's own connection;
 ``daemon.take_errors()`` returns its log messages at error and above.
 
 What needs a process (signals, sd_notify, real sockets and TLS, the SDKs, PostgreSQL
