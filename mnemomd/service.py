@@ -9,7 +9,7 @@ whole ``Config``: each component is handed its section and the few other values 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
@@ -31,6 +31,7 @@ from zope.interface import Interface
 from mnemomd import __version__
 from mnemomd.agents.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
 from mnemomd.agents.identity import Agent
+from mnemomd.agents.memory import LastKnownState
 from mnemomd.agents.store import AgentStore
 from mnemomd.api.auth import credentials_from_config
 from mnemomd.api.handlers import ApiHandlers
@@ -63,11 +64,18 @@ from mnemomd.integrity.pipeline import (
     IntegrityPipeline,
     OutcomeHook,
 )
-from mnemomd.kv import KeyValueStore, KVCache, make_kv_store, readiness_check
+from mnemomd.kv import (
+    KeyValueStore,
+    KVCache,
+    KVUnavailableError,
+    make_kv_store,
+    readiness_check,
+)
 from mnemomd.observer.drift import DriftDetector
 from mnemomd.observer.lease import lease_owner, lease_store, leased
 from mnemomd.observer.retention import retention_run
 from mnemomd.observer.traces import TraceBuilder, sweep_outbox
+from mnemomd.ops.dependency import DependencyState
 from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.jobs import PeriodicJob
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
@@ -76,6 +84,7 @@ from mnemomd.providers import PROVIDERS, ProviderRegistry
 from mnemomd.proxy.handler import ProxyHandler
 from mnemomd.proxy.relay import UpstreamClient
 from mnemomd.storage.database import Database, TransactionThreads
+from mnemomd.storage.database import outage_errors as database_outage_errors
 from mnemomd.storage.migrations import MigrationError, check_schema, migrate
 from mnemomd.storage.traces import OutboxStore, TraceStore, outbox_sweep_interval
 from mnemomd.storage.writes import WriteQueue
@@ -207,7 +216,12 @@ class StorageService(Service):
 
     def __init__(self, storage: StorageConfig, reactor: IReactorTime, db: Database,
                  kv: KeyValueStore, directory: PersistentAgentDirectory, health: HealthState,
-                 fatal: Callable[[int], None]) -> None:
+                 fatal: Callable[[int], None], *, failure_mode: str = "fail_open",
+                 outages: Sequence[DependencyState] = ()) -> None:
+        """``failure_mode`` (``AIP_FAILURE_MODE``) says what readiness makes of a
+        database outage: under ``fail_closed`` the gateway cannot serve without it
+        until it knows some agent's state; ``outages`` are the database's and the KV
+        store's trackers (stopped with the service)."""
         self._storage = storage
         self._reactor = reactor
         self.db = db
@@ -217,9 +231,28 @@ class StorageService(Service):
         self._fatal = fatal
         self._retry: IDelayedCall | None = None
         self._delay = 1.0
+        self._failure_mode = failure_mode
+        self._outages = outages
+        states = {state.name: state for state in outages}
         health.expect("schema")
-        health.add_check("database", self._check_database)
-        health.add_check("redis", self._check_kv)
+        health.add_check("database", self._check_database, required=self._database_required,
+                         fallback=self._database_fallback, state=states.get("database"))
+        health.add_check("redis", self._check_kv, required=False,
+                         fallback=lambda: "reads fall through to the database",
+                         state=states.get("redis"))
+
+    def _database_required(self) -> bool:
+        """Under ``fail_closed`` with no agent state in memory, every call would be
+        refused: the process cannot serve without the database."""
+        return self._failure_mode == "fail_closed" and len(self.directory.memory) == 0
+
+    def _database_fallback(self) -> str:
+        known = len(self.directory.memory)
+        unknown = ("refused (503 gateway_unavailable, fail_closed)"
+                   if self._failure_mode == "fail_closed" else
+                   "forwarded as observe (fail_open)")
+        return (f"last known state of {known} agent(s) in memory; "
+                f"agents not in memory are {unknown}")
 
     def _check_database(self) -> Deferred[CheckResult]:
         d = self.db.ping().addCallback(lambda _: (True, None))
@@ -281,6 +314,8 @@ class StorageService(Service):
         finally:
             yield self.kv.close()
             self.db.close()
+            for state in self._outages:
+                state.stop()
 
 
 class WriterService(Service):
@@ -294,7 +329,8 @@ class WriterService(Service):
         self.writes = writes
         #: Waited for before the queue's last drain (the pipeline's bookkeeping).
         self.settle: list[Callable[[], Deferred[Any]]] = []
-        health.add_check("spool", self._check)
+        health.add_check("spool", self._check, required=False,
+                         fallback=lambda: "bookkeeping is shed until the spool has room")
 
     def _check(self) -> CheckResult:
         writes = self.writes
@@ -532,11 +568,13 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                  environ: Mapping[str, str] | None = None,
                  metrics: GatewayMetrics | None = None,
                  database_threads: TransactionThreads | None = None,
+                 spool_threads: TransactionThreads | None = None,
                  providers: ProviderRegistry = PROVIDERS) -> MnemomService:
     """Build the daemon for ``config``; nothing runs until the service is started.
 
-    ``database_threads`` replaces the database's thread pool (the in-process test harness
-    runs transactions on the calling thread); production leaves it unset. ``providers``
+    ``database_threads`` replaces the database's thread pool and ``spool_threads`` the
+    spool's file thread (the in-process test harness runs both on the calling thread);
+    production leaves them unset. ``providers``
     is what the proxy routes to and the analysis may use: a build or a test with a
     provider of its own passes ``PROVIDERS.including(...)``, and nothing else changes.
     """
@@ -551,23 +589,32 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     root = MnemomService(config, reactor, health, metrics)
 
     storage = config.storage
-    db = Database(reactor, storage.database_url, threads=database_threads)
-    kv = make_kv_store(reactor, storage.redis_url, storage.redis_password, metrics)
+    failure_mode = config.analysis.aip_failure_mode
+    # Outages of the database and the KV store are told by the operations on them, logged
+    # once per change, and read by readiness; callers log no traceback for them.
+    outages = (DependencyState("database", reactor, database_outage_errors()),
+               DependencyState("redis", reactor, (KVUnavailableError,)))
+    db = Database(reactor, storage.database_url, threads=database_threads, state=outages[0])
+    kv = make_kv_store(reactor, storage.redis_url, storage.redis_password, metrics,
+                       state=outages[1])
+    # The last known state of every agent resolved, for when both fail.
+    memory = LastKnownState()
     directory = PersistentAgentDirectory(reactor, AgentStore(db),
                                          KVCache(kv, "", AGENT_CACHE_TTL),
                                          config.integrity.aip_default_enforcement,
-                                         config.integrity.aip_default_without_reasoning)
-    StorageService(storage, reactor, db, kv, directory, health,
-                   root.fatal).setServiceParent(root)
+                                         config.integrity.aip_default_without_reasoning,
+                                         memory=memory, outages=outages)
+    StorageService(storage, reactor, db, kv, directory, health, root.fatal,
+                   failure_mode=failure_mode, outages=outages).setServiceParent(root)
     writes = WriteQueue(reactor, db, os.path.join(config.daemon.mnemom_data_dir, "spool"),
                         metrics, max_pending=storage.write_queue_max_rows,
-                        spool_max_bytes=storage.spool_max_bytes, threads=database_threads)
+                        spool_max_bytes=storage.spool_max_bytes, threads=spool_threads)
     writer = WriterService(writes, health)
     writer.setServiceParent(root)
 
     sender = WebhookSender(reactor)
     dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner(),
-                                   metrics=metrics)
+                                   metrics=metrics, outages=outages)
     # Cleanups run in order: the send in progress finishes before the pool closes.
     root.addCleanup(dispatcher.stop)
     root.addCleanup(sender.close)
@@ -579,7 +626,8 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                                   writes, KVCache(kv, "", CARD_CACHE_TTL),
                                   KVCache(kv, "", WINDOW_TTL), metrics, True,
                                   outbox_ttl=config.observer.outbox_ttl,
-                                  output_analysis=output_analysis)
+                                  output_analysis=output_analysis, memory=memory,
+                                  outages=outages)
     root.addCleanup(analysis_http.close)
 
     enforcement = Enforcement(reactor, EnforcementStore(db, writes),
@@ -616,7 +664,7 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     proxy = ProxyHandler(proxy_config, reactor, client, directory, metrics, integrity,
                          enforcement, license_state, analysis_timeout=config.analysis.timeout,
                          log_level=config.logging.log_level,
-                         failure_mode=config.analysis.aip_failure_mode, providers=providers)
+                         failure_mode=failure_mode, providers=providers, outages=outages)
     api = make_management_api(config.api, reactor, db, directory, dispatcher, metrics,
                               output_analysis) if role != "scheduler" else None
     gateway = Gateway(reactor, config.listener.max_request_body_bytes, health, metrics,

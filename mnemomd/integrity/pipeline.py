@@ -8,12 +8,18 @@ off the response path unless the agent is in ``enforce`` mode; it never fails a 
 A stream held in ``enforce`` mode is checked in two steps: ``check_at_hold`` when its
 reasoning ends (the verdict releases or refuses the output held behind it), ``trace`` (and
 a late ``check`` of reasoning that came after output) when the stream ends.
+
+A verdict, once the analysis has given it, stands whatever happens to the bookkeeping
+after it (storing the checkpoint, the session window, nudges and auto-containment): a
+failed step is logged and the verdict still releases or refuses the held response. The
+card and conscience values analysed against come from the KV cache, the database, or,
+when both fail, the last known ones in memory (``agents.memory.LastKnownState``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -30,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mnemomd.agents.identity import WITHOUT_REASONING_MODES, Agent
+from mnemomd.agents.memory import LastKnownState
 from mnemomd.agents.store import AgentStore
 from mnemomd.config import IntegrityConfig
 from mnemomd.http.server import error_payload
@@ -51,6 +58,7 @@ from mnemomd.integrity.window import (
     window_entries,
 )
 from mnemomd.kv import KVCache
+from mnemomd.ops.dependency import DependencyState, log_failure
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
 from mnemomd.providers.jsonutil import dumps_request
@@ -194,12 +202,18 @@ class IntegrityPipeline:
                  analyzer: IntegrityAnalyzer, agents: AgentStore, writes: WriteQueue,
                  kv_cache: KVCache, session_state: KVCache, metrics: GatewayMetrics,
                  tracing: bool = True, *, outbox_ttl: float,
-                 output_analysis: bool = True) -> None:
+                 output_analysis: bool = True, memory: LastKnownState | None = None,
+                 outages: Sequence[DependencyState] = ()) -> None:
         """``writes`` takes the checkpoints, drift alerts and trace-outbox rows (this
         registers their kinds); ``tracing`` whether traced agents get an outbox row;
         ``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
         ``output_analysis`` whether the analysis backend may be sent a response's output
-        (not the hybrid service)."""
+        (not the hybrid service). ``memory`` keeps the last known card and conscience
+        values (shared with the agent directory, which refreshes them on change);
+        ``outages`` the storage dependencies whose known outage errors their trackers
+        log, so a call that meets one logs no traceback of its own."""
+        self._memory = memory if memory is not None else LastKnownState()
+        self._outages = outages
         self._config = config
         self._outbox_ttl = outbox_ttl
         self._output_analysis = output_analysis
@@ -430,7 +444,8 @@ class IntegrityPipeline:
             self._bookkeeping(agent, session_id, provider.name, info, outcome)
             return outcome.verdict, outcome
         except Exception:
-            log.failure("Output analysis pipeline failed", agent_id=agent.agent_id)
+            log_failure(log, "Output analysis pipeline failed", Failure(), self._outages,
+                        agent_id=agent.agent_id)
             self._metrics.aip_checks.labels("error").inc()
             return "error", None
 
@@ -443,8 +458,9 @@ class IntegrityPipeline:
         d.addCallback(lambda _: self._enforce(agent, session_id, outcome))
 
         def failed(failure: Failure) -> None:
-            log.warn("Enforcement bookkeeping of checkpoint {checkpoint_id} failed: {reason}",
-                     checkpoint_id=outcome.checkpoint_id, reason=failure.getErrorMessage())
+            log_failure(log, "Enforcement bookkeeping of checkpoint {checkpoint_id} failed; "
+                        "its verdict stands", failure, self._outages,
+                        checkpoint_id=outcome.checkpoint_id, agent_id=agent.agent_id)
 
         d.addErrback(failed)
         self._in_flight.add(d)
@@ -479,7 +495,8 @@ class IntegrityPipeline:
             self._bookkeeping(agent, session_id, provider.name, info, outcome)
             return outcome.verdict, outcome
         except Exception:
-            log.failure("Integrity analysis pipeline failed", agent_id=agent.agent_id)
+            log_failure(log, "Integrity analysis pipeline failed", Failure(), self._outages,
+                        agent_id=agent.agent_id)
             self._metrics.aip_checks.labels("error").inc()
             return "error", None
 
@@ -535,23 +552,41 @@ class IntegrityPipeline:
 
     @inlineCallbacks
     def _card(self, agent_id: str) -> Any:
+        """The agent's card: KV cache, database, or (both down) the last known one."""
         key = f"card:{agent_id}"
         cached = yield self._kv.get_json(key)
         if isinstance(cached, dict):
+            self._memory.remember_card(agent_id, cached)
             return cached
-        card = yield self._agents.card(agent_id)
+        try:
+            card = yield self._agents.card(agent_id)
+        except Exception:
+            remembered = self._memory.card(agent_id)
+            if remembered is None:
+                raise
+            return remembered
         if card is not None:
+            self._memory.remember_card(agent_id, card)
             self._kv.set_json(key, card)
         return card
 
     @inlineCallbacks
     def _conscience(self, agent_id: str) -> Any:
+        """The agent's conscience values, from the same places as its card."""
         key = f"conscience:{agent_id}"
         cached = yield self._kv.get_json(key)
         if isinstance(cached, list):
+            self._memory.remember_conscience(agent_id, cached)
             return cached
-        values = yield self._agents.conscience_values(agent_id)
+        try:
+            values = yield self._agents.conscience_values(agent_id)
+        except Exception:
+            remembered = self._memory.conscience(agent_id)
+            if remembered is None:
+                raise
+            return remembered
         if values is not None:
+            self._memory.remember_conscience(agent_id, values)
             self._kv.set_json(key, values)
         return values
 
@@ -591,11 +626,12 @@ class IntegrityPipeline:
         if not outcome.synthetic:
             try:
                 yield self._record_in_session(agent, session_id, outcome, now)
-            except Exception as e:
+            except Exception:
                 # The KV store is down: the window misses this checkpoint, the checkpoint
                 # itself is still recorded and the verdict stands.
-                log.warn("Could not add checkpoint {checkpoint_id} to its session window: "
-                         "{reason}", checkpoint_id=outcome.checkpoint_id, reason=str(e))
+                log_failure(log, "Could not record the session window of checkpoint "
+                            "{checkpoint_id}", Failure(), self._outages,
+                            checkpoint_id=outcome.checkpoint_id, agent_id=agent.agent_id)
         record = CheckpointRecord(
             id=outcome.checkpoint_id, agent_id=agent.agent_id, session_id=session_id,
             provider=provider, model=info.model or outcome.model, verdict=outcome.verdict,
