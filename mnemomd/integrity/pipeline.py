@@ -12,6 +12,7 @@ a late ``check`` of reasoning that came after output) when the stream ends.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -166,6 +167,18 @@ class OutcomeHook(Protocol):
                  concerns: list[dict[str, Any]], synthetic: bool = False) -> Deferred[Any]: ...
 
 
+class Sealer(Protocol):
+    """Seals a trace outbox payload for its row before storage sees it (the outbox
+    keyring's ``seal``): fires with the text to store."""
+
+    def __call__(self, row_id: str, plaintext: bytes) -> Deferred[str]: ...
+
+
+def outbox_plaintext(payload: dict[str, Any]) -> bytes:
+    """The bytes of an outbox payload as they are sealed."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
 class IntegrityPipeline:
     """The integrity steps of one proxied call, for the proxy."""
 
@@ -173,10 +186,14 @@ class IntegrityPipeline:
                  analyzer: IntegrityAnalyzer, agents: AgentStore, checkpoints: CheckpointStore,
                  kv_cache: KVCache, session_state: KVCache, metrics: GatewayMetrics,
                  outbox: OutboxStore | None = None, *, outbox_ttl: float,
-                 output_analysis: bool = True) -> None:
+                 seal: Sealer | None = None, output_analysis: bool = True) -> None:
         """``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
-        ``output_analysis`` whether the analysis backend may be sent a response's output
-        (not the hybrid service)."""
+        ``seal`` seals each outbox payload before it is stored (required with an
+        ``outbox``); ``output_analysis`` whether the analysis backend may be sent a
+        response's output (not the hybrid service)."""
+        if outbox is not None and seal is None:
+            raise ValueError("trace outbox payloads are stored sealed: give seal")
+        self._seal = seal
         self._config = config
         self._outbox_ttl = outbox_ttl
         self._output_analysis = output_analysis
@@ -433,16 +450,20 @@ class IntegrityPipeline:
                      outcome: AnalysisOutcome | Unverifiable | None) -> Any:
         """One trace outbox row for the observer (SPEC §8.1); a failure costs the trace,
         never the call."""
-        assert self._outbox is not None
+        assert self._outbox is not None and self._seal is not None
         now_ms = int(self._clock.seconds() * 1000)
-        row = OutboxRow(
-            id=f"ob-{uuid.uuid4().hex}", agent_id=agent.agent_id, session_id=session_id,
-            provider=provider, model=info.model or extraction.model,
-            checkpoint_id=(outcome.checkpoint_id if isinstance(outcome, AnalysisOutcome)
-                           else None),
-            payload=outbox_payload(info, extraction, verdict), attempts=0,
-            created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._outbox_ttl))
+        row_id = f"ob-{uuid.uuid4().hex}"
         try:
+            # Sealed before storage (or a spool) ever holds it: only ciphertext is stored.
+            sealed = yield self._seal(row_id, outbox_plaintext(
+                outbox_payload(info, extraction, verdict)))
+            row = OutboxRow(
+                id=row_id, agent_id=agent.agent_id, session_id=session_id,
+                provider=provider, model=info.model or extraction.model,
+                checkpoint_id=(outcome.checkpoint_id if isinstance(outcome, AnalysisOutcome)
+                               else None),
+                payload=sealed, attempts=0,
+                created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._outbox_ttl))
             yield self._outbox.add(row)
         except Exception:
             log.failure("Could not queue the call for tracing", agent_id=agent.agent_id)
