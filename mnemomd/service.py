@@ -71,6 +71,7 @@ from mnemomd.kv import (
     make_kv_store,
     readiness_check,
 )
+from mnemomd.kv.keyring import OutboxKeyring
 from mnemomd.observer.drift import DriftDetector
 from mnemomd.observer.lease import lease_owner, lease_store, leased
 from mnemomd.observer.retention import retention_run
@@ -225,6 +226,7 @@ class StorageService(Service):
         self._storage = storage
         self._reactor = reactor
         self.db = db
+        self._outbox = OutboxStore(db)
         self.kv = kv
         self.directory = directory
         self._health = health
@@ -274,7 +276,18 @@ class StorageService(Service):
             d = migrate(self.db, now_ms)
         else:
             d = check_schema(self.db).addCallback(self._require_current)
+        d.addCallback(self._purge_outbox)
         d.addCallbacks(self._schema_ready, self._schema_failed)
+
+    @inlineCallbacks
+    def _purge_outbox(self, applied: list[str]) -> Any:
+        """Outbox rows past their TTL (left by a stopped or crashed process) are deleted
+        before startup reports ok: the daemon never serves with them still on disk."""
+        purged = yield self._outbox.purge_expired(int(self._reactor.seconds() * 1000))
+        if purged:
+            yield self.db.scrub_log()
+            log.info("Deleted {count} expired trace outbox row(s) at startup", count=purged)
+        return applied
 
     @staticmethod
     def _require_current(pending: list[str]) -> list[str]:
@@ -366,11 +379,15 @@ class SchedulerService(Service):
     name = "scheduler"
 
     def __init__(self, jobs: list[PeriodicJob],
-                 stopping: list[Callable[[], None]] | None = None) -> None:
+                 stopping: list[Callable[[], None]] | None = None,
+                 settle: Callable[[], Deferred[Any]] | None = None) -> None:
         self.jobs = jobs
         #: Told first when stopping, so long runs (the traces job draining a backlog)
         #: end after their work in flight instead of running on.
         self.stopping = stopping or []
+        #: Run once the jobs have stopped (after the proxy has drained): the outbox rows
+        #: this process leaves behind (:func:`settle_outbox`).
+        self.settle = settle
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -384,6 +401,12 @@ class SchedulerService(Service):
             stop()
         for job in self.jobs:
             yield job.stop()
+        if self.settle is not None:
+            try:
+                yield self.settle()
+            except Exception as e:
+                log.warn("Could not settle the trace outbox at shutdown ({reason})",
+                         reason=type(e).__name__)
 
 
 def cloud_jobs(cloud: CloudConfig, observer: ObserverConfig, reactor: IDaemonReactor,
@@ -419,7 +442,7 @@ def cloud_jobs(cloud: CloudConfig, observer: ObserverConfig, reactor: IDaemonRea
 
 def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: GatewayMetrics,
                 db: Database, kv: KeyValueStore, dispatcher: WebhookDispatcher,
-                decisions: AnalysisBackend | None, *,
+                decisions: AnalysisBackend | None, keyring: OutboxKeyring, *,
                 redis_url: str | None,
                 stopping: list[Callable[[], None]] | None = None) -> list[PeriodicJob]:
     """The jobs that run in one scheduler process at a time, whatever their number
@@ -438,7 +461,8 @@ def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: Gatewa
     agents = AgentStore(db)
     # A run drains the backlog for up to one interval, then the log is scrubbed and the
     # next tick starts the next run.
-    builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, decisions, metrics,
+    builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, keyring, decisions,
+                           metrics,
                            max_run_seconds=observer.observer_traces_interval_seconds * 0.9)
     if stopping is not None:
         stopping.append(builder.stop)
@@ -453,6 +477,49 @@ def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: Gatewa
         shared("drift", observer.observer_drift_interval_seconds, drift.run),
         shared("webhooks", observer.observer_webhooks_interval_seconds, dispatcher.run_due),
     ]
+
+
+#: How long the last traces run at shutdown may keep claiming rows, and when it is cut
+#: short whatever it is doing (seconds).
+FINAL_TRACES_SECONDS = 5.0
+FINAL_TRACES_TIMEOUT = 10.0
+
+
+def final_traces(reactor: IReactorTime, db: Database, keyring: OutboxKeyring,
+                 metrics: GatewayMetrics) -> Callable[[], Deferred[Any]]:
+    """The last traces run at shutdown: bounded in time, heuristic decisions only (no
+    outbound call while stopping), no lease (claims are per row, so it is safe beside a
+    scheduler elsewhere)."""
+    def run() -> Deferred[Any]:
+        d: Deferred[Any] = TraceBuilder(
+            reactor, OutboxStore(db), AgentStore(db), lease_owner(), keyring, None, metrics,
+            max_run_seconds=FINAL_TRACES_SECONDS).run()
+        return d.addTimeout(FINAL_TRACES_TIMEOUT, reactor)
+
+    return run
+
+
+@inlineCallbacks
+def settle_outbox(db: Database, keyring: OutboxKeyring,
+                  final_run: Callable[[], Deferred[Any]] | None) -> Any:
+    """At shutdown, after the proxy has drained: build what traces can still be built
+    (``final_run``, where this process runs the traces job), then delete the rows sealed
+    under this process's own keys, which nobody can open once it has exited, and forget
+    the keys. Rows sealed under keys shared through Redis stay for the other processes,
+    unreadable once their key expires in Redis. Fires with the rows deleted."""
+    if final_run is not None:
+        try:
+            yield final_run()
+        except Exception as e:
+            log.warn("The last traces run at shutdown failed ({reason})",
+                     reason=type(e).__name__)
+    dropped = yield OutboxStore(db).discard_prefixed(keyring.own_prefix)
+    keyring.forget()
+    if dropped:
+        yield db.scrub_log()
+        log.info("Deleted {count} trace outbox row(s) left at shutdown: their traces are "
+                 "not built", count=dropped)
+    return dropped
 
 
 def scrubbed(db: Database, run: Deferred[Any]) -> Deferred[Any]:
@@ -622,10 +689,19 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     analyzer, analysis_http = build_analyzer(analysis_settings(config.analysis, providers),
                                              reactor, metrics, providers=providers)
     output_analysis = output_analysis_allowed(config.analysis.analysis_provider, providers)
+    outbox_ttl = config.observer.outbox_ttl
+    # Outbox payloads are sealed under keys that expire with the rows' TTL: shared through
+    # Redis, or held by this process alone with the in-memory store.
+    keyring = OutboxKeyring(kv, reactor, outbox_ttl, outbox_sweep_interval(outbox_ttl),
+                            shared=kv.kind != "memory")
+    if role != "all" and not keyring.shared:
+        log.warn("Without REDIS_URL the trace outbox keys stay in each process: a {role} "
+                 "process cannot share them with the other half, so no traces are built; "
+                 "set REDIS_URL", role=role)
     integrity = IntegrityPipeline(config.integrity, reactor, analyzer, AgentStore(db),
                                   writes, KVCache(kv, "", CARD_CACHE_TTL),
                                   KVCache(kv, "", WINDOW_TTL), metrics, True,
-                                  outbox_ttl=config.observer.outbox_ttl,
+                                  outbox_ttl=outbox_ttl, seal=keyring.seal,
                                   output_analysis=output_analysis, memory=memory,
                                   outages=outages)
     root.addCleanup(analysis_http.close)
@@ -650,14 +726,17 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                         lambda: scrubbed(db, sweep_outbox(reactor, outbox, metrics)),
                         reactor, metrics)]
     stopping: list[Callable[[], None]] = []
+    final_run = None
     if role in ("all", "scheduler"):
         jobs += cloud_jobs(config.cloud, config.observer, reactor, health, metrics,
                            license_state, root, data_dir=config.daemon.mnemom_data_dir,
                            license_token=license_.mnemom_license_jwt)
         jobs += shared_jobs(config.observer, reactor, metrics, db, kv, dispatcher,
                             decision_backend(config.observer.trace_decisions, analyzer),
-                            redis_url=storage.redis_url, stopping=stopping)
-    SchedulerService(jobs, stopping).setServiceParent(root)
+                            keyring, redis_url=storage.redis_url, stopping=stopping)
+        final_run = final_traces(reactor, db, keyring, metrics)
+    SchedulerService(jobs, stopping,
+                     lambda: settle_outbox(db, keyring, final_run)).setServiceParent(root)
 
     proxy_config = config.proxy
     client = UpstreamClient(reactor, proxy_config.upstream_max_connections_per_host)

@@ -18,6 +18,7 @@ when both fail, the last known ones in memory (``agents.memory.LastKnownState``)
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -195,23 +196,40 @@ class OutcomeHook(Protocol):
                  concerns: list[dict[str, Any]], synthetic: bool = False) -> Deferred[Any]: ...
 
 
+class Sealer(Protocol):
+    """Seals a trace outbox payload for its row before storage sees it (the outbox
+    keyring's ``seal``): fires with the text to store."""
+
+    def __call__(self, row_id: str, plaintext: bytes) -> Deferred[str]: ...
+
+
+def outbox_plaintext(payload: dict[str, Any]) -> bytes:
+    """The bytes of an outbox payload as they are sealed."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
 class IntegrityPipeline:
     """The integrity steps of one proxied call, for the proxy."""
 
     def __init__(self, config: IntegrityConfig, clock: IReactorTime,
                  analyzer: IntegrityAnalyzer, agents: AgentStore, writes: WriteQueue,
                  kv_cache: KVCache, session_state: KVCache, metrics: GatewayMetrics,
-                 tracing: bool = True, *, outbox_ttl: float,
+                 tracing: bool = True, *, outbox_ttl: float, seal: Sealer | None = None,
                  output_analysis: bool = True, memory: LastKnownState | None = None,
                  outages: Sequence[DependencyState] = ()) -> None:
         """``writes`` takes the checkpoints, drift alerts and trace-outbox rows (this
         registers their kinds); ``tracing`` whether traced agents get an outbox row;
         ``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
+        ``seal`` seals each outbox payload before it is queued (required with
+        ``tracing``: the queue, the spool and the database only ever hold ciphertext);
         ``output_analysis`` whether the analysis backend may be sent a response's output
         (not the hybrid service). ``memory`` keeps the last known card and conscience
         values (shared with the agent directory, which refreshes them on change);
         ``outages`` the storage dependencies whose known outage errors their trackers
         log, so a call that meets one logs no traceback of its own."""
+        if tracing and writes is not None and seal is None:
+            raise ValueError("trace outbox payloads are stored sealed: give seal")
+        self._seal = seal
         self._memory = memory if memory is not None else LastKnownState()
         self._outages = outages
         self._config = config
@@ -500,21 +518,32 @@ class IntegrityPipeline:
             self._metrics.aip_checks.labels("error").inc()
             return "error", None
 
+    @inlineCallbacks
     def _queue_trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
                      extraction: Extraction, verdict: str,
-                     outcome: AnalysisOutcome | Unverifiable | None) -> Deferred[None]:
-        """One trace outbox row for the observer (SPEC §8.1), through the write queue:
-        it never slows or fails the call."""
+                     outcome: AnalysisOutcome | Unverifiable | None) -> Any:
+        """One trace outbox row for the observer (SPEC §8.1), sealed, then through the
+        write queue: a failure costs the trace, never the call."""
+        assert self._seal is not None
         now_ms = int(self._clock.seconds() * 1000)
+        row_id = f"ob-{uuid.uuid4().hex}"
+        try:
+            # Sealed before the queue, the spool or the database ever holds it.
+            sealed = yield self._seal(row_id, outbox_plaintext(
+                outbox_payload(info, extraction, verdict)))
+        except Exception:
+            log_failure(log, "Could not queue the call for tracing", Failure(), self._outages,
+                        agent_id=agent.agent_id)
+            return None
         row = OutboxRow(
-            id=f"ob-{uuid.uuid4().hex}", agent_id=agent.agent_id, session_id=session_id,
+            id=row_id, agent_id=agent.agent_id, session_id=session_id,
             provider=provider, model=info.model or extraction.model,
             checkpoint_id=(outcome.checkpoint_id if isinstance(outcome, AnalysisOutcome)
                            else None),
-            payload=outbox_payload(info, extraction, verdict), attempts=0,
+            payload=sealed, attempts=0,
             created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._outbox_ttl))
         self._writes.submit(outbox_write(row))
-        return succeed(None)
+        return None
 
     @staticmethod
     def _extract(provider: Provider, info: RequestInfo, content_type: str,

@@ -92,6 +92,11 @@ class GatewayMetrics:
             "Age of the oldest ready trace outbox row (0 when none is ready): a row this old "
             "is lost when it reaches OUTBOX_TTL",
             registry=self.registry)
+        self.outbox_shredded = Counter(
+            "gateway_outbox_shredded",
+            "Trace outbox rows deleted unread because the key that sealed them had expired "
+            "(their TTL was as good as over)",
+            registry=self.registry)
         self.webhook_deliveries = Counter(
             "gateway_webhook_deliveries",
             "Webhook delivery attempts by result (delivered, retried, failed: for good), "
