@@ -127,6 +127,12 @@ def test_both_workers_serve_and_metrics_are_the_sum(workers: Daemon, notify: soc
         assert len(jobs) == 2 and jobs[f'pid="{conns[1][0]}"'] == 1.0
         assert jobs[f'pid="{conns[0][0]}"'] > 1.0
         assert "process_resident_memory_bytes" not in text
+    # The workers' metrics files hold numbers and labels, never a key or a prompt.
+    workdir = re.search(r"runtime directory (\S+)\)", workers.output())
+    assert workdir is not None
+    files = [p for p in Path(workdir.group(1)).rglob("*") if p.is_file()]
+    assert files and not any(key.encode() in p.read_bytes() or b"max_tokens" in p.read_bytes()
+                             for p in files)
     # systemd heard READY=1 once, from the supervisor, after both workers were ready.
     assert notify.recv(64) == b"READY=1"
     output = workers.output()
