@@ -8,6 +8,7 @@ whole ``Config``: each component is handed its section and the few other values 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -20,6 +21,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IReactorCore,
     IReactorPluggableNameResolver,
+    IReactorSocket,
     IReactorTCP,
     IReactorThreads,
     IReactorTime,
@@ -54,6 +56,7 @@ from mnemomd.config.analysis import from_config as analysis_settings
 from mnemomd.enforcement.enforcer import NUDGE_FLAG_TTL, Enforcement
 from mnemomd.enforcement.expiry import expire_nudges
 from mnemomd.enforcement.store import EnforcementStore
+from mnemomd.http.reuseport import listen_reuse_port, tcp_address
 from mnemomd.http.server import ConnectionLimits, Gateway, GatewayFactory, send_json
 from mnemomd.integrity.backends import AnalysisBackend
 from mnemomd.integrity.checkpoints import CheckpointStore
@@ -81,12 +84,14 @@ from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.jobs import PeriodicJob
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
 from mnemomd.ops.notify import SystemdNotifier
+from mnemomd.ops.workers import WorkerSlot
 from mnemomd.providers import PROVIDERS, ProviderRegistry
 from mnemomd.proxy.handler import ProxyHandler
 from mnemomd.proxy.relay import UpstreamClient
 from mnemomd.storage.database import Database, TransactionThreads
 from mnemomd.storage.database import outage_errors as database_outage_errors
 from mnemomd.storage.migrations import MigrationError, check_schema, migrate
+from mnemomd.storage.spool import orphan_spools
 from mnemomd.storage.traces import OutboxStore, TraceStore, outbox_sweep_interval
 from mnemomd.storage.writes import WriteQueue
 from mnemomd.webhooks.delivery import WebhookDispatcher, WebhookSender
@@ -111,8 +116,12 @@ class GatewayService(Service):
 
     def __init__(self, listener: ListenerConfig, role: str, reactor: IDaemonReactor,
                  gateway: Gateway, health: HealthState, client: UpstreamClient,
-                 notifier: SystemdNotifier, lag: ReactorLagMonitor) -> None:
+                 notifier: SystemdNotifier, lag: ReactorLagMonitor,
+                 reuse_port: bool = False) -> None:
         self._listener = listener
+        #: A worker under the supervisor: its own ``SO_REUSEPORT`` socket on the shared
+        #: port rather than the endpoint description.
+        self._reuse_port = reuse_port
         self._role = role
         self._reactor = reactor
         self.gateway = gateway
@@ -136,9 +145,7 @@ class GatewayService(Service):
         super().privilegedStartService()
         failures: list[Failure] = []
         try:
-            endpoint = endpoints.serverFromString(self._reactor,
-                                                  self._listener.listen_description)
-            self._bound = endpoint.listen(self.factory)
+            self._bound = self._listen()
         except Exception:  # an unusable description, key file or systemd index
             self._bound = fail()
         self._bound.addErrback(lambda f: failures.append(f) or f)
@@ -148,6 +155,13 @@ class GatewayService(Service):
                          listen=self._listener.listen_description,
                          reason=failures[0].getErrorMessage())
             raise SystemExit(1)
+
+    def _listen(self) -> Deferred[IListeningPort]:
+        description = self._listener.listen_description
+        if self._reuse_port and IReactorSocket.providedBy(self._reactor):
+            return maybeDeferred(listen_reuse_port, cast(IReactorSocket, self._reactor),
+                                 tcp_address(description), self.factory)
+        return endpoints.serverFromString(self._reactor, description).listen(self.factory)
 
     def startService(self) -> None:  # noqa: N802
         if self._bound is None:
@@ -631,12 +645,26 @@ def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
     return ManagementApi(reactor, credentials_from_config(api), handlers, send_json, metrics)
 
 
+def worker_config(config: Config, worker: WorkerSlot) -> Config:
+    """``config`` as one worker under the supervisor runs it: its role (the scheduler's
+    jobs in worker 0 only), no migrations (the supervisor applied them before starting
+    the workers), the port every worker shares, and one process."""
+    daemon = dataclasses.replace(config.daemon, mnemom_role=worker.role(config.daemon.role),
+                                 mnemom_workers=1)
+    storage = dataclasses.replace(config.storage, migrate_on_start=False)
+    address = tcp_address(config.listener.listen_description)
+    host = address.host.replace(":", r"\:")
+    listener = dataclasses.replace(config.listener, listen=f"tcp:{worker.port}:interface={host}")
+    return dataclasses.replace(config, daemon=daemon, storage=storage, listener=listener)
+
+
 def make_service(config: Config, reactor: IDaemonReactor | None = None,
                  environ: Mapping[str, str] | None = None,
                  metrics: GatewayMetrics | None = None,
                  database_threads: TransactionThreads | None = None,
                  spool_threads: TransactionThreads | None = None,
-                 providers: ProviderRegistry = PROVIDERS) -> MnemomService:
+                 providers: ProviderRegistry = PROVIDERS,
+                 worker: WorkerSlot | None = None) -> MnemomService:
     """Build the daemon for ``config``; nothing runs until the service is started.
 
     ``database_threads`` replaces the database's thread pool and ``spool_threads`` the
@@ -644,15 +672,22 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     production leaves them unset. ``providers``
     is what the proxy routes to and the analysis may use: a build or a test with a
     provider of its own passes ``PROVIDERS.including(...)``, and nothing else changes.
+    ``worker`` is this process's slot under the supervisor of ``MNEMOM_WORKERS``
+    (:func:`worker_config` says what it changes); None for a single process.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = cast(IDaemonReactor, default_reactor)
     environ = os.environ if environ is None else environ
-    metrics = metrics or GatewayMetrics()
+    if worker is not None:
+        config = worker_config(config, worker)
+    metrics = metrics or GatewayMetrics(
+        multiprocess_dir=worker.metrics_dir if worker is not None else None, threads=reactor)
     role = config.daemon.role
     health = HealthState(reactor, __version__, config.integrity.aip_enabled)
+    if worker is not None:
+        health.identity = worker.identity(os.getpid())
     root = MnemomService(config, reactor, health, metrics)
 
     storage = config.storage
@@ -673,9 +708,12 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                                          memory=memory, outages=outages)
     StorageService(storage, reactor, db, kv, directory, health, root.fatal,
                    failure_mode=failure_mode, outages=outages).setServiceParent(root)
-    writes = WriteQueue(reactor, db, os.path.join(config.daemon.mnemom_data_dir, "spool"),
-                        metrics, max_pending=storage.write_queue_max_rows,
-                        spool_max_bytes=storage.spool_max_bytes, threads=spool_threads)
+    spool, orphans = orphan_spools(os.path.join(config.daemon.mnemom_data_dir, "spool"),
+                                   worker.index if worker is not None else None,
+                                   worker.count if worker is not None else 1)
+    writes = WriteQueue(reactor, db, spool, metrics, max_pending=storage.write_queue_max_rows,
+                        spool_max_bytes=storage.spool_max_bytes, threads=spool_threads,
+                        adopt=orphans)
     writer = WriterService(writes, health)
     writer.setServiceParent(root)
 
@@ -737,6 +775,7 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
         final_run = final_traces(reactor, db, keyring, metrics)
     SchedulerService(jobs, stopping,
                      lambda: settle_outbox(db, keyring, final_run)).setServiceParent(root)
+    metrics.scheduler_jobs.set(len(jobs))
 
     proxy_config = config.proxy
     client = UpstreamClient(reactor, proxy_config.upstream_max_connections_per_host)
@@ -750,5 +789,6 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                       proxy if role != "scheduler" else None, api)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)
     GatewayService(config.listener, role, reactor, gateway, health, client,
-                   SystemdNotifier(environ), lag).setServiceParent(root)
+                   SystemdNotifier(environ), lag,
+                   reuse_port=worker is not None).setServiceParent(root)
     return root

@@ -53,6 +53,8 @@ class HealthState:
         #: Components that must report in before /health/startup says ok.
         self._starting: set[str] = {"listener"}
         self._on_started: list[Callable[[], object]] = []
+        #: Said by ``/health/live`` under ``MNEMOM_WORKERS``: which worker answered.
+        self.identity: dict[str, Any] = {}
 
     def expect(self, component: str) -> None:
         self._starting.add(component)
@@ -157,7 +159,7 @@ class HealthState:
         return 503, {"status": "starting", "waiting_for": sorted(self._starting)}
 
     def liveness(self) -> tuple[int, dict[str, Any]]:
-        return 200, {"status": "ok"}
+        return 200, {"status": "ok", **self.identity}
 
     def legacy(self) -> tuple[int, dict[str, Any]]:
         return 200, {"status": "ok", "version": self.version, "aip_enabled": self.aip_enabled}
