@@ -139,9 +139,12 @@ def run_outage(result: Result, daemon: Daemon, counts: Counts, outage: Outage,
     result.figure("bookkeeping writes by kind and outcome", "; ".join(
         f"{labels.strip('{}')}: {value:g}" for labels, value in sorted(outcomes.items())
         if value))
-    result.figure("readiness during the outage (polls)",
-                  ", ".join(f"{k}: {v}" for k, v in sorted(seen_ready.items())))
-    result.figure("tracebacks in the log", tracebacks(daemon))
+    result.check("readiness during the outage (polls)",
+                 ", ".join(f"{k}: {v}" for k, v in sorted(seen_ready.items())),
+                 "200 throughout (the proxy can serve)",
+                 set(seen_ready) <= {"200 ok", "200 degraded"})
+    traced = tracebacks(daemon)
+    result.check("tracebacks in the log", traced, "0", traced == 0)
     result.check("daemon still running", daemon.proc.poll() is None, "yes",
                  daemon.proc.poll() is None)
 
