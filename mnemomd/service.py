@@ -358,13 +358,20 @@ class WriterService(Service):
         #: Waited for before the queue's last drain (the pipeline's bookkeeping).
         self.settle: list[Callable[[], Deferred[Any]]] = []
         health.add_check("spool", self._check, required=False,
-                         fallback=lambda: "bookkeeping is shed until the spool has room")
+                         fallback=self._fallback)
 
     def _check(self) -> CheckResult:
         writes = self.writes
         state = "shedding" if writes.shedding else "spooling" if writes.outage else "ok"
-        return not writes.shedding, {"state": state, "depth": writes.spool_depth,
-                                     "queued": writes.depth}
+        # Spooling or shedding is degraded (200): the proxy serves, the record waits on
+        # local disk or, shedding, is lost until the database catches up.
+        return state == "ok", {"state": state, "depth": writes.spool_depth,
+                               "queued": writes.depth}
+
+    def _fallback(self) -> str:
+        if self.writes.shedding:
+            return "bookkeeping is shed until the spool has room"
+        return "bookkeeping is spooled to local disk until the database takes it"
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
