@@ -171,6 +171,7 @@ class PolicyBook:
         """``file_policy`` is the deployment-wide policy of ``MNEMOM_POLICY_FILE``: it is
         the org policy, and ``PUT /v1/policy`` is refused while it is set."""
         self._clock = clock
+        self.store = store
         self._store = store
         self._cache = cache
         self._outages = outages
@@ -227,8 +228,9 @@ class PolicyBook:
             [self.org(), self.stored(agent_id) if agent_id else _none()], consumeErrors=True)
         return self.resolve(org_entry, agent_entry)
 
-    def resolve(self, org_entry: dict[str, Any] | None,
-                agent_entry: dict[str, Any] | None) -> ActivePolicy | None:
+    def resolve(self, org_entry: dict[str, Any] | None, agent_entry: dict[str, Any] | None,
+                keep_off: bool = False) -> ActivePolicy | None:
+        """The merged, compiled policy (None: none, or ``off`` unless ``keep_off``)."""
         org = self.file_policy
         org_key: tuple[Any, ...] = ("file",) if org is not None else (None, None)
         stamps: list[int] = []
@@ -252,7 +254,7 @@ class PolicyBook:
             self._compiled.put(source, compiled)
         stored_at = max(stamps) / 1000 if stamps else None
         mode = effective_mode(merged, stored_at, self._clock.seconds())
-        if mode == "off":
+        if mode == "off" and not keep_off:
             return None
         return ActivePolicy(compiled, mode, source)
 

@@ -22,10 +22,11 @@ from mnemomd.policy.grammar import (
     load_policy_text,
     parse_policy,
     policy_document,
+    read_policy_file,
 )
 
 __all__ = [
     "CompiledPolicy", "Evaluation", "Policy", "PolicyError", "compile_policy", "coverage",
     "effective_mode", "evaluate", "load_policy_text", "merge_policies", "parse_policy",
-    "policy_document",
+    "policy_document", "read_policy_file",
 ]

@@ -510,3 +510,13 @@ def load_policy_text(text: str | bytes, media: str = "yaml") -> Policy:
 
 def _first_line(error: Exception) -> str:
     return " ".join(str(error).split())[:200]
+
+
+def read_policy_file(path: str) -> Policy:
+    """The policy of a YAML (or ``.json``) file: blocking, for startup and the CLI."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_POLICY_BYTES + 1)
+    except OSError as e:
+        raise PolicyError([f"(file): cannot be read: {e.strerror or e}"]) from None
+    return load_policy_text(data, "json" if path.endswith(".json") else "yaml")
