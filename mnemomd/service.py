@@ -349,9 +349,10 @@ class StorageService(Service):
 
 
 class WriterService(Service):
-    """The write queue of the proxy's bookkeeping (``storage.writes``): started after the
-    storage, stopped before it, once the gateway has drained, so the last calls' writes
-    reach the database or the spool."""
+    """The write queue of the proxy's bookkeeping (``storage.writes``): stopped right after
+    the gateway has drained, before the scheduler (whose last traces run needs the last
+    outbox rows) and the storage, so the last calls' writes reach the database or the
+    spool."""
 
     name = "writer"
 
@@ -720,7 +721,6 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                         spool_max_bytes=storage.spool_max_bytes, threads=spool_threads,
                         adopt=orphans)
     writer = WriterService(writes, health)
-    writer.setServiceParent(root)
 
     sender = WebhookSender(reactor)
     dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner(),
@@ -780,6 +780,9 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
         final_run = final_traces(reactor, db, keyring, metrics)
     SchedulerService(jobs, stopping,
                      lambda: settle_outbox(db, keyring, final_run)).setServiceParent(root)
+    # Stopped before the scheduler: the last calls' outbox rows are written before its
+    # final traces run and the deletion of what is left.
+    writer.setServiceParent(root)
     metrics.scheduler_jobs.set(len(jobs))
 
     proxy_config = config.proxy
