@@ -347,3 +347,33 @@ def test_each_tool_an_agent_offers_is_recorded_once(gateway: InProcessDaemon):
     start = rows[0][2]
     assert rows == [("send_email", "offered", start), ("web_search", "offered", start),
                     ("browse_page", "offered", start + 5000)]
+
+
+# -- privacy ------------------------------------------------------------------------------
+
+
+def test_policy_rows_and_events_hold_tool_names_and_rules_only(gateway: InProcessDaemon):
+    """A call's text (its prompt, tool descriptions and schemas) reaches none of the rows
+    tool policies write (``policy_violations``, ``tool_first_seen``, the
+    ``policy.violation`` delivery), nor the KV store."""
+    marker = "Zq9PrivateText"
+    subscribe(gateway)
+    agent = agent_of(gateway, ANTHROPIC)
+    put_policy(gateway, agent, policy("warn"))
+    body = json.dumps({
+        "model": "claude-x", "max_tokens": 2048,
+        "messages": [{"role": "user", "content": f"{marker} prompt"}],
+        "system": f"{marker} system",
+        "tools": [{"name": "send_email", "description": f"{marker} description",
+                   "input_schema": {"type": "object", "properties": {
+                       "to": {"type": "string", "description": f"{marker} field"}}}},
+                  {"name": "web_search", "input_schema": {"type": "object"}}]}).encode()
+    exchange = gateway.request("POST", ANTHROPIC.path, ANTHROPIC.headers | JSON, body)
+    assert (exchange.status, exchange.header("x-policy-verdict")) == (200, "warn")
+    written = {table: gateway.rows(f"SELECT * FROM {table} WHERE agent_id = ?", (agent,))
+               for table in ("policy_violations", "tool_first_seen", "webhook_deliveries")}
+    assert all(written.values()), written
+    assert marker not in repr(written)
+    assert "send_email" in repr(written["policy_violations"])
+    kv = gateway.service.storage.kv
+    assert marker not in "".join(key + repr(kv._data[key][0]) for key in kv.keys())
