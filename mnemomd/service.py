@@ -799,6 +799,7 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                           read_policy_file(policy_file) if policy_file else None,
                           outages=outages)
     policy_step = PolicyStep(reactor, policies, metrics, writes, dispatcher.kick)
+    integrity.on_tools_called = policy_step.called
     client = UpstreamClient(reactor, proxy_config.upstream_max_connections_per_host)
     proxy = ProxyHandler(proxy_config, reactor, client, directory, metrics, integrity,
                          enforcement, license_state, analysis_timeout=config.analysis.timeout,

@@ -377,3 +377,27 @@ def test_policy_rows_and_events_hold_tool_names_and_rules_only(gateway: InProces
     assert "send_email" in repr(written["policy_violations"])
     kv = gateway.service.storage.kv
     assert marker not in "".join(key + repr(kv._data[key][0]) for key in kv.keys())
+
+
+def test_tools_the_model_calls_reach_the_policy_step(gateway: InProcessDaemon, shape: Shape,
+                                                     stream: bool):
+    """The extraction's tool calls (the fake model calls the first tool offered) are
+    handed to ``PolicyStep.called``, which records a tool first seen called."""
+    integrity = gateway.service.gateway_service.gateway.proxy._integrity
+    wired = integrity.on_tools_called
+    assert wired is not None and wired.__name__ == "called"
+    handed: list[tuple[str, list[str]]] = []
+
+    def observe(agent_id: str, names: list[str]) -> None:
+        handed.append((agent_id, names))
+        wired(agent_id, [f"{name}_called" for name in names])
+
+    integrity.on_tools_called = observe
+    exchange = send(gateway, shape, ["web_search"], stream)
+    assert exchange.status == 200
+    gateway.advance(1)  # the analysis, off the response path
+    agent = str(exchange.header("x-mnemom-agent"))
+    assert handed == [(agent, ["web_search"])]
+    assert gateway.rows("SELECT tool, seen_as FROM tool_first_seen WHERE agent_id = ? "
+                        "ORDER BY tool", (agent,)) == [("web_search", "offered"),
+                                                        ("web_search_called", "called")]
