@@ -48,6 +48,7 @@ from mnemomd.config import (
     ApiConfig,
     CloudConfig,
     Config,
+    IntegrityConfig,
     ListenerConfig,
     ObserverConfig,
     StorageConfig,
@@ -59,9 +60,11 @@ from mnemomd.enforcement.expiry import expire_nudges
 from mnemomd.enforcement.store import EnforcementStore
 from mnemomd.http.reuseport import listen_reuse_port, tcp_address
 from mnemomd.http.server import ConnectionLimits, Gateway, GatewayFactory, send_json
+from mnemomd.integrity.attestation import SigningKey
 from mnemomd.integrity.backends import AnalysisBackend
 from mnemomd.integrity.checkpoints import CheckpointStore
 from mnemomd.integrity.engine import IntegrityAnalyzer, build_analyzer
+from mnemomd.integrity.keys import default_key_path, load_signing_key
 from mnemomd.integrity.pipeline import (
     CARD_CACHE_TTL,
     WINDOW_TTL,
@@ -434,6 +437,16 @@ class SchedulerService(Service):
                          reason=type(e).__name__)
 
 
+def signing_key(integrity: IntegrityConfig, data_dir: str) -> SigningKey | None:
+    """The key that signs checkpoints (``MNEMOM_SIGNING_KEY_FILE``, else created in the data
+    directory on first start), or None with ``AIP_ATTESTATION=false``."""
+    if not integrity.aip_attestation:
+        return None
+    if integrity.mnemom_signing_key_file:
+        return load_signing_key(integrity.mnemom_signing_key_file, create=False)
+    return load_signing_key(default_key_path(data_dir), create=True)
+
+
 def cloud_jobs(cloud: CloudConfig, observer: ObserverConfig, reactor: IDaemonReactor,
                health: HealthState, metrics: GatewayMetrics, license_state: LicenseState,
                root: MnemomService, *, data_dir: str,
@@ -753,7 +766,9 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                                   KVCache(kv, "", WINDOW_TTL), metrics, True,
                                   outbox_ttl=outbox_ttl, seal=keyring.seal,
                                   output_analysis=output_analysis, memory=memory,
-                                  outages=outages)
+                                  outages=outages,
+                                  signing_key=signing_key(config.integrity,
+                                                          config.daemon.mnemom_data_dir))
     root.addCleanup(analysis_http.close)
 
     enforcement = Enforcement(reactor, EnforcementStore(db, writes),

@@ -321,6 +321,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REDIS_PASSWORD", _text, None, "Redis password (overrides one in REDIS_URL)",
             secret=True, section="storage"),
     Setting("AIP_ENABLED", parse_bool, True, "integrity analysis on or off", section="integrity"),
+    Setting("AIP_ATTESTATION", parse_bool, True,
+            "sign, hash-chain and Merkle-log every checkpoint (docs/attestation.md)",
+            section="integrity"),
+    Setting("MNEMOM_SIGNING_KEY_FILE", parse_path, None,
+            "Ed25519 private key (PEM) that signs checkpoints; default: signing-key.pem in "
+            "MNEMOM_DATA_DIR, created on first start (mode 0600)", section="integrity"),
     Setting("AIP_DEFAULT_ENFORCEMENT", _choice(("observe", "nudge", "enforce")), "observe",
             "enforcement mode given to new agents", section="integrity"),
     Setting("AIP_DEFAULT_WITHOUT_REASONING", _choice(WITHOUT_REASONING_CHOICES), "allow",
@@ -549,6 +555,8 @@ class IntegrityConfig:
     asked for."""
 
     aip_enabled: bool = True
+    aip_attestation: bool = True
+    mnemom_signing_key_file: str | None = None
     aip_default_enforcement: str = "observe"
     aip_default_without_reasoning: str = "allow"
     thinking_injection: str = "auto"

@@ -25,6 +25,12 @@ CHECKPOINT_FIELDS = (
 CHECKPOINT_COLUMNS = ", ".join(CHECKPOINT_FIELDS)
 DRIFT_ALERT_FIELDS = ("id", "agent_id", "session_id", "source", "severity", "alert",
                       "streak_key", "created_at")
+#: A checkpoint's attestation row (``attestation.py``), stored with it in one transaction.
+ATTESTATION_FIELDS = (
+    "checkpoint_id", "agent_id", "session_id", "chain_segment", "chain_position",
+    "chain_hash", "prev_chain_hash", "leaf_hash", "input_commitments", "card_id",
+    "confidence", "analysis_model", "analysis_duration_ms", "key_id", "signature",
+    "created_at")
 #: The write-queue kinds of this module (``storage.writes``).
 CHECKPOINT_WRITE, DRIFT_ALERT_WRITE = "checkpoint", "drift_alert"
 
@@ -50,6 +56,8 @@ class CheckpointRecord:
     extra: dict[str, Any] = field(default_factory=dict)
     #: SHA-256 of the output block when the output was analysed (never the output).
     output_block_hash: str | None = None
+    #: The attestation row (``ATTESTATION_FIELDS``, JSON values), or None when off.
+    attestation: dict[str, Any] | None = None
 
 
 def _dump(value: Any) -> str | None:
@@ -92,7 +100,8 @@ def checkpoint_write(record: CheckpointRecord) -> Write:
         "analysis_metadata": _dump(record.analysis_metadata),
         "thinking_block_hash": record.thinking_block_hash, "synthetic": record.synthetic,
         "synthetic_reason": record.synthetic_reason, "trace_id": record.trace_id,
-        "created_at": record.created_at, "output_block_hash": record.output_block_hash})
+        "created_at": record.created_at, "output_block_hash": record.output_block_hash,
+        "attestation": record.attestation})
 
 
 def write_checkpoints(cursor: Cursor, writes: list[Write]) -> list[str]:
@@ -102,6 +111,16 @@ def write_checkpoints(cursor: Cursor, writes: list[Write]) -> list[str]:
     rows = [tuple(w.row.get(f) for f in CHECKPOINT_FIELDS) for w in writes]
     inserted = set(insert_many(cursor, "integrity_checkpoints", CHECKPOINT_FIELDS,
                                [_typed(r) for r in rows], returning="id"))
+    # In the order given: an agent's Merkle leaves are in the order they were stored.
+    insert_many(cursor, "checkpoint_attestations", ATTESTATION_FIELDS, [
+        tuple(w.row["attestation"].get(f) for f in ATTESTATION_FIELDS)
+        for w in writes if isinstance(w.row.get("attestation"), dict)])
+    # Every key that signed a stored checkpoint is published (GET /v1/keys), whichever
+    # replica holds it.
+    keys = {(a["key_id"], a["public_key"]): a["created_at"] for a in (
+        w.row.get("attestation") for w in writes) if isinstance(a, dict)}
+    insert_many(cursor, "signing_keys", ("key_id", "public_key", "algorithm", "created_at"),
+                [(key_id, public, "Ed25519", at) for (key_id, public), at in keys.items()])
     events = []
     for write in writes:
         row = write.row

@@ -131,6 +131,9 @@ class AnalysisOutcome:
     cross_validation_warnings: list[str] = field(default_factory=list)
     #: SHA-256 of the output block, for output analysis only.
     output_block_hash: str | None = None
+    #: What the analysis saw, as hashes (``attestation.input_commitments``); set by the
+    #: pipeline when attestation is on.
+    input_commitments: dict[str, str] | None = None
 
     @property
     def analysis_scope(self) -> str:

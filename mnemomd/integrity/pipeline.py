@@ -41,6 +41,16 @@ from mnemomd.agents.memory import LastKnownState
 from mnemomd.agents.store import AgentStore
 from mnemomd.config import IntegrityConfig
 from mnemomd.http.server import error_payload
+from mnemomd.integrity.attestation import (
+    SigningKey,
+    input_commitments,
+    iso_timestamp,
+    leaf_hash,
+    link_head,
+    next_link,
+    signed_payload,
+    window_context,
+)
 from mnemomd.integrity.checkpoints import (
     CHECKPOINT_WRITE,
     DRIFT_ALERT_WRITE,
@@ -82,6 +92,9 @@ CARD_CACHE_TTL = 300.0
 #: Excerpts of thinking and of the response kept in a trace outbox row (each).
 OUTBOX_EXCERPT_CHARS = 2000
 MAX_TRACED_TOOLS = 32
+#: Sessions whose chain continues in memory while the KV store is down (the oldest are
+#: forgotten first: their next checkpoint starts a new segment).
+MAX_OUTAGE_CHAINS = 10_000
 
 
 @dataclass(frozen=True)
@@ -216,7 +229,8 @@ class IntegrityPipeline:
                  kv_cache: KVCache, session_state: KVCache, metrics: GatewayMetrics,
                  tracing: bool = True, *, outbox_ttl: float, seal: Sealer | None = None,
                  output_analysis: bool = True, memory: LastKnownState | None = None,
-                 outages: Sequence[DependencyState] = ()) -> None:
+                 outages: Sequence[DependencyState] = (),
+                 signing_key: SigningKey | None = None) -> None:
         """``writes`` takes the checkpoints, drift alerts and trace-outbox rows (this
         registers their kinds); ``tracing`` whether traced agents get an outbox row;
         ``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
@@ -226,7 +240,12 @@ class IntegrityPipeline:
         (not the hybrid service). ``memory`` keeps the last known card and conscience
         values (shared with the agent directory, which refreshes them on change);
         ``outages`` the storage dependencies whose known outage errors their trackers
-        log, so a call that meets one logs no traceback of its own."""
+        log, so a call that meets one logs no traceback of its own. ``signing_key``
+        signs every checkpoint's attestation (docs/attestation.md); None turns
+        attestation off."""
+        self._signing_key = signing_key
+        #: Chain heads of sessions whose head the KV store could not keep (an outage).
+        self._outage_chains: dict[str, dict[str, Any]] = {}
         if tracing and writes is not None and seal is None:
             raise ValueError("trace outbox payloads are stored sealed: give seal")
         self._seal = seal
@@ -586,6 +605,11 @@ class IntegrityPipeline:
             window_checkpoints=window_entries(window, now), task_context=context,
             output_block=output_block)
         outcome = yield self._analyzer.analyze(request)
+        if self._signing_key is not None:
+            model_version = str(outcome.analysis_metadata.get("analysis_model") or "")
+            outcome = replace(outcome, input_commitments=input_commitments(
+                outcome.thinking_block_hash, request.card, request.conscience_values,
+                window_context(request.window_checkpoints), model_version))
         return outcome
 
     def _session_key(self, agent_id: str, session_id: str) -> str:
@@ -648,6 +672,10 @@ class IntegrityPipeline:
         state, alert = yield self._state.update_json(
             self._session_key(agent.agent_id, session_id),
             lambda current: self._session_step(current, entry, now, agent.agent_id))
+        self._drift_alert(agent, session_id, outcome, now, state, alert)
+
+    def _drift_alert(self, agent: Agent, session_id: str, outcome: AnalysisOutcome,
+                     now: float, state: dict[str, Any], alert: dict[str, Any] | None) -> None:
         if alert is None:
             return
         key = streak_key(state.get("drift"), session_id) \
@@ -660,13 +688,91 @@ class IntegrityPipeline:
     def _session_step(current: Any, entry: dict[str, Any], now: float, agent_id: str,
                       ) -> tuple[dict[str, Any], tuple[dict[str, Any], dict[str, Any] | None]]:
         state, alert = session_record(current, entry, now, agent_id=agent_id)
+        if isinstance(current, dict) and "chain" in current:
+            state["chain"] = current["chain"]
         return state, (state, alert)
+
+    @staticmethod
+    def _chained_step(current: Any, entry: dict[str, Any] | None, now: float, agent_id: str,
+                      link_of: Callable[[Any], Any]) -> tuple[dict[str, Any], Any]:
+        """One checkpoint's step of the session state: its window and drift (a real
+        checkpoint: ``entry``) and its chain link, in one atomic update, so replicas
+        writing one session concurrently build one chain (a lost race re-runs this on
+        the head the winner wrote)."""
+        state: dict[str, Any] = dict(current) if isinstance(current, dict) else {}
+        alert = None
+        if entry is not None:
+            state, alert = session_record(current, entry, now, agent_id=agent_id)
+        link = link_of(current.get("chain") if isinstance(current, dict) else None)
+        state["chain"] = link_head(link)
+        return state, (state, alert, link)
+
+    @inlineCallbacks
+    def _attest(self, agent: Agent, session_id: str, outcome: AnalysisOutcome,
+                now: float, created_at: int) -> Any:
+        """The session step with the checkpoint's chain link (``_chained_step``), then its
+        attestation row: commitment, link, leaf and signature. With the KV store down the
+        session's chain goes on in memory, as a new segment (docs/attestation.md)."""
+        assert self._signing_key is not None and outcome.input_commitments is not None
+        commitment = outcome.input_commitments["combined_commitment"]
+        timestamp = iso_timestamp(created_at)
+
+        def link_of(head: Any) -> Any:
+            return next_link(head, outcome.checkpoint_id, outcome.verdict,
+                             outcome.thinking_block_hash, commitment, timestamp)
+
+        key = self._session_key(agent.agent_id, session_id)
+        entry = None if outcome.synthetic else outcome.window_entry()
+        (state, alert, link), stored = yield self._state.update_json_stored(
+            key, lambda current: self._chained_step(current, entry, now, agent.agent_id,
+                                                    link_of))
+        if stored:
+            self._outage_chains.pop(key, None)
+        else:
+            # The head could not be kept: the link just made may share its predecessor
+            # with the next one. Go on from this process's own segment instead.
+            link = link_of(self._outage_chains.pop(key, None))
+            self._outage_chains[key] = link_head(link)
+            while len(self._outage_chains) > MAX_OUTAGE_CHAINS:
+                del self._outage_chains[next(iter(self._outage_chains))]
+        if not outcome.synthetic:
+            self._drift_alert(agent, session_id, outcome, now, state, alert)
+        payload = signed_payload(agent.agent_id, link.chain_hash, outcome.checkpoint_id,
+                                 commitment, outcome.thinking_block_hash, timestamp,
+                                 outcome.verdict)
+        metadata = outcome.analysis_metadata
+        confidence = metadata.get("confidence", metadata.get("extraction_confidence"))
+        return {
+            "checkpoint_id": outcome.checkpoint_id, "agent_id": agent.agent_id,
+            "session_id": session_id, "chain_segment": link.segment,
+            "chain_position": link.position, "chain_hash": link.chain_hash,
+            "prev_chain_hash": link.prev_chain_hash,
+            "leaf_hash": leaf_hash(outcome.checkpoint_id, outcome.verdict,
+                                   outcome.thinking_block_hash, link.chain_hash, timestamp),
+            "input_commitments": json.dumps(outcome.input_commitments, sort_keys=True,
+                                            separators=(",", ":")),
+            "card_id": outcome.card_id,
+            "confidence": confidence if isinstance(confidence, (int, float)) else None,
+            "analysis_model": str(metadata.get("analysis_model") or ""),
+            "analysis_duration_ms": metadata.get("analysis_duration_ms"),
+            "key_id": self._signing_key.key_id, "public_key": self._signing_key.public_hex,
+            "signature": self._signing_key.sign(payload), "created_at": created_at}
 
     @inlineCallbacks
     def _record(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
                 outcome: AnalysisOutcome) -> Any:
         now = self._clock.seconds()
-        if not outcome.synthetic:
+        created_at = int(now * 1000)
+        attestation = None
+        if self._signing_key is not None and outcome.input_commitments is not None:
+            try:
+                attestation = yield self._attest(agent, session_id, outcome, now,
+                                                 created_at)
+            except Exception:
+                log_failure(log, "Could not attest checkpoint {checkpoint_id}", Failure(),
+                            self._outages, checkpoint_id=outcome.checkpoint_id,
+                            agent_id=agent.agent_id)
+        elif not outcome.synthetic:
             try:
                 yield self._record_in_session(agent, session_id, outcome, now)
             except Exception:
@@ -683,8 +789,8 @@ class IntegrityPipeline:
             window_position=dict(outcome.window_position),
             analysis_metadata=outcome.analysis_metadata,
             thinking_block_hash=outcome.thinking_block_hash, synthetic=outcome.synthetic,
-            synthetic_reason=outcome.synthetic_reason, created_at=int(now * 1000),
-            output_block_hash=outcome.output_block_hash)
+            synthetic_reason=outcome.synthetic_reason, created_at=created_at,
+            output_block_hash=outcome.output_block_hash, attestation=attestation)
         # Never waited for, but by a violation: enforcement then counts the session's
         # stored violations, this one included.
         finding = outcome.verdict == "boundary_violation" and not outcome.synthetic

@@ -104,10 +104,17 @@ class KVCache:
         return self._store.set(self._key(key), raw, self._ttl).addCallback(self._ok) \
             .addErrback(self._swallow, None)
 
-    @inlineCallbacks
     def update_json(self, key: str, update: JSONUpdate[R],
-                    attempts: int = MAX_UPDATE_ATTEMPTS) -> Any:
-        """Read, ``update`` and write back atomically; fires with ``update``'s result.
+                    attempts: int = MAX_UPDATE_ATTEMPTS) -> Deferred[Any]:
+        """Read, ``update`` and write back atomically; fires with ``update``'s result
+        (``update_json_stored`` says whether it was stored)."""
+        return self.update_json_stored(key, update, attempts).addCallback(lambda r: r[0])
+
+    @inlineCallbacks
+    def update_json_stored(self, key: str, update: JSONUpdate[R],
+                           attempts: int = MAX_UPDATE_ATTEMPTS) -> Any:
+        """Read, ``update`` and write back atomically; fires with ``update``'s result and
+        whether it was stored (False: the store failed, or the races were all lost).
 
         Optimistic: the write is a compare-and-set against the bytes read, and a lost
         race (another replica wrote in between) re-reads and re-runs ``update`` on the
@@ -128,7 +135,7 @@ class KVCache:
                 raw = yield self._store.get(full)
             except Exception:
                 self._swallow(Failure(), None)
-                return update(None)[1]
+                return update(None)[1], False
             stale = full in self._pending
             self._ok(None)
             current = None if stale else _decode(raw)
@@ -138,13 +145,13 @@ class KVCache:
                 stored = yield self._store.compare_and_set(full, raw, encoded, self._ttl)
             except Exception:
                 self._swallow(Failure(), None)
-                return result
+                return result, False
             if stored:
                 self._pending.pop(full, None)
-                return result
+                return result, True
         log.warn("Cache {cache}: gave up an update after {attempts} concurrent writes; "
                  "it is not stored", cache=self._name, attempts=attempts)
-        return result
+        return result, False
 
     def invalidate(self, key: str) -> Deferred[None]:
         full = self._key(key)

@@ -28,7 +28,8 @@ from tests.storage.engines import discard_database_url, new_database_url
 
 TABLES = {"agents", "alignment_cards", "conscience_values", "integrity_checkpoints",
           "drift_alerts", "ap_traces", "nudges", "containment_log", "webhook_endpoints",
-          "webhook_deliveries", "trace_outbox", "schema_migrations"}
+          "webhook_deliveries", "trace_outbox", "schema_migrations",
+          "checkpoint_attestations", "signing_keys"}
 
 
 def write(directory: Path, name: str, sql: str) -> None:

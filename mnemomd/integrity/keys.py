@@ -1,0 +1,56 @@
+"""The signing key file: read, or created once (mode 0600), never logged.
+
+Run at build time, before the reactor starts (``make_service``), like the rest of the
+configuration; the key stays in memory and is never written anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+
+from mnemomd.integrity.attestation import AttestationError, SigningKey
+
+KEY_FILE_NAME = "signing-key.pem"
+
+
+def default_key_path(data_dir: str) -> str:
+    return os.path.join(data_dir, KEY_FILE_NAME)
+
+
+def load_signing_key(path: str, create: bool) -> SigningKey:
+    """The key in ``path``; with ``create``, a new one written there first when the file
+    does not exist (exclusively, mode 0600, its directory 0700 when made here)."""
+    if create and not os.path.exists(path):
+        return write_new_key(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as e:
+        raise AttestationError(f"cannot read the signing key {path}: {e.strerror}") from None
+    try:
+        private = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise AttestationError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise AttestationError(f"{path} holds a key that is not Ed25519")
+    return SigningKey(private)
+
+
+def write_new_key(path: str) -> SigningKey:
+    """A new key in ``path``, which must not exist yet."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    return SigningKey(private)
