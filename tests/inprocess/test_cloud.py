@@ -165,3 +165,57 @@ def test_hybrid_quota_and_rate_limit_follow_the_failure_mode(with_cloud, status:
     assert exchange.status == 403
     [(verdict,)] = daemon.rows("SELECT verdict FROM integrity_checkpoints")
     assert verdict == "boundary_violation"
+
+
+# -- docs/data-residency.md is what leaves -----------------------------------------------
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "data-residency.md"
+
+
+def documented_fields(name: str) -> dict[str, str]:
+    """{field path: when it is sent} of the table after ``<!-- fields: name -->``."""
+    lines = DOC.read_text().split(f"<!-- fields: {name} -->", 1)[1].strip().splitlines()
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+def field_paths(doc: object, prefix: str = "") -> set[str]:
+    """``a.b``, ``a[].b`` for every leaf (and every list) of a JSON document."""
+    if isinstance(doc, dict):
+        paths: set[str] = set()
+        for key, value in doc.items():
+            paths |= field_paths(value, f"{prefix}.{key}" if prefix else key)
+        return paths
+    if isinstance(doc, list):
+        paths = {prefix}
+        for item in doc:
+            if isinstance(item, dict):
+                paths |= field_paths(item, prefix + "[]")
+        return paths
+    return {prefix}
+
+
+def assert_documented(name: str, bodies: list[dict]) -> None:
+    table = documented_fields(name)
+    received = set().union(*(field_paths(b) for b in bodies))
+    assert received <= set(table), f"sent but not documented: {received - set(table)}"
+    always = {f for f, when in table.items() if when == "always"}
+    assert always <= received, f"documented as always sent, not sent: {always - received}"
+
+
+def test_data_residency_tables_are_what_the_cloud_received(with_cloud, license_token):
+    daemon, cloud = with_cloud(**licensed(license_token))
+    hybrid_daemon, hybrid_cloud = with_cloud(**hybrid(AIP_DEFAULT_ENFORCEMENT="observe"))
+    hybrid_daemon.request("POST", "/anthropic/v1/messages", CALL_HEADERS, CALL_BODY)
+    hybrid_daemon.request("POST", "/anthropic/v1/messages", CALL_HEADERS, CALL_BODY)
+    assert cloud.violations == [] and hybrid_cloud.violations == []
+    assert_documented("license", [r["body"] for r in cloud.of(LICENSE_PATH)])
+    assert_documented("heartbeat", [r["body"] for r in cloud.of(HEARTBEAT_PATH)])
+    analyzed = [r["body"] for r in hybrid_cloud.of(ANALYZE_PATH)]
+    assert len(analyzed) == 2 and "window_context" in analyzed[1]
+    assert_documented("analyze", analyzed)
