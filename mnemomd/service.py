@@ -38,6 +38,7 @@ from mnemomd.agents.policies import PolicyBook, PolicyStore
 from mnemomd.agents.store import AgentStore
 from mnemomd.api.auth import credentials_from_config
 from mnemomd.api.handlers import ApiHandlers
+from mnemomd.api.oidc import HttpJsonFetcher, OidcVerifier, settings_from_config
 from mnemomd.api.openapi import build_openapi
 from mnemomd.api.queries import ManagementStore
 from mnemomd.api.resource import ManagementApi
@@ -656,7 +657,7 @@ class MnemomService(MultiService):
         return self.getServiceNamed("storage")  # type: ignore[return-value]
 
 
-def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
+def make_management_api(api: ApiConfig, reactor: IDaemonReactor, db: Database,
                         directory: PersistentAgentDirectory, dispatcher: WebhookDispatcher,
                         metrics: GatewayMetrics, output_analysis: bool = True,
                         policies: PolicyBook | None = None) -> ManagementApi:
@@ -673,7 +674,13 @@ def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
                            WebhookStore(db), TraceStore(db), directory.invalidate_all,
                            dispatcher.kick, document, output_analysis=output_analysis,
                            policies=policies)
-    return ManagementApi(reactor, credentials_from_config(api), handlers, send_json, metrics)
+    oidc_settings = settings_from_config(api)
+    # The operator's own identity provider: its keys are fetched even under
+    # MNEMOM_OFFLINE, which only concerns Mnemom's cloud (docs/data-residency.md).
+    oidc = OidcVerifier(reactor, oidc_settings, HttpJsonFetcher(reactor)) \
+        if oidc_settings is not None else None
+    return ManagementApi(reactor, credentials_from_config(api), handlers, send_json, metrics,
+                         oidc)
 
 
 def worker_config(config: Config, worker: WorkerSlot) -> Config:

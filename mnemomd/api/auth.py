@@ -1,9 +1,14 @@
 """Who is calling the management API, decided by pure functions (SPEC §10.1).
 
-A bearer token is either the ``INTERNAL_API_KEY`` (an admin) or an HS256 JWT signed with
-``MNEMOM_JWT_SECRET`` or ``SUPABASE_JWT_SECRET`` carrying a ``role`` claim. With no
-credential configured at all the API serves loopback clients only, as an admin: an
+A bearer token is the ``INTERNAL_API_KEY`` (an owner), an HS256 JWT signed with
+``MNEMOM_JWT_SECRET`` or ``SUPABASE_JWT_SECRET`` carrying a ``role`` claim, or a token of
+the identity provider named by ``MNEMOM_OIDC_ISSUER`` (verified by ``api/oidc.py``). With
+no credential configured at all the API serves loopback clients only, as an owner: an
 operator on the host can use it out of the box, nobody else can.
+
+Roles are Mnemom's: a ``viewer`` reads; an ``admin`` also changes enforcement, settings,
+cards, conscience values, webhooks, and pauses and resumes agents; only an ``owner`` kills,
+reactivates and manages tool policies.
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ from dataclasses import dataclass
 
 import jwt
 
-from mnemomd.config import ApiConfig
+from mnemomd.config import API_ROLES, ApiConfig
 
-ROLES = ("admin", "viewer")
+#: Lowest first: a role may do everything the roles before it may.
+ROLES = API_ROLES
+_RANK = {role: rank for rank, role in enumerate(ROLES)}
+#: Algorithms of the shared-secret tokens; any other ``alg`` is the identity provider's.
+SHARED_SECRET_ALGORITHMS = ("HS256",)
 #: Supabase's own server key is a JWT with this role; it can do anything there, so here too.
 SUPABASE_SERVICE_ROLE = "service_role"
 #: Clock skew tolerated on ``exp`` and ``nbf``, in seconds.
@@ -32,7 +41,7 @@ class Principal:
     name: str
 
     def may(self, required: str) -> bool:
-        return required == "viewer" or self.role == "admin"
+        return _RANK.get(self.role, -1) >= _RANK[required]
 
 
 @dataclass(frozen=True)
@@ -47,15 +56,40 @@ class AuthRefused(Exception):
 class ApiCredentials:
     internal_api_key: str | None = None
     jwt_secrets: tuple[str, ...] = ()
+    #: Tokens of an identity provider are accepted (``MNEMOM_OIDC_ISSUER``).
+    oidc: bool = False
 
     @property
     def configured(self) -> bool:
-        return bool(self.internal_api_key) or bool(self.jwt_secrets)
+        return bool(self.internal_api_key) or bool(self.jwt_secrets) or self.oidc
 
 
 def credentials_from_config(api: ApiConfig) -> ApiCredentials:
     secrets = tuple(s for s in (api.mnemom_jwt_secret, api.supabase_jwt_secret) if s)
-    return ApiCredentials(api.internal_api_key or None, secrets)
+    return ApiCredentials(api.internal_api_key or None, secrets, bool(api.mnemom_oidc_issuer))
+
+
+def token_algorithm(token: str) -> str | None:
+    """The ``alg`` of a JWT's header, unverified; None if it is not a JWT."""
+    try:
+        alg = jwt.get_unverified_header(token).get("alg")
+    except jwt.PyJWTError:
+        return None
+    return alg if isinstance(alg, str) else None
+
+
+def for_identity_provider(credentials: ApiCredentials, token: str | None) -> bool:
+    """Whether a token goes to the identity provider's verifier rather than
+    :func:`authenticate`: OIDC is on, the token is not the internal key, and it is not a
+    shared-secret JWT (which only :func:`authenticate` may accept). A token with
+    ``alg: none`` or an HS256 one signed with a public key lands in one of the two and is
+    refused there."""
+    if not credentials.oidc or token is None:
+        return False
+    if credentials.internal_api_key and _same_secret(token, credentials.internal_api_key):
+        return False
+    return not (credentials.jwt_secrets
+                and token_algorithm(token) in SHARED_SECRET_ALGORITHMS)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -122,19 +156,28 @@ def authenticate(credentials: ApiCredentials, authorization: bytes | None,
     if not credentials.configured:
         if indirect or not is_loopback(peer_host):
             raise AuthRefused(403, "The management API only serves loopback clients until "
-                                   "INTERNAL_API_KEY or MNEMOM_JWT_SECRET is set")
-        return Principal("admin", "local")
+                                   "INTERNAL_API_KEY, MNEMOM_JWT_SECRET or "
+                                   "MNEMOM_OIDC_ISSUER is set")
+        return Principal("owner", "local")
     if token is None:
         raise AuthRefused(401, "Missing bearer token")
     if credentials.internal_api_key and _same_secret(token, credentials.internal_api_key):
-        return Principal("admin", "internal-api-key")
+        return Principal("owner", "internal-api-key")
     if not credentials.jwt_secrets:
         raise AuthRefused(401, "Invalid token")
     claims = decode_jwt(token, credentials.jwt_secrets)
     role = claims.get("role")
     if role == SUPABASE_SERVICE_ROLE:
-        role = "admin"
+        role = "owner"
     if role not in ROLES:
-        raise AuthRefused(403, "Token has no role of admin or viewer")
+        raise AuthRefused(403, "Token has no role of owner, admin or viewer")
+    return Principal(str(role), subject_name(claims, f"jwt-{role}"))
+
+
+def subject_name(claims: dict[str, object], fallback: str) -> str:
+    """The name the containment log and the timeline give a caller: the token's ``sub``
+    (never the token itself), cut to the log's 128 characters."""
     subject = claims.get("sub")
-    return Principal(str(role), str(subject) if subject else f"jwt-{role}")
+    if isinstance(subject, str | int) and str(subject).strip():
+        return "".join(c for c in str(subject) if c.isprintable())[:128] or fallback
+    return fallback

@@ -79,9 +79,14 @@ def settings_view(agent: dict[str, Any]) -> dict[str, Any]:
 
 
 def containment_actor(call: ApiCall) -> str:
-    """Who the log names: the caller's choice, else the authenticated principal."""
+    """Who the log names: always the authenticated caller (a token's subject, never the
+    token). A body ``actor`` naming someone else is kept beside it, as whom the caller
+    acted for, so no caller can write another name in its place."""
     body = call.body
-    return body.actor if body is not None and body.actor else call.principal.name
+    caller = call.principal.name
+    if body is None or not body.actor or body.actor == caller:
+        return caller
+    return f"{caller} for {body.actor}"
 
 
 class ApiHandlers(PolicyHandlers):

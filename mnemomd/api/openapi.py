@@ -73,7 +73,10 @@ def build_openapi() -> dict[str, Any]:
         "info": {"title": "mnemomd management API", "version": __version__,
                  "description": "Agents, enforcement, integrity checkpoints, traces and "
                                 "webhooks of a mnemomd gateway. Viewers may call GET "
-                                "operations; everything else needs the admin role."},
+                                "operations; admins change enforcement, settings, cards, "
+                                "conscience values and webhooks, and pause and resume; "
+                                "owners also kill, reactivate and manage tool policies "
+                                "(x-required-role of each operation)."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,

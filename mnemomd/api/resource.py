@@ -21,6 +21,8 @@ from mnemomd.api.auth import (
     AuthRefused,
     Principal,
     authenticate,
+    bearer_token,
+    for_identity_provider,
 )
 from mnemomd.api.handlers import ApiCall, HandlerResult
 from mnemomd.api.routes import ApiError, match, parse_body, parse_query
@@ -31,6 +33,12 @@ log = Logger()
 
 #: Writes a JSON answer: ``http.server.send_json``.
 SendJSON = Callable[[GatewayRequest, int, dict[str, Any], list[tuple[bytes, bytes]]], None]
+
+
+class TokenVerifier(Protocol):
+    """Names the caller behind an identity provider's token (``api.oidc.OidcVerifier``)."""
+
+    def principal(self, token: str) -> Deferred[Principal]: ...
 
 
 class Dispatcher(Protocol):
@@ -54,9 +62,11 @@ class ManagementApi:
     """Serves ``/v1/…`` for the gateway (roles ``all`` and ``gateway``)."""
 
     def __init__(self, clock: IReactorTime, credentials: ApiCredentials,
-                 handlers: Dispatcher, send_json: SendJSON, metrics: GatewayMetrics) -> None:
+                 handlers: Dispatcher, send_json: SendJSON, metrics: GatewayMetrics,
+                 oidc: TokenVerifier | None = None) -> None:
         self._clock = clock
         self._credentials = credentials
+        self._oidc = oidc
         self._handlers = handlers
         self._send_json = send_json
         self._metrics = metrics
@@ -67,10 +77,17 @@ class ManagementApi:
         text_path = path.decode("utf-8", "replace")
         principal: Principal | None = None
 
-        def run() -> Deferred[tuple[int, dict[str, Any]]]:
+        def identify() -> Deferred[Principal]:
+            authorization = request.getHeader(b"authorization")
+            token = bearer_token(authorization)
+            if self._oidc is not None and for_identity_provider(self._credentials, token):
+                return self._oidc.principal(token or "")
+            return succeed(authenticate(self._credentials, authorization, peer_host(request),
+                                        indirect(request)))
+
+        def run(caller: Principal) -> Deferred[tuple[int, dict[str, Any]]]:
             nonlocal principal
-            principal = authenticate(self._credentials, request.getHeader(b"authorization"),
-                                     peer_host(request), indirect(request))
+            principal = caller
             route, params = match(method, text_path)
             if not principal.may(route.role):
                 raise ApiError(403, f"{route.method} {route.path} needs the {route.role} role",
@@ -111,7 +128,8 @@ class ManagementApi:
                      duration_ms=round((self._clock.seconds() - started) * 1000, 1),
                      role=principal.role if principal else None)
 
-        return maybeDeferred(run).addCallbacks(answered, refused).addCallback(respond)
+        return maybeDeferred(identify).addCallback(run).addCallbacks(answered, refused) \
+            .addCallback(respond)
 
 
 def request_body(request: GatewayRequest) -> bytes:

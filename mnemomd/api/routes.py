@@ -144,6 +144,10 @@ CONTAINMENT_ACTION_HELP = {
                   "force)",
 }
 
+#: Pausing and resuming are an admin's; killing and reactivating an owner's (Mnemom's RBAC).
+CONTAINMENT_ACTION_ROLE = {"pause": "admin", "resume": "admin", "kill": "owner",
+                           "reactivate": "owner"}
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/openapi.json", "openapi", "viewer", "This document", "meta", s.OPENAPI),
     Route("GET", "/v1/agents", "list_agents", "viewer", "List agents, newest first", "agents",
@@ -196,9 +200,9 @@ ROUTES: tuple[Route, ...] = (
                                          choices=s.TIMELINE_KINDS))),
     Route("GET", f"{AGENT}/containment", "get_containment", "viewer",
           "Containment state and its log", "containment", s.CONTAINMENT),
-    *(Route("POST", f"{AGENT}/containment/{action}", f"containment_{action}", "admin",
-            help_text, "containment", s.CONTAINMENT_CHANGE, body=s.ContainmentBody,
-            errors=(409,))
+    *(Route("POST", f"{AGENT}/containment/{action}", f"containment_{action}",
+            CONTAINMENT_ACTION_ROLE[action], help_text, "containment", s.CONTAINMENT_CHANGE,
+            body=s.ContainmentBody, errors=(409,))
       for action, help_text in CONTAINMENT_ACTION_HELP.items()),
     Route("PUT", f"{AGENT}/containment/policy", "put_policy", "admin",
           "Auto-containment: pause after N consecutive boundary violations", "containment",
@@ -206,20 +210,20 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/policy", "get_org_policy", "viewer",
           "The deployment-wide tool policy (from MNEMOM_POLICY_FILE, or stored)", "policies",
           s.POLICY_RECORD),
-    Route("PUT", "/v1/policy", "put_org_policy", "admin",
+    Route("PUT", "/v1/policy", "put_org_policy", "owner",
           "Store the deployment-wide tool policy (JSON, or YAML with Content-Type: "
           "application/yaml); 409 while MNEMOM_POLICY_FILE is set", "policies",
           s.POLICY_RECORD, body_schema=s.POLICY_DOCUMENT, accepts_yaml=True, errors=(409,)),
-    Route("POST", "/v1/policy/evaluate", "evaluate_policy", "admin",
+    Route("POST", "/v1/policy/evaluate", "evaluate_policy", "owner",
           "Evaluate tool names against a policy, or an agent's resolved policy", "policies",
           s.POLICY_EVALUATION, body=s.PolicyEvaluateBody),
     Route("GET", f"{AGENT}/policy", "get_agent_policy", "viewer",
           "The agent's own tool policy and its change history", "policies", s.POLICY_RECORD),
-    Route("PUT", f"{AGENT}/policy", "put_agent_policy", "admin",
+    Route("PUT", f"{AGENT}/policy", "put_agent_policy", "owner",
           "Store the agent's tool policy (JSON, or YAML with Content-Type: "
           "application/yaml)", "policies", s.POLICY_RECORD, body_schema=s.POLICY_DOCUMENT,
           accepts_yaml=True),
-    Route("DELETE", f"{AGENT}/policy", "delete_agent_policy", "admin",
+    Route("DELETE", f"{AGENT}/policy", "delete_agent_policy", "owner",
           "Remove the agent's tool policy (the deployment-wide one still applies)",
           "policies", s.DELETED_POLICY),
     Route("GET", f"{AGENT}/policy/resolved", "get_resolved_policy", "viewer",

@@ -162,6 +162,53 @@ def parse_heartbeat_url(value: object) -> str:
     return text
 
 
+#: The management API's roles, lowest first: each can do what the ones before it can.
+API_ROLES = ("viewer", "admin", "owner")
+
+
+def parse_oidc_issuer(value: object) -> str:
+    """An identity provider's issuer URL: https, or http on a loopback host only."""
+    text = _text(value).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an https:// URL with a host")
+    if parts.query or parts.fragment or parts.username is not None:
+        raise ValueError("must not have a query string, fragment or credentials")
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+        raise ValueError("must be https:// (http:// only for a loopback host)")
+    return text
+
+
+def parse_claim_path(value: object) -> str:
+    """A claim name, or a dotted path of names into nested objects."""
+    text = _text(value)
+    if not re.fullmatch(r"[A-Za-z0-9_:/\-]+(\.[A-Za-z0-9_:/\-]+)*", text):
+        raise ValueError("must be a claim name such as roles or groups, or a dotted path "
+                         "such as realm_access.roles")
+    return text
+
+
+def role_map(text: str | None) -> tuple[tuple[str, str], ...]:
+    """``owner=grp-a,admin=grp-b`` as ((role, claim value), ...); ValueError if malformed.
+    A role may be given several values."""
+    if not text:
+        return ()
+    pairs = []
+    for item in text.split(","):
+        role, equals, claim_value = (part.strip() for part in item.partition("="))
+        if not equals or not claim_value:
+            raise ValueError(f"{item.strip()!r} is not role=value")
+        if role not in API_ROLES:
+            raise ValueError(f"{role!r} is not a role (one of {', '.join(API_ROLES)})")
+        pairs.append((role, claim_value))
+    return tuple(pairs)
+
+
+def parse_role_map_text(value: object) -> str:
+    """A role map, checked and written back in one spelling."""
+    return ",".join(f"{role}={claim_value}" for role, claim_value in role_map(_text(value)))
+
+
 def parse_host(value: object) -> str:
     text = _text(value)
     if not text or any(c.isspace() for c in text):
@@ -411,13 +458,25 @@ SETTINGS: tuple[Setting, ...] = (
             "auto: decision analysis by the analysis backend when one is usable; "
             "heuristic: never send excerpts to the backend", section="observer"),
     Setting("INTERNAL_API_KEY", _text, None,
-            "bearer token with the admin role on the management API", secret=True, section="api"),
+            "bearer token with the owner role on the management API", secret=True, section="api"),
     Setting("MNEMOM_JWT_SECRET", _text, None,
-            "HS256 secret that signs management API tokens (role admin or viewer)",
+            "HS256 secret that signs management API tokens (role owner, admin or viewer)",
             secret=True, section="api"),
     Setting("SUPABASE_JWT_SECRET", _text, None,
             "a Supabase project's JWT secret, accepted like MNEMOM_JWT_SECRET", secret=True,
             section="api"),
+    Setting("MNEMOM_OIDC_ISSUER", parse_oidc_issuer, None,
+            "the identity provider whose RS256/ES256/EdDSA tokens sign operators in to the "
+            "management API (its /.well-known/openid-configuration is read)", section="api"),
+    Setting("MNEMOM_OIDC_AUDIENCE", _text, None,
+            "the aud claim those tokens must carry (the client id registered at the "
+            "identity provider); required with MNEMOM_OIDC_ISSUER", section="api"),
+    Setting("MNEMOM_OIDC_ROLE_CLAIM", parse_claim_path, "roles",
+            "the claim holding the caller's roles or groups (a string or a list; a dotted "
+            "path such as realm_access.roles reaches into an object)", section="api"),
+    Setting("MNEMOM_OIDC_ROLE_MAP", parse_role_map_text, None,
+            "which claim values grant which role, e.g. owner=grp-a,admin=grp-b,viewer=grp-c; "
+            "unset: a value equal to a role name grants it", section="api"),
 )
 
 
@@ -628,6 +687,10 @@ class ApiConfig:
     internal_api_key: str | None = field(default=None, repr=False)
     mnemom_jwt_secret: str | None = field(default=None, repr=False)
     supabase_jwt_secret: str | None = field(default=None, repr=False)
+    mnemom_oidc_issuer: str | None = None
+    mnemom_oidc_audience: str | None = None
+    mnemom_oidc_role_claim: str = "roles"
+    mnemom_oidc_role_map: str | None = None
 
 
 #: The sections by name, in the order ``check-config`` shows them.
@@ -785,6 +848,31 @@ ENV_READ_ELSEWHERE: Mapping[str, str] = {
 }
 
 
+#: Settings of the Node adapter (smoltbot) that mnemomd does not read, and what it uses
+#: instead: said once per setting found, by ``check-config`` and at startup. (Its
+#: ``SMOLTBOT_ROLE`` is still read, as a deprecated name of ``MNEMOM_ROLE``, and
+#: ``REDIS_PASSWORD`` is a setting here too.)
+NODE_ADAPTER_SETTINGS: Mapping[str, str] = {
+    "SUPABASE_URL": "mnemomd does not use the Supabase REST API: set DATABASE_URL to the "
+                    "project's Postgres connection string (postgresql://…, from the Supabase "
+                    "dashboard's Connect dialog) to keep using that database",
+    "SUPABASE_SECRET_KEY": "mnemomd needs no Supabase API key: it reaches the database "
+                           "through DATABASE_URL; for the management API set "
+                           "INTERNAL_API_KEY, MNEMOM_JWT_SECRET (or SUPABASE_JWT_SECRET) or "
+                           "MNEMOM_OIDC_ISSUER",
+    "SUPABASE_KEY": "mnemomd needs no Supabase API key: it reaches the database through "
+                    "DATABASE_URL; for the management API set INTERNAL_API_KEY, "
+                    "MNEMOM_JWT_SECRET (or SUPABASE_JWT_SECRET) or MNEMOM_OIDC_ISSUER",
+}
+
+
+def node_adapter_notes(environ: Mapping[str, str]) -> list[str]:
+    """One line per Node adapter setting present in the environment, saying what mnemomd
+    reads instead (its values are never repeated: some are secrets)."""
+    return [f"{name} is a Node adapter setting that mnemomd ignores; {instead}"
+            for name, instead in NODE_ADAPTER_SETTINGS.items() if environ.get(name, "") != ""]
+
+
 def nearest(name: str, candidates: list[str]) -> str | None:
     """The known name closest to a misspelt one, if any is close."""
     found = difflib.get_close_matches(name, candidates, n=1)
@@ -876,6 +964,10 @@ def cross_setting_problems(config: Config) -> list[str]:
             load_trusted_keys(license_.mnemom_license_public_key)
         except LicenseKeyError as e:
             problems.append(f"MNEMOM_LICENSE_PUBLIC_KEY: {e}")
+    if config.api.mnemom_oidc_issuer and not config.api.mnemom_oidc_audience:
+        problems.append("MNEMOM_OIDC_ISSUER is set but MNEMOM_OIDC_AUDIENCE is not: without "
+                        "it a token the identity provider issued for any other application "
+                        "would be accepted; set it to the client id registered for mnemomd")
     problems += worker_problems(config)
     problems += policy_file_problems(config.proxy.mnemom_policy_file)
     return problems
@@ -972,7 +1064,8 @@ def load_config(
     if values["database_url"] is None:
         data_dir = os.path.abspath(str(values["mnemom_data_dir"]))
         values["database_url"] = f"sqlite://{data_dir}/mnemomd.db"
-    warnings = deprecated_in_use(environ) + unknown_environment(environ)
+    warnings = (deprecated_in_use(environ) + unknown_environment(environ)
+                + node_adapter_notes(environ))
     config = Config(**values, config_path=path, sources=sources, warnings=tuple(warnings))
     problems += [p for p in cross_setting_problems(config) if not names_any(p, failed)]
     if problems:

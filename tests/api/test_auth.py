@@ -15,6 +15,7 @@ from mnemomd.api.auth import (
     bearer_token,
     credentials_from_config,
     is_loopback,
+    subject_name,
 )
 from mnemomd.config import load_config
 
@@ -51,10 +52,10 @@ def test_bearer_token(header, expected):
     assert bearer_token(header) == expected
 
 
-def test_no_credential_configured_serves_only_loopback_as_admin():
+def test_no_credential_configured_serves_only_loopback_as_owner():
     none = ApiCredentials()
-    assert authenticate(none, None, "127.0.0.1") == Principal("admin", "local")
-    assert authenticate(none, None, None).role == "admin"  # a Unix socket peer
+    assert authenticate(none, None, "127.0.0.1") == Principal("owner", "local")
+    assert authenticate(none, None, None).role == "owner"  # a Unix socket peer
     assert refused(none, None, "192.0.2.7").status == 403
 
 
@@ -68,7 +69,7 @@ def test_without_credentials_relayed_or_browser_requests_are_not_local():
     assert caught.value.status == 403
     # With credentials, the token decides, wherever the request came from.
     assert authenticate(BOTH, b"Bearer " + KEY.encode(), "127.0.0.1", indirect=True).role \
-        == "admin"
+        == "owner"
 
 
 @pytest.mark.parametrize("header", [b"x-forwarded-for", b"forwarded", b"x-real-ip",
@@ -84,9 +85,9 @@ def test_indirect_requests_are_recognised(header):
     assert indirect(request) is True
 
 
-def test_internal_key_is_admin_from_anywhere():
+def test_internal_key_is_owner_from_anywhere():
     principal = authenticate(BOTH, b"Bearer " + KEY.encode(), "192.0.2.7")
-    assert principal == Principal("admin", "internal-api-key")
+    assert principal == Principal("owner", "internal-api-key")
 
 
 def test_missing_or_wrong_token_is_401_even_on_loopback():
@@ -100,12 +101,30 @@ def test_jwt_signed_with_either_secret_carries_its_role(secret):
     assert authenticate(BOTH, token(secret), "192.0.2.7") == Principal("admin", "ops@example")
     viewer = authenticate(BOTH, token(secret, role="viewer"), "192.0.2.7")
     assert viewer.role == "viewer" and not viewer.may("admin") and viewer.may("viewer")
+    owner = authenticate(BOTH, token(secret, role="owner"), "192.0.2.7")
+    assert owner == Principal("owner", "ops@example")
 
 
-def test_supabase_service_role_is_admin_and_aud_is_not_checked():
+def test_each_role_may_do_what_the_roles_below_it_may():
+    may = {role: {required for required in ("viewer", "admin", "owner")
+                  if Principal(role, "x").may(required)} for role in ("viewer", "admin", "owner")}
+    assert may == {"viewer": {"viewer"}, "admin": {"viewer", "admin"},
+                   "owner": {"viewer", "admin", "owner"}}
+    assert not Principal("nobody", "x").may("viewer")
+
+
+def test_the_log_names_the_subject_never_the_token():
+    subjectless = token(MNEMOM, sub="")
+    principal = authenticate(BOTH, subjectless, "192.0.2.7")
+    assert principal.name == "jwt-admin"
+    assert subject_name({"sub": "a" * 300}, "x") == "a" * 128
+    assert subject_name({"sub": "ops\n@example"}, "x") == "ops@example"
+
+
+def test_supabase_service_role_is_owner_and_aud_is_not_checked():
     principal = authenticate(BOTH, token(SUPABASE, role="service_role", aud="authenticated"),
                              "127.0.0.1")
-    assert principal.role == "admin"
+    assert principal.role == "owner"
 
 
 def test_expired_wrongly_signed_unsigned_and_premature_tokens_are_refused():

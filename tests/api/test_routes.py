@@ -33,13 +33,17 @@ def test_every_route_has_a_handler_and_a_unique_operation():
     assert len({(r.method, r.path) for r in ROUTES}) == len(ROUTES)
     for route in ROUTES:
         assert callable(getattr(ApiHandlers, route.handler, None)), route.handler
-        assert route.role in ("admin", "viewer")
+        assert route.role in ("owner", "admin", "viewer")
         assert route.role == "viewer" or route.method != "GET"
 
 
-def test_writes_need_admin_and_reads_viewer():
+def test_reads_need_viewer_and_writes_admin_except_what_only_owners_do():
     assert {r.role for r in ROUTES if r.method == "GET"} == {"viewer"}
-    assert {r.role for r in ROUTES if r.method != "GET"} == {"admin"}
+    owners = {r.handler for r in ROUTES if r.role == "owner"}
+    assert owners == {"containment_kill", "containment_reactivate", "put_org_policy",
+                      "evaluate_policy", "put_agent_policy", "delete_agent_policy"}
+    assert {r.role for r in ROUTES if r.method != "GET" and r.handler not in owners} \
+        == {"admin"}
 
 
 def test_match_finds_route_and_decodes_path_parameters():
