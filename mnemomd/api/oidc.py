@@ -7,7 +7,7 @@ Twisted shell that fetches and caches the key set through the one outbound HTTP 
 
 The key set is fetched at the first token, again when a token names a key id not in the
 cache (the provider rotated its keys), and never more than once per
-``REFRESH_INTERVAL_SECONDS``, so a stream of tokens with made-up key ids cannot turn the
+``MNEMOM_OIDC_REFRESH_SECONDS`` (30 s), so a stream of tokens with made-up key ids cannot turn the
 daemon into a load generator against the provider. While the provider is unreachable the
 cached keys keep working.
 """
@@ -52,6 +52,7 @@ class OidcSettings:
     role_claim: str = "roles"
     #: (role, claim value) pairs; empty: a claim value equal to a role name grants it.
     role_values: tuple[tuple[str, str], ...] = ()
+    refresh_interval: float = REFRESH_INTERVAL_SECONDS
 
     @property
     def discovery_url(self) -> str:
@@ -62,7 +63,8 @@ def settings_from_config(api: ApiConfig) -> OidcSettings | None:
     if not api.mnemom_oidc_issuer:
         return None
     return OidcSettings(api.mnemom_oidc_issuer, api.mnemom_oidc_audience or "",
-                        api.mnemom_oidc_role_claim, role_map(api.mnemom_oidc_role_map))
+                        api.mnemom_oidc_role_claim, role_map(api.mnemom_oidc_role_map),
+                        api.mnemom_oidc_refresh_seconds)
 
 
 # -- pure parts -----------------------------------------------------------------------
@@ -210,12 +212,13 @@ class OidcVerifier:
     token names an unknown key, at most once per ``refresh_interval`` seconds."""
 
     def __init__(self, clock: IReactorTime, settings: OidcSettings, fetcher: JsonFetcher,
-                 refresh_interval: float = REFRESH_INTERVAL_SECONDS,
+                 refresh_interval: float | None = None,
                  on_refresh: Callable[[bool], None] | None = None) -> None:
         self._clock = clock
         self.settings = settings
         self._fetcher = fetcher
-        self._refresh_interval = refresh_interval
+        self._refresh_interval = settings.refresh_interval if refresh_interval is None \
+            else refresh_interval
         self._on_refresh = on_refresh
         self._keys: dict[str, dict[str, Any]] = {}
         self._jwks_uri: str | None = None

@@ -477,6 +477,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MNEMOM_OIDC_ROLE_MAP", parse_role_map_text, None,
             "which claim values grant which role, e.g. owner=grp-a,admin=grp-b,viewer=grp-c; "
             "unset: a value equal to a role name grants it", section="api"),
+    Setting("MNEMOM_OIDC_REFRESH_SECONDS", _seconds(1, 3600), 30.0,
+            "the identity provider's keys are fetched again (for a token naming an unknown "
+            "key) at most once per this many seconds", section="api"),
 )
 
 
@@ -691,6 +694,7 @@ class ApiConfig:
     mnemom_oidc_audience: str | None = None
     mnemom_oidc_role_claim: str = "roles"
     mnemom_oidc_role_map: str | None = None
+    mnemom_oidc_refresh_seconds: float = 30.0
 
 
 #: The sections by name, in the order ``check-config`` shows them.

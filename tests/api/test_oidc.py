@@ -26,7 +26,7 @@ from mnemomd.api.oidc import (
     verify_token,
 )
 from mnemomd.config import ConfigError, load_config, role_map
-from tests.fakes.idp import AUDIENCE, FakeIdentityProvider
+from tests.fakes.idp import AUDIENCE, FakeIdentityProvider, hs256_signed_with
 
 ISSUER = "https://idp.example.com"
 
@@ -87,28 +87,10 @@ def test_none_and_hs256_signed_with_the_public_key_are_refused(idp):
     assert caught.value.status == 401
     public_pem = jwt.PyJWK(idp.public_jwk(idp.kid("RS256"))).key.public_bytes(
         Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    forged = _hs256_with(public_pem, idp.kid("RS256"))
+    forged = hs256_signed_with(public_pem, idp.kid("RS256"), ISSUER)
     with pytest.raises(AuthRefused) as caught:
         token_header(forged)
     assert caught.value.status == 401
-
-
-def _hs256_with(secret: bytes, kid: str) -> str:
-    """An HS256 token whose secret is the provider's public key (PyJWT refuses to make
-    one, so it is signed by hand)."""
-    import base64
-    import hashlib
-    import hmac
-    import json
-
-    def b64(data: bytes) -> bytes:
-        return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
-    claims = b64(json.dumps({"iss": ISSUER, "aud": AUDIENCE, "roles": ["owner"],
-                             "exp": int(time.time()) + 60}).encode())
-    signature = b64(hmac.new(secret, header + b"." + claims, hashlib.sha256).digest())
-    return (header + b"." + claims + b"." + signature).decode()
 
 
 @pytest.mark.parametrize("claims, status, message", [

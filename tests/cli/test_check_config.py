@@ -62,3 +62,36 @@ def test_value_and_cross_setting_problems_in_one_message(check):
         "  - [listener.port] PORT (env PORT): 'eighty' must be an integer",
         "  - LICENSE_REQUIRED is true but MNEMOM_LICENSE_JWT is not set",
     ]
+
+
+def test_node_adapter_settings_each_get_one_line_naming_the_replacement(check):
+    secret = "sb_secret_do-not-print-0123456789"
+    env = {**QUIET, "SUPABASE_URL": "https://abcd.supabase.co", "SUPABASE_KEY": secret,
+           "SUPABASE_SECRET_KEY": secret, "SMOLTBOT_ROLE": "gateway"}
+    code, out, _ = check(env)
+    assert code == 0
+    warnings = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 4
+    by_name = {line.split()[1]: line for line in warnings}
+    assert set(by_name) == {"SUPABASE_URL", "SUPABASE_KEY", "SUPABASE_SECRET_KEY",
+                            "SMOLTBOT_ROLE"}
+    assert "DATABASE_URL" in by_name["SUPABASE_URL"]
+    for name in ("SUPABASE_KEY", "SUPABASE_SECRET_KEY"):
+        assert "DATABASE_URL" in by_name[name] and "INTERNAL_API_KEY" in by_name[name]
+    assert "use MNEMOM_ROLE" in by_name["SMOLTBOT_ROLE"]
+    assert secret not in out and "abcd.supabase.co" not in out
+    assert check(env, "--strict")[0] == EX_CONFIG
+
+
+def test_oidc_settings_are_shown_and_nothing_is_fetched(check):
+    # The issuer is a closed port: check-config must neither connect nor fail.
+    code, out, _ = check({**QUIET, "MNEMOM_OIDC_ISSUER": "http://127.0.0.1:9",
+                          "MNEMOM_OIDC_AUDIENCE": "mnemomd",
+                          "MNEMOM_OIDC_ROLE_MAP": "owner=sec,admin=ops"})
+    assert code == 0
+    api = out.split("[api]\n", 1)[1].splitlines()
+    shown = {line.split()[0]: line.split()[1] for line in api if line.startswith("MNEMOM_OIDC")}
+    assert shown == {"MNEMOM_OIDC_ISSUER": "http://127.0.0.1:9",
+                     "MNEMOM_OIDC_AUDIENCE": "mnemomd", "MNEMOM_OIDC_ROLE_CLAIM": "roles",
+                     "MNEMOM_OIDC_ROLE_MAP": "owner=sec,admin=ops",
+                     "MNEMOM_OIDC_REFRESH_SECONDS": "30.0"}

@@ -110,6 +110,7 @@ def test_every_documented_operation(api_daemon: ApiDaemon, walk_ids: dict[str, s
     ids = {op["operationId"] for _, _, op in listed}
     assert set(GOOD_BODIES) <= ids and set(BAD_BODIES) <= ids
     viewer = make_jwt(role="viewer")
+    admin = make_jwt(role="admin")
     for method, template, operation in listed:
         name = operation["operationId"]
         path = fill(template, walk_ids)
@@ -117,13 +118,17 @@ def test_every_documented_operation(api_daemon: ApiDaemon, walk_ids: dict[str, s
         if name == "put_card":
             body = api_daemon.call("GET", fill("/v1/agents/{agent_id}/card", walk_ids)).body
             body = {**body["card"], "values": {"declared": ["honesty", "safety"]}}
-        writes = operation["x-required-role"] == "admin"
+        required = operation["x-required-role"]
+        writes = required != "viewer"
 
         check(api_daemon.call(method, path, body, token=None), operation, 401,
               f"{name} without a token")
         if writes:
             check(api_daemon.call(method, path, body, token=viewer), operation, 403,
                   f"{name} as a viewer")
+        if required == "owner":
+            check(api_daemon.call(method, path, body, token=admin), operation, 403,
+                  f"{name} as an admin")
         if name in BAD_BODIES:
             check(api_daemon.call(method, path, BAD_BODIES[name]), operation, 400,
                   f"{name} with an invalid body")
@@ -236,9 +241,14 @@ def test_jwt_tokens(api_daemon: ApiDaemon):
     refused = api_daemon.call("PUT", f"/v1/agents/{agent_id}/enforcement", {"mode": "enforce"},
                               token=viewer)
     assert refused.status == 403 and refused.body["type"] == "permission_error"
+    by_admin = api_daemon.call("POST", f"/v1/agents/{agent_id}/containment/kill",
+                               token=make_jwt(sub="alice@example"))
+    assert (by_admin.status, by_admin.body["type"]) == (403, "permission_error")
     by_jwt = api_daemon.call("POST", f"/v1/agents/{agent_id}/containment/kill",
-                             token=make_jwt(sub="alice@example"))
-    assert by_jwt.body["actor"] == "alice@example"
+                             {"actor": "bob@example"},
+                             token=make_jwt(role="owner", sub="alice@example"))
+    # The log names the token's subject; a body actor only says for whom.
+    assert by_jwt.body["actor"] == "alice@example for bob@example"
 
 
 def _non_loopback_address() -> str | None:

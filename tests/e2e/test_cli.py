@@ -69,7 +69,8 @@ def test_containment_commands_and_log(cli, agent):
     shown = json.loads(cli("agent", "show", agent, "--json").stdout)
     assert [(e["action"], e["actor"], e["scope"]) for e in shown["containment_log"]] == [
         ("pause", "internal-api-key", "agent"), ("resume", "internal-api-key", "agent"),
-        ("kill", "ops@example", "key"), ("reactivate", "internal-api-key", "key"),
+        ("kill", "internal-api-key for ops@example", "key"),
+        ("reactivate", "internal-api-key", "key"),
         ("kill", "internal-api-key", "agent"), ("reactivate", "internal-api-key", "agent")]
     assert [n["status"] for n in shown["nudges"]] == ["pending"]
     table = cli("agent", "show", agent).stdout

@@ -134,6 +134,15 @@ def test_deprecated_role_alias_logs_a_warning(start):
     assert line["service"] == "mnemomd-gateway"
 
 
+def test_node_adapter_settings_are_named_at_startup(start):
+    daemon = start({"SUPABASE_URL": "https://abcd.supabase.co",
+                    "SUPABASE_SECRET_KEY": "sb_secret_not-for-logs"})
+    line = json.loads(daemon.wait_for_line("SUPABASE_SECRET_KEY is a Node adapter setting"))
+    assert line["level"] == "warn" and "INTERNAL_API_KEY" in line["message"]
+    assert "DATABASE_URL" in daemon.wait_for_line("SUPABASE_URL is a Node adapter setting")
+    assert "sb_secret_not-for-logs" not in daemon.output()
+
+
 def test_configuration_errors_exit_78_listing_every_problem(tmp_path):
     env = daemon_environment(tmp_path, {"PORT": "http", "UPSTREAM_TIMEOUT": "-1",
                                         "OPENAI_BASE_URL": "file:///etc/passwd"})

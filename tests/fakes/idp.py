@@ -10,6 +10,9 @@ key set fetches.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -23,6 +26,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 JWKS_PATH = "/keys"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 AUDIENCE = "mnemomd-test"
+
+
+def hs256_signed_with(secret: bytes, kid: str, issuer: str) -> str:
+    """An owner token signed HS256 with ``secret`` (an attacker using the provider's public
+    key as an HMAC secret). PyJWT refuses to make one, so it is signed by hand."""
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+    claims = b64(json.dumps({"iss": issuer, "aud": AUDIENCE, "roles": ["owner"],
+                             "sub": "mallory", "exp": int(time.time()) + 600}).encode())
+    signature = b64(hmac.new(secret, header + b"." + claims, hashlib.sha256).digest())
+    return (header + b"." + claims + b"." + signature).decode()
 
 
 def _new_key(alg: str) -> Any:
@@ -90,9 +106,10 @@ class FakeIdentityProvider:
         kid = kid or self.kid(alg)
         key_alg, private = self.keys[kid]
         now = int(time.time())
+        if roles is not None and not isinstance(roles, str):
+            roles = list(roles)
         body = {"iss": self.issuer, "aud": AUDIENCE, "sub": sub, "iat": now,
-                "exp": now + lifetime, "roles": list(roles) if roles is not None else None,
-                **claims}
+                "exp": now + lifetime, "roles": roles, **claims}
         body = {k: v for k, v in body.items() if v is not None}
         return jwt.encode(body, private, algorithm=key_alg, headers={"kid": kid})
 
