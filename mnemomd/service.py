@@ -65,6 +65,7 @@ from mnemomd.integrity.backends import AnalysisBackend
 from mnemomd.integrity.checkpoints import CheckpointStore
 from mnemomd.integrity.engine import IntegrityAnalyzer, build_analyzer
 from mnemomd.integrity.keys import default_key_path, load_signing_key
+from mnemomd.integrity.ledger import AttestationLedger
 from mnemomd.integrity.pipeline import (
     CARD_CACHE_TTL,
     WINDOW_TTL,
@@ -667,7 +668,7 @@ def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
     handlers = ApiHandlers(reactor, ManagementStore(db), EnforcementStore(db),
                            WebhookStore(db), TraceStore(db), directory.invalidate_all,
                            dispatcher.kick, document, output_analysis=output_analysis,
-                           policies=policies)
+                           policies=policies, attestation=AttestationLedger(db))
     return ManagementApi(reactor, credentials_from_config(api), handlers, send_json, metrics)
 
 

@@ -138,3 +138,19 @@ def authenticate(credentials: ApiCredentials, authorization: bytes | None,
         raise AuthRefused(403, "Token has no role of admin or viewer")
     subject = claims.get("sub")
     return Principal(str(role), str(subject) if subject else f"jwt-{role}")
+
+
+#: Who calls a public operation (the attestation endpoints): nobody in particular.
+ANONYMOUS = Principal("public", "anonymous")
+
+
+def authenticate_public(credentials: ApiCredentials, peer_host: str | None,
+                        indirect: bool = False) -> Principal:
+    """The caller of a public operation: anyone, once the API has a credential configured
+    (it then listens beyond loopback); with none, loopback clients only, as for the rest
+    of the API (an install nobody configured publishes nothing). A token is not needed
+    and not checked."""
+    if not credentials.configured and (indirect or not is_loopback(peer_host)):
+        raise AuthRefused(403, "The management API only serves loopback clients until "
+                               "INTERNAL_API_KEY or MNEMOM_JWT_SECRET is set")
+    return ANONYMOUS

@@ -12,7 +12,7 @@ from aap.schemas.alignment_card import AlignmentCard
 
 from mnemomd import __version__
 from mnemomd.api import schemas as s
-from mnemomd.api.routes import ROUTES, Route
+from mnemomd.api.routes import PUBLIC, ROUTES, Route
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 ERROR_DESCRIPTIONS = {
@@ -51,6 +51,8 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
         "parameters": parameters, "responses": responses,
         "x-required-role": route.role,
     }
+    if route.role == PUBLIC:
+        operation["security"] = []  # no token needed (docs/attestation.md)
     body = _body_schema(route, components)
     if body is not None:
         operation["requestBody"] = {
@@ -73,7 +75,9 @@ def build_openapi() -> dict[str, Any]:
         "info": {"title": "mnemomd management API", "version": __version__,
                  "description": "Agents, enforcement, integrity checkpoints, traces and "
                                 "webhooks of a mnemomd gateway. Viewers may call GET "
-                                "operations; everything else needs the admin role."},
+                                "operations; everything else needs the admin role, but "
+                                "for the public attestation operations (tag "
+                                "attestation), which need no token."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,

@@ -21,9 +21,17 @@ from mnemomd.api.auth import (
     AuthRefused,
     Principal,
     authenticate,
+    authenticate_public,
 )
 from mnemomd.api.handlers import ApiCall, HandlerResult
-from mnemomd.api.routes import ApiError, match, parse_body, parse_query
+from mnemomd.api.routes import (
+    PUBLIC,
+    ApiError,
+    match,
+    match_public,
+    parse_body,
+    parse_query,
+)
 from mnemomd.http.server import GatewayRequest
 from mnemomd.ops.metrics import GatewayMetrics
 
@@ -69,10 +77,17 @@ class ManagementApi:
 
         def run() -> Deferred[tuple[int, dict[str, Any]]]:
             nonlocal principal
-            principal = authenticate(self._credentials, request.getHeader(b"authorization"),
-                                     peer_host(request), indirect(request))
-            route, params = match(method, text_path)
-            if not principal.may(route.role):
+            public = match_public(method, text_path)
+            if public is not None:
+                principal = authenticate_public(self._credentials, peer_host(request),
+                                                indirect(request))
+                route, params = public
+            else:
+                principal = authenticate(self._credentials,
+                                         request.getHeader(b"authorization"),
+                                         peer_host(request), indirect(request))
+                route, params = match(method, text_path)
+            if route.role != PUBLIC and not principal.may(route.role):
                 raise ApiError(403, f"{route.method} {route.path} needs the {route.role} role",
                                "permission_error")
             call = ApiCall(route, params, parse_query(route, query),

@@ -250,6 +250,35 @@ def link_head(link: Link) -> dict[str, Any]:
     return {"hash": link.chain_hash, "position": link.position, "segment": link.segment}
 
 
+def attestation_row(key: SigningKey, *, agent_id: str, session_id: str, checkpoint_id: str,
+                    verdict: str, thinking_block_hash: str | None,
+                    commitments: Mapping[str, str], link: Link, created_at: int,
+                    card_id: str | None = None,
+                    metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint's stored attestation (``checkpoints.ATTESTATION_FIELDS`` and the
+    signer's ``public_key``): its link, leaf and signature."""
+    timestamp = iso_timestamp(created_at)
+    commitment = commitments["combined_commitment"]
+    payload = signed_payload(agent_id, link.chain_hash, checkpoint_id, commitment,
+                             thinking_block_hash, timestamp, verdict)
+    metadata = metadata or {}
+    confidence = metadata.get("confidence", metadata.get("extraction_confidence"))
+    return {
+        "checkpoint_id": checkpoint_id, "agent_id": agent_id, "session_id": session_id,
+        "chain_segment": link.segment, "chain_position": link.position,
+        "chain_hash": link.chain_hash, "prev_chain_hash": link.prev_chain_hash,
+        "leaf_hash": leaf_hash(checkpoint_id, verdict, thinking_block_hash, link.chain_hash,
+                               timestamp),
+        "input_commitments": json.dumps(dict(commitments), sort_keys=True,
+                                        separators=(",", ":")),
+        "card_id": card_id,
+        "confidence": confidence if isinstance(confidence, (int, float)) else None,
+        "analysis_model": str(metadata.get("analysis_model") or ""),
+        "analysis_duration_ms": metadata.get("analysis_duration_ms"),
+        "key_id": key.key_id, "public_key": key.public_hex, "signature": key.sign(payload),
+        "created_at": created_at}
+
+
 def certificate_id(checkpoint_id: str) -> str:
     """``cert-`` and 8 characters, the same every time a checkpoint's certificate is
     issued."""

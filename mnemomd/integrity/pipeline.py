@@ -43,12 +43,11 @@ from mnemomd.config import IntegrityConfig
 from mnemomd.http.server import error_payload
 from mnemomd.integrity.attestation import (
     SigningKey,
+    attestation_row,
     input_commitments,
     iso_timestamp,
-    leaf_hash,
     link_head,
     next_link,
-    signed_payload,
     window_context,
 )
 from mnemomd.integrity.checkpoints import (
@@ -723,26 +722,12 @@ class IntegrityPipeline:
                 del self._outage_chains[next(iter(self._outage_chains))]
         if not outcome.synthetic:
             self._drift_alert(agent, session_id, outcome, now, state, alert)
-        payload = signed_payload(agent.agent_id, link.chain_hash, outcome.checkpoint_id,
-                                 commitment, outcome.thinking_block_hash, timestamp,
-                                 outcome.verdict)
-        metadata = outcome.analysis_metadata
-        confidence = metadata.get("confidence", metadata.get("extraction_confidence"))
-        return {
-            "checkpoint_id": outcome.checkpoint_id, "agent_id": agent.agent_id,
-            "session_id": session_id, "chain_segment": link.segment,
-            "chain_position": link.position, "chain_hash": link.chain_hash,
-            "prev_chain_hash": link.prev_chain_hash,
-            "leaf_hash": leaf_hash(outcome.checkpoint_id, outcome.verdict,
-                                   outcome.thinking_block_hash, link.chain_hash, timestamp),
-            "input_commitments": json.dumps(outcome.input_commitments, sort_keys=True,
-                                            separators=(",", ":")),
-            "card_id": outcome.card_id,
-            "confidence": confidence if isinstance(confidence, (int, float)) else None,
-            "analysis_model": str(metadata.get("analysis_model") or ""),
-            "analysis_duration_ms": metadata.get("analysis_duration_ms"),
-            "key_id": self._signing_key.key_id, "public_key": self._signing_key.public_hex,
-            "signature": self._signing_key.sign(payload), "created_at": created_at}
+        return attestation_row(
+            self._signing_key, agent_id=agent.agent_id, session_id=session_id,
+            checkpoint_id=outcome.checkpoint_id, verdict=outcome.verdict,
+            thinking_block_hash=outcome.thinking_block_hash,
+            commitments=outcome.input_commitments, link=link, created_at=created_at,
+            card_id=outcome.card_id, metadata=outcome.analysis_metadata)
 
     @inlineCallbacks
     def _record(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
