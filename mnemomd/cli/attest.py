@@ -73,10 +73,10 @@ def verify_file(cert_path: str, keys_path: str | None, root: str | None, as_json
     if as_json:
         out.write(json.dumps(result, indent=2) + "\n")
     else:
+        out.write(("VALID: " if result["valid"] else "INVALID: ") + result["details"] + "\n")
         for name, check in result["checks"].items():
             state = "-" if check is None else ("ok" if check["valid"] else "FAILED")
-            out.write(f"{name:<10} {state:<7} {check['details'] if check else 'no proof'}\n")
-        out.write(("VALID: " if result["valid"] else "INVALID: ") + result["details"] + "\n")
+            out.write(f"  {name:<10} {state:<7} {check['details'] if check else 'no proof'}\n")
     return 0 if result["valid"] else EXIT_INVALID
 
 

@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -194,11 +195,11 @@ class SigningKey:
 
     private: Ed25519PrivateKey
 
-    @property
+    @cached_property
     def public_hex(self) -> str:
         return public_key_hex(self.private.public_key())
 
-    @property
+    @cached_property
     def key_id(self) -> str:
         return key_id_for(self.public_hex)
 
