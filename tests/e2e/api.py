@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mnemomd.integrity.attestation import SigningKey
 from mnemomd.integrity.checkpoints import ATTESTATION_FIELDS
 from tests.e2e.daemon import Daemon
-from tests.integrity.ledger_helpers import attested
 from tests.fakes.rawhttp import raw_request
 from tests.fakes.recorder import Recorder
+from tests.integrity.ledger_helpers import attested
 
 INTERNAL_KEY = f"ik-{uuid.uuid4().hex}"
 JWT_SECRET = f"jwt-{uuid.uuid4().hex}"
