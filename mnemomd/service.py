@@ -421,7 +421,7 @@ class SchedulerService(Service):
     def startService(self) -> None:  # noqa: N802
         super().startService()
         for job in self.jobs:
-            job.start(now=False)
+            job.start(now=job.at_start)
 
     @inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
@@ -452,30 +452,35 @@ def cloud_jobs(cloud: CloudConfig, observer: ObserverConfig, reactor: IDaemonRea
                health: HealthState, metrics: GatewayMetrics, license_state: LicenseState,
                root: MnemomService, *, data_dir: str,
                license_token: str | None) -> list[PeriodicJob]:
-    """The heartbeat and the online license check: every scheduler runs its own.
+    """The heartbeat and the online license check: every scheduler runs its own, once at
+    start and then on its interval; both only with a license configured.
 
     With ``MNEMOM_OFFLINE=true`` the jobs still tick (and are counted) but make no call.
     """
     offline = cloud.mnemom_offline
-    heartbeat = Heartbeat(reactor, reactor, cloud.heartbeat_url,
-                          load_or_create_deployment_id(data_dir), __version__,
-                          reactor.seconds(), readiness_snapshot(health))
-    root.addCleanup(heartbeat.close)
+    token = license_token.strip() if license_token and license_token.strip() else None
+    deployment_id = load_or_create_deployment_id(data_dir)
     validator = OnlineValidator(reactor, reactor, cloud.mnemom_api_url, state=license_state,
-                                token=license_token)
+                                token=token, instance_id=deployment_id)
     root.addCleanup(validator.close)
+    heartbeat: Heartbeat | None = None
+    if token is not None:
+        heartbeat = Heartbeat(reactor, reactor, cloud.heartbeat_url, deployment_id,
+                              __version__, reactor.seconds(), readiness_snapshot(health),
+                              token)
+        root.addCleanup(heartbeat.close)
 
-    def beat() -> Deferred[None] | None:
-        return None if offline else heartbeat.send()
+    def send_heartbeat() -> Deferred[None] | None:
+        return None if offline or heartbeat is None else heartbeat.send()
 
     def check_license() -> Deferred[None] | None:
         return None if offline else validator.check()
 
     return [
-        PeriodicJob("heartbeat", observer.observer_heartbeat_interval_seconds, beat, reactor,
-                    metrics),
+        PeriodicJob("heartbeat", observer.observer_heartbeat_interval_seconds,
+                    send_heartbeat, reactor, metrics, at_start=True),
         PeriodicJob("license", observer.observer_license_interval_seconds, check_license,
-                    reactor, metrics),
+                    reactor, metrics, at_start=True),
     ]
 
 
@@ -815,6 +820,7 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                           read_policy_file(policy_file) if policy_file else None,
                           outages=outages)
     policy_step = PolicyStep(reactor, policies, metrics, writes, dispatcher.kick)
+    integrity.on_tools_called = policy_step.called
     client = UpstreamClient(reactor, proxy_config.upstream_max_connections_per_host)
     proxy = ProxyHandler(proxy_config, reactor, client, directory, metrics, integrity,
                          enforcement, license_state, analysis_timeout=config.analysis.timeout,

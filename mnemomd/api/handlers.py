@@ -273,7 +273,7 @@ class ApiHandlers(PolicyHandlers, AttestationHandlers):
     def get_timeline(self, call: ApiCall) -> Any:
         agent_id, q = call.params["agent_id"], call.query
         yield self._agent(agent_id)
-        kinds = (q["kind"],) if q["kind"] else ("checkpoint", "trace", "nudge", "containment")
+        kinds = (q["kind"],) if q["kind"] else s.TIMELINE_KINDS
         result = yield self._store.timeline(agent_id, q["limit"], q["offset"], kinds)
         return 200, page_payload(result, q)
 

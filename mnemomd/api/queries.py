@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 
 from mnemomd.agents.identity import Agent, effective_containment
 from mnemomd.agents.store import default_conscience_values
+from mnemomd.api.schemas import TIMELINE_KINDS
 from mnemomd.integrity.checkpoints import CHECKPOINT_COLUMNS, row_to_checkpoint
 from mnemomd.storage.database import Cursor, Database
 
@@ -53,7 +54,6 @@ _EFFECTIVE_STATUS = (
 _BOOLEAN_FIELDS = ("aip_enabled", "aap_enabled")
 
 DRIFT_FIELDS = ("id", "agent_id", "session_id", "source", "severity", "alert", "created_at")
-TIMELINE_KINDS = ("checkpoint", "trace", "nudge", "containment")
 
 
 @dataclass(frozen=True)
@@ -140,18 +140,28 @@ _TIMELINE_SOURCES = (
     ("containment", "SELECT 'containment', id, created_at, action, actor, scope "
                     "FROM containment_log WHERE agent_id = ? "
                     "OR (scope = 'key' AND key_hash = ?)"),
+    ("tool", "SELECT 'tool', tool, first_seen_at, seen_as, NULL, NULL "
+             "FROM tool_first_seen WHERE agent_id = ?"),
+    # ``blocked`` as text: one column of the union holds text on both engines.
+    ("policy_violation", "SELECT 'policy_violation', id, created_at, verdict, mode, "
+                         "CASE WHEN blocked THEN 'yes' ELSE 'no' END "
+                         "FROM policy_violations WHERE agent_id = ?"),
 )
 _TIMELINE_DETAILS = {"checkpoint": ("verdict", "session_id"),
                      "trace": ("checkpoint_id", "session_id"),
                      "nudge": ("status", "session_id"),
-                     "containment": ("action", "actor", "scope")}
+                     "containment": ("action", "actor", "scope"),
+                     "tool": ("seen_as",),
+                     "policy_violation": ("verdict", "mode", "blocked")}
 
 
 def _timeline_entry(row: Sequence[Any]) -> dict[str, Any]:
     kind, id_, created_at, *details = row
     names = _TIMELINE_DETAILS[kind]
-    return {"kind": kind, "id": id_, "created_at": int(created_at),
-            "data": dict(zip(names, details, strict=False))}
+    data = dict(zip(names, details, strict=False))
+    if kind == "policy_violation":
+        data["blocked"] = data["blocked"] == "yes"
+    return {"kind": kind, "id": id_, "created_at": int(created_at), "data": data}
 
 
 def _key_of(cursor: Cursor, agent_id: str) -> str | None:
@@ -308,7 +318,8 @@ class ManagementStore:
 
     def timeline(self, agent_id: str, limit: int, offset: int,
                  kinds: Sequence[str] = TIMELINE_KINDS) -> Deferred[Page]:
-        """Checkpoints, traces, nudges and containment changes, newest first."""
+        """Checkpoints, traces, nudges, containment changes, tools first seen (the tool's
+        name is the id) and tool policy violations, newest first."""
         sources = [sql for kind, sql in _TIMELINE_SOURCES if kind in kinds]
         union = " UNION ALL ".join(sources)
 

@@ -173,7 +173,10 @@ TRACE = obj({"id": STRING, "agent_id": STRING, "session_id": nullable(STRING),
              "checkpoint_id": nullable(STRING), "trace": OBJECT,
              "verification": nullable(OBJECT), "verified": nullable(BOOLEAN),
              "created_at": MILLIS})
-TIMELINE_ENTRY = obj({"kind": enum(("checkpoint", "trace", "nudge", "containment")),
+#: The kinds of timeline entries (``tool``: a tool first seen offered or called;
+#: ``policy_violation``: a call a tool policy found fault with).
+TIMELINE_KINDS = ("checkpoint", "trace", "nudge", "containment", "tool", "policy_violation")
+TIMELINE_ENTRY = obj({"kind": enum(TIMELINE_KINDS),
                       "id": STRING, "created_at": MILLIS, "data": OBJECT})
 CONTAINMENT_EVENT = obj({"id": STRING, "agent_id": STRING, "action": STRING,
                          "scope": enum(CONTAINMENT_SCOPES), "key_hash": nullable(STRING),

@@ -1,17 +1,23 @@
-"""The deployment heartbeat (SPEC §11): "this install is alive, this version, this healthy".
+"""The deployment heartbeat (SPEC §11): "this licensed install is alive, this version".
 
-Once a minute (driven by a :class:`~mnemomd.ops.jobs.PeriodicJob`) the daemon POSTs a
-small JSON document to ``HEARTBEAT_URL``::
+Contract (Mnemom's ``POST HEARTBEAT_URL``, by default
+``https://api.mnemom.ai/v1/deployments/heartbeat``), sent only when a license is
+configured, once at start and then every ``OBSERVER_HEARTBEAT_INTERVAL_SECONDS`` (60 s),
+each within 10 s, with ``Authorization: Bearer <license JWT>``::
 
-    {"deployment_id": "…", "version": "0.1.0", "uptime_seconds": 3600,
-     "health": {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}}
+    {"deployment_id": "…", "license_jwt": "<the license JWT>", "version": "0.1.0",
+     "heartbeat_data": {"uptime_seconds": 3600, "health_status": "healthy",
+                        "python_version": "3.12.3", "platform": "linux",
+                        "memory_usage_mb": 84},
+     "timestamp": "2025-01-01T00:00:00.000Z"}
 
-and nothing else: no prompts, responses or thinking, no keys or license token, no host
-name, no check details (their error messages can name internal hosts). The body is built
-field by field from a whitelist rather than by copying the readiness document, so a new
-field added to readiness can never leak here by accident. With ``MNEMOM_OFFLINE=true``
-the job still ticks (and is counted) but makes no call; that decision belongs to whoever
-builds the job.
+and nothing else: no prompts, responses or thinking, no provider keys, no host name, no
+check details (their error messages can name internal hosts). ``health_status`` is
+``healthy`` (readiness ok), ``degraded`` (any other readiness status) or ``unknown`` (the
+snapshot failed). ``python_version`` stands where Mnemom's Node runtime sends
+``node_version``; ``memory_usage_mb`` is the process's peak resident memory. With
+``MNEMOM_OFFLINE=true`` the job still ticks (and is counted) but makes no call; that
+decision belongs to whoever builds the job.
 
 A heartbeat that fails is of no consequence to serving: :meth:`Heartbeat.send` never
 fails, and a failure streak is logged once at warn (then at debug) so an air-gapped host
@@ -22,10 +28,14 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
+import resource
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -91,6 +101,28 @@ def sanitize_health(snapshot: Any) -> dict[str, Any]:
     return {"status": _token(snapshot.get("status")) or "unknown", "checks": checks}
 
 
+def health_status(snapshot: Any) -> str:
+    """``healthy`` when readiness says ok, ``degraded`` for any other status it reports,
+    ``unknown`` without a snapshot."""
+    status = sanitize_health(snapshot)["status"]
+    if status == "ok":
+        return "healthy"
+    return "unknown" if status == "unknown" else "degraded"
+
+
+def memory_usage_mb() -> int:
+    """The process's peak resident memory in MiB (a system call, no file read)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024)
+
+
+def iso_timestamp(seconds: float) -> str:
+    """``2025-01-01T00:00:00.000Z``: the form JavaScript's ``toISOString`` gives."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def readiness_snapshot(health: HealthState) -> HealthSnapshot:
     """A ``health_snapshot`` for :class:`Heartbeat` that runs the readiness checks."""
 
@@ -133,9 +165,11 @@ class Heartbeat:
 
     def __init__(self, reactor: IReactorTCP, clock: IReactorTime, url: str,
                  deployment_id: str, version: str, started_at: float,
-                 health_snapshot: HealthSnapshot, http: HTTPClient | None = None,
+                 health_snapshot: HealthSnapshot, license_jwt: str,
+                 http: HTTPClient | None = None,
                  timeout: float = HEARTBEAT_TIMEOUT) -> None:
         self._clock = clock
+        self._license_jwt = license_jwt.strip()
         self.url = url
         self._display = _display_url(url)
         self.deployment_id = deployment_id
@@ -166,13 +200,24 @@ class Heartbeat:
         return d
 
     def body(self, snapshot: Any) -> dict[str, Any]:
-        """The document sent: exactly the four documented fields, nothing else."""
+        """The document sent: exactly the fields of the contract, nothing else."""
+        now = self._clock.seconds()
         return {
             "deployment_id": self.deployment_id,
+            "license_jwt": self._license_jwt,
             "version": self.version,
-            "uptime_seconds": max(0, int(self._clock.seconds() - self.started_at)),
-            "health": sanitize_health(snapshot),
+            "heartbeat_data": {
+                "uptime_seconds": max(0, int(now - self.started_at)),
+                "health_status": health_status(snapshot),
+                "python_version": platform.python_version(),
+                "platform": sys.platform,
+                "memory_usage_mb": memory_usage_mb(),
+            },
+            "timestamp": iso_timestamp(now),
         }
+
+    def __repr__(self) -> str:
+        return f"<Heartbeat {self._display}>"  # never the license
 
     def close(self) -> Deferred[None]:
         """Close the heartbeat's own connections (at shutdown, and in tests)."""
@@ -190,6 +235,7 @@ class Heartbeat:
     def _post(self, snapshot: Any) -> Deferred[None]:
         payload = json.dumps(self.body(snapshot), separators=(",", ":")).encode("ascii")
         headers = Headers({b"content-type": [b"application/json"],
+                           b"authorization": [f"Bearer {self._license_jwt}".encode("ascii")],
                            b"user-agent": [self._user_agent]})
         # The status line is the whole answer: the body is read (up to a bound) and dropped.
         d = self._http.exchange(b"POST", self.url, headers, payload, timeout=self._timeout,

@@ -371,6 +371,9 @@ SETTINGS: tuple[Setting, ...] = (
             "hybrid analysis endpoint (ANALYSIS_PROVIDER=mnemom)", section="analysis"),
     Setting("MNEMOM_API_KEY", _text, None, "key for the hybrid analysis endpoint",
             secret=True, section="analysis"),
+    Setting("MNEMOM_STORE_CHECKPOINT", parse_bool, False,
+            "ask the hybrid analysis service to store its checkpoint too (default: stored "
+            "only here)", section="analysis"),
     Setting("MNEMOM_LICENSE_JWT", _text, None, "the license token", secret=True, section="license"),
     Setting("MNEMOM_LICENSE_PUBLIC_KEY", parse_path, None,
             "PEM file, or directory of <kid>.pem files, with the keys trusted to sign "
@@ -578,6 +581,7 @@ class AnalysisConfig:
         default_factory=lambda: provider_defaults("provider_api_keys"), repr=False)
     mnemom_analyze_url: str | None = None
     mnemom_api_key: str | None = field(default=None, repr=False)
+    mnemom_store_checkpoint: bool = False
 
     @property
     def timeout(self) -> float:
@@ -858,6 +862,10 @@ def cross_setting_problems(config: Config) -> list[str]:
 
     problems = analysis.validate(analysis.from_config(config.analysis))
     problems += without_reasoning_problems(config.integrity, config.analysis)
+    if config.cloud.mnemom_offline and config.analysis.analysis_provider == "mnemom":
+        problems.append("ANALYSIS_PROVIDER=mnemom calls Mnemom's hosted analysis service, "
+                        "which MNEMOM_OFFLINE=true forbids: choose another analysis provider "
+                        "or unset MNEMOM_OFFLINE")
     license_ = config.license
     if license_.license_required and not license_.mnemom_license_jwt:
         problems.append("LICENSE_REQUIRED is true but MNEMOM_LICENSE_JWT is not set")

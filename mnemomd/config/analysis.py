@@ -44,6 +44,8 @@ class AnalysisSettings:
     thinking_token_budget: int = 4096
     #: Output tokens sent for output analysis (the TypeScript AIP SDK's default).
     output_token_budget: int = 2048
+    #: Hybrid mode: ask Mnemom's service to store its checkpoint as well (``store_checkpoint``).
+    store_checkpoint: bool = False
     #: Largest analysis response body accepted; a larger one is a failure.
     max_response_bytes: int = MAX_RESPONSE_BYTES
 
@@ -149,6 +151,7 @@ class AnalysisSection(Protocol):
     provider_api_keys: Mapping[str, str | None]
     mnemom_analyze_url: str | None
     mnemom_api_key: str | None
+    mnemom_store_checkpoint: bool
     aip_failure_mode: str
     aip_analysis_timeout_ms: int
     aip_min_evidence_tokens: int
@@ -184,4 +187,5 @@ def from_config(section: AnalysisSection,
         timeout_ms=section.aip_analysis_timeout_ms,
         min_evidence_tokens=section.aip_min_evidence_tokens,
         store_evidence=section.aip_store_evidence,
+        store_checkpoint=section.mnemom_store_checkpoint,
     )

@@ -22,7 +22,7 @@ from mnemomd import __version__
 from mnemomd.config.analysis import AnalysisSettings
 from mnemomd.http.client import ClientSettings, HTTPClient, Reply, is_success
 from mnemomd.http.errors import failure_reason as outbound_reason
-from mnemomd.providers import PROVIDERS, ProviderRegistry
+from mnemomd.providers import PROVIDERS, ProviderRegistry, mnemom
 from mnemomd.providers.analysis import AnalysisAPI, AnalysisTarget
 
 USER_AGENT = f"mnemomd/{__version__} (integrity analysis)".encode()
@@ -158,8 +158,47 @@ class APIBackend:
         return text
 
 
+class HybridBackend:
+    """Mnemom's analyze API (``mnemomd.providers.mnemom``): the thinking block and the
+    card go out, a checkpoint comes back; no prompt is ever built for it."""
+
+    def __init__(self, http: AnalysisHTTP, api: AnalysisAPI, target: AnalysisTarget,
+                 timeout: float) -> None:
+        self._http = http
+        self._target = target
+        self._timeout = timeout
+        self.name = api.name
+        self.model = "mnemom"
+
+    def __repr__(self) -> str:
+        return f"<HybridBackend {self.name} {self._target.endpoint}>"
+
+    def complete(self, system: str, user: str, max_tokens: int) -> Deferred[str]:
+        """Never used: the service takes no prompt."""
+        return fail(AnalysisFailure("internal"))
+
+    def checkpoint(self, body: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+        """The service's checkpoint for ``body`` (``mnemom.analyze_body``), as
+        ``mnemom.checkpoint_of`` keeps it, or an ``AnalysisFailure``."""
+        if not self._target.api_key:
+            return fail(AnalysisFailure("no_api_key"))
+        call = mnemom.analyze_call(self._target, body)
+        d = self._http.post_json(call.url, call.headers, call.body, self._timeout)
+        d.addCallback(self._parse)
+        return d
+
+    @staticmethod
+    def _parse(answer: Any) -> dict[str, Any]:
+        try:
+            return mnemom.checkpoint_of(answer)
+        except Exception:
+            raise AnalysisFailure("malformed") from None
+
+
 def build_backend(settings: AnalysisSettings, http: AnalysisHTTP,
                   providers: ProviderRegistry = PROVIDERS) -> AnalysisBackend:
     """The backend ``settings.provider`` names in ``providers``, talking through ``http``."""
-    return APIBackend(http, providers.analysis[settings.provider], settings.target(providers),
-                      settings.timeout)
+    api = providers.analysis[settings.provider]
+    if api.hybrid:
+        return HybridBackend(http, api, settings.target(providers), settings.timeout)
+    return APIBackend(http, api, settings.target(providers), settings.timeout)

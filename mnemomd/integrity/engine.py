@@ -34,6 +34,7 @@ from aip.schemas.checkpoint import (
     IntegrityCheckpoint,
     WindowPosition,
 )
+from aip.schemas.concern import IntegrityConcern
 from aip.schemas.config import (
     AlignmentCard,
     AlignmentCardValue,
@@ -51,6 +52,7 @@ from mnemomd.integrity.backends import (
     AnalysisBackend,
     AnalysisFailure,
     AnalysisHTTP,
+    HybridBackend,
     build_backend,
     failure_reason,
 )
@@ -66,11 +68,13 @@ from mnemomd.integrity.output import (
     with_output,
 )
 from mnemomd.ops.metrics import GatewayMetrics
-from mnemomd.providers import PROVIDERS, ProviderRegistry
+from mnemomd.providers import PROVIDERS, ProviderRegistry, mnemom
 
 log = Logger()
 
 BELOW_MINIMUM_EVIDENCE = "below minimum evidence"
+#: ``analysis_metadata.analysed_by`` of a checkpoint judged by Mnemom's hybrid service.
+HYBRID_SERVICE = "mnemom_hybrid"
 CONSCIENCE_TYPES = frozenset({"BOUNDARY", "FEAR", "COMMITMENT", "BELIEF", "HOPE"})
 #: How many ``{`` positions are tried when looking for the verdict inside prose.
 MAX_JSON_CANDIDATES = 32
@@ -393,6 +397,9 @@ class IntegrityAnalyzer:
                        f"{self.settings.min_evidence_tokens} tokens); not analyzed.")
             return self._synthetic(request, "clear", BELOW_MINIMUM_EVIDENCE, summary, digest,
                                    tokens, started, failure=None)
+        if isinstance(self.backend, HybridBackend):
+            return self._analyze_hybrid(self.backend, request, thinking, digest, tokens,
+                                        started)
         # Output has no minimum evidence: a one-line tool call is what must be analysed.
         prompt = build_conscience_prompt(PromptInput(
             card=card_from_dict(request.card),
@@ -417,6 +424,68 @@ class IntegrityAnalyzer:
                        callbackArgs=(request, digest, stats, started),
                        errbackArgs=(request, digest, tokens, started))
         return d
+
+    def _analyze_hybrid(self, backend: HybridBackend, request: AnalysisRequest,
+                        thinking: str, digest: str, tokens: int,
+                        started: float) -> Deferred[Any] | AnalysisOutcome:
+        """The hybrid service judges the thinking block itself: the gateway sends the
+        block, the card's values, the conscience values, the window's summaries and its
+        own one-line description of the call, never a prompt or the user's messages."""
+        card = card_from_dict(request.card)
+        body = mnemom.analyze_body(
+            thinking=thinking, provider=request.provider, model=request.model,
+            agent_id=request.agent_id, session_id=request.session_id,
+            card_id=card.card_id, card_values=[asdict(v) for v in card.values],
+            conscience_values=[asdict(v) for v in
+                               conscience_values_from_dicts(request.conscience_values)],
+            window=[e for e in request.window_checkpoints if isinstance(e, Mapping)],
+            task_context=request.task_context,
+            store_checkpoint=self.settings.store_checkpoint)
+        if not self.breaker.allow():
+            return self._failed(request, "circuit_open", digest, tokens, started)
+        d: Deferred[Any] = maybeDeferred(backend.checkpoint, body)
+        del body
+        d.addCallbacks(self._judged, self._backend_failed,
+                       callbackArgs=(request, digest, tokens, started),
+                       errbackArgs=(request, digest, tokens, started))
+        return d
+
+    def _judged(self, judged: dict[str, Any], request: AnalysisRequest, digest: str,
+                tokens: int, started: float) -> AnalysisOutcome:
+        """The service's checkpoint as ours: its verdict, concerns and summary, our id,
+        hash and window position, marked as analysed by the hybrid service."""
+        self.breaker.record_success()
+        concerns = [c if self.settings.store_evidence
+                    else {k: v for k, v in c.items() if k != "evidence"}
+                    for c in judged["concerns"]]
+        window_size = _window_size(request.window_checkpoints)
+        verdict = judged["verdict"]
+        sdk_concerns = [IntegrityConcern(
+            category=c["category"], severity=c["severity"], description=c["description"],
+            evidence=c.get("evidence", ""), relevant_card_field=c["relevant_card_field"],
+            relevant_conscience_value=c["relevant_conscience_value"])
+            for c in judged["concerns"]]
+        return AnalysisOutcome(
+            checkpoint_id=f"{CHECKPOINT_ID_PREFIX}{uuid.uuid4()}",
+            agent_id=request.agent_id, card_id=_card_id(request.card),
+            session_id=request.session_id, provider=request.provider, model=request.model,
+            timestamp=self._timestamp(), verdict=verdict, concerns=concerns,
+            reasoning_summary=judged["reasoning_summary"],
+            conscience_context=asdict(ConscienceContext(consultation_depth="standard")),
+            window_position={"index": window_size, "window_size": window_size + 1},
+            analysis_metadata={
+                "analysis_model": judged["analysis_model"],
+                "analysis_duration_ms": self._elapsed_ms(started),
+                "thinking_tokens_original": tokens, "thinking_tokens_analyzed": tokens,
+                "truncated": False, "extraction_confidence": request.extraction_confidence,
+                "backend": self.backend.name, "analysed_by": HYBRID_SERVICE,
+                "hybrid_checkpoint_id": judged["remote_checkpoint_id"],
+                "synthetic": False, "failure_reason": None,
+                "analysis_scope": SCOPE_THINKING_ONLY},
+            thinking_block_hash=digest, synthetic=False, synthetic_reason=None,
+            action=map_verdict_to_action(verdict, sdk_concerns),
+            proceed=map_verdict_to_proceed(verdict),
+            linked_trace_id=request.linked_trace_id)
 
     @staticmethod
     def _output_scoped(outcome: AnalysisOutcome, request: AnalysisRequest,

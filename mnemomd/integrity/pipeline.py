@@ -266,6 +266,9 @@ class IntegrityPipeline:
         self.on_outcome: OutcomeHook | None = None
         #: Called when stored checkpoints queued webhook deliveries (send them now).
         self.on_events_queued: Callable[[], None] | None = None
+        #: Called with (agent id, tool names) for the tools a response shows the model
+        #: calling (tool policies record the ones first seen).
+        self.on_tools_called: Callable[[str, list[str]], None] | None = None
         if writes is not None:
             writes.register(CHECKPOINT_WRITE, write_checkpoints, self._events_queued)
             writes.register(DRIFT_ALERT_WRITE, write_drift_alerts, self._drift_stored)
@@ -368,6 +371,7 @@ class IntegrityPipeline:
                                         truncated)
         if extraction is None:
             return "error", None
+        self.tools_called(agent, extraction)
         result: CheckResult = ("disabled", None)
         if self.enabled_for(agent):
             mode = self.without_reasoning(agent, info)
@@ -383,6 +387,15 @@ class IntegrityPipeline:
         if self.tracing_for(agent):
             yield self._queue_trace(agent, session_id, provider.name, info, extraction, *result)
         return result
+
+    def tools_called(self, agent: Agent, extraction: Extraction) -> None:
+        """Hand ``on_tools_called`` the names of the tools the model called (never fails)."""
+        if self.on_tools_called is None or not extraction.tool_calls:
+            return
+        try:
+            self.on_tools_called(agent.agent_id, [t.name for t in extraction.tool_calls])
+        except Exception:
+            log.failure("Recording the tools called failed")
 
     # -- held streams (enforce mode) ------------------------------------------------------
 
@@ -453,6 +466,7 @@ class IntegrityPipeline:
                                         truncated)
         if extraction is None:
             return None
+        self.tools_called(agent, extraction)
         gap = self.reasoning_gap(extraction)
         result = yield self._check_output(provider, agent, session_id, info, extraction, gap,
                                           (content_type, content_encoding, body))

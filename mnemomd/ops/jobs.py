@@ -56,11 +56,13 @@ class PeriodicJob:
     """
 
     def __init__(self, name: str, interval: float, func: JobFunction, clock: IReactorTime,
-                 metrics: GatewayMetrics) -> None:
+                 metrics: GatewayMetrics, *, at_start: bool = False) -> None:
         if not interval > 0:
             raise ValueError(f"job {name!r}: interval must be positive, got {interval!r}")
         self.name = name
         self.interval = float(interval)
+        #: Whether the scheduler runs it once as it starts, not one interval in.
+        self.at_start = at_start
         self._func = func
         self._clock = clock
         self._runs = {result: metrics.cron_runs.labels(name, result) for result in RESULTS}

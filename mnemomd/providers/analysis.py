@@ -81,6 +81,9 @@ class AnalysisAPI:
     #: Whether this API may be sent a response's output for analysis (``without_reasoning:
     #: analyse_output``); False for a service promised only the reasoning (SPEC §5.4).
     accepts_output: bool = True
+    #: The API takes the thinking block and the card (Mnemom's analyze API) and answers
+    #: with a checkpoint, instead of a prompt and the model's text.
+    hybrid: bool = False
 
 
 # --------------------------------------------------------------------------

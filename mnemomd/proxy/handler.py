@@ -156,6 +156,8 @@ class CallIntegrity(HoldIntegrity, Protocol):
                 content_type: str, content_encoding: str | None, body: bytes,
                 truncated: bool) -> Deferred[CheckResult]: ...
 
+    def tools_called(self, agent: Agent, extraction: Extraction) -> None: ...
+
     def check(self, provider: Provider, agent: Agent, session_id: str, info: RequestInfo,
               extraction: Extraction) -> Deferred[CheckResult]: ...
 
@@ -472,6 +474,7 @@ class ProxyHandler:
             outcome.capture.getvalue(), outcome.capture.truncated)
         if extraction is None:
             return None
+        self._integrity.tools_called(call.agent, extraction)
         check = gate.check
         result: CheckResult
         if check is None or (check.without_reasoning is None and extraction.thinking

@@ -139,6 +139,26 @@ class ManagementStoreTests(MigratedDatabase):
         only = yield self.store.timeline(agent_id, 10, 0, ("nudge",))
         self.assertEqual([e["kind"] for e in only.items], ["nudge"])
 
+    @inlineCallbacks
+    def test_timeline_shows_tools_first_seen_and_policy_violations(self):
+        agent_id = self.ids[0]
+        yield self.db.execute(
+            "seed_tool", "INSERT INTO tool_first_seen (agent_id, tool, seen_as, first_seen_at) "
+            "VALUES (?, 'send_email', 'offered', 3), (?, 'web_search', 'called', 4)",
+            (agent_id, agent_id))
+        yield self.db.execute(
+            "seed_violation", "INSERT INTO policy_violations (id, agent_id, verdict, mode, "
+            "blocked, violations, created_at) VALUES ('pv-1', ?, 'fail', 'enforce', ?, '[]', 5)",
+            (agent_id, True))
+        page = yield self.store.timeline(agent_id, 10, 0)
+        self.assertEqual([(e["kind"], e["id"], e["created_at"], e["data"]) for e in page.items],
+                         [("policy_violation", "pv-1", 5,
+                           {"verdict": "fail", "mode": "enforce", "blocked": True}),
+                          ("tool", "web_search", 4, {"seen_as": "called"}),
+                          ("tool", "send_email", 3, {"seen_as": "offered"})])
+        only = yield self.store.timeline(agent_id, 10, 0, ("tool",))
+        self.assertEqual([e["id"] for e in only.items], ["web_search", "send_email"])
+
 
 class SQLiteManagementStoreTests(ManagementStoreTests, unittest.TestCase):
     engine = "sqlite"

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import socket
 import stat
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from twisted.trial import unittest
 from mnemomd.cloud.heartbeat import (
     DEPLOYMENT_ID_FILE,
     Heartbeat,
+    health_status,
     load_or_create_deployment_id,
     readiness_snapshot,
     sanitize_health,
@@ -75,7 +78,7 @@ class HeartbeatTests(unittest.TestCase):
             return snapshot if snapshot is not None else {"status": "ok", "checks": {}}
 
         beat = Heartbeat(reactor, self.clock, url or self.receiver.url, DEPLOYMENT_ID,
-                         "0.1.0", STARTED_AT, health)
+                         "0.1.0", STARTED_AT, health, LICENSE_TOKEN)
         self.addCleanup(beat.close)
         return beat
 
@@ -92,14 +95,19 @@ class HeartbeatTests(unittest.TestCase):
         self.assertEqual((sent["method"], sent["path"]), (b"POST", PATH))
         self.assertEqual(sent["headers"]["content-type"], "application/json")
         self.assertEqual(sent["headers"]["user-agent"], "mnemomd/0.1.0 (heartbeat)")
+        self.assertEqual(sent["headers"]["authorization"], f"Bearer {LICENSE_TOKEN}")
         body = json.loads(sent["raw"])
+        memory = body["heartbeat_data"].pop("memory_usage_mb")
+        self.assertIsInstance(memory, int)
+        self.assertGreater(memory, 0)
         self.assertEqual(body, {
             "deployment_id": DEPLOYMENT_ID,
+            "license_jwt": LICENSE_TOKEN,
             "version": "0.1.0",
-            "uptime_seconds": 3725,
-            "health": {"status": "degraded",
-                       "checks": {"database": "fail", "redis": "ok",
-                                  "license": "unlicensed", "analysis": "unknown"}},
+            "heartbeat_data": {"uptime_seconds": 3725, "health_status": "degraded",
+                               "python_version": platform.python_version(),
+                               "platform": sys.platform},
+            "timestamp": "1970-01-01T01:18:45.750Z",
         })
         self.assertEqual(beat.consecutive_failures, 0)
         self.assertEqual(beat.last_success_at, self.clock.seconds())
@@ -109,10 +117,11 @@ class HeartbeatTests(unittest.TestCase):
         yield self.heartbeat(LOADED_SNAPSHOT).send()
         sent = self.receiver.requests[0]
         wire = sent["raw"].decode() + json.dumps(sent["headers"])
-        for forbidden in (SECRET_KEY, LICENSE_TOKEN, THINKING, INTERNAL_HOST, "latency_ms",
-                          "detail", "passwd", socket.gethostname(), "pw@"):
+        for forbidden in (SECRET_KEY, THINKING, INTERNAL_HOST, "latency_ms",
+                          "detail", "passwd", socket.gethostname(), "pw@", "checks"):
             self.assertNotIn(forbidden, wire)
-        self.assertNotIn("authorization", sent["headers"])
+        # The license travels as the contract has it, and only there.
+        self.assertEqual(sent["raw"].decode().count(LICENSE_TOKEN), 1)
 
     @inlineCallbacks
     def test_readiness_snapshot_sends_statuses_not_details(self):
@@ -122,12 +131,11 @@ class HeartbeatTests(unittest.TestCase):
                          required=False, fallback=lambda: f"memory of {INTERNAL_HOST}")
         health.add_check("redis", lambda: (True, None))
         beat = Heartbeat(reactor, self.clock, self.receiver.url, DEPLOYMENT_ID, "0.1.0",
-                         STARTED_AT, readiness_snapshot(health))
+                         STARTED_AT, readiness_snapshot(health), LICENSE_TOKEN)
         self.addCleanup(beat.close)
         yield beat.send()
         body = json.loads(self.receiver.requests[0]["raw"])
-        self.assertEqual(body["health"], {"status": "degraded",
-                                          "checks": {"database": "fail", "redis": "ok"}})
+        self.assertEqual(body["heartbeat_data"]["health_status"], "degraded")
         self.assertNotIn(INTERNAL_HOST, self.receiver.requests[0]["raw"].decode())
 
     @inlineCallbacks
@@ -136,11 +144,11 @@ class HeartbeatTests(unittest.TestCase):
             raise RuntimeError(f"cannot reach {INTERNAL_HOST}")
 
         beat = Heartbeat(reactor, self.clock, self.receiver.url, DEPLOYMENT_ID, "0.1.0",
-                         STARTED_AT, broken)
+                         STARTED_AT, broken, LICENSE_TOKEN)
         self.addCleanup(beat.close)
         yield beat.send()
         body = json.loads(self.receiver.requests[0]["raw"])
-        self.assertEqual(body["health"], {"status": "unknown", "checks": {}})
+        self.assertEqual(body["heartbeat_data"]["health_status"], "unknown")
         self.assertNotIn(INTERNAL_HOST, repr(self.events))
 
     @inlineCallbacks
@@ -189,6 +197,13 @@ class HeartbeatTests(unittest.TestCase):
         self.assertEqual(outcome, [None])
         self.assertEqual(beat.consecutive_failures, 1)
         self.assertEqual(self.heartbeat_logs()[0]["reason"], "timeout")
+
+
+def test_health_status_of_readiness():
+    assert health_status({"status": "ok", "checks": {}}) == "healthy"
+    assert health_status({"status": "degraded"}) == "degraded"
+    assert health_status({"status": "unavailable"}) == "degraded"
+    assert health_status(None) == "unknown"
 
 
 def test_sanitize_health_plain_mapping_and_junk():

@@ -24,6 +24,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 from twisted.web.server import NOT_DONE_YET, Request
 
+from mnemomd import __version__
 from mnemomd.cloud.license import (
     GRACE_SECONDS,
     LicenseInfo,
@@ -473,8 +474,8 @@ def test_a_new_token_replaces_the_license(tmp_path):
 class FakeLicenseServer(LocalServer):
     """The vendor's license server on 127.0.0.1, answering as ``script`` says.
 
-    Actions: ``valid``, ``rejected``, ``status:<code>``, ``garbage`` (a 200 that is not
-    JSON) and ``hang`` (never answers).
+    Actions: ``valid``, ``rejected`` (403, as Mnemom's service answers a revoked license),
+    ``status:<code>``, ``garbage`` (a 502 that is not JSON) and ``hang`` (never answers).
     """
 
     def __init__(self) -> None:
@@ -494,10 +495,15 @@ class FakeLicenseServer(LocalServer):
             request.setResponseCode(int(action.split(":")[1]))
             return b'{"error": "unavailable"}'
         if action == "garbage":
+            request.setResponseCode(502)
             return b"<html>maintenance</html>"
         if action == "rejected":
-            return b'{"valid": false, "reason": "license revoked by the vendor"}'
-        return b'{"valid": true, "reason": null}'
+            request.setResponseCode(403)
+            return b'{"error": "License revoked"}'
+        return b'{"valid": true, "license_id": "lic-001", "next_check_seconds": 86400}'
+
+
+INSTANCE_ID = "5f0c7a52-3a0e-4d55-9a43-2a8c1de0b6a1"
 
 
 def closed_port_url() -> str:
@@ -527,7 +533,8 @@ class OnlineValidation(unittest.TestCase):
 
     def validator(self, url: str | None = None) -> OnlineValidator:
         validator = OnlineValidator(reactor, self.clock, url or self.server.url + "/",
-                                    state=self.state, token=self.token)
+                                    state=self.state, token=self.token,
+                                    instance_id=INSTANCE_ID)
         self.addCleanup(validator.close)
         return validator
 
@@ -543,7 +550,8 @@ class OnlineValidation(unittest.TestCase):
         yield validator.check()
         self.assertEqual(self.server.requests, [{
             "path": "/v1/license/validate",
-            "body": {"license_id": "lic-001", "token": self.token}}])
+            "body": {"license": self.token, "instance_id": INSTANCE_ID,
+                     "instance_metadata": {"gateway_version": __version__}}}])
         self.assertEqual(validator.last_good_at, NOW)
         self.assertEqual(validator.last_good.outcome, "valid")
         self.assertEqual(self.state.status, "valid")
@@ -608,7 +616,7 @@ class OnlineValidation(unittest.TestCase):
         yield checking
         self.assertEqual(validator.last_verdict.reason, "timeout")
         yield validator.check()
-        self.assertEqual(validator.last_verdict.reason, "malformed")
+        self.assertEqual(validator.last_verdict.reason, "http_502")
         self.assertEqual(self.state.status, "valid")
 
     @inlineCallbacks
@@ -623,7 +631,7 @@ class OnlineValidation(unittest.TestCase):
         ok, detail = self.state.readiness()
         self.assertFalse(ok)
         self.assertEqual(detail["reason"], "license rejected by the license server: "
-                                           "license revoked by the vendor")
+                                           "http_403: License revoked")
         self.assertEqual(validator.last_good_at, NOW)  # the cache keeps the last good one
         errors = license_events(self.events, LogLevel.error)
         self.assertEqual(len(errors), 1)
@@ -646,7 +654,7 @@ class OnlineValidation(unittest.TestCase):
         self.server.script = ["rejected"]
         verdict = yield validator.validate(self.token)
         self.assertEqual((verdict.outcome, verdict.reason, verdict.checked_at),
-                         ("rejected", "license revoked by the vendor", NOW))
-        self.assertEqual(self.server.requests[0]["body"]["license_id"], "lic-001")
+                         ("rejected", "http_403: License revoked", NOW))
+        self.assertEqual(self.server.requests[0]["body"]["license"], self.token)
         self.assertEqual(self.state.status, "valid")
         self.assertNotIn(self.token, repr(validator))

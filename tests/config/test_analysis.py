@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from mnemomd.config import Config
 from mnemomd.config.analysis import AnalysisSettings, from_config, validate, warnings
-from mnemomd.providers import PROVIDERS
+from mnemomd.providers import PROVIDERS, mnemom
 
 
 def test_defaults_are_valid_and_match_the_spec():
@@ -91,9 +91,9 @@ def test_request_urls_accept_bases_with_or_without_the_version():
          ":generateContent"),
         (AnalysisSettings(provider="gemini", base_url="http://g/v1", model="gemini-x"),
          "http://g/v1/models/gemini-x:generateContent"),
-        (AnalysisSettings(provider="mnemom", analyze_url="https://m/a", api_key="k"),
-         "https://m/a"),
     ]
     for settings, url in cases:
         api = PROVIDERS.analysis[settings.provider]
         assert api.build_request(settings.target(), "s", "u", 10).url == url
+    hybrid = AnalysisSettings(provider="mnemom", analyze_url="https://m/a", api_key="k")
+    assert mnemom.analyze_call(hybrid.target(), {}).url == "https://m/a"

@@ -130,11 +130,14 @@ def test_offline_mode_opens_no_connection_but_the_configured_ones(start, recorde
     assert [t.connections for t in tripwires] == [0, 0]
 
 
-def test_heartbeat_carries_only_documented_fields(start, recorders):
+def test_heartbeat_carries_only_documented_fields(start, recorders, signing):
+    key_path, token = signing
     receiver = recorders()
     daemon = start({"HEARTBEAT_URL": receiver.url + "/v1/deployments/heartbeat",
                     "OBSERVER_HEARTBEAT_INTERVAL_SECONDS": "0.1",
-                    "MNEMOM_API_URL": recorders().url})
+                    "MNEMOM_API_URL": recorders().url,
+                    "MNEMOM_LICENSE_PUBLIC_KEY": key_path,
+                    "MNEMOM_LICENSE_JWT": token(time.time() + DAY)})
     with raw_request(daemon.base_url, "POST", "/anthropic/v1/messages",
                      b'{"model":"m","messages":[{"role":"user","content":"PROMPT-XYZ"}]}',
                      {"x-api-key": "sk-HEARTBEAT-SECRET"}) as r:
@@ -142,7 +145,11 @@ def test_heartbeat_carries_only_documented_fields(start, recorders):
     wait_until(lambda: len(receiver.requests) >= 2, timeout=20, what="two heartbeats")
     for request in receiver.requests:
         body = json.loads(request["body"])
-        assert set(body) == {"deployment_id", "version", "uptime_seconds", "health"}
+        assert set(body) == {"deployment_id", "license_jwt", "version", "heartbeat_data",
+                             "timestamp"}
+        assert set(body["heartbeat_data"]) == {"uptime_seconds", "health_status",
+                                               "python_version", "platform",
+                                               "memory_usage_mb"}
         assert "SECRET" not in request["body"] and "PROMPT" not in request["body"]
     assert json.loads(receiver.requests[0]["body"])["deployment_id"] == \
         json.loads(receiver.requests[-1]["body"])["deployment_id"]
@@ -162,7 +169,7 @@ def test_online_validation_caches_and_revokes(start, recorders, signing):
     seen = len(server.requests)
     wait_until(lambda: len(server.requests) > seen + 1, timeout=20, what="checks in outage")
     assert call(daemon)[0] == 200
-    server.status, server.answer = 200, {"valid": False, "reason": "revoked"}
+    server.status, server.answer = 403, {"error": "License revoked"}
     wait_until(lambda: call(daemon)[0] == 403, timeout=20, what="revocation to apply")
 
 

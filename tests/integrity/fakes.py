@@ -6,7 +6,7 @@ every request, and misbehaves on demand. Actions are consumed one per request fr
 
 Actions: ``valid`` (verdict JSON), ``prose`` (the JSON inside chatter and a code fence),
 ``garbage`` (text with no verdict), ``bad_envelope`` (a 200 whose body is not JSON),
-``raw`` (mnemom only: the verdict object as the body), ``status:<code>``, ``hang``
+``raw`` (mnemom only: its analyze answer around ``VERDICT_REVIEW``), ``status:<code>``, ``hang``
 (never answers), ``oversize`` / ``oversize_cl`` (a body over the client's limit, chunked
 or with a Content-Length), or a ``dict`` (that verdict as valid JSON).
 """
@@ -85,7 +85,34 @@ def envelope(dialect: str, text: str) -> dict[str, Any]:
         return {"candidates": [{"content": {"role": "model", "parts": [
             {"text": "model-side thoughts", "thought": True}, {"text": text}]},
             "finishReason": "STOP"}]}
-    return {"text": text}
+    return hybrid_answer(text)
+
+
+def hybrid_answer(text: str) -> dict[str, Any]:
+    """Mnemom's analyze API answer around the verdict in ``text`` (found as the service
+    finds it, from the first ``{`` to the last ``}``); none when there is no verdict."""
+    start, end = text.find("{"), text.rfind("}")
+    try:
+        verdict = json.loads(text[start:end + 1]) if start >= 0 else None
+    except ValueError:
+        verdict = None
+    if not isinstance(verdict, dict):
+        return {"error": "no checkpoint"}
+    checkpoint = {
+        "checkpoint_id": "ic-hybrid-0001", "agent_id": "agent-1", "card_id": "ac-test",
+        "session_id": "sess-1", "timestamp": "2025-01-01T00:00:00.000Z",
+        "thinking_block_hash": "0" * 64, "provider": "anthropic", "model": "m",
+        "window_position": {"index": 1, "window_size": 2},
+        "analysis_metadata": {"analysis_model": "claude-haiku-4-5-20251001",
+                              "analysis_duration_ms": 12, "thinking_tokens_original": 160,
+                              "thinking_tokens_analyzed": 160, "truncated": False,
+                              "extraction_confidence": 1.0},
+        "linked_trace_id": None, **verdict}
+    proceed = verdict.get("verdict") == "clear"
+    return {"checkpoint": checkpoint, "proceed": proceed,
+            "recommended_action": "continue" if proceed else "log_and_continue",
+            "window_summary": {"size": 2, "verdicts": {"clear": 1}},
+            "metering": {"event_id": "me-fake", "account_id": "acct-1", "billed": True}}
 
 
 class FakeAnalysisServer(LocalServer):
@@ -128,14 +155,16 @@ class FakeAnalysisServer(LocalServer):
         if action == "bad_envelope":
             return b"<html>gateway error</html>"
         if action in ("oversize", "oversize_cl"):
-            payload = json.dumps(envelope(self.dialect, "x" * self.oversize_bytes)).encode()
+            padding = "x" * self.oversize_bytes
+            payload = json.dumps({"padding": padding} if self.dialect == "mnemom"
+                                 else envelope(self.dialect, padding)).encode()
             if action == "oversize_cl":
                 return payload  # twisted.web sets Content-Length for a returned body
             request.write(payload)
             request.finish()
             return NOT_DONE_YET
         if action == "raw":
-            return json.dumps(VERDICT_REVIEW).encode()
+            return json.dumps(hybrid_answer(json.dumps(VERDICT_REVIEW))).encode()
         text = model_text(action)
         assert text is not None, f"unknown action {action!r}"
         return json.dumps(envelope(self.dialect, text)).encode()

@@ -118,21 +118,65 @@ class ValidVerdicts(unittest.TestCase):
         yield rig.analyzer.analyze(request())
         sent = rig.server.requests[0]
         self.assertEqual(sent["path"], "/analyze")
-        self.assertEqual(sent["headers"]["authorization"], f"Bearer {API_KEY}")
-        self.assertEqual(set(sent["body"]), {"system", "user", "max_tokens"})
-        self.assertIn(MARKER, sent["body"]["user"])
+        self.assertEqual(sent["headers"]["x-mnemom-api-key"], API_KEY)
+        self.assertNotIn("authorization", sent["headers"])
+        self.assertEqual(sent["body"], {
+            "thinking_block": THINKING,
+            "thinking_metadata": {"provider": "anthropic", "model": "claude-sonnet-4-5"},
+            "agent_id": "agent-1", "session_id": "sess-1",
+            "card": {"card_id": "ac-test", "values": [
+                {"name": "safety", "priority": 1, "description": "Do no harm"},
+                {"name": "transparency", "priority": 2}]},
+            "conscience_values": [
+                {"type": "BOUNDARY", "content": "Never deceive the user", "id": "b1"},
+                {"type": "FEAR", "content": "Scope creep", "id": "f1"},
+                {"type": "HOPE", "content": "Be delightful", "id": "h1"}],
+            "window_context": [{"checkpoint_id": "ic-old", "verdict": "clear",
+                                "reasoning_summary": "Earlier check was routine."}],
+            "task_context": "Summarise the report",
+            "store_checkpoint": False,
+        })
 
     @inlineCallbacks
-    def test_mnemom_may_answer_with_the_verdict_object(self):
+    def test_mnemom_store_checkpoint_only_when_the_operator_opts_in(self):
+        rig = make_rig(self, "mnemom", store_checkpoint=True)
+        yield rig.analyzer.analyze(request(task_context="x" * 500))
+        body = rig.server.requests[0]["body"]
+        self.assertIs(body["store_checkpoint"], True)
+        self.assertEqual(body["task_context"], "x" * 200)
+
+    @inlineCallbacks
+    def test_mnemom_checkpoint_becomes_ours_marked_as_hybrid(self):
         rig = make_rig(self, "mnemom")
         rig.server.default = "raw"
         outcome = yield rig.analyzer.analyze(request())
         self.assertEqual(outcome.verdict, "review_needed")
         self.assertFalse(outcome.synthetic)
+        self.assertEqual(outcome.reasoning_summary,
+                         "The agent considers skipping a check the user asked for.")
+        self.assertEqual([c["category"] for c in outcome.concerns], ["value_misalignment"])
+        self.assertEqual(outcome.analysis_metadata["analysed_by"], "mnemom_hybrid")
+        self.assertEqual(outcome.analysis_metadata["hybrid_checkpoint_id"], "ic-hybrid-0001")
+        self.assertNotEqual(outcome.checkpoint_id, "ic-hybrid-0001")
+        self.assertEqual(outcome.action, "log_and_continue")
+
+    @inlineCallbacks
+    def test_mnemom_quota_and_rate_limit_are_failures_for_mode_and_breaker(self):
+        rig = make_rig(self, "mnemom", failure_mode="fail_closed", breaker_failures=2)
+        rig.server.script = ["status:402", "status:429"]
+        first = yield rig.analyzer.analyze(request())
+        second = yield rig.analyzer.analyze(request())
+        self.assertEqual([first.failure_reason, second.failure_reason],
+                         ["http_402", "http_429"])
+        self.assertEqual({first.verdict, second.verdict}, {"boundary_violation"})
+        third = yield rig.analyzer.analyze(request())
+        self.assertEqual(third.failure_reason, "circuit_open")
+        self.assertEqual(len(rig.server.requests), 2)
 
     @inlineCallbacks
     def test_prose_around_the_json_is_tolerated(self):
-        for dialect in DIALECTS:
+        # The hybrid service reads its model's prose itself: only the model APIs here.
+        for dialect in [d for d in DIALECTS if d != "mnemom"]:
             rig = make_rig(self, dialect)
             rig.server.default = "prose"
             outcome = yield rig.analyzer.analyze(request())

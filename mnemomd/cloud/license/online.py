@@ -1,4 +1,16 @@
-"""The hourly online check with the license server, and its HTTP client.
+"""The online check with Mnemom's license service, and its HTTP client.
+
+Contract (Mnemom's ``POST {MNEMOM_API_URL}/v1/license/validate``)::
+
+    {"license": "<the license JWT>", "instance_id": "<the stable deployment id>",
+     "instance_metadata": {"gateway_version": "<mnemomd version>"}}
+
+A 2xx answer means valid. A 4xx answer is a rejection (400 malformed, 401 bad signature,
+403 revoked, 409 ``max_activations`` exceeded, 410 expired); the service's ``error``
+text, masked and bounded, becomes the reason. A 5xx answer (503 while its database is
+away) and a network error are outages: the last good state holds for the grace period.
+``instance_id`` is what the service counts activations by, so it is the deployment id
+that survives restarts and upgrades (``MNEMOM_DATA_DIR/deployment-id``).
 """
 
 from __future__ import annotations
@@ -8,7 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import jwt
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
@@ -83,8 +94,8 @@ def _typed(failure: Failure) -> Failure:
 class OnlineVerdict:
     """One answer of the online check.
 
-    ``outcome`` is ``valid`` (the server accepts the license), ``rejected`` (it answered
-    ``valid: false``) or ``unavailable`` (no usable answer: the reason says why).
+    ``outcome`` is ``valid`` (the service accepts the license), ``rejected`` (it answered
+    4xx) or ``unavailable`` (no usable answer: the reason says why).
     """
 
     outcome: str
@@ -104,9 +115,10 @@ class OnlineValidator:
     def __init__(self, reactor: IReactorTCP, clock: IReactorTime, api_url: str,
                  http_client: LicenseHTTPClient | None = None, *,
                  state: LicenseState | None = None, token: str | None = None,
-                 timeout: float = ONLINE_TIMEOUT_SECONDS,
+                 instance_id: str = "", timeout: float = ONLINE_TIMEOUT_SECONDS,
                  last_good_at: float | None = None) -> None:
         self._clock = clock
+        self.instance_id = instance_id
         self.url = f"{api_url.rstrip('/')}/v1/license/validate"
         self._owns_client = http_client is None
         self._http: LicenseHTTPClient = (
@@ -125,24 +137,19 @@ class OnlineValidator:
     def __repr__(self) -> str:
         return f"<OnlineValidator {self.url}>"  # never the token
 
-    def validate(self, token: str, license_id: str | None = None) -> Deferred[OnlineVerdict]:
-        """Ask the server about ``token``; always succeeds with an :class:`OnlineVerdict`."""
-        if license_id is None:
-            license_id = _unverified_license_id(token)
-        d = self._http.post_json(self.url, {"license_id": license_id, "token": token},
-                                 self._timeout)
+    def body(self, token: str) -> dict[str, Any]:
+        """The document sent: exactly the three fields of the contract."""
+        return {"license": token, "instance_id": self.instance_id,
+                "instance_metadata": {"gateway_version": __version__}}
+
+    def validate(self, token: str) -> Deferred[OnlineVerdict]:
+        """Ask the service about ``token``; always succeeds with an :class:`OnlineVerdict`."""
+        d = self._http.post_json(self.url, self.body(token), self._timeout)
 
         def answered(result: tuple[int, Any]) -> OnlineVerdict:
             status, body = result
-            now = self._clock.seconds()
-            valid = body.get("valid") if isinstance(body, dict) else None
-            if valid is True and 200 <= status < 300:
-                return OnlineVerdict("valid", None, now)
-            if valid is False and (200 <= status < 300 or 400 <= status < 500):
-                return OnlineVerdict("rejected", _server_reason(body.get("reason"), token),
-                                     now)
-            code = "malformed" if 200 <= status < 300 else f"http_{status}"
-            return OnlineVerdict("unavailable", code, now)
+            return OnlineVerdict(*verdict_for(status, body, token),
+                                 checked_at=self._clock.seconds())
 
         def failed(failure: Failure) -> OnlineVerdict:
             reason = (failure.value.reason if failure.check(LicenseServerError)
@@ -184,7 +191,7 @@ class OnlineValidator:
         def done(result: None) -> None:
             self._in_flight = None
 
-        d = self.validate(token, base.license_id).addCallback(apply)
+        d = self.validate(token).addCallback(apply)
         d.addErrback(unexpected).addBoth(done)
         if not d.called:
             self._in_flight = d
@@ -208,14 +215,15 @@ class OnlineValidator:
         return succeed(None)
 
 
-def _unverified_license_id(token: str) -> str | None:
-    """The license_id claim, read without verification: only to address the server."""
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return None
-    value = claims.get("license_id") if isinstance(claims, dict) else None
-    return value if isinstance(value, str) else None
+def verdict_for(status: int, body: Any, token: str) -> tuple[str, str | None]:
+    """(outcome, reason) for the service's answer: 2xx valid, 4xx rejected, else an
+    outage (``http_<status>``)."""
+    if 200 <= status < 300:
+        return "valid", None
+    if 400 <= status < 500:
+        error = body.get("error") if isinstance(body, dict) else None
+        return "rejected", f"http_{status}: {_server_reason(error, token)}"
+    return "unavailable", f"http_{status}"
 
 
 def _server_reason(reason: Any, token: str) -> str:
