@@ -294,7 +294,7 @@ def test_analyse_output_with_the_hybrid_backend_acts_as_refuse(
     daemon = make_daemon(AIP_DEFAULT_ENFORCEMENT="enforce", INTERNAL_API_KEY=INTERNAL_KEY,
                          ANALYSIS_PROVIDER="mnemom",
                          MNEMOM_ANALYZE_URL="http://analysis.test/analyze",
-                         MNEMOM_API_KEY="mk-test")
+                         MNEMOM_API_KEY="mk-test", MNEMOM_OFFLINE="false")
     agent_id = agent_of(daemon, CASES[0])
     # The API refuses the setting, and an agent that has it (set before) is refused.
     answer = daemon.request("PUT", f"/v1/agents/{agent_id}/settings", ADMIN | JSON,
