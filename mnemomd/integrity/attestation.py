@@ -55,7 +55,14 @@ class AttestationError(ValueError):
 def _normalise(value: Any) -> Any:
     """Floats with an integral value become ints (``1.0`` -> ``1``), as JavaScript writes
     them; NaN and infinities have no JSON form and are refused."""
-    if isinstance(value, bool) or value is None:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value  # the common cases first: this runs on every checkpoint
+    if kind is dict:
+        return {str(k): _normalise(v) for k, v in value.items()}
+    if kind is list:
+        return [_normalise(v) for v in value]
+    if isinstance(value, bool):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
