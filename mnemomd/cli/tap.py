@@ -43,7 +43,9 @@ def makeService(options: Options) -> MnemomService:  # noqa: N802
     config = options.mnemomd_config
     for warning in config.warnings:
         log.warn("Configuration: {warning}", warning=warning)
-    return make_service(config, reactor)
+    service = make_service(config, reactor)
+    service.freeze_heap_when_started()
+    return service
 
 
 def log_observer() -> ILogObserver:

@@ -318,6 +318,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REDIS_PASSWORD", _text, None, "Redis password (overrides one in REDIS_URL)",
             secret=True, section="storage"),
     Setting("AIP_ENABLED", parse_bool, True, "integrity analysis on or off", section="integrity"),
+    Setting("AAP_ENABLED", parse_bool, True,
+            "trace outbox rows (AP-traces) for agents with aap_enabled on or off",
+            section="integrity"),
     Setting("AIP_DEFAULT_ENFORCEMENT", _choice(("observe", "nudge", "enforce")), "observe",
             "enforcement mode given to new agents", section="integrity"),
     Setting("AIP_DEFAULT_WITHOUT_REASONING", _choice(WITHOUT_REASONING_CHOICES), "allow",
@@ -537,6 +540,7 @@ class IntegrityConfig:
     asked for."""
 
     aip_enabled: bool = True
+    aap_enabled: bool = True
     aip_default_enforcement: str = "observe"
     aip_default_without_reasoning: str = "allow"
     thinking_injection: str = "auto"

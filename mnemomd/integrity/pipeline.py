@@ -51,6 +51,7 @@ from mnemomd.integrity.window import (
     window_entries,
 )
 from mnemomd.kv import KVCache
+from mnemomd.ops.labels import LabelCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
 from mnemomd.providers.jsonutil import dumps_request
@@ -210,6 +211,7 @@ class IntegrityPipeline:
         self._kv = kv_cache
         self._state = session_state
         self._metrics = metrics
+        self._checks = LabelCache(metrics.aip_checks)
         self._tracing = tracing
         self._in_flight: set[Deferred[Any]] = set()
         #: Called after each stored checkpoint (enforcement: nudges, auto-containment).
@@ -346,7 +348,7 @@ class IntegrityPipeline:
                 body, truncated)
         except Exception:
             log.failure("Response extraction failed", provider=provider.name)
-            self._metrics.aip_checks.labels("error").inc()
+            self._checks("error").inc()
             return None
         return extraction
 
@@ -386,7 +388,7 @@ class IntegrityPipeline:
                                  outcome)
 
     def _unverifiable(self, agent: Agent, gap: str) -> CheckResult:
-        self._metrics.aip_checks.labels("unverifiable").inc()
+        self._checks("unverifiable").inc()
         log.info("Response without analysable reasoning ({reason}) refused for {agent_id}",
                  reason=gap, agent_id=agent.agent_id)
         return "unverifiable", Unverifiable(gap)
@@ -431,7 +433,7 @@ class IntegrityPipeline:
             return outcome.verdict, outcome
         except Exception:
             log.failure("Output analysis pipeline failed", agent_id=agent.agent_id)
-            self._metrics.aip_checks.labels("error").inc()
+            self._checks("error").inc()
             return "error", None
 
     def _bookkeeping(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
@@ -473,14 +475,14 @@ class IntegrityPipeline:
                extraction: Extraction) -> Any:
         try:
             if not extraction.thinking:
-                self._metrics.aip_checks.labels("skipped").inc()
+                self._checks("skipped").inc()
                 return "skipped", None
             outcome = yield self._analyse(agent, session_id, info, extraction)
             self._bookkeeping(agent, session_id, provider.name, info, outcome)
             return outcome.verdict, outcome
         except Exception:
             log.failure("Integrity analysis pipeline failed", agent_id=agent.agent_id)
-            self._metrics.aip_checks.labels("error").inc()
+            self._checks("error").inc()
             return "error", None
 
     def _queue_trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
@@ -510,8 +512,11 @@ class IntegrityPipeline:
     @inlineCallbacks
     def _analyse(self, agent: Agent, session_id: str, info: RequestInfo,
                  extraction: Extraction, output_block: str | None = None) -> Any:
-        card = yield self._card(agent.agent_id)
-        values = yield self._conscience(agent.agent_id)
+        card: Any = None
+        values: Any = None
+        if self._analyzer.needs_context(extraction.thinking or "", output_block):
+            card = yield self._card(agent.agent_id)
+            values = yield self._conscience(agent.agent_id)
         state = yield self._state.get_json(self._session_key(agent.agent_id, session_id))
         window = session_window(state)
         now = self._clock.seconds()

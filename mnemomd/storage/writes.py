@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from mnemomd.ops.labels import LabelCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.storage.database import Cursor, Database, TransactionThreads
 from mnemomd.storage.spool import Spool, SpoolRecord
@@ -155,6 +156,7 @@ class WriteQueue:
         self._clock: IReactorTime = reactor
         self._db = db
         self._metrics = metrics
+        self._written = LabelCache(metrics.bookkeeping_writes)
         self._kinds: dict[str, WriteKind] = {}
         self._pending: deque[tuple[Write, Deferred[str] | None]] = deque()
         self._max_pending = max_pending
@@ -281,7 +283,7 @@ class WriteQueue:
             results = yield self._write_one_by_one(writes)
         self._committed(results)
         for write in writes:
-            self._metrics.bookkeeping_writes.labels(write.kind, STORED).inc()
+            self._written(write.kind, STORED).inc()
         _fire(batch, STORED)
 
     def _write(self, writes: list[Write]) -> Deferred[dict[str, Any]]:
@@ -324,7 +326,7 @@ class WriteQueue:
 
     def _count(self, outcome: str, count: int, kind: str = "any") -> None:
         if count:
-            self._metrics.bookkeeping_writes.labels(kind, outcome).inc(count)
+            self._written(kind, outcome).inc(count)
 
     # -- the spool ------------------------------------------------------------------------
 
@@ -352,7 +354,7 @@ class WriteQueue:
         self._spool_bytes += written
         self._spool_gauges()
         for write in writes:
-            self._metrics.bookkeeping_writes.labels(write.kind, SPOOLED).inc()
+            self._written(write.kind, SPOOLED).inc()
         if self._shedding and self._spool_bytes < self._spool_max_bytes:
             self._stop_shedding()
         _fire(batch, SPOOLED)
@@ -492,7 +494,7 @@ class WriteQueue:
             self._committed(results)
         freed = yield self._in_thread(self._spool.remove, path)
         for write in writes:
-            self._metrics.bookkeeping_writes.labels(write.kind, "replayed").inc()
+            self._written(write.kind, "replayed").inc()
         self._spool_records = max(0, self._spool_records - len(contents.records))
         self._spool_bytes = max(0, self._spool_bytes - freed)
         self._spool_gauges()
