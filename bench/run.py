@@ -229,7 +229,10 @@ class Bench:
         is chosen here and readiness is ``/health/live`` answering.
         """
         log_path = self.workdir / f"mnemomd-{level}.log"
+        workers = {} if self.args.workers == 1 else {
+            "MNEMOM_WORKERS": str(self.args.workers), "REDIS_URL": self.args.redis_url}
         env = daemon_environment(self.workdir / f"mnemomd-{level}", {
+            **workers,
             **self.args.daemon_env,
             "LOG_LEVEL": level,
             "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{json_port}",
@@ -240,7 +243,9 @@ class Bench:
             self.daemon = self.children.start(
                 "mnemomd", [*self.daemon_command, "run", "--host", "127.0.0.1", "--port",
                             str(port)],
-                cpus=self.cpus(PROXY_CPU), cwd=self.daemon_cwd, env=env, stdout=log_file,
+                # N workers need N cores: only one worker is pinned to the proxy CPU.
+                cpus=self.cpus(PROXY_CPU) if self.args.workers == 1 else None,
+                cwd=self.daemon_cwd, env=env, stdout=log_file,
                 stderr=subprocess.STDOUT)
         harness.wait_for_health(f"http://127.0.0.1:{port}/health/live", self.daemon, 30,
                                 log_path)
@@ -256,7 +261,11 @@ class Bench:
             self.daemon = None
 
     def daemon_pids(self) -> list[int]:
-        return [self.daemon.pid] if self.daemon is not None else []
+        """The daemon, or the supervisor and its workers under ``--workers``."""
+        if self.daemon is None:
+            return []
+        return harness.process_tree(self.daemon.pid) if self.args.workers > 1 \
+            else [self.daemon.pid]
 
     def start_nginx_proxy(self, json_port: int, stream_port: int) -> int:
         port = harness.free_port()
@@ -713,6 +722,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="extra attempts for a measurement disturbed by other processes")
     parser.add_argument("--quiet-budget", type=float, default=240.0,
                         help="seconds the whole run may spend waiting and measuring again")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run mnemomd with MNEMOM_WORKERS=N (needs Redis, see "
+                             "--redis-url; the workers are not pinned to a CPU)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15",
+                        help="the KV store of --workers above 1")
     parser.add_argument("--profile", action="store_true",
                         help="sample mnemomd with py-spy under load at the end")
     parser.add_argument("--profile-seconds", type=int, default=10)

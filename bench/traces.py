@@ -36,6 +36,8 @@ if str(REPO_ROOT) not in sys.path:
 from twisted.internet import defer, reactor, task, threads  # noqa: E402
 
 from mnemomd.agents.store import AgentStore  # noqa: E402
+from mnemomd.kv import MemoryKeyValueStore  # noqa: E402
+from mnemomd.kv.keyring import OutboxKeyring  # noqa: E402
 from mnemomd.observer import traces as job  # noqa: E402
 from mnemomd.storage.database import Database  # noqa: E402
 from mnemomd.storage.migrations import migrate  # noqa: E402
@@ -60,13 +62,16 @@ def payload(n: int) -> dict[str, Any]:
             "verdict": "clear", "complete": True}
 
 
-def fill(cursor: Any, agents: list[str], rows: int, now_ms: int) -> None:
+def fill(cursor: Any, agents: list[str], sealed: list[str], now_ms: int) -> None:
+    """The outbox rows (``sealed``: each row's payload as the gateway stores it) and
+    their checkpoints."""
+    rows = len(sealed)
     checkpoints, outbox = [], []
     for n in range(rows):
         agent = agents[n % len(agents)]
         checkpoints.append((f"ic-{n}", agent, "s1", "anthropic", "clear", now_ms))
         outbox.append((f"ob-{n:06d}", agent, "s1", "anthropic", "claude-bench", f"ic-{n}",
-                       json.dumps(payload(n), separators=(",", ":")), 0, now_ms + n,
+                       sealed[n], 0, now_ms + n,
                        now_ms + n + TTL_MS))
     for start in range(0, rows, FILL_CHUNK):
         cursor.executemany(
@@ -135,14 +140,20 @@ def measure(engine: str, url: str, rows: int, agents: int, batch: int,
         for n in range(agents):
             agent = yield store.get_or_create(f"{n:016x}", None, "observe", now_ms)
             agent_ids.append(agent.agent_id)
+        keyring = OutboxKeyring(MemoryKeyValueStore(reactor), reactor, TTL_MS / 1000,
+                                TTL_MS / 10_000, shared=False)
         started = time.perf_counter()
-        yield db.run_interaction("bench_fill", fill, agent_ids, rows, now_ms)
+        sealed = []
+        for n in range(rows):
+            text = yield keyring.seal(f"ob-{n:06d}", json.dumps(payload(n)).encode())
+            sealed.append(text)
+        yield db.run_interaction("bench_fill", fill, agent_ids, sealed, now_ms)
         fill_seconds = time.perf_counter() - started
         outbox = OutboxStore(db)
         timed = Timed()
         outbox.claim = timed.wrap("claim", outbox.claim)  # type: ignore[method-assign]
         outbox.finish = timed.wrap("finish", outbox.finish)  # type: ignore[method-assign]
-        builder = job.TraceBuilder(reactor, outbox, store, "bench",
+        builder = job.TraceBuilder(reactor, outbox, store, "bench", keyring,
                                    to_thread=timed.wrap("build", threads.deferToThread),
                                    batch_size=batch, concurrency=concurrency)
         lag = LagProbe()
@@ -174,8 +185,9 @@ def profile_build(batch: int) -> str:
     from mnemomd.storage.traces import OutboxRow
 
     card = default_alignment_card("bench", 0)
-    items = [(OutboxRow(f"ob-{n}", "bench", "s1", "anthropic", "m", f"ic-{n}", payload(n), 1,
-                        n, n + TTL_MS), card, None, "heuristic", f"tr-{n}", n)
+    items = [(job.OpenedRow(OutboxRow(f"ob-{n}", "bench", "s1", "anthropic", "m", f"ic-{n}",
+                                      "sealed", 1, n, n + TTL_MS), payload(n)),
+              card, None, "heuristic", f"tr-{n}", n)
              for n in range(batch)]
     profiler = cProfile.Profile()
     profiler.enable()

@@ -8,8 +8,9 @@ whole ``Config``: each component is handed its section and the few other values 
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
@@ -20,6 +21,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IReactorCore,
     IReactorPluggableNameResolver,
+    IReactorSocket,
     IReactorTCP,
     IReactorThreads,
     IReactorTime,
@@ -31,6 +33,7 @@ from zope.interface import Interface
 from mnemomd import __version__
 from mnemomd.agents.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
 from mnemomd.agents.identity import Agent
+from mnemomd.agents.memory import LastKnownState
 from mnemomd.agents.store import AgentStore
 from mnemomd.api.auth import credentials_from_config
 from mnemomd.api.handlers import ApiHandlers
@@ -53,6 +56,7 @@ from mnemomd.config.analysis import from_config as analysis_settings
 from mnemomd.enforcement.enforcer import NUDGE_FLAG_TTL, Enforcement
 from mnemomd.enforcement.expiry import expire_nudges
 from mnemomd.enforcement.store import EnforcementStore
+from mnemomd.http.reuseport import listen_reuse_port, tcp_address
 from mnemomd.http.server import ConnectionLimits, Gateway, GatewayFactory, send_json
 from mnemomd.integrity.backends import AnalysisBackend
 from mnemomd.integrity.checkpoints import CheckpointStore
@@ -63,21 +67,32 @@ from mnemomd.integrity.pipeline import (
     IntegrityPipeline,
     OutcomeHook,
 )
-from mnemomd.kv import KeyValueStore, KVCache, make_kv_store, readiness_check
+from mnemomd.kv import (
+    KeyValueStore,
+    KVCache,
+    KVUnavailableError,
+    make_kv_store,
+    readiness_check,
+)
+from mnemomd.kv.keyring import OutboxKeyring
 from mnemomd.observer.drift import DriftDetector
 from mnemomd.observer.lease import lease_owner, lease_store, leased
 from mnemomd.observer.retention import retention_run
 from mnemomd.observer.traces import TraceBuilder, sweep_outbox
+from mnemomd.ops.dependency import DependencyState
 from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.jobs import PeriodicJob
 from mnemomd.ops.memory import freeze_startup_heap
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
 from mnemomd.ops.notify import SystemdNotifier
+from mnemomd.ops.workers import WorkerSlot
 from mnemomd.providers import PROVIDERS, ProviderRegistry
 from mnemomd.proxy.handler import ProxyHandler
 from mnemomd.proxy.relay import UpstreamClient
 from mnemomd.storage.database import Database, TransactionThreads
+from mnemomd.storage.database import outage_errors as database_outage_errors
 from mnemomd.storage.migrations import MigrationError, check_schema, migrate
+from mnemomd.storage.spool import orphan_spools
 from mnemomd.storage.traces import OutboxStore, TraceStore, outbox_sweep_interval
 from mnemomd.storage.writes import WriteQueue
 from mnemomd.webhooks.delivery import WebhookDispatcher, WebhookSender
@@ -102,8 +117,12 @@ class GatewayService(Service):
 
     def __init__(self, listener: ListenerConfig, role: str, reactor: IDaemonReactor,
                  gateway: Gateway, health: HealthState, client: UpstreamClient,
-                 notifier: SystemdNotifier, lag: ReactorLagMonitor) -> None:
+                 notifier: SystemdNotifier, lag: ReactorLagMonitor,
+                 reuse_port: bool = False) -> None:
         self._listener = listener
+        #: A worker under the supervisor: its own ``SO_REUSEPORT`` socket on the shared
+        #: port rather than the endpoint description.
+        self._reuse_port = reuse_port
         self._role = role
         self._reactor = reactor
         self.gateway = gateway
@@ -127,9 +146,7 @@ class GatewayService(Service):
         super().privilegedStartService()
         failures: list[Failure] = []
         try:
-            endpoint = endpoints.serverFromString(self._reactor,
-                                                  self._listener.listen_description)
-            self._bound = endpoint.listen(self.factory)
+            self._bound = self._listen()
         except Exception:  # an unusable description, key file or systemd index
             self._bound = fail()
         self._bound.addErrback(lambda f: failures.append(f) or f)
@@ -139,6 +156,13 @@ class GatewayService(Service):
                          listen=self._listener.listen_description,
                          reason=failures[0].getErrorMessage())
             raise SystemExit(1)
+
+    def _listen(self) -> Deferred[IListeningPort]:
+        description = self._listener.listen_description
+        if self._reuse_port and IReactorSocket.providedBy(self._reactor):
+            return maybeDeferred(listen_reuse_port, cast(IReactorSocket, self._reactor),
+                                 tcp_address(description), self.factory)
+        return endpoints.serverFromString(self._reactor, description).listen(self.factory)
 
     def startService(self) -> None:  # noqa: N802
         if self._bound is None:
@@ -208,19 +232,44 @@ class StorageService(Service):
 
     def __init__(self, storage: StorageConfig, reactor: IReactorTime, db: Database,
                  kv: KeyValueStore, directory: PersistentAgentDirectory, health: HealthState,
-                 fatal: Callable[[int], None]) -> None:
+                 fatal: Callable[[int], None], *, failure_mode: str = "fail_open",
+                 outages: Sequence[DependencyState] = ()) -> None:
+        """``failure_mode`` (``AIP_FAILURE_MODE``) says what readiness makes of a
+        database outage: under ``fail_closed`` the gateway cannot serve without it
+        until it knows some agent's state; ``outages`` are the database's and the KV
+        store's trackers (stopped with the service)."""
         self._storage = storage
         self._reactor = reactor
         self.db = db
+        self._outbox = OutboxStore(db)
         self.kv = kv
         self.directory = directory
         self._health = health
         self._fatal = fatal
         self._retry: IDelayedCall | None = None
         self._delay = 1.0
+        self._failure_mode = failure_mode
+        self._outages = outages
+        states = {state.name: state for state in outages}
         health.expect("schema")
-        health.add_check("database", self._check_database)
-        health.add_check("redis", self._check_kv)
+        health.add_check("database", self._check_database, required=self._database_required,
+                         fallback=self._database_fallback, state=states.get("database"))
+        health.add_check("redis", self._check_kv, required=False,
+                         fallback=lambda: "reads fall through to the database",
+                         state=states.get("redis"))
+
+    def _database_required(self) -> bool:
+        """Under ``fail_closed`` with no agent state in memory, every call would be
+        refused: the process cannot serve without the database."""
+        return self._failure_mode == "fail_closed" and len(self.directory.memory) == 0
+
+    def _database_fallback(self) -> str:
+        known = len(self.directory.memory)
+        unknown = ("refused (503 gateway_unavailable, fail_closed)"
+                   if self._failure_mode == "fail_closed" else
+                   "forwarded as observe (fail_open)")
+        return (f"last known state of {known} agent(s) in memory; "
+                f"agents not in memory are {unknown}")
 
     def _check_database(self) -> Deferred[CheckResult]:
         d = self.db.ping().addCallback(lambda _: (True, None))
@@ -242,7 +291,18 @@ class StorageService(Service):
             d = migrate(self.db, now_ms)
         else:
             d = check_schema(self.db).addCallback(self._require_current)
+        d.addCallback(self._purge_outbox)
         d.addCallbacks(self._schema_ready, self._schema_failed)
+
+    @inlineCallbacks
+    def _purge_outbox(self, applied: list[str]) -> Any:
+        """Outbox rows past their TTL (left by a stopped or crashed process) are deleted
+        before startup reports ok: the daemon never serves with them still on disk."""
+        purged = yield self._outbox.purge_expired(int(self._reactor.seconds() * 1000))
+        if purged:
+            yield self.db.scrub_log()
+            log.info("Deleted {count} expired trace outbox row(s) at startup", count=purged)
+        return applied
 
     @staticmethod
     def _require_current(pending: list[str]) -> list[str]:
@@ -282,6 +342,8 @@ class StorageService(Service):
         finally:
             yield self.kv.close()
             self.db.close()
+            for state in self._outages:
+                state.stop()
 
 
 class WriterService(Service):
@@ -295,7 +357,8 @@ class WriterService(Service):
         self.writes = writes
         #: Waited for before the queue's last drain (the pipeline's bookkeeping).
         self.settle: list[Callable[[], Deferred[Any]]] = []
-        health.add_check("spool", self._check)
+        health.add_check("spool", self._check, required=False,
+                         fallback=lambda: "bookkeeping is shed until the spool has room")
 
     def _check(self) -> CheckResult:
         writes = self.writes
@@ -331,11 +394,15 @@ class SchedulerService(Service):
     name = "scheduler"
 
     def __init__(self, jobs: list[PeriodicJob],
-                 stopping: list[Callable[[], None]] | None = None) -> None:
+                 stopping: list[Callable[[], None]] | None = None,
+                 settle: Callable[[], Deferred[Any]] | None = None) -> None:
         self.jobs = jobs
         #: Told first when stopping, so long runs (the traces job draining a backlog)
         #: end after their work in flight instead of running on.
         self.stopping = stopping or []
+        #: Run once the jobs have stopped (after the proxy has drained): the outbox rows
+        #: this process leaves behind (:func:`settle_outbox`).
+        self.settle = settle
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -349,6 +416,12 @@ class SchedulerService(Service):
             stop()
         for job in self.jobs:
             yield job.stop()
+        if self.settle is not None:
+            try:
+                yield self.settle()
+            except Exception as e:
+                log.warn("Could not settle the trace outbox at shutdown ({reason})",
+                         reason=type(e).__name__)
 
 
 def cloud_jobs(cloud: CloudConfig, observer: ObserverConfig, reactor: IDaemonReactor,
@@ -384,7 +457,7 @@ def cloud_jobs(cloud: CloudConfig, observer: ObserverConfig, reactor: IDaemonRea
 
 def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: GatewayMetrics,
                 db: Database, kv: KeyValueStore, dispatcher: WebhookDispatcher,
-                decisions: AnalysisBackend | None, *,
+                decisions: AnalysisBackend | None, keyring: OutboxKeyring, *,
                 redis_url: str | None,
                 stopping: list[Callable[[], None]] | None = None) -> list[PeriodicJob]:
     """The jobs that run in one scheduler process at a time, whatever their number
@@ -403,7 +476,8 @@ def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: Gatewa
     agents = AgentStore(db)
     # A run drains the backlog for up to one interval, then the log is scrubbed and the
     # next tick starts the next run.
-    builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, decisions, metrics,
+    builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, keyring, decisions,
+                           metrics,
                            max_run_seconds=observer.observer_traces_interval_seconds * 0.9)
     if stopping is not None:
         stopping.append(builder.stop)
@@ -418,6 +492,49 @@ def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: Gatewa
         shared("drift", observer.observer_drift_interval_seconds, drift.run),
         shared("webhooks", observer.observer_webhooks_interval_seconds, dispatcher.run_due),
     ]
+
+
+#: How long the last traces run at shutdown may keep claiming rows, and when it is cut
+#: short whatever it is doing (seconds).
+FINAL_TRACES_SECONDS = 5.0
+FINAL_TRACES_TIMEOUT = 10.0
+
+
+def final_traces(reactor: IReactorTime, db: Database, keyring: OutboxKeyring,
+                 metrics: GatewayMetrics) -> Callable[[], Deferred[Any]]:
+    """The last traces run at shutdown: bounded in time, heuristic decisions only (no
+    outbound call while stopping), no lease (claims are per row, so it is safe beside a
+    scheduler elsewhere)."""
+    def run() -> Deferred[Any]:
+        d: Deferred[Any] = TraceBuilder(
+            reactor, OutboxStore(db), AgentStore(db), lease_owner(), keyring, None, metrics,
+            max_run_seconds=FINAL_TRACES_SECONDS).run()
+        return d.addTimeout(FINAL_TRACES_TIMEOUT, reactor)
+
+    return run
+
+
+@inlineCallbacks
+def settle_outbox(db: Database, keyring: OutboxKeyring,
+                  final_run: Callable[[], Deferred[Any]] | None) -> Any:
+    """At shutdown, after the proxy has drained: build what traces can still be built
+    (``final_run``, where this process runs the traces job), then delete the rows sealed
+    under this process's own keys, which nobody can open once it has exited, and forget
+    the keys. Rows sealed under keys shared through Redis stay for the other processes,
+    unreadable once their key expires in Redis. Fires with the rows deleted."""
+    if final_run is not None:
+        try:
+            yield final_run()
+        except Exception as e:
+            log.warn("The last traces run at shutdown failed ({reason})",
+                     reason=type(e).__name__)
+    dropped = yield OutboxStore(db).discard_prefixed(keyring.own_prefix)
+    keyring.forget()
+    if dropped:
+        yield db.scrub_log()
+        log.info("Deleted {count} trace outbox row(s) left at shutdown: their traces are "
+                 "not built", count=dropped)
+    return dropped
 
 
 def scrubbed(db: Database, run: Deferred[Any]) -> Deferred[Any]:
@@ -544,46 +661,81 @@ def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
     return ManagementApi(reactor, credentials_from_config(api), handlers, send_json, metrics)
 
 
+def worker_config(config: Config, worker: WorkerSlot) -> Config:
+    """``config`` as one worker under the supervisor runs it: its role (the scheduler's
+    jobs in worker 0 only), no migrations (the supervisor applied them before starting
+    the workers), the port every worker shares, and one process."""
+    daemon = dataclasses.replace(config.daemon, mnemom_role=worker.role(config.daemon.role),
+                                 mnemom_workers=1)
+    storage = dataclasses.replace(config.storage, migrate_on_start=False)
+    address = tcp_address(config.listener.listen_description)
+    host = address.host.replace(":", r"\:")
+    listener = dataclasses.replace(config.listener, listen=f"tcp:{worker.port}:interface={host}")
+    return dataclasses.replace(config, daemon=daemon, storage=storage, listener=listener)
+
+
 def make_service(config: Config, reactor: IDaemonReactor | None = None,
                  environ: Mapping[str, str] | None = None,
                  metrics: GatewayMetrics | None = None,
                  database_threads: TransactionThreads | None = None,
-                 providers: ProviderRegistry = PROVIDERS) -> MnemomService:
+                 spool_threads: TransactionThreads | None = None,
+                 providers: ProviderRegistry = PROVIDERS,
+                 worker: WorkerSlot | None = None) -> MnemomService:
     """Build the daemon for ``config``; nothing runs until the service is started.
 
-    ``database_threads`` replaces the database's thread pool (the in-process test harness
-    runs transactions on the calling thread); production leaves it unset. ``providers``
+    ``database_threads`` replaces the database's thread pool and ``spool_threads`` the
+    spool's file thread (the in-process test harness runs both on the calling thread);
+    production leaves them unset. ``providers``
     is what the proxy routes to and the analysis may use: a build or a test with a
     provider of its own passes ``PROVIDERS.including(...)``, and nothing else changes.
+    ``worker`` is this process's slot under the supervisor of ``MNEMOM_WORKERS``
+    (:func:`worker_config` says what it changes); None for a single process.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = cast(IDaemonReactor, default_reactor)
     environ = os.environ if environ is None else environ
-    metrics = metrics or GatewayMetrics()
+    if worker is not None:
+        config = worker_config(config, worker)
+    metrics = metrics or GatewayMetrics(
+        multiprocess_dir=worker.metrics_dir if worker is not None else None, threads=reactor)
     role = config.daemon.role
     health = HealthState(reactor, __version__, config.integrity.aip_enabled)
+    if worker is not None:
+        health.identity = worker.identity(os.getpid())
     root = MnemomService(config, reactor, health, metrics)
 
     storage = config.storage
-    db = Database(reactor, storage.database_url, threads=database_threads)
-    kv = make_kv_store(reactor, storage.redis_url, storage.redis_password, metrics)
+    failure_mode = config.analysis.aip_failure_mode
+    # Outages of the database and the KV store are told by the operations on them, logged
+    # once per change, and read by readiness; callers log no traceback for them.
+    outages = (DependencyState("database", reactor, database_outage_errors()),
+               DependencyState("redis", reactor, (KVUnavailableError,)))
+    db = Database(reactor, storage.database_url, threads=database_threads, state=outages[0])
+    kv = make_kv_store(reactor, storage.redis_url, storage.redis_password, metrics,
+                       state=outages[1])
+    # The last known state of every agent resolved, for when both fail.
+    memory = LastKnownState()
     directory = PersistentAgentDirectory(reactor, AgentStore(db),
                                          KVCache(kv, "", AGENT_CACHE_TTL),
                                          config.integrity.aip_default_enforcement,
-                                         config.integrity.aip_default_without_reasoning)
-    StorageService(storage, reactor, db, kv, directory, health,
-                   root.fatal).setServiceParent(root)
-    writes = WriteQueue(reactor, db, os.path.join(config.daemon.mnemom_data_dir, "spool"),
-                        metrics, max_pending=storage.write_queue_max_rows,
-                        spool_max_bytes=storage.spool_max_bytes, threads=database_threads)
+                                         config.integrity.aip_default_without_reasoning,
+                                         memory=memory, outages=outages)
+    StorageService(storage, reactor, db, kv, directory, health, root.fatal,
+                   failure_mode=failure_mode, outages=outages).setServiceParent(root)
+    spool, orphans = orphan_spools(os.path.join(config.daemon.mnemom_data_dir, "spool"),
+                                   worker.index if worker is not None else None,
+                                   worker.count if worker is not None else 1)
+    writes = WriteQueue(reactor, db, spool, metrics, max_pending=storage.write_queue_max_rows,
+                        spool_max_bytes=storage.spool_max_bytes, threads=spool_threads,
+                        adopt=orphans)
     writer = WriterService(writes, health)
     writer.setServiceParent(root)
 
     sender = WebhookSender(reactor)
     dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner(),
-                                   metrics=metrics)
+                                   metrics=metrics, outages=outages)
     # Cleanups run in order: the send in progress finishes before the pool closes.
     root.addCleanup(dispatcher.stop)
     root.addCleanup(sender.close)
@@ -591,12 +743,22 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
     analyzer, analysis_http = build_analyzer(analysis_settings(config.analysis, providers),
                                              reactor, metrics, providers=providers)
     output_analysis = output_analysis_allowed(config.analysis.analysis_provider, providers)
+    outbox_ttl = config.observer.outbox_ttl
+    # Outbox payloads are sealed under keys that expire with the rows' TTL: shared through
+    # Redis, or held by this process alone with the in-memory store.
+    keyring = OutboxKeyring(kv, reactor, outbox_ttl, outbox_sweep_interval(outbox_ttl),
+                            shared=kv.kind != "memory")
+    if role != "all" and not keyring.shared:
+        log.warn("Without REDIS_URL the trace outbox keys stay in each process: a {role} "
+                 "process cannot share them with the other half, so no traces are built; "
+                 "set REDIS_URL", role=role)
     integrity = IntegrityPipeline(config.integrity, reactor, analyzer, AgentStore(db),
                                   writes, KVCache(kv, "", CARD_CACHE_TTL),
                                   KVCache(kv, "", WINDOW_TTL), metrics,
                                   config.integrity.aap_enabled,
-                                  outbox_ttl=config.observer.outbox_ttl,
-                                  output_analysis=output_analysis)
+                                  outbox_ttl=outbox_ttl, seal=keyring.seal,
+                                  output_analysis=output_analysis, memory=memory,
+                                  outages=outages)
     root.addCleanup(analysis_http.close)
 
     enforcement = Enforcement(reactor, EnforcementStore(db, writes),
@@ -619,26 +781,31 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                         lambda: scrubbed(db, sweep_outbox(reactor, outbox, metrics)),
                         reactor, metrics)]
     stopping: list[Callable[[], None]] = []
+    final_run = None
     if role in ("all", "scheduler"):
         jobs += cloud_jobs(config.cloud, config.observer, reactor, health, metrics,
                            license_state, root, data_dir=config.daemon.mnemom_data_dir,
                            license_token=license_.mnemom_license_jwt)
         jobs += shared_jobs(config.observer, reactor, metrics, db, kv, dispatcher,
                             decision_backend(config.observer.trace_decisions, analyzer),
-                            redis_url=storage.redis_url, stopping=stopping)
-    SchedulerService(jobs, stopping).setServiceParent(root)
+                            keyring, redis_url=storage.redis_url, stopping=stopping)
+        final_run = final_traces(reactor, db, keyring, metrics)
+    SchedulerService(jobs, stopping,
+                     lambda: settle_outbox(db, keyring, final_run)).setServiceParent(root)
+    metrics.scheduler_jobs.set(len(jobs))
 
     proxy_config = config.proxy
     client = UpstreamClient(reactor, proxy_config.upstream_max_connections_per_host)
     proxy = ProxyHandler(proxy_config, reactor, client, directory, metrics, integrity,
                          enforcement, license_state, analysis_timeout=config.analysis.timeout,
                          log_level=config.logging.log_level,
-                         failure_mode=config.analysis.aip_failure_mode, providers=providers)
+                         failure_mode=failure_mode, providers=providers, outages=outages)
     api = make_management_api(config.api, reactor, db, directory, dispatcher, metrics,
                               output_analysis) if role != "scheduler" else None
     gateway = Gateway(reactor, config.listener.max_request_body_bytes, health, metrics,
                       proxy if role != "scheduler" else None, api)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)
     GatewayService(config.listener, role, reactor, gateway, health, client,
-                   SystemdNotifier(environ), lag).setServiceParent(root)
+                   SystemdNotifier(environ), lag,
+                   reuse_port=worker is not None).setServiceParent(root)
     return root

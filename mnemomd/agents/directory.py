@@ -4,11 +4,18 @@ The lookup sits on the hot path of every call, so it is cached in the KV store (
 replicas, invalidated on change) and concurrent first calls for one agent share a single
 database trip. ``last_seen`` is kept in memory and written in one batch per interval
 instead of one write per call.
+
+Every agent resolved is also remembered in process memory (``LastKnownState``): when the
+KV store and the database both fail, the lookup answers with the last known agent, and
+``last_known`` gives the proxy what it still knows when the lookup gave up (timeout).
+Invalidations re-read the remembered entries, so a change made before an outage holds
+during it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -16,9 +23,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mnemomd.agents.identity import Agent
+from mnemomd.agents.identity import Agent, agent_id_candidates
+from mnemomd.agents.memory import LastKnownState
 from mnemomd.agents.store import AgentStore
 from mnemomd.kv import KVCache
+from mnemomd.ops.dependency import DependencyState, log_failure
 
 log = Logger()
 
@@ -44,8 +53,15 @@ class PersistentAgentDirectory:
 
     def __init__(self, clock: IReactorTime, store: AgentStore, cache: KVCache,
                  default_enforcement: str = "observe",
-                 default_without_reasoning: str = "allow") -> None:
+                 default_without_reasoning: str = "allow",
+                 memory: LastKnownState | None = None,
+                 outages: Sequence[DependencyState] = ()) -> None:
+        """``memory`` is the last known state shared with the integrity pipeline;
+        ``outages`` the dependencies whose known outage errors are logged by their
+        trackers rather than here."""
         self._clock = clock
+        self.memory = memory if memory is not None else LastKnownState()
+        self._outages = outages
         self._store = store
         self._cache = cache
         self._default_enforcement = default_enforcement
@@ -114,6 +130,13 @@ class PersistentAgentDirectory:
         return self._store.learn_key(hash_, key_hash, self._now_ms()).addCallback(learnt)
 
     def _deliver(self, result: Agent | Failure, hash_: str) -> None:
+        if isinstance(result, Failure):
+            log_failure(log, "Agent lookup failed", result, self._outages)
+            remembered = self.memory.agent(hash_)
+            if remembered is not None:
+                result = remembered  # storage is down: decide on what was last known
+        else:
+            self.memory.remember(result)
         for waiter in self._in_flight.pop(hash_, []):
             if waiter.called:  # the caller gave up waiting (timeout)
                 continue
@@ -123,13 +146,67 @@ class PersistentAgentDirectory:
                 self._last_seen[result.agent_id] = self._now_ms()
                 waiter.callback(result)
 
+    def last_known(self, hash_: str, name: str | None,
+                   key_hash: str | None) -> Agent | None:
+        """What is still known of an agent whose lookup failed: its last known state, or
+        for an agent never seen, one that carries its key's last known containment (a
+        killed key holds names first used during an outage); None when nothing is."""
+        remembered = self.memory.agent(hash_)
+        if remembered is not None:
+            return remembered
+        key_status = self.memory.key_containment(key_hash)
+        if key_status == "active":
+            return None
+        return Agent(agent_hash=hash_, agent_id=agent_id_candidates(hash_)[0], name=name,
+                     key_hash=key_hash, key_containment_status=key_status)
+
     def invalidate(self, hash_: str) -> Deferred[None]:
-        return self._cache.invalidate(agent_cache_key(hash_))
+        d = self._cache.invalidate(agent_cache_key(hash_))
+        return gatherResults([d, self._refresh(hash_)]).addCallback(lambda _: None)
 
     def invalidate_all(self, hash_: str, agent_id: str) -> Deferred[list[None]]:
-        """Drop the agent and everything cached from it (card, conscience values)."""
+        """Drop the agent and everything cached from it (card, conscience values), and
+        re-read what memory holds of them."""
         return gatherResults([self._cache.invalidate(key)
-                              for key in agent_derived_keys(hash_, agent_id)])
+                              for key in agent_derived_keys(hash_, agent_id)]
+                             + [self._refresh(hash_, agent_id)])
+
+    def _refresh(self, hash_: str, agent_id: str | None = None) -> Deferred[None]:
+        """Re-read the remembered agent (and card and conscience values) of ``hash_``
+        after a change. An agent that cannot be re-read is forgotten: a change it missed
+        (a pause) must not be overruled by its old state during an outage. A card that
+        cannot be re-read is kept: the last known card is better than none."""
+        steps: list[Deferred[None]] = []
+        if self.memory.holds(hash_):
+            def remembered(agent: Agent | None) -> None:
+                if agent is None:
+                    self.memory.forget(hash_)
+                else:
+                    self.memory.remember(agent)
+
+            def unread(failure: Failure) -> None:
+                self.memory.forget(hash_)
+                log_failure(log, "Could not re-read a changed agent", failure,
+                            self._outages)
+
+            steps.append(self._store.get_by_hash(hash_).addCallbacks(remembered, unread))
+        if agent_id is not None and self.memory.holds_card(agent_id):
+            def card(value: dict[str, object] | None) -> None:
+                if value is not None:
+                    self.memory.remember_card(agent_id, value)
+
+            def values(value: list[object] | None) -> None:
+                if value is not None:
+                    self.memory.remember_conscience(agent_id, value)
+
+            def kept(failure: Failure) -> None:
+                log_failure(log, "Could not re-read a changed card", failure, self._outages)
+
+            steps.append(self._store.card(agent_id).addCallbacks(card, kept))
+            steps.append(self._store.conscience_values(agent_id).addCallbacks(values, kept))
+        if not steps:
+            return succeed(None)
+        return gatherResults(steps).addCallback(lambda _: None)
 
     def drop_changed(self) -> Deferred[None]:
         """Invalidate cached agents whose rows changed since the last look."""
@@ -137,6 +214,7 @@ class PersistentAgentDirectory:
             for hash_, updated_at, agent_id in changed:
                 for key in agent_derived_keys(hash_, agent_id):
                     self._cache.invalidate(key)
+                self._refresh(hash_, agent_id)
                 self._changes_seen_ms = max(self._changes_seen_ms, updated_at)
 
         def failed(failure: Failure) -> None:

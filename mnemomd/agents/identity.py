@@ -104,6 +104,12 @@ class AgentDirectory(Protocol):
     def resolve(self, hash_: str, name: str | None,
                 key_hash: str | None = None) -> Deferred[Agent]: ...
 
+    def last_known(self, hash_: str, name: str | None,
+                   key_hash: str | None) -> Agent | None:
+        """What is still known of the agent when ``resolve`` failed or gave up: its last
+        known state (or one carrying its key's containment), None when nothing is."""
+        ...
+
 
 class InMemoryAgentDirectory:
     """Agents known to this process only; persistent storage replaces it."""
@@ -122,6 +128,10 @@ class InMemoryAgentDirectory:
             self._by_hash[hash_] = agent
             self._taken_ids.add(agent_id)
         return succeed(agent)
+
+    def last_known(self, hash_: str, name: str | None,
+                   key_hash: str | None) -> Agent | None:
+        return self._by_hash.get(hash_)
 
     def __len__(self) -> int:
         return len(self._by_hash)

@@ -113,20 +113,34 @@ def check_config(config: Config, strict: bool, out: IO[str]) -> int:
     return 0
 
 
-def run(config: Config, environ: Mapping[str, str]) -> int:
+def run(config: Config, environ: Mapping[str, str],
+        flags: Mapping[str, str] | None = None) -> int:
+    """``mnemomd run``: the daemon; with ``MNEMOM_WORKERS`` above 1 the supervisor of its
+    workers (``flags`` are handed on to them); in a worker, that worker."""
     from twisted.internet import reactor
     from twisted.logger import Logger
 
     from mnemomd.ops.logging import start_logging
+    from mnemomd.ops.workers import worker_slot
     from mnemomd.service import make_service
 
-    start_logging(config.logging.log_format, config.logging.log_level,
-                  f"mnemomd-{config.daemon.role}")
-    log = Logger(namespace="mnemomd")
-    for warning in config.warnings:
-        log.warn("Configuration: {warning}", warning=warning)
     try:
-        service = make_service(config, reactor, environ)
+        worker = worker_slot(environ)
+    except ValueError as e:
+        print(f"mnemomd: {e}", file=sys.stderr)
+        return EX_CONFIG
+    role = worker.role(config.daemon.role) if worker is not None else config.daemon.role
+    if worker is None and config.daemon.workers > 1:
+        role = "supervisor"
+    start_logging(config.logging.log_format, config.logging.log_level, f"mnemomd-{role}")
+    log = Logger(namespace="mnemomd")
+    if worker is None:  # workers load the same configuration: warned once
+        for warning in config.warnings:
+            log.warn("Configuration: {warning}", warning=warning)
+    if worker is None and config.daemon.workers > 1:
+        return supervise(config, environ, flags or {})
+    try:
+        service = make_service(config, reactor, environ, worker=worker)
     except OSError as e:
         log.critical("Cannot open the data directory or database: {reason}",
                      reason=f"{e.strerror}: {e.filename}")
@@ -138,8 +152,32 @@ def run(config: Config, environ: Mapping[str, str]) -> int:
     service.freeze_heap_when_started()
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    if worker is not None:
+        from mnemomd.cli.workers import watch_supervisor
+
+        reactor.callWhenRunning(watch_supervisor, reactor, worker)
     reactor.run()
     return service.exit_code
+
+
+def supervise(config: Config, environ: Mapping[str, str], flags: Mapping[str, str]) -> int:
+    """Run the supervisor of ``MNEMOM_WORKERS`` workers until it is stopped."""
+    from twisted.internet import reactor
+
+    from mnemomd.cli.workers import Supervisor, worker_command
+    from mnemomd.ops.notify import SystemdNotifier
+
+    supervisor = Supervisor(config, reactor, environ,
+                            worker_command(flags, config.config_path),
+                            SystemdNotifier(environ))
+    try:
+        supervisor.privilegedStartService()
+    except SystemExit as e:
+        return int(e.code or 1)
+    reactor.callWhenRunning(supervisor.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", supervisor.stopService)
+    reactor.run()
+    return supervisor.exit_code
 
 
 def show_license_info(config: Config, as_json: bool, out: IO[str]) -> int:
@@ -241,4 +279,4 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from mnemomd.cli.admin import run_admin_command
 
         return run_admin_command(config, args, sys.stdout, sys.stderr, environ)
-    return run(config, environ)
+    return run(config, environ, flag_values(args))

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import sys
 
+from twisted.application.service import Service
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from mnemomd.config import EX_CONFIG, SETTINGS, ConfigError, load_config
 from mnemomd.ops.logging import make_observer
-from mnemomd.service import MnemomService, make_service
+from mnemomd.ops.notify import SystemdNotifier
+from mnemomd.service import make_service
 
 log = Logger(namespace="mnemomd")
 
@@ -29,6 +31,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:  # noqa: N802
         flags = {s.env: self[s.flag.removeprefix("--")] for s in SETTINGS
                  if s.flag and self[s.flag.removeprefix("--")] is not None}
+        self.mnemomd_flags = flags
         try:
             self.mnemomd_config = load_config(flags, os.environ, self["config"])
         except ConfigError as e:
@@ -37,12 +40,20 @@ class Options(usage.Options):
             raise SystemExit(EX_CONFIG) from None
 
 
-def makeService(options: Options) -> MnemomService:  # noqa: N802
+def makeService(options: Options) -> Service:  # noqa: N802
+    """The daemon, or with ``--workers`` above 1 the supervisor of its workers (each one
+    a ``mnemomd run`` process; twistd does not know their exit statuses)."""
     from twisted.internet import reactor
 
     config = options.mnemomd_config
     for warning in config.warnings:
         log.warn("Configuration: {warning}", warning=warning)
+    if config.daemon.workers > 1:
+        from mnemomd.cli.workers import Supervisor, worker_command
+
+        return Supervisor(config, reactor, os.environ,
+                          worker_command(options.mnemomd_flags, config.config_path),
+                          SystemdNotifier(os.environ))
     service = make_service(config, reactor)
     service.freeze_heap_when_started()
     return service

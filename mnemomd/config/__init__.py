@@ -270,6 +270,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MNEMOM_ROLE", _choice(ROLES), "all",
             "which half of the daemon runs: all, gateway or scheduler", flag="--role",
             deprecated_env=("SMOLTBOT_ROLE",), section="daemon"),
+    Setting("MNEMOM_WORKERS", _int_in(1, 256), 1,
+            "reactor processes sharing the port under one supervisor (1: one process, no "
+            "supervisor; more needs REDIS_URL)", flag="--workers", section="daemon"),
     Setting("MNEMOM_DATA_DIR", parse_path, None,
             "directory for embedded state (default: $STATE_DIRECTORY under systemd, else "
             "$XDG_DATA_HOME/mnemomd)", flag="--data-dir", section="daemon", derived=True),
@@ -464,11 +467,16 @@ class DaemonConfig:
     """Which half of the daemon runs, and where its embedded state lives."""
 
     mnemom_role: str = "all"
+    mnemom_workers: int = 1
     mnemom_data_dir: str = ""
 
     @property
     def role(self) -> str:
         return self.mnemom_role
+
+    @property
+    def workers(self) -> int:
+        return self.mnemom_workers
 
 
 @dataclass(frozen=True)
@@ -761,6 +769,7 @@ ENV_PREFIX = "MNEMOM_"
 ENV_READ_ELSEWHERE: Mapping[str, str] = {
     "MNEMOM_CONFIG": "the YAML file to read (load_config)",
     "MNEMOM_MIGRATIONS_DIR": "where the migration files are (mnemomd/storage/migrations.py)",
+    "MNEMOM_WORKER": "a worker's place under the supervisor, set by it (mnemomd/ops/workers.py)",
 }
 
 
@@ -851,6 +860,31 @@ def cross_setting_problems(config: Config) -> list[str]:
             load_trusted_keys(license_.mnemom_license_public_key)
         except LicenseKeyError as e:
             problems.append(f"MNEMOM_LICENSE_PUBLIC_KEY: {e}")
+    problems += worker_problems(config)
+    return problems
+
+
+def worker_problems(config: Config) -> list[str]:
+    """What ``MNEMOM_WORKERS`` above 1 needs: state every worker shares, a role with a
+    listener to share, and a TCP listener each worker can open with ``SO_REUSEPORT``."""
+    workers = config.daemon.workers
+    if workers == 1:
+        return []
+    problems = []
+    if not config.storage.redis_url:
+        problems.append(f"MNEMOM_WORKERS={workers} needs REDIS_URL: the in-memory KV store "
+                        f"is private to one process, so workers would not share agent "
+                        f"caches, nudges, sessions and job leases; set REDIS_URL or use "
+                        f"MNEMOM_WORKERS=1")
+    if config.daemon.role == "scheduler":
+        problems.append(f"MNEMOM_WORKERS={workers} cannot be used with MNEMOM_ROLE=scheduler: "
+                        f"the jobs run in one process; run the scheduler with one worker")
+    from mnemomd.http.reuseport import ListenAddressError, tcp_address
+
+    try:
+        tcp_address(config.listener.listen_description)
+    except ListenAddressError as e:
+        problems.append(f"MNEMOM_WORKERS={workers}: {e}")
     return problems
 
 

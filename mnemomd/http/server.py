@@ -467,14 +467,20 @@ class Gateway:
                  path=path.decode("latin-1")[:256], status=status,
                  request_id=request.request_id, reason=payload["error"])
 
+    @staticmethod
+    def _send_metrics(data: bytes, request: GatewayRequest) -> None:
+        if request.channel is None:  # the client left while the workers' files were read
+            return
+        request.setResponseCode(200)
+        request.responseHeaders.setRawHeaders(b"content-type", [METRICS_CONTENT_TYPE])
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(data)])
+        request.write(data)
+        request.finish()
+
     def _ops(self, request: GatewayRequest, path: bytes) -> None:
         if path == b"/metrics":
-            data = self.metrics.render()
-            request.setResponseCode(200)
-            request.responseHeaders.setRawHeaders(b"content-type", [METRICS_CONTENT_TYPE])
-            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(data)])
-            request.write(data)
-            request.finish()
+            self.in_flight.track(self.metrics.render_later().addCallback(
+                self._send_metrics, request))
             return
         if path == b"/health/ready":
             d = self.health.readiness()

@@ -8,12 +8,19 @@ off the response path unless the agent is in ``enforce`` mode; it never fails a 
 A stream held in ``enforce`` mode is checked in two steps: ``check_at_hold`` when its
 reasoning ends (the verdict releases or refuses the output held behind it), ``trace`` (and
 a late ``check`` of reasoning that came after output) when the stream ends.
+
+A verdict, once the analysis has given it, stands whatever happens to the bookkeeping
+after it (storing the checkpoint, the session window, nudges and auto-containment): a
+failed step is logged and the verdict still releases or refuses the held response. The
+card and conscience values analysed against come from the KV cache, the database, or,
+when both fail, the last known ones in memory (``agents.memory.LastKnownState``).
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -30,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mnemomd.agents.identity import WITHOUT_REASONING_MODES, Agent
+from mnemomd.agents.memory import LastKnownState
 from mnemomd.agents.store import AgentStore
 from mnemomd.config import IntegrityConfig
 from mnemomd.http.server import error_payload
@@ -51,6 +59,7 @@ from mnemomd.integrity.window import (
     window_entries,
 )
 from mnemomd.kv import KVCache
+from mnemomd.ops.dependency import DependencyState, log_failure
 from mnemomd.ops.labels import LabelCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
@@ -188,19 +197,42 @@ class OutcomeHook(Protocol):
                  concerns: list[dict[str, Any]], synthetic: bool = False) -> Deferred[Any]: ...
 
 
+class Sealer(Protocol):
+    """Seals a trace outbox payload for its row before storage sees it (the outbox
+    keyring's ``seal``): fires with the text to store."""
+
+    def __call__(self, row_id: str, plaintext: bytes) -> Deferred[str]: ...
+
+
+def outbox_plaintext(payload: dict[str, Any]) -> bytes:
+    """The bytes of an outbox payload as they are sealed."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
 class IntegrityPipeline:
     """The integrity steps of one proxied call, for the proxy."""
 
     def __init__(self, config: IntegrityConfig, clock: IReactorTime,
                  analyzer: IntegrityAnalyzer, agents: AgentStore, writes: WriteQueue,
                  kv_cache: KVCache, session_state: KVCache, metrics: GatewayMetrics,
-                 tracing: bool = True, *, outbox_ttl: float,
-                 output_analysis: bool = True) -> None:
+                 tracing: bool = True, *, outbox_ttl: float, seal: Sealer | None = None,
+                 output_analysis: bool = True, memory: LastKnownState | None = None,
+                 outages: Sequence[DependencyState] = ()) -> None:
         """``writes`` takes the checkpoints, drift alerts and trace-outbox rows (this
         registers their kinds); ``tracing`` whether traced agents get an outbox row;
         ``outbox_ttl`` (seconds) is how long a queued trace row may live (SPEC §8.1);
+        ``seal`` seals each outbox payload before it is queued (required with
+        ``tracing``: the queue, the spool and the database only ever hold ciphertext);
         ``output_analysis`` whether the analysis backend may be sent a response's output
-        (not the hybrid service)."""
+        (not the hybrid service). ``memory`` keeps the last known card and conscience
+        values (shared with the agent directory, which refreshes them on change);
+        ``outages`` the storage dependencies whose known outage errors their trackers
+        log, so a call that meets one logs no traceback of its own."""
+        if tracing and writes is not None and seal is None:
+            raise ValueError("trace outbox payloads are stored sealed: give seal")
+        self._seal = seal
+        self._memory = memory if memory is not None else LastKnownState()
+        self._outages = outages
         self._config = config
         self._outbox_ttl = outbox_ttl
         self._output_analysis = output_analysis
@@ -432,7 +464,8 @@ class IntegrityPipeline:
             self._bookkeeping(agent, session_id, provider.name, info, outcome)
             return outcome.verdict, outcome
         except Exception:
-            log.failure("Output analysis pipeline failed", agent_id=agent.agent_id)
+            log_failure(log, "Output analysis pipeline failed", Failure(), self._outages,
+                        agent_id=agent.agent_id)
             self._checks("error").inc()
             return "error", None
 
@@ -445,8 +478,9 @@ class IntegrityPipeline:
         d.addCallback(lambda _: self._enforce(agent, session_id, outcome))
 
         def failed(failure: Failure) -> None:
-            log.warn("Enforcement bookkeeping of checkpoint {checkpoint_id} failed: {reason}",
-                     checkpoint_id=outcome.checkpoint_id, reason=failure.getErrorMessage())
+            log_failure(log, "Enforcement bookkeeping of checkpoint {checkpoint_id} failed; "
+                        "its verdict stands", failure, self._outages,
+                        checkpoint_id=outcome.checkpoint_id, agent_id=agent.agent_id)
 
         d.addErrback(failed)
         self._in_flight.add(d)
@@ -481,25 +515,37 @@ class IntegrityPipeline:
             self._bookkeeping(agent, session_id, provider.name, info, outcome)
             return outcome.verdict, outcome
         except Exception:
-            log.failure("Integrity analysis pipeline failed", agent_id=agent.agent_id)
+            log_failure(log, "Integrity analysis pipeline failed", Failure(), self._outages,
+                        agent_id=agent.agent_id)
             self._checks("error").inc()
             return "error", None
 
+    @inlineCallbacks
     def _queue_trace(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
                      extraction: Extraction, verdict: str,
-                     outcome: AnalysisOutcome | Unverifiable | None) -> Deferred[None]:
-        """One trace outbox row for the observer (SPEC §8.1), through the write queue:
-        it never slows or fails the call."""
+                     outcome: AnalysisOutcome | Unverifiable | None) -> Any:
+        """One trace outbox row for the observer (SPEC §8.1), sealed, then through the
+        write queue: a failure costs the trace, never the call."""
+        assert self._seal is not None
         now_ms = int(self._clock.seconds() * 1000)
+        row_id = f"ob-{uuid.uuid4().hex}"
+        try:
+            # Sealed before the queue, the spool or the database ever holds it.
+            sealed = yield self._seal(row_id, outbox_plaintext(
+                outbox_payload(info, extraction, verdict)))
+        except Exception:
+            log_failure(log, "Could not queue the call for tracing", Failure(), self._outages,
+                        agent_id=agent.agent_id)
+            return None
         row = OutboxRow(
-            id=f"ob-{uuid.uuid4().hex}", agent_id=agent.agent_id, session_id=session_id,
+            id=row_id, agent_id=agent.agent_id, session_id=session_id,
             provider=provider, model=info.model or extraction.model,
             checkpoint_id=(outcome.checkpoint_id if isinstance(outcome, AnalysisOutcome)
                            else None),
-            payload=outbox_payload(info, extraction, verdict), attempts=0,
+            payload=sealed, attempts=0,
             created_at=now_ms, expires_at=outbox_expiry_ms(now_ms, self._outbox_ttl))
         self._writes.submit(outbox_write(row))
-        return succeed(None)
+        return None
 
     @staticmethod
     def _extract(provider: Provider, info: RequestInfo, content_type: str,
@@ -540,23 +586,41 @@ class IntegrityPipeline:
 
     @inlineCallbacks
     def _card(self, agent_id: str) -> Any:
+        """The agent's card: KV cache, database, or (both down) the last known one."""
         key = f"card:{agent_id}"
         cached = yield self._kv.get_json(key)
         if isinstance(cached, dict):
+            self._memory.remember_card(agent_id, cached)
             return cached
-        card = yield self._agents.card(agent_id)
+        try:
+            card = yield self._agents.card(agent_id)
+        except Exception:
+            remembered = self._memory.card(agent_id)
+            if remembered is None:
+                raise
+            return remembered
         if card is not None:
+            self._memory.remember_card(agent_id, card)
             self._kv.set_json(key, card)
         return card
 
     @inlineCallbacks
     def _conscience(self, agent_id: str) -> Any:
+        """The agent's conscience values, from the same places as its card."""
         key = f"conscience:{agent_id}"
         cached = yield self._kv.get_json(key)
         if isinstance(cached, list):
+            self._memory.remember_conscience(agent_id, cached)
             return cached
-        values = yield self._agents.conscience_values(agent_id)
+        try:
+            values = yield self._agents.conscience_values(agent_id)
+        except Exception:
+            remembered = self._memory.conscience(agent_id)
+            if remembered is None:
+                raise
+            return remembered
         if values is not None:
+            self._memory.remember_conscience(agent_id, values)
             self._kv.set_json(key, values)
         return values
 
@@ -596,11 +660,12 @@ class IntegrityPipeline:
         if not outcome.synthetic:
             try:
                 yield self._record_in_session(agent, session_id, outcome, now)
-            except Exception as e:
+            except Exception:
                 # The KV store is down: the window misses this checkpoint, the checkpoint
                 # itself is still recorded and the verdict stands.
-                log.warn("Could not add checkpoint {checkpoint_id} to its session window: "
-                         "{reason}", checkpoint_id=outcome.checkpoint_id, reason=str(e))
+                log_failure(log, "Could not record the session window of checkpoint "
+                            "{checkpoint_id}", Failure(), self._outages,
+                            checkpoint_id=outcome.checkpoint_id, agent_id=agent.agent_id)
         record = CheckpointRecord(
             id=outcome.checkpoint_id, agent_id=agent.agent_id, session_id=session_id,
             provider=provider, model=info.model or outcome.model, verdict=outcome.verdict,

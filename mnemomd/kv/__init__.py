@@ -32,6 +32,7 @@ from mnemomd.kv.redis import (
     RedisKeyValueStore,
 )
 from mnemomd.kv.target import DEFAULT_REDIS_PORT, RedisTarget, parse_redis_target, parse_redis_url
+from mnemomd.ops.dependency import DependencyState
 from mnemomd.ops.metrics import GatewayMetrics
 
 __all__ = [
@@ -43,8 +44,10 @@ __all__ = [
 
 
 def make_kv_store(reactor: IReactorTime, url: str | None, password: str | None,
-                  metrics: GatewayMetrics | None) -> KeyValueStore:
-    """Redis when ``REDIS_URL`` is set, else the in-memory store (single node only)."""
+                  metrics: GatewayMetrics | None,
+                  state: DependencyState | None = None) -> KeyValueStore:
+    """Redis when ``REDIS_URL`` is set, else the in-memory store (single node only).
+    ``state`` tracks Redis outages (the in-memory store has none)."""
     if not url:
         return MemoryKeyValueStore(reactor, metrics)
-    return RedisKeyValueStore(reactor, url, password, metrics)
+    return RedisKeyValueStore(reactor, url, password, metrics, state=state)

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mnemomd.kv.base import LOG_NAMESPACE, KeyValueStore, T, ttl_ms
+from mnemomd.kv.base import LOG_NAMESPACE, KeyValueStore, KVUnavailableError, T, ttl_ms
 
 log = Logger(namespace=LOG_NAMESPACE)
 
@@ -43,8 +43,9 @@ class KVCache:
     """JSON cache-aside on a store, for lookups that can always fall back to the database.
 
     Store failures never reach the caller: a failed read is a miss, a failed write or
-    invalidation is dropped. They are counted by the store (``result="error"``) and logged
-    once per failure streak. An invalidation that fails is remembered and retried, and the
+    invalidation is dropped. They are counted by the store (``result="error"``); an outage
+    (``KVUnavailableError``) is logged by the store once per change, any other failure
+    here once per failure streak. An invalidation that fails is remembered and retried, and the
     key is read as a miss meanwhile, so a change made during an outage is not hidden by a
     stale entry once Redis is back.
     """
@@ -74,6 +75,9 @@ class KVCache:
         return result
 
     def _swallow(self, failure: Failure, default: T) -> T:
+        if failure.check(KVUnavailableError):
+            # An outage: the store logs it once, with its duration when it ends.
+            return default
         if not self._failing:
             self._failing = True
             log.warn("Cache {cache} unavailable, falling through to the database: {reason}",

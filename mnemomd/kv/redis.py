@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from mnemomd.kv.base import LOG_NAMESPACE, KVError, KVUnavailableError, MeteredStore, T
 from mnemomd.kv.target import parse_redis_target
+from mnemomd.ops.dependency import DependencyState
 from mnemomd.ops.metrics import GatewayMetrics
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -85,8 +86,13 @@ class RedisKeyValueStore(MeteredStore):
     def __init__(self, reactor: IReactorTime, url: str, password: str | None,
                  metrics: GatewayMetrics | None, *, pool_size: int = DEFAULT_POOL_SIZE,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 command_timeout: float = DEFAULT_COMMAND_TIMEOUT) -> None:
+                 command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+                 state: DependencyState | None = None) -> None:
+        """``state``, when given, hears of every command's success or failure and logs
+        the outages (one line per change, a periodic summary); without it this store
+        logs each change itself."""
         super().__init__(metrics)
+        self._state = state
         target = parse_redis_target(url)
         self._reactor = reactor
         self._timeout = command_timeout
@@ -134,24 +140,32 @@ class RedisKeyValueStore(MeteredStore):
 
     def _command(self, name: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         if self._refused_reason is not None:
-            return defer.fail(KVUnavailableError(
+            return self._unavailable(KVUnavailableError(
                 f"Redis refused the connection: {self._refused_reason}"))
         size = self.connections
         if size:
             self._was_connected = True
         elif size == 0 and (self._down or self._was_connected):
             # Waiting would only queue the command until the pool reconnects.
-            return defer.fail(KVUnavailableError("Redis is not connected"))
+            return self._unavailable(KVUnavailableError("Redis is not connected"))
         d: Deferred[Any] = maybeDeferred(getattr(self._conn, name), *args, **kwargs)
         # A little longer than the reply timeout, which fires first on a live connection
         # and also drops it; this one covers waiting for a connection that never comes.
         d.addTimeout(self._timeout + 0.25, self._reactor)
         return d.addCallbacks(self._succeeded, self._failed)
 
+    def _unavailable(self, error: KVUnavailableError) -> Deferred[Any]:
+        if self._state is not None:
+            self._state.failed(error)
+        return defer.fail(error)
+
     def _succeeded(self, result: T) -> T:
+        if self._state is not None:
+            self._state.succeeded()
         if self._down:
             self._down = False
-            log.info("Redis is available again", **self._address)
+            if self._state is None:
+                log.info("Redis is available again", **self._address)
         return result
 
     def _failed(self, failure: Failure) -> Failure:
@@ -166,9 +180,13 @@ class RedisKeyValueStore(MeteredStore):
                 reason = failure.getErrorMessage() or failure.type.__name__
             if not self._down:
                 self._down = True
-                log.warn("Redis is unavailable ({reason}); key-value operations fail "
-                         "until it is back", reason=reason, **self._address)
-            raise KVUnavailableError(f"Redis unavailable: {reason}")
+                if self._state is None:
+                    log.warn("Redis is unavailable ({reason}); key-value operations fail "
+                             "until it is back", reason=reason, **self._address)
+            error = KVUnavailableError(f"Redis unavailable: {reason}")
+            if self._state is not None:
+                self._state.failed(error)
+            raise error
         return failure
 
     def _do_get(self, key: str) -> Deferred[bytes | None]:

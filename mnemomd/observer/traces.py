@@ -23,6 +23,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,7 @@ from twisted.logger import Logger
 
 from mnemomd.agents.store import AgentStore
 from mnemomd.integrity.backends import AnalysisBackend
+from mnemomd.kv.keyring import OutboxKeyring, SealError, open_with, sealed_key_id
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.storage.traces import (
     OutboxDepth,
@@ -67,6 +69,34 @@ DECISION_SYSTEM = (
 
 class TraceBuildError(Exception):
     """An outbox row that cannot become a valid trace."""
+
+
+@dataclass(frozen=True)
+class OpenedRow:
+    """A claimed outbox row with its payload opened: what a trace is built from. It
+    exists only in memory, for the length of a batch."""
+
+    row: OutboxRow
+    payload: dict[str, Any]
+
+
+def open_row(row: OutboxRow, key: bytes) -> OpenedRow | str:
+    """The row opened under ``key``, or why it could not be (a payload altered or moved
+    to another row, or not a JSON object once opened)."""
+    try:
+        payload = json.loads(open_with(key, row.id, row.payload))
+    except SealError as e:
+        return str(e)
+    except ValueError:
+        return "the opened payload is not JSON"
+    if not isinstance(payload, dict):
+        return "the opened payload is not an object"
+    return OpenedRow(row, payload)
+
+
+def open_batch(items: list[tuple[OutboxRow, bytes]]) -> list[OpenedRow | str]:
+    """``open_row`` for a batch, in one hop to a worker thread."""
+    return [open_row(row, key) for row, key in items]
 
 
 def _tools(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -171,11 +201,13 @@ def parse_decision(text: str, payload: dict[str, Any],
     return decision
 
 
-def build_trace(row: OutboxRow, card: dict[str, Any], decision: dict[str, Any],
+def build_trace(opened: OpenedRow, card: dict[str, Any], decision: dict[str, Any],
                 source: str, trace_id: str, now_ms: int) -> dict[str, Any]:
-    """The AP-trace for ``row`` as a plain dict, validated by the AAP ``APTrace`` model."""
+    """The AP-trace of an opened row as a plain dict, validated by the AAP ``APTrace``
+    model."""
+    row, payload = opened.row, opened.payload
     _, _, forbidden = card_lists(card)
-    tools = _tools(row.payload)
+    tools = _tools(payload)
     chosen = selected_tool(tools, forbidden)
     name = chosen or "inference"
     category = "forbidden" if forbidden and action_matches_list(name, forbidden) \
@@ -194,8 +226,8 @@ def build_trace(row: OutboxRow, card: dict[str, Any], decision: dict[str, Any],
         "escalation": {"evaluated": False, "required": False,
                        "reason": "The gateway observes calls; it does not escalate them."},
         "context": {"session_id": row.session_id, "metadata": {
-            "provider": row.provider, "model": row.model, "api": row.payload.get("api"),
-            "checkpoint_id": row.checkpoint_id, "verdict": row.payload.get("verdict"),
+            "provider": row.provider, "model": row.model, "api": payload.get("api"),
+            "checkpoint_id": row.checkpoint_id, "verdict": payload.get("verdict"),
             "decision_source": source, "built_at": now_ms}},
     }
     try:
@@ -219,7 +251,7 @@ def verify(trace: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
 Built = tuple[dict[str, Any], dict[str, Any]] | str
 
 
-def build_one(row: OutboxRow, card: dict[str, Any], decision: dict[str, Any] | None,
+def build_one(row: OpenedRow, card: dict[str, Any], decision: dict[str, Any] | None,
               source: str, trace_id: str, now_ms: int) -> Built:
     """The trace of one row and its verification, or the reason it failed: a row that
     cannot be built must not take the other rows of its batch down with it."""
@@ -235,7 +267,7 @@ def build_one(row: OutboxRow, card: dict[str, Any], decision: dict[str, Any] | N
         return f"could not build the trace ({type(e).__name__})"
 
 
-BuildItem = tuple[OutboxRow, dict[str, Any], dict[str, Any] | None, str, str, int]
+BuildItem = tuple[OpenedRow, dict[str, Any], dict[str, Any] | None, str, str, int]
 
 
 def build_batch(items: list[BuildItem]) -> list[Built]:
@@ -277,7 +309,7 @@ class TraceBuilder:
     """
 
     def __init__(self, clock: IReactorTime, outbox: OutboxStore, agents: AgentStore,
-                 owner: str, backend: AnalysisBackend | None = None,
+                 owner: str, keyring: OutboxKeyring, backend: AnalysisBackend | None = None,
                  metrics: GatewayMetrics | None = None,
                  to_thread: Callable[..., Deferred[Any]] = deferToThread,
                  lease_seconds: float = 120.0, batch_size: int = BATCH,
@@ -287,6 +319,7 @@ class TraceBuilder:
         self._outbox = outbox
         self._agents = agents
         self._owner = owner
+        self._keyring = keyring
         self._backend = backend
         self._metrics = metrics
         self._to_thread = to_thread
@@ -339,11 +372,53 @@ class TraceBuilder:
         return counts
 
     @inlineCallbacks
-    def _cards(self, rows: list[OutboxRow], cards: dict[str, dict[str, Any] | None]) -> Any:
+    def _open(self, rows: list[OutboxRow]) -> Any:
+        """Fires with (opened rows, failures, rows deleted because their key is gone).
+
+        A row whose key has expired is past its TTL in all but name: it is deleted and
+        counted in ``gateway_outbox_shredded_total``, with no line per row. A row sealed
+        under another process's own key is left to that process (and to the TTL sweep).
+        When the keys cannot be read, the batch is left for a later run: its rows are
+        not taken for expired."""
+        failures: list[OutboxFailure] = []
+        named: list[tuple[OutboxRow, str]] = []
+        for row in rows:
+            try:
+                key_id = sealed_key_id(row.payload)
+            except SealError as e:
+                failures.append(OutboxFailure(row, str(e)))
+                continue
+            if not self._keyring.is_foreign(key_id):
+                named.append((row, key_id))
+        try:
+            keys = yield self._keyring.keys(key_id for _, key_id in named)
+        except Exception as e:
+            log.warn("Outbox keys could not be read ({reason}); {count} rows left for a "
+                     "later run", reason=type(e).__name__, count=len(named))
+            return [], failures, 0
+        keyless = [row.id for row, key_id in named if keys.get(key_id) is None]
+        readable = [(row, key) for row, key_id in named
+                    if (key := keys.get(key_id)) is not None]
+        shredded = 0
+        if keyless:
+            shredded = yield self._outbox.discard(keyless)
+            if self._metrics is not None:
+                self._metrics.outbox_shredded.inc(len(keyless))
+        opened: list[OpenedRow] = []
+        results = yield self._to_thread(open_batch, readable) if readable else []
+        for (row, _), result in zip(readable, results, strict=True):
+            if isinstance(result, str):
+                failures.append(OutboxFailure(row, result))
+            else:
+                opened.append(result)
+        return opened, failures, shredded
+
+    @inlineCallbacks
+    def _cards(self, rows: list[OpenedRow], cards: dict[str, dict[str, Any] | None]) -> Any:
         """The cards of the batch's agents, read once per run; fires with the reason the
         card of an agent could not be read, by agent (those rows fail, not the batch)."""
         errors: dict[str, str] = {}
-        for agent_id in dict.fromkeys(r.agent_id for r in rows):
+        for agent_id in dict.fromkeys(r.row.agent_id for r in rows):
             if agent_id in cards:
                 continue
             try:
@@ -355,16 +430,17 @@ class TraceBuilder:
         return errors
 
     @inlineCallbacks
-    def _batch(self, rows: list[OutboxRow], cards: dict[str, dict[str, Any] | None]) -> Any:
+    def _batch(self, claimed: list[OutboxRow],
+               cards: dict[str, dict[str, Any] | None]) -> Any:
+        rows, failures, shredded = yield self._open(claimed)
         errors = yield self._cards(rows, cards)
-        failures: list[OutboxFailure] = []
-        buildable: list[tuple[OutboxRow, dict[str, Any]]] = []
+        buildable: list[tuple[OpenedRow, dict[str, Any]]] = []
         for row in rows:
-            card = cards.get(row.agent_id)
-            if row.agent_id in errors:
-                failures.append(OutboxFailure(row, errors[row.agent_id]))
+            card = cards.get(row.row.agent_id)
+            if row.row.agent_id in errors:
+                failures.append(OutboxFailure(row.row, errors[row.row.agent_id]))
             elif card is None:
-                failures.append(OutboxFailure(row, "the agent has no alignment card"))
+                failures.append(OutboxFailure(row.row, "the agent has no alignment card"))
             else:
                 buildable.append((row, card))
         decided: list[tuple[dict[str, Any] | None, str]]
@@ -380,7 +456,7 @@ class TraceBuilder:
         built = yield self._to_thread(build_batch, items) if items else []
         traces: list[tuple[OutboxRow, TraceRecord]] = []
         for item, result in zip(items, built, strict=True):
-            row, trace_id = item[0], item[4]
+            row, trace_id = item[0].row, item[4]
             if isinstance(result, str):
                 failures.append(OutboxFailure(row, result))
                 continue
@@ -397,10 +473,10 @@ class TraceBuilder:
             log.warn("A batch of {count} traces could not be stored at once ({reason}); "
                      "storing them one by one", count=len(rows), reason=type(e).__name__)
             counts = yield self._one_by_one(traces, failures)
-            return counts
+            return {**counts, "expired": shredded}
         # As before batches: a failed row counts once, as "parked" or as "failed".
         return {"built": len(traces), "failed": len(failures) - len(result.parked),
-                "parked": len(result.parked)}
+                "parked": len(result.parked), "expired": shredded}
 
     @inlineCallbacks
     def _one_by_one(self, traces: list[tuple[OutboxRow, TraceRecord]],
@@ -425,7 +501,7 @@ class TraceBuilder:
         return counts
 
     @inlineCallbacks
-    def _decide(self, row: OutboxRow, card: dict[str, Any]) -> Any:
+    def _decide(self, row: OpenedRow, card: dict[str, Any]) -> Any:
         """(decision, source): the backend's decision, or None for the heuristic."""
         if self._backend is not None:
             try:

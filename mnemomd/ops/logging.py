@@ -30,6 +30,7 @@ LOGGED_FIELDS = (
     "request_id", "agent_id", "provider", "method", "path", "status", "duration_ms",
     "overhead_ms", "streaming", "bytes_sent", "host", "port", "listen", "role", "version",
     "reason", "in_flight", "grace_seconds", "config_path", "problems", "warning",
+    "dependency", "down_seconds", "failures",
 )
 
 LEVEL_NAMES = {

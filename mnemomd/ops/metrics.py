@@ -1,6 +1,13 @@
-"""Prometheus metrics, one registry per service instance (no process-global state)."""
+"""Prometheus metrics, one registry per service instance (no process-global state).
+
+Under ``MNEMOM_WORKERS`` each worker writes its values to files in the directory the
+supervisor names (prometheus-client's multiprocess mode, chosen when the worker process
+starts), and whichever worker answers ``/metrics`` renders the sum of all of them.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -10,10 +17,15 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from twisted.internet.interfaces import IReactorTime
+from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -23,13 +35,40 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+class Aggregate(Collector):
+    """Every worker's values from the multiprocess directory, except the metrics this
+    process computes when asked (``set_function`` gauges: the same in every worker),
+    which come from ``local``."""
+
+    def __init__(self, directory: str, local: Iterable[Collector]) -> None:
+        self._workers = MultiProcessCollector(None, directory)
+        self._local = list(local)
+
+    def collect(self) -> Iterator[Metric]:
+        local = [metric for collector in self._local for metric in collector.collect()]
+        names = {metric.name for metric in local}
+        for metric in self._workers.collect():
+            if metric.name not in names:
+                yield metric
+        yield from local
+
+
 class GatewayMetrics:
-    """The metrics of SPEC §12.2 that this process fills."""
+    """The metrics of SPEC §12.2 that this process fills.
+
+    ``multiprocess_dir`` is set in a worker under the supervisor: ``render`` then shows
+    the sum over every worker, live or dead (a dead worker's counts stay in the sums;
+    gauges marked ``live…`` drop it), and the per-process collectors (memory, CPU, GC)
+    are left out, as they describe one process only.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None,
-                 process_collectors: bool = True) -> None:
+                 process_collectors: bool = True, multiprocess_dir: str | None = None,
+                 threads: IReactorThreads | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        if process_collectors:
+        self._multiprocess_dir = multiprocess_dir
+        self._threads = threads
+        if process_collectors and multiprocess_dir is None:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
@@ -66,12 +105,12 @@ class GatewayMetrics:
             "gateway_license_state",
             "1 for the license's current state, 0 for the others (valid, grace, expired, "
             "invalid, not_yet_valid, unlicensed)",
-            ["state"], registry=self.registry)
+            ["state"], multiprocess_mode="livemostrecent", registry=self.registry)
         self.license_seconds_to_expiry = Gauge(
             "gateway_license_seconds_to_expiry",
             "Seconds until the license expires: negative during the grace period, NaN "
             "without a verified license",
-            registry=self.registry)
+            multiprocess_mode="livemostrecent", registry=self.registry)
         self.cron_runs = Counter(
             "gateway_cron_runs",
             "Background job ticks by job and result (ok, error, skipped: the previous run "
@@ -86,12 +125,22 @@ class GatewayMetrics:
             "gateway_outbox_depth",
             "Trace outbox rows by state (ready: waiting for the traces job; parked: failed "
             "too often, kept until their TTL); the whole outbox, as every process sees it",
-            ["state"], registry=self.registry)
+            ["state"], multiprocess_mode="livemostrecent", registry=self.registry)
         self.outbox_oldest_ready_age = Gauge(
             "gateway_outbox_oldest_ready_age_seconds",
             "Age of the oldest ready trace outbox row (0 when none is ready): a row this old "
             "is lost when it reaches OUTBOX_TTL",
+            multiprocess_mode="livemostrecent", registry=self.registry)
+        self.outbox_shredded = Counter(
+            "gateway_outbox_shredded",
+            "Trace outbox rows deleted unread because the key that sealed them had expired "
+            "(their TTL was as good as over)",
             registry=self.registry)
+        self.scheduler_jobs = Gauge(
+            "gateway_scheduler_jobs",
+            "Periodic jobs this process runs; under MNEMOM_WORKERS one sample per live "
+            "worker, labelled with its pid (worker 0 runs the scheduler's jobs)",
+            multiprocess_mode="liveall", registry=self.registry)
         self.webhook_deliveries = Counter(
             "gateway_webhook_deliveries",
             "Webhook delivery attempts by result (delivered, retried, failed: for good), "
@@ -101,14 +150,16 @@ class GatewayMetrics:
         self.write_queue_depth = Gauge(
             "gateway_write_queue_depth",
             "Bookkeeping writes (checkpoints, trace-outbox rows, drift alerts, nudges) "
-            "queued in memory for the batch writer", registry=self.registry)
+            "queued in memory for the batch writer; summed over workers",
+            multiprocess_mode="livesum", registry=self.registry)
         self.spool_depth = Gauge(
             "gateway_spool_depth",
-            "Bookkeeping writes in the durable local spool, waiting for the database",
-            registry=self.registry)
+            "Bookkeeping writes in the durable local spool, waiting for the database; "
+            "summed over workers", multiprocess_mode="livesum", registry=self.registry)
         self.spool_bytes = Gauge(
             "gateway_spool_bytes", "Size of the durable local spool on disk (SPOOL_MAX_BYTES "
-            "caps it)", registry=self.registry)
+            "caps it, per process); summed over workers", multiprocess_mode="livesum",
+            registry=self.registry)
         self.bookkeeping_writes = Counter(
             "gateway_bookkeeping_writes",
             "Bookkeeping writes by kind and outcome: stored (in the database), spooled "
@@ -128,7 +179,18 @@ class GatewayMetrics:
             ["reason"], registry=self.registry)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Aggregate(self._multiprocess_dir, [self.license_seconds_to_expiry]))
+        return generate_latest(registry)
+
+    def render_later(self) -> Deferred[bytes]:
+        """``render``, on a thread when it reads every worker's files."""
+        if self._multiprocess_dir is None or self._threads is None:
+            return succeed(self.render())
+        threads = self._threads
+        return deferToThreadPool(threads, threads.getThreadPool(), self.render)
 
 
 class ReactorLagMonitor:

@@ -2,13 +2,18 @@
 
 The order matters for the promise "forwards every call unchanged": the gateway refuses a
 call only for reasons of its own (no valid license, oversized body, no key, bad session
-header, a contained agent) and then
+header, a contained agent, an agent it cannot know under ``fail_closed``) and then
 gets out of the way; what the provider answers, the client gets.
+
+When the agent lookup fails (database and KV store down) or gives up, the agent's last
+known state decides (``AgentDirectory.last_known``); an agent never seen is forwarded as
+an active ``observe`` agent under ``fail_open`` and refused with 503 ``gateway_unavailable``
+under ``fail_closed``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +48,7 @@ from mnemomd.integrity.pipeline import (
     aip_headers,
     refusal_payload,
 )
+from mnemomd.ops.dependency import DependencyState, log_failure
 from mnemomd.ops.labels import LabelCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS, ProviderRegistry
@@ -66,8 +72,11 @@ log = Logger()
 ERROR_BODY_LIMIT = 1024 * 1024
 
 SSE_CONTENT_TYPE = b"text/event-stream"
-#: Longest wait for the agent record before the call is forwarded without it.
+#: Longest wait for the agent record before its last known state (or the failure mode)
+#: decides.
 AGENT_LOOKUP_TIMEOUT = 2.0
+#: Seconds a client refused for want of agent state is told to wait (``Retry-After``).
+UNAVAILABLE_RETRY_AFTER = b"5"
 #: Time allowed on top of AIP_ANALYSIS_TIMEOUT_MS for a held response's bookkeeping.
 HOLD_GRACE_SECONDS = 2.0
 
@@ -160,12 +169,16 @@ class ProxyHandler:
                  integrity: CallIntegrity, enforcement: NudgeDelivery,
                  license_state: TrafficGate | None = None, *, analysis_timeout: float,
                  log_level: str, failure_mode: str,
-                 providers: ProviderRegistry = PROVIDERS) -> None:
+                 providers: ProviderRegistry = PROVIDERS,
+                 outages: Sequence[DependencyState] = ()) -> None:
         """``analysis_timeout`` (seconds) bounds how long a held response waits for its
         verdict, and then ``failure_mode`` (``AIP_FAILURE_MODE``) decides; ``log_level``
         says whether access lines are worth formatting. ``providers`` is every provider
-        the proxy routes to and looks up (the daemon's registry unless a build adds one)."""
+        the proxy routes to and looks up (the daemon's registry unless a build adds one);
+        ``outages`` the storage dependencies whose known outage errors their trackers
+        log, so a call that meets one logs no traceback of its own."""
         self._providers = providers
+        self._outages = outages
         self._failure_mode = failure_mode
         self._license = license_state
         self._integrity = integrity
@@ -229,19 +242,20 @@ class ProxyHandler:
         call.session_id = (session.decode("ascii") if session is not None else
                            default_session_id(hash_, int(self._clock.seconds() * 1000)))
 
-        def fallback_agent(failure: Failure) -> Agent:
-            # Bookkeeping must never block a call: forward with a derived identity.
-            log.warn("Agent lookup failed ({reason}); forwarding without it",
-                     reason=failure.getErrorMessage() or failure.type.__name__,
-                     request_id=request.request_id)
-            return Agent(agent_hash=hash_, agent_id=agent_id_candidates(hash_)[0],
-                         name=target.agent_name, key_hash=key_hash)
+        def fallback_agent(failure: Failure) -> Agent | None:
+            # The directory logged why (a storage outage is logged once, by its tracker).
+            log.debug("Agent lookup failed ({reason})",
+                      reason=failure.getErrorMessage() or failure.type.__name__,
+                      request_id=request.request_id)
+            return lookup_fallback(self._agents.last_known(hash_, target.agent_name,
+                                                           key_hash),
+                                   self._failure_mode, hash_, target.agent_name, key_hash)
 
         d = self._agents.resolve(hash_, target.agent_name, key_hash)
         if not d.called:
             d.addTimeout(AGENT_LOOKUP_TIMEOUT, self._clock)
         d.addErrback(fallback_agent)
-        d.addCallback(self._forward, call)
+        d.addCallback(self._decided, call)
         d.addBoth(lambda _: done.callback(None))
         return done
 
@@ -268,6 +282,21 @@ class ProxyHandler:
                 "invalid_request_error")
         return None
 
+    def _decided(self, agent: Agent | None, call: Call) -> Deferred[Any] | None:
+        """Forward as ``agent``, or refuse when no agent could be decided on."""
+        if agent is not None:
+            return self._forward(agent, call)
+        request = call.request
+        origin = request.requestHeaders.getRawHeaders(b"origin", [None])[0]
+        send_json(request, 503, error_payload(
+            "The gateway cannot reach its storage and does not know this agent; "
+            "AIP_FAILURE_MODE=fail_closed refuses it until storage is back",
+            "gateway_unavailable"),
+            [(b"retry-after", UNAVAILABLE_RETRY_AFTER)]
+            + cors.response_headers(origin, self._config.cors_allowed_origins))
+        self._account(call, 503)
+        return None
+
     @inlineCallbacks
     def _forward(self, agent: Agent, call: Call) -> Any:
         call.agent = agent
@@ -285,7 +314,8 @@ class ProxyHandler:
         try:
             nudges = yield self._enforcement.take_nudges(agent)
         except Exception:
-            log.failure("Pending nudges could not be read", request_id=request.request_id)
+            log_failure(log, "Pending nudges could not be read", Failure(), self._outages,
+                        request_id=request.request_id)
             nudges = []
         notice = combined_notice(nudges) if nudges else None
         try:
@@ -337,7 +367,8 @@ class ProxyHandler:
         if call.nudges and call.agent is not None and response.code != 400:
             # Delivered: the provider has answered a request that carried the notice.
             self._enforcement.delivered(call.agent, call.nudges).addErrback(
-                lambda f: log.failure("Could not mark nudges delivered", f))
+                lambda f: log_failure(log, "Could not mark nudges delivered", f,
+                                      self._outages))
         if response.code == 400 and call.original_body is not None:
             return self._check_injection_refused(response, call)
         request = call.request
@@ -632,6 +663,19 @@ class ProxyHandler:
                  duration_ms=round(duration * 1000, 3),
                  overhead_ms=round(call.overhead_ms, 3) if call.agent else None,
                  streaming=call.streaming, **call.extra)
+
+
+def lookup_fallback(known: Agent | None, failure_mode: str, hash_: str, name: str | None,
+                    key_hash: str | None) -> Agent | None:
+    """The agent a call is decided on when its lookup failed: the last known one; for an
+    agent never seen, an active ``observe`` agent derived from the key under
+    ``fail_open``, and none (refused) under ``fail_closed``."""
+    if known is not None:
+        return known
+    if failure_mode == "fail_closed":
+        return None
+    return Agent(agent_hash=hash_, agent_id=agent_id_candidates(hash_)[0], name=name,
+                 key_hash=key_hash)
 
 
 def describe_failure(failure: Failure) -> str:

@@ -10,21 +10,92 @@ means no "database is locked" surprises inside the daemon.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from twisted.enterprise import adbapi
+from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+from mnemomd.ops.dependency import DependencyState
 
 log = Logger()
 T = TypeVar("T")
 
 #: How many times a transaction that lost a serialization race is retried.
 SERIALIZATION_RETRIES = 3
+
+
+def outage_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the database cannot be reached or written right now"
+    (as opposed to a bug or a constraint): what the database's ``DependencyState``
+    counts as an outage."""
+    errors: list[type[BaseException]] = [
+        sqlite3.OperationalError, adbapi.ConnectionLost, ConnectionError,
+        net_error.ConnectError, net_error.ConnectionLost]
+    try:
+        import psycopg2
+    except ImportError:  # pragma: no cover - psycopg2 is a dependency
+        pass
+    else:
+        errors += [psycopg2.OperationalError, psycopg2.InterfaceError]
+    return tuple(errors)
+
+
+class QuietConnection(adbapi.Connection):
+    """adbapi's reconnecting connection, without a traceback per transaction when the
+    server has gone: a rollback on a dead connection is the outage itself (counted and
+    logged once by the database's ``DependencyState``), not a fresh error."""
+
+    def rollback(self) -> None:
+        if not self._pool.reconnect:
+            self._connection.rollback()
+            return
+        try:
+            self._connection.rollback()
+            cursor = self._connection.cursor()
+            cursor.execute(self._pool.good_sql)
+            cursor.close()
+            self._connection.commit()
+            return
+        except outage_errors() as e:
+            log.debug("Rollback failed on a lost connection: {reason}", reason=str(e))
+        except BaseException:
+            log.failure("Rollback failed")
+        self._pool.disconnect(self._connection)
+        raise adbapi.ConnectionLost()
+
+
+class QuietConnectionPool(adbapi.ConnectionPool):
+    """adbapi's pool with ``QuietConnection``s, whose failed rollback after a lost
+    connection is not logged again with a traceback (the transaction's own error is
+    what the caller gets, and the outage is the ``DependencyState``'s to log)."""
+
+    connectionFactory = QuietConnection  # noqa: N815 (adbapi's name)
+
+    def _runInteraction(self, interaction: Callable[..., Any], *args: Any,  # noqa: N802
+                        **kw: Any) -> Any:
+        conn = self.connectionFactory(self)
+        trans = self.transactionFactory(self, conn)
+        try:
+            result = interaction(trans, *args, **kw)
+            trans.close()
+            conn.commit()
+            return result
+        except BaseException:
+            try:
+                conn.rollback()
+            except (*outage_errors(), adbapi.ConnectionLost) as e:
+                log.debug("Rollback failed on a lost connection: {reason}",
+                          reason=str(e) or type(e).__name__)
+            except BaseException:
+                log.failure("Rollback failed")
+            raise
 
 
 class DatabaseURLError(ValueError):
@@ -165,19 +236,23 @@ class Database:
     """Named transactions over a connection pool, on either engine."""
 
     def __init__(self, reactor: Any, url: str, max_connections: int = 10,
-                 threads: TransactionThreads | None = None) -> None:
+                 threads: TransactionThreads | None = None,
+                 state: DependencyState | None = None) -> None:
+        """``state``, when given, hears of every transaction's success or failure, so
+        an outage is noticed, logged once and timed (``ops.dependency``)."""
+        self.state = state
         self.target = parse_database_url(url)
         self.engine = self.target.engine
         self.url = url
         self._reactor: IReactorTime = reactor
         if self.engine == "sqlite":
             _prepare_sqlite_file(self.target.location)
-            self.pool = adbapi.ConnectionPool(
+            self.pool = QuietConnectionPool(
                 "sqlite3", self.target.location, check_same_thread=False, timeout=5.0,
                 cp_min=1, cp_max=1, cp_noisy=False, cp_openfun=_sqlite_connection_setup,
                 cp_reactor=reactor)
         else:
-            self.pool = adbapi.ConnectionPool(
+            self.pool = QuietConnectionPool(
                 "psycopg2", self.target.location, connect_timeout=5,
                 application_name="mnemomd", cp_min=1, cp_max=max_connections,
                 cp_noisy=False, cp_reconnect=True, cp_openfun=_postgres_connection_setup,
@@ -213,7 +288,11 @@ class Database:
                     log.debug("Transaction {desc} lost a serialization race; retrying",
                               desc=desc)
                     continue
+                if self.state is not None:
+                    self.state.failed(e)
                 raise
+            if self.state is not None:
+                self.state.succeeded()
             return result
 
     def fetchall(self, desc: str, sql: str, params: Sequence[Any] = ()) -> Deferred[Any]:

@@ -84,6 +84,33 @@ def read_segment(path: str) -> SegmentContents:
     return SegmentContents(records, damaged)
 
 
+def orphan_spools(root: str, worker: int | None, workers: int) -> tuple[str, list[str]]:
+    """(this process's spool directory, the directories it adopts at start).
+
+    A single process spools to ``root``; worker ``i`` of several to ``root/worker-<i>``.
+    Whatever no running process would replay is adopted by the single process or worker 0:
+    every worker's spool when going back to one process, the single process's and those
+    of workers beyond the count when going to several.
+    """
+    def workers_in(lowest: int) -> list[str]:
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in sorted(names):
+            if name.startswith("worker-") and name[7:].isdigit() and int(name[7:]) >= lowest:
+                found.append(os.path.join(root, name))
+        return found
+
+    if worker is None:
+        return root, workers_in(0)
+    own = os.path.join(root, f"worker-{worker}")
+    if worker != 0:
+        return own, []
+    return own, [root, *workers_in(workers)]
+
+
 def _fsync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -154,6 +181,22 @@ class Spool:
         self._open = None
         self._open_path = None
         self._open_size = 0
+
+    def adopt(self, directories: list[str]) -> int:
+        """Move the segments of spools no process will replay (a worker that no longer
+        exists) into this one, in order; returns how many were moved."""
+        moved = 0
+        for directory in directories:
+            orphan = Spool(directory)
+            for path in orphan.segments():
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                if self._open is not None:
+                    self.close_segment()
+                os.rename(path, self._next_path())
+                moved += 1
+        if moved:
+            _fsync_directory(self.directory)
+        return moved
 
     # -- replay ---------------------------------------------------------------------------
 

@@ -57,8 +57,9 @@ class OutboxRow:
     provider: str
     model: str | None
     checkpoint_id: str | None
-    #: tool names with argument keys, capped thinking and response excerpts.
-    payload: dict[str, Any]
+    #: The stored text of the payload (tool names with argument keys, capped thinking and
+    #: response excerpts), sealed before it gets here: storage keeps it as opaque text.
+    payload: str
     attempts: int
     created_at: int
     expires_at: int
@@ -104,7 +105,7 @@ def row_to_outbox(row: tuple[Any, ...]) -> OutboxRow:
     (id_, agent_id, session_id, provider, model, checkpoint_id, payload, attempts,
      created_at, expires_at) = row
     return OutboxRow(id_, agent_id, session_id, provider, model, checkpoint_id,
-                     json.loads(payload), int(attempts), int(created_at), int(expires_at))
+                     str(payload), int(attempts), int(created_at), int(expires_at))
 
 
 def row_to_trace(row: tuple[Any, ...]) -> TraceRecord:
@@ -166,7 +167,7 @@ class OutboxStore:
             f"INSERT INTO trace_outbox ({', '.join(OUTBOX_FIELDS)}) VALUES "
             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (row.id, row.agent_id, row.session_id, row.provider, row.model, row.checkpoint_id,
-             _dump(row.payload), row.attempts, row.created_at, row.expires_at))
+             row.payload, row.attempts, row.created_at, row.expires_at))
 
     def claim(self, owner: str, now_ms: int, lease_ms: int,
               limit: int) -> Deferred[list[OutboxRow]]:
@@ -196,6 +197,27 @@ class OutboxStore:
     def purge_expired(self, now_ms: int) -> Deferred[int]:
         return self._db.execute("expire_trace_outbox",
                                 "DELETE FROM trace_outbox WHERE expires_at <= ?", (now_ms,))
+
+    def discard(self, ids: list[str]) -> Deferred[int]:
+        """Delete rows by id, whatever their state (rows no key can open any more)."""
+        def delete(cursor: Cursor) -> int:
+            deleted = 0
+            for chunk in _chunks(ids):
+                deleted += cursor.execute(
+                    f"DELETE FROM trace_outbox WHERE id IN ({_marks(len(chunk))})",
+                    chunk).rowcount
+            return deleted
+
+        return self._db.run_interaction("discard_trace_outbox", delete)
+
+    def discard_prefixed(self, prefix: str) -> Deferred[int]:
+        """Delete the rows whose stored payload starts with ``prefix`` (those sealed
+        under keys that die with this process, at its shutdown)."""
+        if not prefix:
+            raise ValueError("an empty prefix would match every row")
+        return self._db.execute(
+            "discard_trace_outbox_prefixed",
+            "DELETE FROM trace_outbox WHERE substr(payload, 1, ?) = ?", (len(prefix), prefix))
 
     def depth(self) -> Deferred[OutboxDepth]:
         """Ready and parked rows, and when the oldest ready row was written."""

@@ -151,7 +151,8 @@ class WriteQueue:
                  metrics: GatewayMetrics, *, max_pending: int = 50_000,
                  spool_max_bytes: int = 256 * 1024 * 1024, batch_rows: int = BATCH_ROWS,
                  flush_interval: float = FLUSH_INTERVAL,
-                 threads: TransactionThreads | None = None) -> None:
+                 threads: TransactionThreads | None = None,
+                 adopt: list[str] | None = None) -> None:
         self._reactor = reactor
         self._clock: IReactorTime = reactor
         self._db = db
@@ -163,6 +164,8 @@ class WriteQueue:
         self._batch_rows = batch_rows
         self._flush_interval = flush_interval
         self._spool = Spool(spool_directory)
+        #: Spools of processes that no longer exist, moved into this one at start.
+        self._adopt = adopt or []
         self._spool_max_bytes = spool_max_bytes
         self._spool_records = 0
         self._spool_bytes = 0
@@ -511,6 +514,11 @@ class WriteQueue:
             self._threads.start()
         self._running = True
         try:
+            if self._adopt:
+                moved = yield self._in_thread(self._spool.adopt, self._adopt)
+                if moved:
+                    log.info("Adopted {count} spool segment(s) of processes that are gone",
+                             count=moved)
             records, size = yield self._in_thread(self._spool.census)
         except Exception:
             log.failure("Could not read the spool directory")

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import itertools
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +31,7 @@ from twisted.web.http_headers import Headers
 from mnemomd import __version__
 from mnemomd.http.client import ClientSettings, HTTPClient, Reply
 from mnemomd.http.errors import as_outbound
+from mnemomd.ops.dependency import DependencyState, log_failure
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.webhooks.store import AttemptResult, Delivery, Endpoint, WebhookStore
 
@@ -172,7 +173,11 @@ class WebhookDispatcher:
     def __init__(self, clock: IReactorTime, store: WebhookStore,
                  send: Callable[[str, dict[str, str], bytes], Deferred[SendResult]],
                  owner: str, disable_after: int = DISABLE_AFTER,
-                 lease_ms: int = LEASE_MS, metrics: GatewayMetrics | None = None) -> None:
+                 lease_ms: int = LEASE_MS, metrics: GatewayMetrics | None = None,
+                 outages: Sequence[DependencyState] = ()) -> None:
+        """``outages``: the storage trackers whose known outage errors a failed kick
+        leaves to them (the scheduler's job sends what a kick could not)."""
+        self._outages = outages
         self._clock = clock
         self._metrics = metrics
         self._store = store
@@ -201,7 +206,9 @@ class WebhookDispatcher:
 
     def _kicked(self) -> None:
         self._kick_call = None
-        self.run_due()
+        self.run_due().addErrback(
+            lambda f: log_failure(log, "Sending due webhook deliveries failed; the "
+                                  "webhooks job tries again", f, self._outages))
 
     def run_due(self) -> Deferred[dict[str, int]]:
         """Send every due delivery; fires with counts per outcome."""

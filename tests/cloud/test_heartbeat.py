@@ -118,7 +118,8 @@ class HeartbeatTests(unittest.TestCase):
     def test_readiness_snapshot_sends_statuses_not_details(self):
         health = HealthState(self.clock, "0.1.0", True)
         health.started = True
-        health.add_check("database", lambda: (False, f"connection to {INTERNAL_HOST} refused"))
+        health.add_check("database", lambda: (False, f"connection to {INTERNAL_HOST} refused"),
+                         required=False, fallback=lambda: f"memory of {INTERNAL_HOST}")
         health.add_check("redis", lambda: (True, None))
         beat = Heartbeat(reactor, self.clock, self.receiver.url, DEPLOYMENT_ID, "0.1.0",
                          STARTED_AT, readiness_snapshot(health))

@@ -14,11 +14,12 @@ import psycopg2
 import pytest
 
 from mnemomd.storage.migrations import load_migrations, migrations_dir
+from tests.e2e.api import CREDENTIALS, api_call
 from tests.e2e.conftest import pg_rows
 from tests.e2e.daemon import daemon_environment, mnemomd_command
 from tests.e2e.tcpgate import TcpGate
 from tests.fakes.local import closed_port
-from tests.fakes.process import wait_until
+from tests.fakes.process import fetch_requests, wait_until
 from tests.fakes.rawhttp import raw_request
 from tests.fakes.redisserver import RedisServer
 
@@ -140,12 +141,15 @@ def test_redis_outage_keeps_serving_and_recovers(start, redis_server, postgres_u
     redis_server.stop()
     for n in range(3):
         assert call(daemon, f"sk-redis-down-{n}")[0] == 200
-    status, body = wait_until(lambda: (r := readiness(daemon))[0] == 503 and r, timeout=20,
-                              what="readiness to report redis down")
+    # Reads fall through to the database: still ready, degraded, naming Redis.
+    status, body = wait_until(lambda: (r := readiness(daemon))[1]["status"] == "degraded"
+                              and r, timeout=20, what="readiness to report redis down")
+    assert status == 200 and body["failing"] == ["redis"]
     assert body["checks"]["redis"]["status"] == "fail"
     assert body["checks"]["database"]["status"] == "ok"
     redis_server.start()
-    body = wait_ready(daemon, timeout=60)
+    body = wait_until(lambda: (r := readiness(daemon))[1]["status"] == "ok" and r[1],
+                      timeout=60, interval=0.05, what="readiness ok")
     assert body["checks"]["redis"]["status"] == "ok"
     assert call(daemon, "sk-redis-2")[0] == 200
     agents = pg_rows(postgres_url, "SELECT COUNT(*) FROM agents")[0][0]
@@ -163,14 +167,75 @@ def test_database_outage_keeps_forwarding_and_recovers(start, postgres_url):
         gate.close()
         status, agent = call(daemon, "sk-db-down")
         assert status == 200 and agent.startswith("smolt-")
-        status, body = wait_until(lambda: (r := readiness(daemon))[0] == 503 and r, timeout=20,
-                                  what="readiness to report the database down")
-        assert body["status"] == "degraded"
+        status, body = wait_until(lambda: (r := readiness(daemon))[1]["status"] == "degraded"
+                                  and r, timeout=20, what="readiness to report the database down")
+        assert status == 200, "fail_open forwards: the gateway can still serve"
         assert body["checks"]["database"]["status"] == "fail"
         gate.open()
-        wait_ready(daemon, timeout=60)
+        wait_until(lambda: readiness(daemon)[1]["status"] == "ok", timeout=60,
+                   interval=0.05, what="readiness ok")
         assert call(daemon, "sk-db-2")[0] == 200
         assert pg_rows(postgres_url, "SELECT COUNT(*) FROM agents")[0][0] == 2
+    finally:
+        gate.close()
+
+
+def refusal(daemon, key: str, name: str | None = None) -> tuple[int, dict]:
+    path = "/anthropic/v1/messages" if name is None else f"/agent/{name}/anthropic/v1/messages"
+    with raw_request(daemon.base_url, "POST", path, BODY,
+                     {"x-api-key": key, "content-type": "application/json"}, timeout=20) as r:
+        body = r.read_body()
+        return r.status, json.loads(body) if r.status != 200 else {}
+
+
+@pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
+def test_database_and_redis_down_a_paused_agent_stays_refused(
+        start, redis_server, postgres_url, upstream, mode):
+    """PostgreSQL cut at a TCP gate and Redis killed: the paused agent's calls are refused
+    (none reaches the upstream), an unknown agent follows the failure mode, readiness
+    stays 200 degraded; both come back."""
+    gate = TcpGate("127.0.0.1", 5432)
+    try:
+        gated_url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{gate.port}")
+        daemon = start({"DATABASE_URL": gated_url, "AIP_FAILURE_MODE": mode,
+                        "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
+                        "AIP_ENABLED": "false", **CREDENTIALS})
+        wait_ready(daemon)
+        status, agent = call(daemon, "sk-outage-paused")
+        assert status == 200
+        paused = api_call(daemon.base_url, "POST", f"/v1/agents/{agent}/containment/pause",
+                          {"reason": "outage drill"})
+        assert paused.status == 200
+        forwarded = len(fetch_requests(upstream))
+        gate.close()
+        redis_server.stop()
+        for _ in range(5):
+            status, body = refusal(daemon, "sk-outage-paused")
+            assert (status, body["type"], body["reason"]) == \
+                (403, "containment_error", "agent_paused")
+        status, body = refusal(daemon, "sk-outage-never-seen")
+        if mode == "fail_open":
+            assert status == 200
+            expected = forwarded + 1
+        else:
+            assert (status, body["type"]) == (503, "gateway_unavailable")
+            expected = forwarded
+        assert len(fetch_requests(upstream)) == expected, "the paused agent sent nothing"
+        status, body = wait_until(
+            lambda: (r := readiness(daemon))[1].get("failing") == ["database", "redis"] and r,
+            timeout=30, what="readiness to name both dependencies")
+        assert (status, body["status"]) == (200, "degraded")
+        assert "last known state of 1 agent(s)" in body["checks"]["database"]["fallback"]
+        daemon.wait_for_line("database unavailable")
+        gate.open()
+        redis_server.start()
+        wait_until(lambda: readiness(daemon)[1]["status"] == "ok", timeout=60,
+                   interval=0.1, what="readiness ok once both are back")
+        daemon.wait_for_line("database available again", timeout=30)
+        assert refusal(daemon, "sk-outage-paused")[0] == 403
+        tracebacks = [json.loads(line).get("message") for line in daemon.output().splitlines()
+                      if "Traceback" in line]
+        assert tracebacks == [], "no traceback for a known outage"
     finally:
         gate.close()
 

@@ -21,11 +21,13 @@ manner of ``treq.testing.RequestTraversalAgent``:
   provider, or choosing it as the analysis backend).
 - **Storage.** SQLite through adbapi needs pool threads, which a memory reactor does not
   run, and waiting on real threads would make every flush a race. ``make_service`` takes
-  ``database_threads`` (the one injection point, handed to ``Database``): the harness
-  passes :class:`CallingThread`, which runs each transaction on the calling thread when
-  adbapi asks and hands the result back through ``callFromThread`` on the reactor's next
-  turn, as a pool thread would. The SQL, the connection set-up and the Deferred plumbing
-  are production's. The KV store is the in-memory one.
+  ``database_threads`` (handed to ``Database``) and ``spool_threads`` (the write queue's
+  file thread): the harness passes a :class:`CallingThread` for each, which runs each
+  call on the calling thread when asked and hands the result back through
+  ``callFromThread`` on the reactor's next turn, as a pool thread would. Two, so that a
+  failed database (``fail_storage``) does not fail the spool's disk. The SQL, the
+  connection set-up and the Deferred plumbing are production's. The KV store is the
+  in-memory one.
 - **Time and bytes.** Nothing moves until ``daemon.flush()`` (due calls, new connections
   and buffered bytes, until all is quiet), and time passes only by ``daemon.advance(s)``:
   a timeout is a clock step, never a sleep. The clock starts at 2026-01-01.
@@ -33,7 +35,10 @@ manner of ``treq.testing.RequestTraversalAgent``:
 The fakes hold on demand: ``x-fake-scenario: gated:<id>`` streams one event per
 ``daemon.upstream.release(id)``, and a ``"hold"`` in ``daemon.analysis.script`` keeps an
 analysis answer until ``daemon.release_analysis()``, so a test proves what waits for what
-by cause. ``daemon.rows(sql)`` reads the database through the daemon's own connection;
+by cause. ``daemon.fail_storage(database=…, kv=…)`` makes the database (every transaction
+fails as an unreachable SQLite file does) and the KV store (as an unreachable Redis) go
+away until ``daemon.restore_storage()``; ``daemon.threads.stall()`` makes the database
+hang instead. ``daemon.rows(sql)`` reads the database through the daemon's own connection;
 ``daemon.take_errors()`` returns its log messages at error and above.
 
 What needs a process (signals, sd_notify, real sockets and TLS, the SDKs, PostgreSQL

@@ -12,6 +12,7 @@ through :meth:`InProcessDaemon.advance`.
 from __future__ import annotations
 
 import base64
+import sqlite3
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from mnemomd.config import Config, load_config
+from mnemomd.kv import KVUnavailableError
 from mnemomd.providers import PROVIDERS, ProviderRegistry
 from mnemomd.service import MnemomService, make_service
 from tests.fakes.analysis import FakeAnalysis
@@ -38,6 +40,10 @@ from tests.harness.network import (
 )
 
 T = TypeVar("T")
+#: What a KV store implements (``kv.base.MeteredStore``): replaced to make it fail.
+KV_OPERATIONS = ("_do_get", "_do_set", "_do_set_if_absent", "_do_delete", "_do_incr",
+                 "_do_compare_and_delete", "_do_extend_if_equal", "_do_compare_and_set",
+                 "_do_ping")
 
 GATEWAY_HOST = "gateway.test"
 UPSTREAM_HOST = "upstream.test"
@@ -143,6 +149,7 @@ class InProcessDaemon:
         self.config: Config = configure(config) if configure is not None else config
         self.service: MnemomService = make_service(self.config, reactor=self.reactor,
                                                    environ={}, database_threads=self.threads,
+                                                   spool_threads=CallingThread(),
                                                    providers=providers)
         self.data_dir = data_dir
         self.errors = _ErrorLog()
@@ -257,6 +264,27 @@ class InProcessDaemon:
         released = release_analysis(self.analysis, answer)
         self.flush()
         return released
+
+    def fail_storage(self, database: bool = True, kv: bool = True) -> None:
+        """Make the database (every transaction fails as an unreachable SQLite file
+        does) and/or the KV store (every operation fails as an unreachable Redis does)
+        go away, until ``restore_storage``."""
+        if database:
+            self.threads.fail(lambda: sqlite3.OperationalError("unable to open database file"))
+        if kv:
+            store = self.service.storage.kv
+
+            def unreachable(*args: Any) -> None:
+                raise KVUnavailableError("Redis unavailable: Connection refused")
+
+            for name in KV_OPERATIONS:
+                setattr(store, name, unreachable)
+
+    def restore_storage(self) -> None:
+        self.threads.mend()
+        store = self.service.storage.kv
+        for name in KV_OPERATIONS:
+            store.__dict__.pop(name, None)
 
     def take_errors(self) -> list[str]:
         """The daemon's log messages at error and above since the last call."""

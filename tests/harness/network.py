@@ -97,6 +97,15 @@ class CallingThread:
         self.started = False
         self.transactions = 0
         self._stalled: list[tuple[Any, ...]] | None = None
+        self._failing: Callable[[], BaseException] | None = None
+
+    def fail(self, error: Callable[[], BaseException]) -> None:
+        """A database that cannot be reached: every transaction fails with ``error()``
+        (as the driver raises it) until ``mend``."""
+        self._failing = error
+
+    def mend(self) -> None:
+        self._failing = None
 
     def start(self) -> None:
         self.started = True
@@ -117,6 +126,9 @@ class CallingThread:
                                  func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         if self._stalled is not None:
             self._stalled.append((onResult, func, args, kwargs))
+            return
+        if self._failing is not None:
+            onResult(False, Failure(self._failing()))
             return
         self.transactions += 1
         try:

@@ -25,6 +25,7 @@ from mnemomd.integrity.checkpoints import DRIFT_ALERT_WRITE
 from mnemomd.integrity.engine import IntegrityAnalyzer
 from mnemomd.integrity.pipeline import WINDOW_TTL, IntegrityPipeline
 from mnemomd.kv import KVCache, KVUnavailableError, RedisKeyValueStore
+from mnemomd.kv.keyring import OutboxKeyring
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS
 from mnemomd.storage.writes import Write, WriteQueue
@@ -117,7 +118,7 @@ class ReplicaRaceTests(AgentDatabase):
         pipeline = IntegrityPipeline(
             IntegrityConfig(), self.clock, analyzer, AgentStore(db), checkpoints,
             KVCache(kv, "", 300), KVCache(kv, "", WINDOW_TTL), metrics, True,
-            outbox_ttl=3600)
+            outbox_ttl=3600, seal=OutboxKeyring(kv, self.clock, 3600, 30, shared=True).seal)
         return Replica(pipeline, kv, checkpoints, backend)
 
     def call(self, replica: Replica, verdict: dict[str, Any]) -> Deferred[Any]:

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from twisted.trial import unittest
 
-from mnemomd.kv import KVCache, KVUnavailableError, MemoryKeyValueStore
+from mnemomd.kv import KVCache, KVError, KVUnavailableError, MemoryKeyValueStore
 from mnemomd.ops.metrics import GatewayMetrics
 from tests.kv.contract import count
 from tests.support import captured_logs
@@ -20,11 +20,14 @@ class FlakyStore(MemoryKeyValueStore):
     """A memory store that can be switched to failing like an unreachable Redis."""
 
     broken = False
+    error: Exception = KVUnavailableError("Redis unavailable: Lost connection")
 
     def __getattribute__(self, name: str) -> Any:
         if name.startswith("_do_") and object.__getattribute__(self, "broken"):
+            error = object.__getattribute__(self, "error")
+
             def fail(*args: Any) -> None:
-                raise KVUnavailableError("Redis unavailable: Lost connection")
+                raise error
             return fail
         return object.__getattribute__(self, name)
 
@@ -42,6 +45,7 @@ class KVCacheFailureTests(unittest.TestCase):
     @inlineCallbacks
     def test_errors_become_misses_logged_once_per_streak(self):
         yield self.cache.set_json("a1", {"secret": "prompt text"})
+        self.store.error = KVError("Redis error reply: READONLY")
         self.store.broken = True
         self.assertIsNone((yield self.cache.get_json("a1")))
         self.assertIsNone((yield self.cache.get_json("a1")))
@@ -57,6 +61,18 @@ class KVCacheFailureTests(unittest.TestCase):
         self.assertIsNone((yield self.cache.get_json("a1")))
         self.assertEqual(len(self.warnings()), 2)
         self.assertNotIn("prompt text", json.dumps([str(e) for e in self.logs.events]))
+
+    @inlineCallbacks
+    def test_an_outage_is_a_miss_the_cache_does_not_log(self):
+        """An unreachable store is logged by the store's outage tracker, once; the four
+        caches over it add nothing."""
+        yield self.cache.set_json("a1", {"mode": "enforce"})
+        self.store.broken = True
+        self.assertIsNone((yield self.cache.get_json("a1")))
+        self.assertIsNone((yield self.cache.set_json("a1", {"mode": "observe"})))
+        self.store.broken = False
+        self.assertEqual((yield self.cache.get_json("a1")), {"mode": "enforce"})
+        self.assertEqual(self.logs.events, [])
 
     @inlineCallbacks
     def test_failed_invalidation_is_retried_and_hides_the_stale_entry(self):

@@ -30,6 +30,7 @@ from mnemomd.kv import (
     make_kv_store,
     readiness_check,
 )
+from mnemomd.ops.dependency import DependencyState
 from mnemomd.ops.metrics import GatewayMetrics
 from tests.fakes.redisserver import REDIS_HOST, REDIS_PORT, RedisServer, require_shared_redis
 from tests.kv.contract import KeyValueContract, count
@@ -164,7 +165,7 @@ class RedisOutageTests(unittest.TestCase):
         self.assertFalse(ok)
         self.assertGreaterEqual(count(self.metrics, "get", "error"), 4)
         self.assertEqual(count(self.metrics, "set", "error"), 1)
-        self.assertEqual(len(logs.at(LogLevel.warn)), 2)  # store and cache, once each
+        self.assertEqual(len(logs.at(LogLevel.warn)), 1)  # the store, once; not the cache
 
         yield self.start_server()
         yield poll(lambda: succeeds(store.ping), 15, "the same store to reconnect")
@@ -177,6 +178,30 @@ class RedisOutageTests(unittest.TestCase):
         logged = json.dumps([str(e) for e in logs.events])
         self.assertNotIn("enforce", logged)
         self.assertNotIn("observe", logged)
+
+    @inlineCallbacks
+    def test_outage_tracker_hears_every_command_and_logs_one_line_each_way(self):
+        logs = captured_logs(self, "mnemomd")
+        yield self.start_server()
+        state = DependencyState("redis", self.clock, (KVUnavailableError,))
+        store = RedisKeyValueStore(self.clock, self.server.url, None, self.metrics,
+                                   command_timeout=self.COMMAND_TIMEOUT, state=state)
+        self.addCleanup(store.close)
+        self.addCleanup(state.stop)
+        yield store.set("k", b"v")
+        self.server.stop()
+        for _ in range(3):
+            yield self.error_of(lambda: store.get("k"))
+        self.assertTrue(state.down)
+        self.assertEqual(state.failures, 3)
+        [down] = logs.at(LogLevel.warn)
+        self.assertEqual(down["dependency"], "redis")
+        yield self.start_server()
+        yield poll(lambda: succeeds(store.ping), 15, "the store to reconnect")
+        self.assertFalse(state.down)
+        [back] = [e for e in logs.at(LogLevel.info) if e.get("dependency") == "redis"]
+        self.assertGreaterEqual(back["failures"], 3)
+        self.assertEqual(len(logs.at(LogLevel.warn)), 1, "no line per failed command")
 
     @inlineCallbacks
     def test_unresponsive_server_times_out_and_connection_is_replaced(self):

@@ -65,7 +65,7 @@ class DriftTests(AgentDatabase):
             n = self.count
             self.count += 1
             trace = ap_trace(n, self.agent_id, self.card["card_id"], kind == "x")
-            row = OutboxRow(f"ob-{n}", self.agent_id, None, "anthropic", None, None, {}, 1,
+            row = OutboxRow(f"ob-{n}", self.agent_id, None, "anthropic", None, None, "", 1,
                             NOW, NOW + 1)
             yield self.outbox.complete(row, TraceRecord(trace["trace_id"], self.agent_id,
                                                         None, None, row.id, trace, None,

@@ -7,13 +7,17 @@ import json
 import pytest
 from aap import APTrace
 from twisted.internet.defer import fail, gatherResults, inlineCallbacks, succeed
+from twisted.logger import LogLevel
 from twisted.trial import unittest
 
 from mnemomd.agents.store import AgentStore, default_alignment_card
 from mnemomd.integrity.backends import AnalysisFailure
 from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
+from mnemomd.kv import KVUnavailableError, MemoryKeyValueStore
+from mnemomd.kv.keyring import OutboxKeyring
 from mnemomd.observer.traces import (
     RESPOND,
+    OpenedRow,
     TraceBuilder,
     TraceBuildError,
     build_trace,
@@ -25,7 +29,7 @@ from mnemomd.observer.traces import (
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.storage.traces import MAX_ATTEMPTS, OutboxRow, OutboxStore, TraceStore
 from tests.storage.engines import NOW, AgentDatabase
-from tests.support import synchronously
+from tests.support import captured_logs, synchronously
 
 
 def card(forbidden=("delete_file",), bounded=("inference", "search"), declared=None):
@@ -42,8 +46,8 @@ def tools(*names):
 
 
 def row(payload, agent_id="smith-1", n=1, checkpoint_id=None, ttl=600_000):
-    return OutboxRow(f"ob-{n}", agent_id, "s1", "anthropic", "claude-x", checkpoint_id,
-                     payload, 1, NOW + n, NOW + n + ttl)
+    return OpenedRow(OutboxRow(f"ob-{n}", agent_id, "s1", "anthropic", "claude-x",
+                               checkpoint_id, "s1.sealed", 1, NOW + n, NOW + n + ttl), payload)
 
 
 # -- the heuristic -------------------------------------------------------------------------
@@ -197,6 +201,11 @@ class FakeBackend:
         return self.answer() if callable(self.answer) else succeed(self.answer)
 
 
+class Unreachable(MemoryKeyValueStore):
+    def get(self, key):
+        return fail(KVUnavailableError("Redis is not connected"))
+
+
 class BrokenAgents:
     def card(self, agent_id):
         return fail(ConnectionError("database went away"))
@@ -214,11 +223,13 @@ class TraceBuilderTests(AgentDatabase):
                               (json.dumps(the_card), self.agent_id))
         self.outbox = OutboxStore(self.db)
         self.traces = TraceStore(self.db)
+        self.keyring = OutboxKeyring(MemoryKeyValueStore(self.clock), self.clock, 3600, 360,
+                                     shared=False)
 
     def builder(self, backend=None, agents=None, outbox=None, owner="me", metrics=None,
                 **settings):
         return TraceBuilder(self.clock, outbox or self.outbox, agents or self.agents, owner,
-                            backend, metrics=metrics, to_thread=synchronously,
+                            self.keyring, backend, metrics=metrics, to_thread=synchronously,
                             lease_seconds=120, **settings)
 
     def now_ms(self):
@@ -226,8 +237,9 @@ class TraceBuilderTests(AgentDatabase):
 
     @inlineCallbacks
     def add(self, n, payload, agent_id=None, checkpoint_id=None, ttl=3_600_000):
+        sealed = yield self.keyring.seal(f"ob-{n}", json.dumps(payload).encode())
         yield self.outbox.add(OutboxRow(f"ob-{n}", agent_id or self.agent_id, "s1",
-                                        "anthropic", "claude-x", checkpoint_id, payload, 0,
+                                        "anthropic", "claude-x", checkpoint_id, sealed, 0,
                                         self.now_ms() + n, self.now_ms() + ttl))
 
     @inlineCallbacks
@@ -267,6 +279,56 @@ class TraceBuilderTests(AgentDatabase):
         # Nothing left: a second run builds nothing more.
         self.assertEqual((yield self.builder().run())["built"], 0)
         self.assertEqual((yield self.traces.list_for_agent(self.agent_id))[1], 3)
+
+    @inlineCallbacks
+    def test_a_row_whose_key_expired_is_deleted_and_counted_without_a_line(self):
+        logs = captured_logs(self)
+        metrics = GatewayMetrics(process_collectors=False)
+        self.keyring = OutboxKeyring(MemoryKeyValueStore(self.clock), self.clock, 60, 6,
+                                     shared=False)
+        yield self.add(1, {"tools": tools("search")})  # the row itself lives an hour
+        self.clock.advance(60)
+        counts = yield self.builder(metrics=metrics).run()
+        self.assertEqual(counts, {"built": 0, "failed": 0, "parked": 0, "expired": 1})
+        self.assertEqual((yield self.outbox_rows()), [])
+        self.assertEqual((yield self.traces.list_for_agent(self.agent_id))[1], 0)
+        self.assertEqual(metrics.registry.get_sample_value("gateway_outbox_shredded_total"),
+                         1)
+        self.assertEqual(logs.at(LogLevel.warn) + logs.at(LogLevel.error), [])
+
+    @inlineCallbacks
+    def test_a_row_sealed_by_another_process_is_left_to_it(self):
+        mine = self.keyring
+        self.keyring = OutboxKeyring(MemoryKeyValueStore(self.clock), self.clock, 3600, 360,
+                                     shared=False)
+        yield self.add(1, {"tools": tools("search")})
+        self.keyring = mine
+        counts = yield self.builder().run()
+        self.assertEqual(counts, {"built": 0, "failed": 0, "parked": 0, "expired": 0})
+        self.assertEqual((yield self.outbox_rows()), [("ob-1", 1, False)])
+
+    @inlineCallbacks
+    def test_a_payload_moved_to_another_row_fails_that_row(self):
+        yield self.add(1, {"tools": tools("search")})
+        stolen = yield self.db.fetchone("t", "SELECT payload FROM trace_outbox")
+        yield self.outbox.add(OutboxRow("ob-2", self.agent_id, "s1", "anthropic", "claude-x",
+                                        None, stolen[0], 0, self.now_ms() + 2,
+                                        self.now_ms() + 3_600_000))
+        counts = yield self.builder().run()
+        self.assertEqual(counts, {"built": 1, "failed": 1, "parked": 0, "expired": 0})
+        failed = yield self.db.fetchone("t", "SELECT id, last_error FROM trace_outbox")
+        self.assertEqual(failed, ("ob-2", "sealed payload does not open for its row"))
+
+    @inlineCallbacks
+    def test_a_run_leaves_its_rows_when_the_keys_cannot_be_read(self):
+        self.keyring = OutboxKeyring(MemoryKeyValueStore(self.clock), self.clock, 3600, 360,
+                                     shared=True)
+        yield self.add(1, {"tools": tools("search")})
+        self.keyring = OutboxKeyring(Unreachable(self.clock), self.clock, 3600, 360,
+                                     shared=True)
+        counts = yield self.builder().run()
+        self.assertEqual(counts, {"built": 0, "failed": 0, "parked": 0, "expired": 0})
+        self.assertEqual((yield self.outbox_rows()), [("ob-1", 1, False)])
 
     @inlineCallbacks
     def test_a_failing_row_is_retried_on_later_runs_then_parked_without_blocking(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from mnemomd.ops.dependency import DependencyState
 from mnemomd.ops.health import HealthState
 
 
@@ -19,7 +20,7 @@ def test_ready_only_after_startup_and_not_while_shutting_down():
     assert health.readiness().result == (503, {"status": "shutting_down", "checks": {}})
 
 
-def test_failing_check_named_with_latency():
+def test_failing_required_check_named_with_latency_is_unavailable():
     clock = Clock()
     health = HealthState(clock, "1.0", True)
     health.started = True
@@ -31,10 +32,45 @@ def test_failing_check_named_with_latency():
     pending.callback((False, "connection refused"))
     status, body = result.result
     assert status == 503
-    assert body["status"] == "degraded"
+    assert body["status"] == "unavailable"
+    assert body["failing"] == ["database"]
     assert body["checks"]["database"] == {"status": "fail", "latency_ms": 250.0,
-                                          "detail": "connection refused"}
+                                          "detail": "connection refused", "required": True}
     assert body["checks"]["redis"]["status"] == "ok"
+
+
+def test_failing_check_with_a_fallback_is_degraded_and_still_ready():
+    clock = Clock()
+    health = HealthState(clock, "1.0", True)
+    health.started = True
+    state = DependencyState("redis", clock, (ConnectionRefusedError,))
+    clock.advance(10)
+    state.failed(ConnectionRefusedError("refused"))
+    state.failed(ConnectionRefusedError("refused"))
+    clock.advance(5)
+    health.add_check("redis", lambda: (False, "Redis is not connected"), required=False,
+                     fallback=lambda: "reads fall through to the database", state=state)
+    health.add_check("license", lambda: (True, None))
+    status, body = health.readiness().result
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["failing"] == ["redis"]
+    assert body["checks"]["redis"] == {
+        "status": "fail", "latency_ms": 0.0, "detail": "Redis is not connected",
+        "required": False, "fallback": "reads fall through to the database",
+        "down_seconds": 5.0, "failed_operations": 2}
+    state.stop()
+
+
+def test_whether_a_check_is_required_is_asked_after_it_ran():
+    health = HealthState(Clock(), "1.0", True)
+    health.started = True
+    known: list[str] = []
+    health.add_check("database", lambda: (False, "down"), required=lambda: not known)
+    assert health.readiness().result[0] == 503
+    known.append("an agent")
+    status, body = health.readiness().result
+    assert (status, body["status"]) == (200, "degraded")
 
 
 def test_raising_check_counts_as_failure():

@@ -29,7 +29,7 @@ TTL = 600_000
 def outbox_row(n: int, agent_id: str, created_at: int = NOW, ttl: int = TTL,
                checkpoint_id: str | None = None) -> OutboxRow:
     return OutboxRow(f"ob-{n:03d}", agent_id, "s1", "anthropic", "claude-x", checkpoint_id,
-                     {"tools": [{"name": "search", "argument_keys": ["q"]}]}, 0,
+                     f"s1.e1.sealed-{n}", 0,
                      created_at + n, created_at + n + ttl)
 
 
