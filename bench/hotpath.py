@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -341,7 +342,8 @@ class HotPath:
             "      forward_headers: true\n"
             "litellm_settings:\n"
             "  telemetry: false\n")
-        env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        env = {**os.environ, "LITELLM_MASTER_KEY": f"sk-{secrets.token_hex(24)}",
+               "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true"}
         env.pop("DATABASE_URL", None)
         log_path = self.workdir / "litellm.log"
