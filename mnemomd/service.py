@@ -34,6 +34,7 @@ from mnemomd import __version__
 from mnemomd.agents.directory import AGENT_CACHE_TTL, PersistentAgentDirectory
 from mnemomd.agents.identity import Agent
 from mnemomd.agents.memory import LastKnownState
+from mnemomd.agents.policies import PolicyBook, PolicyStore
 from mnemomd.agents.store import AgentStore
 from mnemomd.api.auth import credentials_from_config
 from mnemomd.api.handlers import ApiHandlers
@@ -86,8 +87,10 @@ from mnemomd.ops.memory import freeze_startup_heap
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
 from mnemomd.ops.notify import SystemdNotifier
 from mnemomd.ops.workers import WorkerSlot
+from mnemomd.policy import read_policy_file
 from mnemomd.providers import PROVIDERS, ProviderRegistry
 from mnemomd.proxy.handler import ProxyHandler
+from mnemomd.proxy.policy import PolicyStep
 from mnemomd.proxy.relay import UpstreamClient
 from mnemomd.storage.database import Database, TransactionThreads
 from mnemomd.storage.database import outage_errors as database_outage_errors
@@ -347,9 +350,10 @@ class StorageService(Service):
 
 
 class WriterService(Service):
-    """The write queue of the proxy's bookkeeping (``storage.writes``): started after the
-    storage, stopped before it, once the gateway has drained, so the last calls' writes
-    reach the database or the spool."""
+    """The write queue of the proxy's bookkeeping (``storage.writes``): stopped right after
+    the gateway has drained, before the scheduler (whose last traces run needs the last
+    outbox rows) and the storage, so the last calls' writes reach the database or the
+    spool."""
 
     name = "writer"
 
@@ -358,13 +362,20 @@ class WriterService(Service):
         #: Waited for before the queue's last drain (the pipeline's bookkeeping).
         self.settle: list[Callable[[], Deferred[Any]]] = []
         health.add_check("spool", self._check, required=False,
-                         fallback=lambda: "bookkeeping is shed until the spool has room")
+                         fallback=self._fallback)
 
     def _check(self) -> CheckResult:
         writes = self.writes
         state = "shedding" if writes.shedding else "spooling" if writes.outage else "ok"
-        return not writes.shedding, {"state": state, "depth": writes.spool_depth,
-                                     "queued": writes.depth}
+        # Spooling or shedding is degraded (200): the proxy serves, the record waits on
+        # local disk or, shedding, is lost until the database catches up.
+        return state == "ok", {"state": state, "depth": writes.spool_depth,
+                               "queued": writes.depth}
+
+    def _fallback(self) -> str:
+        if self.writes.shedding:
+            return "bookkeeping is shed until the spool has room"
+        return "bookkeeping is spooled to local disk until the database takes it"
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -645,7 +656,8 @@ class MnemomService(MultiService):
 
 def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
                         directory: PersistentAgentDirectory, dispatcher: WebhookDispatcher,
-                        metrics: GatewayMetrics, output_analysis: bool = True) -> ManagementApi:
+                        metrics: GatewayMetrics, output_analysis: bool = True,
+                        policies: PolicyBook | None = None) -> ManagementApi:
     """The ``/v1`` API over the same storage and KV store as the proxy; ``output_analysis``
     says whether agents may be given ``without_reasoning: analyse_output``."""
     openapi: dict[str, Any] = {}
@@ -657,7 +669,8 @@ def make_management_api(api: ApiConfig, reactor: IReactorTime, db: Database,
 
     handlers = ApiHandlers(reactor, ManagementStore(db), EnforcementStore(db),
                            WebhookStore(db), TraceStore(db), directory.invalidate_all,
-                           dispatcher.kick, document, output_analysis=output_analysis)
+                           dispatcher.kick, document, output_analysis=output_analysis,
+                           policies=policies)
     return ManagementApi(reactor, credentials_from_config(api), handlers, send_json, metrics)
 
 
@@ -731,7 +744,6 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                         spool_max_bytes=storage.spool_max_bytes, threads=spool_threads,
                         adopt=orphans)
     writer = WriterService(writes, health)
-    writer.setServiceParent(root)
 
     sender = WebhookSender(reactor)
     dispatcher = WebhookDispatcher(reactor, WebhookStore(db), sender.send, lease_owner(),
@@ -792,16 +804,26 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
         final_run = final_traces(reactor, db, keyring, metrics)
     SchedulerService(jobs, stopping,
                      lambda: settle_outbox(db, keyring, final_run)).setServiceParent(root)
+    # Stopped before the scheduler: the last calls' outbox rows are written before its
+    # final traces run and the deletion of what is left.
+    writer.setServiceParent(root)
     metrics.scheduler_jobs.set(len(jobs))
 
     proxy_config = config.proxy
+    # Tool policies: the file's (checked with the configuration) and the stored ones.
+    policy_file = config.proxy.mnemom_policy_file
+    policies = PolicyBook(reactor, PolicyStore(db), KVCache(kv, "", CARD_CACHE_TTL),
+                          read_policy_file(policy_file) if policy_file else None,
+                          outages=outages)
+    policy_step = PolicyStep(reactor, policies, metrics, writes, dispatcher.kick)
     client = UpstreamClient(reactor, proxy_config.upstream_max_connections_per_host)
     proxy = ProxyHandler(proxy_config, reactor, client, directory, metrics, integrity,
                          enforcement, license_state, analysis_timeout=config.analysis.timeout,
                          log_level=config.logging.log_level,
-                         failure_mode=failure_mode, providers=providers, outages=outages)
+                         failure_mode=failure_mode, providers=providers, outages=outages,
+                         policies=policy_step)
     api = make_management_api(config.api, reactor, db, directory, dispatcher, metrics,
-                              output_analysis) if role != "scheduler" else None
+                              output_analysis, policies) if role != "scheduler" else None
     gateway = Gateway(reactor, config.listener.max_request_body_bytes, health, metrics,
                       proxy if role != "scheduler" else None, api)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)

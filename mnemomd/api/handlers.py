@@ -19,8 +19,10 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, may
 from twisted.internet.interfaces import IReactorTime
 
 from mnemomd.agents.identity import effective_containment
+from mnemomd.agents.policies import PolicyBook
 from mnemomd.api import schemas as s
 from mnemomd.api.auth import Principal
+from mnemomd.api.policies import PolicyHandlers
 from mnemomd.api.queries import ManagementStore, Page, new_card_id
 from mnemomd.api.routes import ApiError, Route, describe_validation_error
 from mnemomd.enforcement.store import EnforcementError, EnforcementStore
@@ -82,7 +84,7 @@ def containment_actor(call: ApiCall) -> str:
     return body.actor if body is not None and body.actor else call.principal.name
 
 
-class ApiHandlers:
+class ApiHandlers(PolicyHandlers):
     """One method per operation of the route table (``Route.handler`` names it)."""
 
     def __init__(self, clock: IReactorTime, store: ManagementStore,
@@ -90,8 +92,10 @@ class ApiHandlers:
                  invalidate_agent: Callable[[str, str], Deferred[list[None]]],
                  events_queued: Callable[[], None],
                  openapi: Callable[[], dict[str, Any]],
-                 output_analysis: bool = True) -> None:
+                 output_analysis: bool = True, policies: PolicyBook | None = None) -> None:
         self._clock = clock
+        #: Tool policies (``agents.policies.PolicyBook``).
+        self._policy_book = policies
         #: Whether the analysis backend may be sent output (``analyse_output``).
         self._output_analysis = output_analysis
         self._store = store

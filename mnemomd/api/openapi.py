@@ -56,6 +56,8 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
         operation["requestBody"] = {
             "required": route.body is not s.ContainmentBody,
             "content": {"application/json": {"schema": body}}}
+        if route.accepts_yaml:
+            operation["requestBody"]["content"]["application/yaml"] = {"schema": body}
     return operation
 
 

@@ -76,7 +76,9 @@ class ManagementApi:
                 raise ApiError(403, f"{route.method} {route.path} needs the {route.role} role",
                                "permission_error")
             call = ApiCall(route, params, parse_query(route, query),
-                           parse_body(route, request_body(request)), principal,
+                           parse_body(route, request_body(request),
+                                      (request.getHeader(b"content-type") or b"")
+                                      .decode("latin-1")), principal,
                            int(started * 1000))
             result = self._handlers.dispatch(call)
             return result if isinstance(result, Deferred) else succeed(result)

@@ -99,6 +99,9 @@ class Route:
     body: type[BaseModel] | None = None
     #: A body validated by the handler itself (the alignment card, by the AAP model).
     body_schema: dict[str, Any] | None = None
+    #: The body may also be YAML (``Content-Type: application/yaml``): the handler gets
+    #: it as a ``RawDocument`` either way.
+    accepts_yaml: bool = False
     query: tuple[QueryParam, ...] = ()
     errors: tuple[int, ...] = ()
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
@@ -201,6 +204,28 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", f"{AGENT}/containment/policy", "put_policy", "admin",
           "Auto-containment: pause after N consecutive boundary violations", "containment",
           s.POLICY, body=s.PolicyBody),
+    Route("GET", "/v1/policy", "get_org_policy", "viewer",
+          "The deployment-wide tool policy (from MNEMOM_POLICY_FILE, or stored)", "policies",
+          s.POLICY_RECORD),
+    Route("PUT", "/v1/policy", "put_org_policy", "admin",
+          "Store the deployment-wide tool policy (JSON, or YAML with Content-Type: "
+          "application/yaml); 409 while MNEMOM_POLICY_FILE is set", "policies",
+          s.POLICY_RECORD, body_schema=s.POLICY_DOCUMENT, accepts_yaml=True, errors=(409,)),
+    Route("POST", "/v1/policy/evaluate", "evaluate_policy", "admin",
+          "Evaluate tool names against a policy, or an agent's resolved policy", "policies",
+          s.POLICY_EVALUATION, body=s.PolicyEvaluateBody),
+    Route("GET", f"{AGENT}/policy", "get_agent_policy", "viewer",
+          "The agent's own tool policy and its change history", "policies", s.POLICY_RECORD),
+    Route("PUT", f"{AGENT}/policy", "put_agent_policy", "admin",
+          "Store the agent's tool policy (JSON, or YAML with Content-Type: "
+          "application/yaml)", "policies", s.POLICY_RECORD, body_schema=s.POLICY_DOCUMENT,
+          accepts_yaml=True),
+    Route("DELETE", f"{AGENT}/policy", "delete_agent_policy", "admin",
+          "Remove the agent's tool policy (the deployment-wide one still applies)",
+          "policies", s.DELETED_POLICY),
+    Route("GET", f"{AGENT}/policy/resolved", "get_resolved_policy", "viewer",
+          "The policy the agent is held to (deployment-wide merged with its own), its mode "
+          "now and its coverage of the agent's card", "policies", s.RESOLVED_POLICY),
     Route("POST", "/v1/webhooks", "create_webhook", "admin",
           "Register an endpoint; the answer shows its secret, once", "webhooks",
           s.WEBHOOK_WITH_SECRET, status=201, body=s.WebhookCreateBody),
@@ -317,7 +342,18 @@ def contains_nul(value: Any) -> bool:
     return False
 
 
-def parse_body(route: Route, raw: bytes) -> Any:
+@dataclass(frozen=True)
+class RawDocument:
+    """A body the handler parses itself: its bytes and ``json`` or ``yaml``."""
+
+    raw: bytes
+    media: str
+
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+def parse_body(route: Route, raw: bytes, content_type: str = "") -> Any:
     """The validated body of a request: a model instance, a raw object, or None."""
     if not route.takes_body:
         if raw.strip():
@@ -326,6 +362,13 @@ def parse_body(route: Route, raw: bytes) -> Any:
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, f"request body exceeds {MAX_BODY_BYTES} bytes",
                        "request_too_large")
+    if route.accepts_yaml:
+        media = content_type.split(";")[0].strip().lower()
+        if not raw.strip():
+            raise ApiError(400, "request body must be a policy document")
+        if b"\x00" in raw:
+            raise ApiError(400, "request body must not contain NUL characters")
+        return RawDocument(raw, "yaml" if media in YAML_TYPES else "json")
     if route.body is None:
         return parse_json_body(raw)
     if route.body is s.ContainmentBody and not raw.strip():

@@ -31,7 +31,7 @@ NudgeStrategy = Literal["always", "sampling", "threshold", "off"]
 WithoutReasoning = Literal["allow", "analyse_output", "refuse"]
 WebhookEvent = Literal["verdict.clear", "verdict.review_needed", "verdict.boundary_violation",
                        "drift.detected", "agent.paused", "agent.resumed", "agent.killed",
-                       "nudge.created", "webhook.test", "*"]
+                       "nudge.created", "policy.violation", "webhook.test", "*"]
 
 
 class Body(BaseModel):
@@ -207,3 +207,38 @@ DELIVERY = obj({"id": STRING, "endpoint_id": STRING, "event_id": STRING,
                 "created_at": MILLIS, "delivered_at": nullable(MILLIS)})
 DELETED = obj({"id": STRING, "deleted": BOOLEAN})
 OPENAPI = obj({"openapi": STRING, "info": OBJECT, "paths": OBJECT})
+
+
+# -- tool policies ----------------------------------------------------------------------
+
+POLICY_VERDICTS = ("pass", "warn", "fail")
+
+
+class PolicyEvaluateBody(Body):
+    """A policy document (else the agent's resolved policy) and the tool names to judge."""
+
+    policy: dict[str, Any] | None = None
+    agent_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    tools: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=512)]
+
+
+#: A policy document of schema "1.0", validated by the handler (see docs/policy.md);
+#: ``Content-Type: application/yaml`` sends it as YAML.
+POLICY_DOCUMENT: dict[str, Any] = {
+    "type": "object", "description": "A tool policy, schema 1.0 (docs/policy.md)",
+    "required": ["meta", "capability_mappings", "forbidden", "defaults"]}
+COVERAGE = obj({"total_card_actions": INTEGER, "mapped_card_actions": array(STRING),
+                "unmapped_actions": array(STRING), "coverage_pct": NUMBER})
+POLICY_RECORD = obj({
+    "id": nullable(STRING), "agent_id": nullable(STRING), "scope": enum(("org", "agent")),
+    "source": enum(("file", "stored", "none")), "version": nullable(INTEGER),
+    "created_at": nullable(MILLIS), "updated_at": nullable(MILLIS),
+    "policy": nullable(OBJECT), "history": array(OBJECT), "warnings": array(STRING)})
+RESOLVED_POLICY = obj({
+    "agent_id": STRING, "active": BOOLEAN, "mode": nullable(enum(("off", "warn", "enforce"))),
+    "policy": nullable(OBJECT), "coverage": nullable(COVERAGE), "warnings": array(STRING)})
+POLICY_EVALUATION = obj({
+    "verdict": enum(POLICY_VERDICTS), "mode": enum(("off", "warn", "enforce")),
+    "violations": array(OBJECT), "warnings": array(OBJECT), "card_gaps": array(OBJECT),
+    "coverage": nullable(COVERAGE)})
+DELETED_POLICY = obj({"agent_id": STRING, "deleted": BOOLEAN})

@@ -234,7 +234,28 @@ def execute(client: ApiClient, args: argparse.Namespace, out: IO[str]) -> Any:
                                 page_footer(result, out))
     if command == "webhooks":
         return webhook_command(client, args, out)
+    if command == "policy":
+        return policy_command(client, args, out)
     raise CommandError(f"unknown command {command}", 2)
+
+
+def policy_command(client: ApiClient, args: argparse.Namespace, out: IO[str]) -> Any:
+    """``policy set`` and ``policy show`` (``check`` and ``evaluate`` run locally)."""
+    from mnemomd.policy import PolicyError, policy_document, read_policy_file
+
+    path = f"/v1/agents/{segment(args.agent_id)}/policy"
+    if args.policy_command == "set":
+        try:
+            policy = read_policy_file(args.file)
+        except PolicyError as e:
+            raise CommandError("\n".join([f"{args.file}: invalid policy"]
+                                          + [f"  {p}" for p in e.problems]), 1) from None
+        result = client.request("PUT", path, policy_document(policy))
+        return result, lambda: out.write(
+            f"{result['agent_id']}: policy {result['id']} version {result['version']}\n"
+            + "".join(f"warning: {w}\n" for w in result["warnings"]))
+    result = client.request("GET", f"{path}/resolved" if args.resolved else path)
+    return result, lambda: out.write(json.dumps(result.get("policy"), indent=2) + "\n")
 
 
 def agent_command(client: ApiClient, args: argparse.Namespace, out: IO[str]) -> Any:
@@ -446,6 +467,23 @@ def add_management_commands(commands: Any, common: Any) -> None:
     traces.add_argument("agent_id")
     add_pagination(traces)
 
+    policy = commands.add_parser("policy", help="tool policies: check, set, show, evaluate")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_commands.add_parser(
+        "check", help="validate policy files (no daemon needed): exit 0, or every problem "
+                      "and exit 1")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    evaluate = policy_commands.add_parser(
+        "evaluate", help="evaluate tool names against a policy file (no daemon needed)")
+    evaluate.add_argument("file", metavar="FILE")
+    evaluate.add_argument("--tool", action="append", default=[], dest="tools",
+                          metavar="NAME", help="a tool name (repeat for several)")
+    setting = command(policy_commands, "set", "store an agent's policy from a YAML file")
+    setting.add_argument("agent_id", metavar="AGENT")
+    setting.add_argument("file", metavar="FILE")
+    show = command(policy_commands, "show", "an agent's policy (--resolved: merged)")
+    show.add_argument("agent_id", metavar="AGENT")
+    show.add_argument("--resolved", action="store_true")
     webhooks = commands.add_parser("webhooks", help="webhook endpoints and deliveries")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
     add_pagination(command(webhook_commands, "list", "registered endpoints"))
@@ -477,4 +515,39 @@ def add_management_commands(commands: Any, common: Any) -> None:
     redeliver.add_argument("delivery_id")
 
 
-MANAGEMENT_COMMANDS = ("agents", "enforcement", "agent", "checkpoints", "traces", "webhooks")
+MANAGEMENT_COMMANDS = ("agents", "enforcement", "agent", "checkpoints", "traces", "webhooks",
+                       "policy")
+
+
+def local_policy_command(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """``policy check`` and ``policy evaluate``: no daemon, no configuration."""
+    from mnemomd.policy import PolicyError, compile_policy, evaluate, read_policy_file
+
+    if args.policy_command == "check":
+        status = 0
+        for path in args.files:
+            try:
+                policy = read_policy_file(path)
+            except PolicyError as e:
+                status = 1
+                err.write(f"{path}: {len(e.problems)} problem(s):\n")
+                err.write("".join(f"  {p}\n" for p in e.problems))
+                continue
+            out.write(f"{path}: valid ({policy.meta.name}, "
+                      f"{len(policy.capability_mappings)} mappings, "
+                      f"{len(policy.forbidden)} forbidden rules)\n")
+        return status
+    try:
+        policy = read_policy_file(args.file)
+    except PolicyError as e:
+        err.write(f"{args.file}: {len(e.problems)} problem(s):\n")
+        err.write("".join(f"  {p}\n" for p in e.problems))
+        return 1
+    result = evaluate(compile_policy(policy), args.tools, policy.defaults.enforcement_mode)
+    out.write(f"{result.verdict}\n")
+    for v in result.violations:
+        out.write(f"  {v['tool']}  {v['type']}  {v['rule'] or '-'}  {v['severity']}  "
+                  f"{v['reason']}\n")
+    for w in result.warnings:
+        out.write(f"  {w['tool']}  {w['type']}  {w['reason']}\n")
+    return 0 if result.verdict != "fail" else 1

@@ -264,6 +264,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                             *MANAGEMENT_COMMANDS):
         parser.print_help()
         return 2
+    if args.command == "policy" and args.policy_command in ("check", "evaluate"):
+        from mnemomd.cli.admin import local_policy_command
+
+        return local_policy_command(args, sys.stdout, sys.stderr)
     try:
         config = load_config(flag_values(args), environ, args.config)
     except ConfigError as e:

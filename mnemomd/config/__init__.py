@@ -335,6 +335,9 @@ SETTINGS: tuple[Setting, ...] = (
             section="analysis"),
     Setting("AIP_ANALYSIS_TIMEOUT_MS", _int_in(100, 600_000), 10_000,
             "longest wait for the analysis model, in milliseconds", section="analysis"),
+    Setting("MNEMOM_POLICY_FILE", parse_path, None,
+            "YAML tool policy (schema 1.0) for the whole deployment, validated at startup; "
+            "while set, PUT /v1/policy is refused", section="proxy"),
     Setting("AIP_HOLD_BUFFER_BYTES", _byte_size(64 * 1024, 64 * 1024**2), 1024**2,
             "enforce mode: output held for a verdict in memory per response; past it the "
             "upstream is paused, never released unanalysed", section="proxy"),
@@ -520,6 +523,7 @@ class ProxyConfig:
     cors_allowed_origins: tuple[str, ...] = ("*",)
     aip_hold_buffer_bytes: int = 1024**2
     aip_hold_keepalive_seconds: float = 5.0
+    mnemom_policy_file: str | None = None
 
     def upstream_base_url(self, provider: str | Provider) -> str:
         """Where a provider's routes go: its ``<NAME>_BASE_URL`` setting, or, for a provider
@@ -861,7 +865,21 @@ def cross_setting_problems(config: Config) -> list[str]:
         except LicenseKeyError as e:
             problems.append(f"MNEMOM_LICENSE_PUBLIC_KEY: {e}")
     problems += worker_problems(config)
+    problems += policy_file_problems(config.proxy.mnemom_policy_file)
     return problems
+
+
+def policy_file_problems(path: str | None) -> list[str]:
+    """Every problem of the ``MNEMOM_POLICY_FILE`` policy, each with its path."""
+    if not path:
+        return []
+    from mnemomd.policy import PolicyError, read_policy_file
+
+    try:
+        read_policy_file(path)
+    except PolicyError as e:
+        return [f"MNEMOM_POLICY_FILE ({path}): {problem}" for problem in e.problems]
+    return []
 
 
 def worker_problems(config: Config) -> list[str]:

@@ -21,7 +21,7 @@ DAY_MS = 86_400_000
 
 #: table -> the column compared with the retention cut-off.
 RETAINED = (("integrity_checkpoints", "created_at"), ("ap_traces", "created_at"),
-            ("webhook_deliveries", "created_at"))
+            ("webhook_deliveries", "created_at"), ("policy_violations", "created_at"))
 
 
 def _purge(cursor: Cursor, cutoff_ms: int, now_ms: int) -> dict[str, int]:

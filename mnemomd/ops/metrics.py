@@ -92,6 +92,10 @@ class GatewayMetrics:
             "gateway_cache_operations",
             "Key-value store operations by operation and result (hit, miss, ok, conflict, error)",
             ["operation", "result"], registry=self.registry)
+        self.policy_evaluations = Counter(
+            "gateway_policy_evaluations",
+            "Tool policy evaluations of proxied calls by verdict (pass, warn, fail)",
+            ["verdict"], registry=self.registry)
         self.aip_checks = Counter(
             "gateway_aip_checks",
             "Integrity checks by verdict, synthetic outcomes included",

@@ -25,11 +25,14 @@ from mnemomd.providers.base import (
     REASONING,
     Accumulator,
     ExtractionBuilder,
+    OfferedTools,
     Provider,
     RequestInfo,
     StreamError,
     StreamState,
+    anthropic_tools,
     bearer_token,
+    chat_tools,
     comment_keepalive,
     describe_json_api,
     event_json,
@@ -79,6 +82,17 @@ def describe_request(path: bytes, query: bytes, body: bytes) -> RequestInfo:
     if route.endswith("/chat/completions"):
         return describe_json_api(OPENAI_CHAT, body)
     return describe_json_api(None, body)
+
+
+def offered_tools(info: RequestInfo) -> OfferedTools:
+    """The tool names a described request offers the model (tool policies)."""
+    if info.json_body is None:
+        return OfferedTools()
+    if info.api == ANTHROPIC_MESSAGES:
+        return anthropic_tools(info.json_body)
+    if info.api == OPENAI_CHAT:
+        return chat_tools(info.json_body)
+    return OfferedTools()
 
 
 # --------------------------------------------------------------------------
@@ -392,6 +406,7 @@ PROVIDER = Provider(
     find_api_key=find_api_key,
     key_header="x-api-key",
     describe_request=describe_request,
+    offered_tools=offered_tools,
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,

@@ -136,6 +136,24 @@ class Extraction:
         return cls(None, 0, False, [], "", model, complete)
 
 
+#: Tools read from one request at most; more is reported as an overflow.
+MAX_OFFERED_TOOLS = 512
+
+
+@dataclass(frozen=True)
+class OfferedTools:
+    """The tool names a request offers the model (or names in ``tool_choice``), in order,
+    at most ``MAX_OFFERED_TOOLS``; ``overflow`` when it offered more. A name that is not a
+    string is listed as its JSON text, so it matches no ordinary glob."""
+
+    names: tuple[str, ...] = ()
+    overflow: bool = False
+
+
+class ToolLister(Protocol):
+    def __call__(self, info: RequestInfo) -> OfferedTools: ...
+
+
 class RequestDescriber(Protocol):
     def __call__(self, path: bytes, query: bytes, body: bytes) -> RequestInfo: ...
 
@@ -220,6 +238,10 @@ def _describe_nothing(path: bytes, query: bytes, body: bytes) -> RequestInfo:
     return RequestInfo(None, None, False, None)
 
 
+def _no_tools(info: RequestInfo) -> OfferedTools:
+    return OfferedTools()
+
+
 def _inject_nothing(info: RequestInfo, body: dict[str, Any], *args: Any) -> None:
     return None
 
@@ -298,6 +320,8 @@ class Provider:
     key_header: str
     #: (path after the provider segment, raw query with its ``?``, body) -> RequestInfo.
     describe_request: RequestDescriber = _describe_nothing
+    #: The tool names a described request offers the model (tool policies); pure.
+    offered_tools: ToolLister = _no_tools
     #: SPEC §5.1 ``auto`` mode: a new body that exposes reasoning, or None to leave it.
     inject_thinking: ThinkingInjector = _inject_nothing
     #: SPEC §6.3: a new body with the integrity notice prepended to the system prompt.
@@ -740,3 +764,155 @@ def blames_injection(hints: tuple[str, ...] | None, status: int, body: bytes) ->
         json.dumps(error.get(name)) for name in ("message", "param") if name in error
     ).lower()
     return any(hint in words for hint in hints)
+
+
+# --------------------------------------------------------------------------
+# The tools a request offers (tool policies).
+
+
+def tool_label(value: object) -> str:
+    """A tool name as policies see it: the string itself; anything else as JSON text."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, sort_keys=True)[:MAX_NAME_CHARS]
+    except (TypeError, ValueError):
+        return type(value).__name__
+
+
+class ToolNames:
+    """Collects offered tool names up to ``MAX_OFFERED_TOOLS``."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.overflow = False
+
+    def add(self, value: object) -> None:
+        if len(self.names) >= MAX_OFFERED_TOOLS:
+            self.overflow = True
+            return
+        self.names.append(tool_label(value))
+
+    def result(self) -> OfferedTools:
+        return OfferedTools(tuple(self.names), self.overflow)
+
+
+def listed(body: Mapping[str, Any], key: str) -> list[Any]:
+    """``body[key]`` when it is a list; a single object is a list of one (lenient upstream
+    parsers accept both); anything else is none."""
+    value = body.get(key)
+    if isinstance(value, list):
+        return value
+    return [value] if isinstance(value, dict) else []
+
+
+def anthropic_tools(body: Mapping[str, Any]) -> OfferedTools:
+    """Messages API: ``tools[].name`` (server tools by ``name``, else ``type``), and the
+    tool ``tool_choice`` names."""
+    out = ToolNames()
+    for tool in listed(body, "tools"):
+        if isinstance(tool, dict) and "name" in tool:
+            out.add(tool["name"])
+        elif isinstance(tool, dict) and "type" in tool:
+            out.add(tool["type"])
+        else:
+            out.add(tool)
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and "name" in choice:
+        out.add(choice["name"])
+    return out.result()
+
+
+def chat_tools(body: Mapping[str, Any]) -> OfferedTools:
+    """Chat Completions: ``tools[].function.name`` (``custom.name``, else the type), the
+    older ``functions[].name``, and names in ``tool_choice`` / ``function_call``."""
+    out = ToolNames()
+    for tool in listed(body, "tools"):
+        if not isinstance(tool, dict):
+            out.add(tool)
+            continue
+        inner = tool.get("function") if isinstance(tool.get("function"), dict) else \
+            tool.get("custom") if isinstance(tool.get("custom"), dict) else None
+        if inner is not None and "name" in inner:
+            out.add(inner["name"])
+        elif "name" in tool:
+            out.add(tool["name"])
+        else:
+            out.add(tool.get("type", tool))
+    for function in listed(body, "functions"):
+        out.add(function.get("name", function) if isinstance(function, dict) else function)
+    for key in ("tool_choice", "function_call"):
+        choice = body.get(key)
+        if isinstance(choice, dict):
+            inner = choice.get("function") if isinstance(choice.get("function"), dict) \
+                else choice.get("custom") if isinstance(choice.get("custom"), dict) else choice
+            if "name" in inner:
+                out.add(inner["name"])
+    return out.result()
+
+
+def responses_tools(body: Mapping[str, Any]) -> OfferedTools:
+    """Responses: ``tools[].name`` (function and custom tools), built-in tools by their
+    ``type`` (``web_search``, ``file_search``, ``mcp``…), and what ``tool_choice`` names."""
+    out = ToolNames()
+    for tool in listed(body, "tools"):
+        if isinstance(tool, dict) and "name" in tool:
+            out.add(tool["name"])
+        elif isinstance(tool, dict) and "type" in tool:
+            out.add(tool["type"])
+        else:
+            out.add(tool)
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        if "name" in choice:
+            out.add(choice["name"])
+        elif choice.get("type") not in (None, "function", "custom", "allowed_tools"):
+            out.add(choice["type"])
+        for allowed in listed(choice, "tools"):
+            if isinstance(allowed, dict):
+                out.add(allowed.get("name", allowed.get("type", allowed)))
+    return out.result()
+
+
+#: Gemini's built-in tools, by either spelling of their key.
+_GEMINI_BUILTINS = {"googleSearch": "google_search", "google_search": "google_search",
+                    "googleSearchRetrieval": "google_search_retrieval",
+                    "google_search_retrieval": "google_search_retrieval",
+                    "codeExecution": "code_execution", "code_execution": "code_execution",
+                    "urlContext": "url_context", "url_context": "url_context",
+                    "computerUse": "computer_use", "computer_use": "computer_use",
+                    "fileSearch": "file_search", "file_search": "file_search",
+                    "googleMaps": "google_maps", "google_maps": "google_maps"}
+
+
+def gemini_tools(body: Mapping[str, Any]) -> OfferedTools:
+    """generateContent: ``tools[].functionDeclarations[].name`` under either spelling the
+    API accepts (``function_declarations``), built-in tools by name, and the names
+    ``toolConfig.functionCallingConfig.allowedFunctionNames`` allows."""
+    out = ToolNames()
+    for tool in listed(body, "tools"):
+        if not isinstance(tool, dict):
+            out.add(tool)
+            continue
+        for key in tool:
+            if key in ("functionDeclarations", "function_declarations"):
+                for declaration in listed(tool, key):
+                    out.add(declaration.get("name", declaration)
+                            if isinstance(declaration, dict) else declaration)
+            elif key in _GEMINI_BUILTINS:
+                out.add(_GEMINI_BUILTINS[key])
+            else:
+                out.add(key)
+    for config_key in ("toolConfig", "tool_config"):
+        config = body.get(config_key)
+        if not isinstance(config, dict):
+            continue
+        for calling_key in ("functionCallingConfig", "function_calling_config"):
+            calling = config.get(calling_key)
+            if not isinstance(calling, dict):
+                continue
+            for names_key in ("allowedFunctionNames", "allowed_function_names"):
+                for name in listed(calling, names_key) if isinstance(
+                        calling.get(names_key), list) else []:
+                    out.add(name)
+    return out.result()

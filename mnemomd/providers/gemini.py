@@ -27,15 +27,18 @@ from mnemomd.providers.base import (
     REASONING,
     Accumulator,
     ExtractionBuilder,
+    OfferedTools,
     Provider,
     RequestInfo,
     StreamError,
     StreamState,
+    chat_tools,
     comment_keepalive,
     describe_json_api,
     event_json,
     extractor,
     first_header,
+    gemini_tools,
     injector,
     load_json_object,
     model_name,
@@ -97,6 +100,17 @@ def describe_request(path: bytes, query: bytes, body: bytes) -> RequestInfo:
     if method not in _GENERATE_METHODS or model is None:
         return RequestInfo(None, model, False, None)
     return RequestInfo(GEMINI_GENERATE, model, _GENERATE_METHODS[method], load_json_object(body))
+
+
+def offered_tools(info: RequestInfo) -> OfferedTools:
+    """The tool names a described request offers the model (tool policies)."""
+    if info.json_body is None:
+        return OfferedTools()
+    if info.api == GEMINI_GENERATE:
+        return gemini_tools(info.json_body)
+    if info.api == OPENAI_CHAT:
+        return chat_tools(info.json_body)
+    return OfferedTools()
 
 
 # --------------------------------------------------------------------------
@@ -386,6 +400,7 @@ PROVIDER = Provider(
     find_api_key=find_api_key,
     key_header="x-goog-api-key",
     describe_request=describe_request,
+    offered_tools=offered_tools,
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,

@@ -28,11 +28,13 @@ from mnemomd.providers.base import (
     REASONING,
     Accumulator,
     ExtractionBuilder,
+    OfferedTools,
     Provider,
     RequestInfo,
     StreamError,
     StreamState,
     bearer_token,
+    chat_tools,
     comment_keepalive,
     describe_json_api,
     event_json,
@@ -42,6 +44,7 @@ from mnemomd.providers.base import (
     never_raises,
     output_writer,
     prepend_text,
+    responses_tools,
     route_path,
     short_name,
     sse_event,
@@ -84,6 +87,17 @@ def describe_request(path: bytes, query: bytes, body: bytes) -> RequestInfo:
             info = RequestInfo(info.api, short_name(match[1]), info.streaming_requested,
                                info.json_body)
     return info
+
+
+def offered_tools(info: RequestInfo) -> OfferedTools:
+    """The tool names a described request offers the model (tool policies)."""
+    if info.json_body is None:
+        return OfferedTools()
+    if info.api == OPENAI_CHAT:
+        return chat_tools(info.json_body)
+    if info.api == OPENAI_RESPONSES:
+        return responses_tools(info.json_body)
+    return OfferedTools()
 
 
 # --------------------------------------------------------------------------
@@ -608,6 +622,7 @@ PROVIDER = Provider(
     find_api_key=find_api_key,
     key_header="Authorization",
     describe_request=describe_request,
+    offered_tools=offered_tools,
     inject_thinking=inject_thinking,
     inject_nudge=inject_nudge,
     extract_response=extract_response,

@@ -51,6 +51,7 @@ from mnemomd.integrity.pipeline import (
 from mnemomd.ops.dependency import DependencyState, log_failure
 from mnemomd.ops.labels import LabelCache
 from mnemomd.ops.metrics import GatewayMetrics
+from mnemomd.policy import Evaluation
 from mnemomd.providers import PROVIDERS, ProviderRegistry
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, is_usable_key
 from mnemomd.proxy.headers import client_response_headers, upstream_request_headers
@@ -63,6 +64,7 @@ from mnemomd.proxy.hold import (
     StreamFormat,
     within,
 )
+from mnemomd.proxy.policy import policy_refusal
 from mnemomd.proxy.relay import RelayOutcome, ResponseCapture, StreamRelay
 from mnemomd.proxy.routing import ProxyTarget, parse_proxy_target, upstream_url
 
@@ -101,6 +103,8 @@ class Call:
     nudges: list[Nudge] = field(default_factory=list)
     #: The held body was answered before it ended (at the hold cap): nothing left to check.
     answered_early: bool = False
+    #: ``X-Policy-Verdict`` while a tool policy is active for the agent.
+    policy_verdict: bytes | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -160,6 +164,13 @@ class CallIntegrity(HoldIntegrity, Protocol):
               outcome: AnalysisOutcome | Unverifiable | None) -> Deferred[None]: ...
 
 
+class PolicyCheck(Protocol):
+    """Tool policies before forwarding (``proxy.policy.PolicyStep``)."""
+
+    def check(self, agent: Agent, provider: Provider, info: RequestInfo | None,
+              body: bytes | None) -> Deferred[Evaluation | None]: ...
+
+
 class ProxyHandler:
     """The proxy: what the front door hands the paths of its providers (``/anthropic``,
     ``/openai``, ``/gemini``, and any other the registry holds) and ``/agent/{name}/…`` to."""
@@ -170,7 +181,8 @@ class ProxyHandler:
                  license_state: TrafficGate | None = None, *, analysis_timeout: float,
                  log_level: str, failure_mode: str,
                  providers: ProviderRegistry = PROVIDERS,
-                 outages: Sequence[DependencyState] = ()) -> None:
+                 outages: Sequence[DependencyState] = (),
+                 policies: PolicyCheck | None = None) -> None:
         """``analysis_timeout`` (seconds) bounds how long a held response waits for its
         verdict, and then ``failure_mode`` (``AIP_FAILURE_MODE``) decides; ``log_level``
         says whether access lines are worth formatting. ``providers`` is every provider
@@ -178,6 +190,7 @@ class ProxyHandler:
         ``outages`` the storage dependencies whose known outage errors their trackers
         log, so a call that meets one logs no traceback of its own."""
         self._providers = providers
+        self._policies = policies
         self._outages = outages
         self._failure_mode = failure_mode
         self._license = license_state
@@ -326,6 +339,21 @@ class ProxyHandler:
                         request_id=request.request_id)
             prepared = (body, None, False)
         sent_body, info, nudged = prepared
+        if self._policies is not None:
+            try:
+                evaluation = yield self._policies.check(agent, provider, info, body)
+            except Exception:
+                log.failure("Tool policy step failed", request_id=request.request_id)
+                evaluation = None
+            if evaluation is not None:
+                call.policy_verdict = evaluation.shown.encode()
+                if evaluation.blocked:
+                    # Refused before anything reaches the provider (SPEC: tool policies).
+                    send_json(request, 403, policy_refusal(evaluation),
+                              self._gateway_headers(call))
+                    self._account(call, 403)
+                    call.extra["refused"] = "policy_violation"
+                    return None
         if nudged:
             call.nudges = nudges
         yield self._send((sent_body, info), call, body)
@@ -543,6 +571,8 @@ class ProxyHandler:
             headers.append((b"x-accel-buffering", b"no"))
         if call.nudges:
             headers.append((b"x-aip-nudge-count", b"%d" % len(call.nudges)))
+        if call.policy_verdict is not None:
+            headers.append((b"x-policy-verdict", call.policy_verdict))
         origin = call.request.requestHeaders.getRawHeaders(b"origin", [None])[0]
         headers += cors.response_headers(origin, self._config.cors_allowed_origins)
         return headers

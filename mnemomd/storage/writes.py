@@ -178,6 +178,7 @@ class WriteQueue:
         self._running = False
         self._replaying: list[Deferred[bool]] | None = None
         self._flushing: Deferred[Any] | None = None
+        self._spilling = False
         #: True while the database is unavailable: batches go straight to the spool.
         self.outage = False
         self._shedding = False
@@ -211,6 +212,9 @@ class WriteQueue:
         waiter: Deferred[str] | None = Deferred() if wait else None
         self._pending.append((write, waiter))
         self._metrics.write_queue_depth.set(len(self._pending))
+        if len(self._pending) > self._max_pending and self._running and not self._spilling:
+            self._spilling = True
+            self._spill().addBoth(self._spilled)
         if wait or len(self._pending) >= self._batch_rows:
             # Someone waits for this one (enforcement reads it back): write it now.
             self._schedule(0)
@@ -256,21 +260,28 @@ class WriteQueue:
                     yield self._to_spool(batch)
                 else:
                     yield self._to_database(batch)
-                # Behind: what the writer cannot keep up with goes to the spool now, so
-                # memory stays bounded whatever the database does.
-                overflow = len(self._pending) - self._max_pending
-                while overflow > 0:
-                    spilled = [self._pending.popleft()
-                               for _ in range(min(overflow, self._batch_rows))]
-                    overflow -= len(spilled)
-                    yield self._to_spool(spilled)
-                self._metrics.write_queue_depth.set(len(self._pending))
         finally:
             self._busy = False
         if self._pending:
             self._schedule(0)
         elif self._spool_records and not self.outage and self._replay_call is None:
             self._replay_soon(0)
+
+    @inlineCallbacks
+    def _spill(self) -> Any:
+        """Behind: what the writer cannot keep up with goes to the spool now, oldest
+        first, so memory stays bounded however slow the database is."""
+        while len(self._pending) > self._max_pending:
+            excess = len(self._pending) - self._max_pending
+            spilled = [self._pending.popleft()
+                       for _ in range(min(excess, self._batch_rows))]
+            self._metrics.write_queue_depth.set(len(self._pending))
+            yield self._to_spool(spilled)
+
+    def _spilled(self, result: Any) -> None:
+        self._spilling = False
+        if isinstance(result, Failure):
+            log.failure("Spilling the write queue to the spool failed", result)
 
     @inlineCallbacks
     def _to_database(self, batch: list[tuple[Write, Deferred[str] | None]]) -> Any:
@@ -283,11 +294,19 @@ class WriteQueue:
                 self._enter_outage(e)
                 yield self._to_spool(batch)
                 return
-            results = yield self._write_one_by_one(writes)
+            results, unwritten = yield self._write_one_by_one(writes)
+            if unwritten:  # the database went away meanwhile: the rest waits in the spool
+                keys = {(w.kind, w.key) for w in unwritten}
+                yield self._to_spool([(w, d) for w, d in batch if (w.kind, w.key) in keys])
+                batch = [(w, d) for w, d in batch if (w.kind, w.key) not in keys]
+                writes = [w for w in writes if (w.kind, w.key) not in keys]
         self._committed(results)
-        for write in writes:
-            self._written(write.kind, STORED).inc()
+        self._count_writes(writes, STORED)
         _fire(batch, STORED)
+
+    def _count_writes(self, writes: Iterable[Write], outcome: str) -> None:
+        for kind, count in Counter(w.kind for w in writes).items():
+            self._written(kind, outcome).inc(count)
 
     def _write(self, writes: list[Write]) -> Deferred[dict[str, Any]]:
         grouped = by_kind(writes)
@@ -303,19 +322,24 @@ class WriteQueue:
     @inlineCallbacks
     def _write_one_by_one(self, writes: list[Write]) -> Any:
         """A batch the database refused for what it holds: each write alone, so one bad
-        row costs only itself (logged loudly: it is a bug, never retried)."""
+        row costs only itself (logged loudly: it is a bug, never retried). Fires with
+        (results by kind, the writes left unwritten because the database went away)."""
         results: dict[str, list[Any]] = {}
-        for write in writes:
+        for n, write in enumerate(writes):
             try:
                 result = yield self._write([write])
-            except Exception:
+            except Exception as e:
+                if is_outage(e):
+                    self._enter_outage(e)
+                    return ({kind: _merge(values) for kind, values in results.items()},
+                            writes[n:])
                 log.failure("The database refused a {kind} write ({key}); dropped",
                             kind=write.kind, key=write.key)
                 self._count("rejected", 1, write.kind)
                 continue
             for kind, value in result.items():
                 results.setdefault(kind, []).append(value)
-        return {kind: _merge(values) for kind, values in results.items()}
+        return {kind: _merge(values) for kind, values in results.items()}, []
 
     def _committed(self, results: dict[str, Any]) -> None:
         for kind, result in results.items():
@@ -356,8 +380,7 @@ class WriteQueue:
         self._spool_records += len(records)
         self._spool_bytes += written
         self._spool_gauges()
-        for write in writes:
-            self._written(write.kind, SPOOLED).inc()
+        self._count_writes(writes, SPOOLED)
         if self._shedding and self._spool_bytes < self._spool_max_bytes:
             self._stop_shedding()
         _fire(batch, SPOOLED)
@@ -493,11 +516,13 @@ class WriteQueue:
                 self._replay_delay = min(self._replay_delay * 2, REPLAY_RETRY_MAX)
                 return False
             log.failure("The database refused a spooled batch; writing it row by row")
-            results = yield self._write_one_by_one(writes)
+            results, unwritten = yield self._write_one_by_one(writes)
             self._committed(results)
+            if unwritten:  # the database went away meanwhile: the segment stays
+                self._replay_delay = min(self._replay_delay * 2, REPLAY_RETRY_MAX)
+                return False
         freed = yield self._in_thread(self._spool.remove, path)
-        for write in writes:
-            self._written(write.kind, "replayed").inc()
+        self._count_writes(writes, "replayed")
         self._spool_records = max(0, self._spool_records - len(contents.records))
         self._spool_bytes = max(0, self._spool_bytes - freed)
         self._spool_gauges()

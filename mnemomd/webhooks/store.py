@@ -20,7 +20,8 @@ from mnemomd.storage.database import Cursor, Database
 
 EVENT_TYPES = (
     "verdict.clear", "verdict.review_needed", "verdict.boundary_violation", "drift.detected",
-    "agent.paused", "agent.resumed", "agent.killed", "nudge.created", "webhook.test",
+    "agent.paused", "agent.resumed", "agent.killed", "nudge.created", "policy.violation",
+    "webhook.test",
 )
 #: Subscribing to ``*`` takes every event but these (they must be asked for by name).
 OPT_IN_EVENTS = ("verdict.clear", "webhook.test")

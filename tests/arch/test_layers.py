@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mnemomd.http",),  # the outbound client layer and the front door's HTTP plumbing
     ("mnemomd.providers",),  # one module per provider: wire formats, extraction, analysis calls
     ("mnemomd.cloud",),  # Mnemom's services: license, heartbeat
-    ("mnemomd.storage", "mnemomd.kv"),  # the database, migrations, the KV store
+    ("mnemomd.storage", "mnemomd.kv", "mnemomd.policy"),  # database, KV store, tool policies
     ("mnemomd.config",),  # settings, sections, validation
     ("mnemomd.agents",),  # identity, the directory, the agents table
     ("mnemomd.webhooks",),  # events, endpoints, deliveries

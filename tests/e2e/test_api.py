@@ -32,6 +32,13 @@ from tests.fakes.rawhttp import raw_request
 
 UNKNOWN = {"agent_id": "smolt-00000000", "checkpoint_id": "ic-unknown",
            "trace_id": "tr-unknown", "webhook_id": "wh-unknown", "delivery_id": "whd-unknown"}
+POLICY: dict[str, Any] = {
+    "meta": {"schema_version": "1.0", "name": "walk", "scope": "agent"},
+    "capability_mappings": {"web": {"tools": ["web_*"], "card_actions": ["inference"]}},
+    "forbidden": [{"pattern": "send_*", "reason": "no data out", "severity": "critical"}],
+    "defaults": {"unmapped_tool_action": "warn", "unmapped_severity": "medium",
+                 "fail_open": False},
+}
 #: A body each writing operation succeeds with.
 GOOD_BODIES: dict[str, Any] = {
     "put_enforcement": {"mode": "nudge"},
@@ -44,6 +51,8 @@ GOOD_BODIES: dict[str, Any] = {
     "create_webhook": {"url": "https://hooks.example.com/walk",
                        "event_types": ["verdict.boundary_violation"]},
     "update_webhook": {"description": "changed"},
+    "put_org_policy": POLICY, "put_agent_policy": POLICY,
+    "evaluate_policy": {"policy": POLICY, "tools": ["web_search", "send_email"]},
 }
 #: A body each writing operation must refuse with 400.
 BAD_BODIES: dict[str, Any] = {
@@ -54,6 +63,9 @@ BAD_BODIES: dict[str, Any] = {
     "put_policy": {"auto_containment_threshold": 1},
     "create_webhook": {"url": "http://plain.example.com/h"},
     "update_webhook": {"enabled": "yes"},
+    "put_org_policy": {"meta": {"schema_version": "2.0"}},
+    "put_agent_policy": {**POLICY, "forbidden": [{"pattern": "", "reason": "r"}]},
+    "evaluate_policy": {"tools": "send_email"},
 }
 
 

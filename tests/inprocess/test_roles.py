@@ -36,7 +36,7 @@ def daemon_in_role(make_daemon: Callable[..., InProcessDaemon], role: str) -> In
 
 def test_every_role_has_storage_jobs_and_a_listener(daemon_in_role: InProcessDaemon, role: str):
     service = daemon_in_role.service
-    assert [child.name for child in service] == ["storage", "writer", "scheduler", "gateway"]
+    assert [child.name for child in service] == ["storage", "scheduler", "writer", "gateway"]
     jobs = service.getServiceNamed("scheduler").jobs  # type: ignore[attr-defined]
     assert [job.name for job in jobs] == ROLES[role][0]
     assert all(job.running for job in jobs)

@@ -219,3 +219,28 @@ def test_an_unknown_error_still_logs_its_traceback(
             and e["log_failure"].check(RuntimeError)]
     assert not [e for e in logs.events if e.get("dependency") == "database"]
     daemon.take_errors()
+
+
+def test_readiness_names_the_spool_while_bookkeeping_waits_on_local_disk(
+        make_daemon: Callable[..., InProcessDaemon]):
+    """A database that refuses writes while reads still work (a full disk) is still
+    visible: the spool check is degraded while bookkeeping waits on local disk, and every
+    checkpoint of the outage reaches the database once it returns."""
+    daemon = make_daemon()
+    agent_id(daemon)
+    daemon.fail_storage(kv=False)
+    for _ in range(3):
+        assert call(daemon)[0] == 200
+    daemon.advance(0.1)  # the batch writer's next turn meets the database gone
+    status, body = readiness(daemon)
+    assert (status, body["status"]) == (200, "degraded")
+    spool = body["checks"]["spool"]
+    assert (spool["status"], spool["state"], spool["required"]) == ("fail", "spooling", False)
+    assert spool["depth"] >= 3
+    assert spool["fallback"] == ("bookkeeping is spooled to local disk until the database "
+                                 "takes it")
+    daemon.restore_storage()
+    daemon.advance(1)  # the next replay attempt finds the database back
+    assert len(daemon.rows("SELECT id FROM integrity_checkpoints")) == 4
+    status, body = readiness(daemon)
+    assert body["checks"]["spool"]["state"] == "ok" and body["checks"]["spool"]["depth"] == 0

@@ -45,7 +45,8 @@ class RetentionTests(AgentDatabase):
         yield self.seed("new", NOW - DAY_MS, NOW + 1)
         deleted = yield purge(self.db, NOW, 365)
         self.assertEqual(deleted, {"integrity_checkpoints": 1, "ap_traces": 1,
-                                   "webhook_deliveries": 1, "trace_outbox": 2})
+                                   "webhook_deliveries": 1, "policy_violations": 0,
+                                   "trace_outbox": 2})
         self.assertEqual((yield self.ids("integrity_checkpoints")), ["ic-edge", "ic-new"])
         self.assertEqual((yield self.ids("ap_traces")), ["tr-edge", "tr-new"])
         self.assertEqual((yield self.ids("webhook_deliveries")), ["whd-edge", "whd-new"])
