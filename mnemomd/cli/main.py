@@ -151,6 +151,7 @@ def run(config: Config, environ: Mapping[str, str],
         service.privilegedStartService()
     except SystemExit as e:
         return int(e.code or 1)
+    service.freeze_heap_when_started()
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     if worker is not None:

@@ -69,6 +69,7 @@ from mnemomd.integrity.window import (
 )
 from mnemomd.kv import KVCache
 from mnemomd.ops.dependency import DependencyState, log_failure
+from mnemomd.ops.labels import LabelCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
 from mnemomd.providers.jsonutil import dumps_request
@@ -260,6 +261,7 @@ class IntegrityPipeline:
         self._kv = kv_cache
         self._state = session_state
         self._metrics = metrics
+        self._checks = LabelCache(metrics.aip_checks)
         self._tracing = tracing
         self._in_flight: set[Deferred[Any]] = set()
         #: Called after each stored checkpoint (enforcement: nudges, auto-containment).
@@ -409,7 +411,7 @@ class IntegrityPipeline:
                 body, truncated)
         except Exception:
             log.failure("Response extraction failed", provider=provider.name)
-            self._metrics.aip_checks.labels("error").inc()
+            self._checks("error").inc()
             return None
         return extraction
 
@@ -449,7 +451,7 @@ class IntegrityPipeline:
                                  outcome)
 
     def _unverifiable(self, agent: Agent, gap: str) -> CheckResult:
-        self._metrics.aip_checks.labels("unverifiable").inc()
+        self._checks("unverifiable").inc()
         log.info("Response without analysable reasoning ({reason}) refused for {agent_id}",
                  reason=gap, agent_id=agent.agent_id)
         return "unverifiable", Unverifiable(gap)
@@ -496,7 +498,7 @@ class IntegrityPipeline:
         except Exception:
             log_failure(log, "Output analysis pipeline failed", Failure(), self._outages,
                         agent_id=agent.agent_id)
-            self._metrics.aip_checks.labels("error").inc()
+            self._checks("error").inc()
             return "error", None
 
     def _bookkeeping(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
@@ -539,7 +541,7 @@ class IntegrityPipeline:
                extraction: Extraction) -> Any:
         try:
             if not extraction.thinking:
-                self._metrics.aip_checks.labels("skipped").inc()
+                self._checks("skipped").inc()
                 return "skipped", None
             outcome = yield self._analyse(agent, session_id, info, extraction)
             self._bookkeeping(agent, session_id, provider.name, info, outcome)
@@ -547,7 +549,7 @@ class IntegrityPipeline:
         except Exception:
             log_failure(log, "Integrity analysis pipeline failed", Failure(), self._outages,
                         agent_id=agent.agent_id)
-            self._metrics.aip_checks.labels("error").inc()
+            self._checks("error").inc()
             return "error", None
 
     @inlineCallbacks
@@ -588,8 +590,11 @@ class IntegrityPipeline:
     @inlineCallbacks
     def _analyse(self, agent: Agent, session_id: str, info: RequestInfo,
                  extraction: Extraction, output_block: str | None = None) -> Any:
-        card = yield self._card(agent.agent_id)
-        values = yield self._conscience(agent.agent_id)
+        card: Any = None
+        values: Any = None
+        if self._analyzer.needs_context(extraction.thinking or "", output_block):
+            card = yield self._card(agent.agent_id)
+            values = yield self._conscience(agent.agent_id)
         state = yield self._state.get_json(self._session_key(agent.agent_id, session_id))
         window = session_window(state)
         now = self._clock.seconds()
