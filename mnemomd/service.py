@@ -66,6 +66,7 @@ from mnemomd.integrity.backends import AnalysisBackend
 from mnemomd.integrity.checkpoints import CheckpointStore
 from mnemomd.integrity.engine import IntegrityAnalyzer, build_analyzer
 from mnemomd.integrity.keys import default_key_path, load_signing_key
+from mnemomd.integrity.ledger import AttestationLedger
 from mnemomd.integrity.pipeline import (
     CARD_CACHE_TTL,
     WINDOW_TTL,
@@ -87,6 +88,7 @@ from mnemomd.observer.traces import TraceBuilder, sweep_outbox
 from mnemomd.ops.dependency import DependencyState
 from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.jobs import PeriodicJob
+from mnemomd.ops.memory import freeze_startup_heap
 from mnemomd.ops.metrics import GatewayMetrics, ReactorLagMonitor
 from mnemomd.ops.notify import SystemdNotifier
 from mnemomd.ops.workers import WorkerSlot
@@ -618,6 +620,21 @@ class MnemomService(MultiService):
         self.exit_code = 0
         self.license: LicenseState | None = None
         self._cleanups: list[Callable[[], Any]] = []
+        self._freeze_heap = False
+
+    def freeze_heap_when_started(self) -> None:
+        """Once every component is up, freeze the heap built so far out of the garbage
+        collector's way (``ops/memory.py``): for a process that serves, not for tests."""
+        self._freeze_heap = True
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        if self._freeze_heap:
+            self.health.when_started(self._freeze)
+
+    def _freeze(self) -> None:
+        frozen = freeze_startup_heap()
+        log.info("Startup heap frozen: {objects} objects", objects=frozen)
 
     def addCleanup(self, cleanup: Callable[[], Any]) -> None:  # noqa: N802
         """Run ``cleanup`` after every child service has stopped."""
@@ -673,7 +690,7 @@ def make_management_api(api: ApiConfig, reactor: IDaemonReactor, db: Database,
     handlers = ApiHandlers(reactor, ManagementStore(db), EnforcementStore(db),
                            WebhookStore(db), TraceStore(db), directory.invalidate_all,
                            dispatcher.kick, document, output_analysis=output_analysis,
-                           policies=policies)
+                           policies=policies, attestation=AttestationLedger(db))
     oidc_settings = settings_from_config(api)
     # The operator's own identity provider: its keys are fetched even under
     # MNEMOM_OFFLINE, which only concerns Mnemom's cloud (docs/data-residency.md).
@@ -775,7 +792,8 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                  "set REDIS_URL", role=role)
     integrity = IntegrityPipeline(config.integrity, reactor, analyzer, AgentStore(db),
                                   writes, KVCache(kv, "", CARD_CACHE_TTL),
-                                  KVCache(kv, "", WINDOW_TTL), metrics, True,
+                                  KVCache(kv, "", WINDOW_TTL), metrics,
+                                  config.integrity.aap_enabled,
                                   outbox_ttl=outbox_ttl, seal=keyring.seal,
                                   output_analysis=output_analysis, memory=memory,
                                   outages=outages,

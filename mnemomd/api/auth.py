@@ -41,7 +41,8 @@ class Principal:
     name: str
 
     def may(self, required: str) -> bool:
-        return _RANK.get(self.role, -1) >= _RANK[required]
+        """Whether this caller's role reaches ``required`` (an unknown one: never)."""
+        return _RANK.get(self.role, -1) >= _RANK.get(required, len(_RANK))
 
 
 @dataclass(frozen=True)
@@ -181,3 +182,20 @@ def subject_name(claims: dict[str, object], fallback: str) -> str:
     if isinstance(subject, str | int) and str(subject).strip():
         return "".join(c for c in str(subject) if c.isprintable())[:128] or fallback
     return fallback
+
+
+#: Who calls a public operation (the attestation endpoints): nobody in particular.
+ANONYMOUS = Principal("public", "anonymous")
+
+
+def authenticate_public(credentials: ApiCredentials, peer_host: str | None,
+                        indirect: bool = False) -> Principal:
+    """The caller of a public operation: anyone, once the API has a credential configured
+    (it then listens beyond loopback); with none, loopback clients only, as for the rest
+    of the API (an install nobody configured publishes nothing). A token is not needed
+    and not checked."""
+    if not credentials.configured and (indirect or not is_loopback(peer_host)):
+        raise AuthRefused(403, "The management API only serves loopback clients until "
+                               "INTERNAL_API_KEY, MNEMOM_JWT_SECRET or "
+                               "MNEMOM_OIDC_ISSUER is set")
+    return ANONYMOUS

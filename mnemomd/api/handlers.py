@@ -21,11 +21,13 @@ from twisted.internet.interfaces import IReactorTime
 from mnemomd.agents.identity import effective_containment
 from mnemomd.agents.policies import PolicyBook
 from mnemomd.api import schemas as s
+from mnemomd.api.attestation import AttestationHandlers
 from mnemomd.api.auth import Principal
 from mnemomd.api.policies import PolicyHandlers
 from mnemomd.api.queries import ManagementStore, Page, new_card_id
 from mnemomd.api.routes import ApiError, Route, describe_validation_error
 from mnemomd.enforcement.store import EnforcementError, EnforcementStore
+from mnemomd.integrity.ledger import AttestationLedger
 from mnemomd.storage.traces import TraceStore
 from mnemomd.webhooks.delivery import check_url, new_secret
 from mnemomd.webhooks.store import WebhookStore
@@ -89,7 +91,7 @@ def containment_actor(call: ApiCall) -> str:
     return f"{caller} for {body.actor}"
 
 
-class ApiHandlers(PolicyHandlers):
+class ApiHandlers(PolicyHandlers, AttestationHandlers):
     """One method per operation of the route table (``Route.handler`` names it)."""
 
     def __init__(self, clock: IReactorTime, store: ManagementStore,
@@ -97,8 +99,11 @@ class ApiHandlers(PolicyHandlers):
                  invalidate_agent: Callable[[str, str], Deferred[list[None]]],
                  events_queued: Callable[[], None],
                  openapi: Callable[[], dict[str, Any]],
-                 output_analysis: bool = True, policies: PolicyBook | None = None) -> None:
+                 output_analysis: bool = True, policies: PolicyBook | None = None,
+                 attestation: AttestationLedger | None = None) -> None:
         self._clock = clock
+        #: The attestation record (``integrity.ledger``), for the public operations.
+        self._attestation = attestation
         #: Tool policies (``agents.policies.PolicyBook``).
         self._policy_book = policies
         #: Whether the analysis backend may be sent output (``analyse_output``).

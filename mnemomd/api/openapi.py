@@ -12,7 +12,7 @@ from aap.schemas.alignment_card import AlignmentCard
 
 from mnemomd import __version__
 from mnemomd.api import schemas as s
-from mnemomd.api.routes import ROUTES, Route
+from mnemomd.api.routes import PUBLIC, ROUTES, Route
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 ERROR_DESCRIPTIONS = {
@@ -51,6 +51,8 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
         "parameters": parameters, "responses": responses,
         "x-required-role": route.role,
     }
+    if route.role == PUBLIC:
+        operation["security"] = []  # no token needed (docs/attestation.md)
     body = _body_schema(route, components)
     if body is not None:
         operation["requestBody"] = {
@@ -76,7 +78,8 @@ def build_openapi() -> dict[str, Any]:
                                 "operations; admins change enforcement, settings, cards, "
                                 "conscience values and webhooks, and pause and resume; "
                                 "owners also kill, reactivate and manage tool policies "
-                                "(x-required-role of each operation)."},
+                                "(x-required-role of each operation). The public "
+                                "attestation operations (tag attestation) need no token."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,

@@ -21,11 +21,19 @@ from mnemomd.api.auth import (
     AuthRefused,
     Principal,
     authenticate,
+    authenticate_public,
     bearer_token,
     for_identity_provider,
 )
 from mnemomd.api.handlers import ApiCall, HandlerResult
-from mnemomd.api.routes import ApiError, match, parse_body, parse_query
+from mnemomd.api.routes import (
+    PUBLIC,
+    ApiError,
+    match,
+    match_public,
+    parse_body,
+    parse_query,
+)
 from mnemomd.http.server import GatewayRequest
 from mnemomd.ops.metrics import GatewayMetrics
 
@@ -77,7 +85,12 @@ class ManagementApi:
         text_path = path.decode("utf-8", "replace")
         principal: Principal | None = None
 
+        public = match_public(method, text_path)
+
         def identify() -> Deferred[Principal]:
+            if public is not None:  # no token needed, none checked
+                return succeed(authenticate_public(self._credentials, peer_host(request),
+                                                   indirect(request)))
             authorization = request.getHeader(b"authorization")
             token = bearer_token(authorization)
             if self._oidc is not None and for_identity_provider(self._credentials, token):
@@ -88,8 +101,8 @@ class ManagementApi:
         def run(caller: Principal) -> Deferred[tuple[int, dict[str, Any]]]:
             nonlocal principal
             principal = caller
-            route, params = match(method, text_path)
-            if not principal.may(route.role):
+            route, params = public if public is not None else match(method, text_path)
+            if route.role != PUBLIC and not principal.may(route.role):
                 raise ApiError(403, f"{route.method} {route.path} needs the {route.role} role",
                                "permission_error")
             call = ApiCall(route, params, parse_query(route, query),

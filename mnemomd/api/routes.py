@@ -125,12 +125,14 @@ class Route:
     @property
     def statuses(self) -> tuple[int, ...]:
         """Every status this operation can answer with, the success first."""
-        common = (400, 401, 403)
+        common = (400, 403) if self.role == PUBLIC else (400, 401, 403)
         found = (404,) if self.path_params else ()
         body = (413,) if self.takes_body else ()
         return tuple(dict.fromkeys((self.status, *common, *found, *body, *self.errors)))
 
 
+#: The role of operations anyone may call, without a token (the attestation endpoints).
+PUBLIC = "public"
 AGENT = "/v1/agents/{agent_id}"
 WEBHOOK = "/v1/webhooks/{webhook_id}"
 CONTAINMENT_ACTION_HELP = {
@@ -229,6 +231,22 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{AGENT}/policy/resolved", "get_resolved_policy", "viewer",
           "The policy the agent is held to (deployment-wide merged with its own), its mode "
           "now and its coverage of the agent's card", "policies", s.RESOLVED_POLICY),
+    # Public, as Mnemom's: anyone may check a certificate (docs/attestation.md).
+    Route("GET", "/v1/keys", "list_keys", PUBLIC,
+          "Every public key that signed a stored checkpoint (old ones stay, retired)",
+          "attestation", s.KEYS),
+    Route("GET", "/v1/checkpoints/{checkpoint_id}/certificate", "get_certificate", PUBLIC,
+          "The checkpoint's IntegrityCertificate (AIP certificates 1.0.0)", "attestation",
+          s.CERTIFICATE),
+    Route("GET", "/v1/checkpoints/{checkpoint_id}/inclusion-proof", "get_inclusion_proof",
+          PUBLIC, "The checkpoint's Merkle inclusion proof in its agent's current tree",
+          "attestation", s.INCLUSION_PROOF),
+    Route("GET", f"{AGENT}/merkle-root", "get_merkle_root", PUBLIC,
+          "The root of the agent's Merkle tree of checkpoints", "attestation",
+          s.MERKLE_ROOT),
+    Route("POST", "/v1/verify", "verify_certificate", PUBLIC,
+          "Verify a certificate against the published keys", "attestation",
+          s.VERIFICATION, body=s.VerifyBody),
     Route("POST", "/v1/webhooks", "create_webhook", "admin",
           "Register an endpoint; the answer shows its secret, once", "webhooks",
           s.WEBHOOK_WITH_SECRET, status=201, body=s.WebhookCreateBody),
@@ -275,6 +293,18 @@ def match(method: str, path: str) -> tuple[Route, dict[str, str]]:
         raise ApiError(405, f"Method {method} not allowed", "method_not_allowed",
                        ((b"allow", ", ".join(allowed).encode()),))
     raise ApiError(404, "Not found", "not_found")
+
+
+def match_public(method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+    """The public route a request is for, or None (then ``match`` after authentication);
+    an invalid path parameter is left for ``match`` to refuse."""
+    for route in ROUTES:
+        if route.role == PUBLIC and route.method == method and route.pattern.match(path):
+            try:
+                return match(method, path)
+            except ApiError:
+                return None
+    return None
 
 
 def parse_query(route: Route, query: bytes) -> dict[str, Any]:

@@ -245,3 +245,45 @@ POLICY_EVALUATION = obj({
     "violations": array(OBJECT), "warnings": array(OBJECT), "card_gaps": array(OBJECT),
     "coverage": nullable(COVERAGE)})
 DELETED_POLICY = obj({"agent_id": STRING, "deleted": BOOLEAN})
+
+
+# -- attestation (public: docs/attestation.md) --------------------------------------------
+
+class VerifyBody(Body):
+    """A certificate to check against this gateway's published keys; ``expected_root``:
+    a Merkle root recorded earlier, which the proof must lead to."""
+
+    certificate: dict[str, Any]
+    expected_root: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+SIGNING_KEY = obj({"key_id": STRING, "public_key": STRING, "algorithm": enum(("Ed25519",)),
+                   "created_at": MILLIS, "is_active": BOOLEAN})
+KEYS = obj({"keys": array(SIGNING_KEY)})
+PROOF_STEP = obj({"hash": STRING, "position": enum(("left", "right"))})
+MERKLE_PROOF = obj({"leaf_hash": STRING, "leaf_index": INTEGER, "root": STRING,
+                    "tree_size": INTEGER, "inclusion_proof": array(PROOF_STEP)})
+INCLUSION_PROOF = {**MERKLE_PROOF, "properties": {**MERKLE_PROOF["properties"],
+                                                  "checkpoint_id": STRING,
+                                                  "agent_id": STRING},
+                   "required": [*MERKLE_PROOF["required"], "checkpoint_id", "agent_id"]}
+CERTIFICATE = obj({
+    "@context": STRING, "type": enum(("IntegrityCertificate",)), "version": STRING,
+    "certificate_id": STRING, "issued_at": STRING,
+    "subject": obj({"checkpoint_id": STRING, "agent_id": STRING, "session_id": STRING,
+                    "card_id": STRING}),
+    "claims": OBJECT, "input_commitments": OBJECT,
+    "proofs": obj({"signature": obj({"algorithm": STRING, "key_id": STRING, "value": STRING,
+                                     "signed_payload": STRING}),
+                   "chain": obj({"chain_hash": STRING, "prev_chain_hash": nullable(STRING),
+                                 "position": INTEGER}),
+                   "merkle": nullable(OBJECT), "verdict_derivation": {"type": "null"}}),
+    "verification": obj({"keys_url": STRING, "certificate_url": STRING,
+                         "verify_url": STRING})})
+MERKLE_ROOT = obj({"agent_id": STRING, "merkle_root": nullable(STRING),
+                   "tree_depth": INTEGER, "leaf_count": INTEGER,
+                   "last_updated": nullable(STRING)})
+CHECK = nullable(obj({"valid": BOOLEAN, "details": STRING}))
+VERIFICATION = obj({"valid": BOOLEAN,
+                    "checks": obj({"signature": CHECK, "chain": CHECK, "merkle": CHECK}),
+                    "details": STRING})

@@ -58,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(show_license)
 
     from mnemomd.cli.admin import add_management_commands
+    from mnemomd.cli.attest import add_attestation_commands
 
     add_management_commands(commands, add_config_flags)
+    add_attestation_commands(commands, add_config_flags)
     return parser
 
 
@@ -149,6 +151,7 @@ def run(config: Config, environ: Mapping[str, str],
         service.privilegedStartService()
     except SystemExit as e:
         return int(e.code or 1)
+    service.freeze_heap_when_started()
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     if worker is not None:
@@ -259,10 +262,21 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 0
     from mnemomd.cli.admin import MANAGEMENT_COMMANDS
 
-    if args.command not in ("run", "check-config", "migrate", "license",
+    if args.command not in ("run", "check-config", "migrate", "license", "verify", "keys",
                             *MANAGEMENT_COMMANDS):
         parser.print_help()
         return 2
+    if args.command in ("verify", "keys"):
+        from mnemomd.cli.attest import run_attestation_command
+
+        def load() -> Config:
+            return load_config(flag_values(args), environ, args.config)
+
+        try:
+            return run_attestation_command(args, load, sys.stdout, sys.stderr)
+        except ConfigError as e:
+            print(e.render(), file=sys.stderr)
+            return EX_CONFIG
     if args.command == "policy" and args.policy_command in ("check", "evaluate"):
         from mnemomd.cli.admin import local_policy_command
 

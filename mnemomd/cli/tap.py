@@ -54,7 +54,9 @@ def makeService(options: Options) -> Service:  # noqa: N802
         return Supervisor(config, reactor, os.environ,
                           worker_command(options.mnemomd_flags, config.config_path),
                           SystemdNotifier(os.environ))
-    return make_service(config, reactor)
+    service = make_service(config, reactor)
+    service.freeze_heap_when_started()
+    return service
 
 
 def log_observer() -> ILogObserver:

@@ -368,6 +368,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REDIS_PASSWORD", _text, None, "Redis password (overrides one in REDIS_URL)",
             secret=True, section="storage"),
     Setting("AIP_ENABLED", parse_bool, True, "integrity analysis on or off", section="integrity"),
+    Setting("AAP_ENABLED", parse_bool, True,
+            "trace outbox rows (AP-traces) for agents with aap_enabled on or off",
+            section="integrity"),
     Setting("AIP_ATTESTATION", parse_bool, True,
             "sign, hash-chain and Merkle-log every checkpoint (docs/attestation.md)",
             section="integrity"),
@@ -620,6 +623,7 @@ class IntegrityConfig:
     asked for."""
 
     aip_enabled: bool = True
+    aap_enabled: bool = True
     aip_attestation: bool = True
     mnemom_signing_key_file: str | None = None
     aip_default_enforcement: str = "observe"

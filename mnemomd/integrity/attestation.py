@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -54,7 +55,14 @@ class AttestationError(ValueError):
 def _normalise(value: Any) -> Any:
     """Floats with an integral value become ints (``1.0`` -> ``1``), as JavaScript writes
     them; NaN and infinities have no JSON form and are refused."""
-    if isinstance(value, bool) or value is None:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value  # the common cases first: this runs on every checkpoint
+    if kind is dict:
+        return {str(k): _normalise(v) for k, v in value.items()}
+    if kind is list:
+        return [_normalise(v) for v in value]
+    if isinstance(value, bool):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -194,11 +202,11 @@ class SigningKey:
 
     private: Ed25519PrivateKey
 
-    @property
+    @cached_property
     def public_hex(self) -> str:
         return public_key_hex(self.private.public_key())
 
-    @property
+    @cached_property
     def key_id(self) -> str:
         return key_id_for(self.public_hex)
 
@@ -248,6 +256,35 @@ def next_link(head: Mapping[str, Any] | None, checkpoint_id: str, verdict: str,
 def link_head(link: Link) -> dict[str, Any]:
     """What the session state keeps of the chain: its head."""
     return {"hash": link.chain_hash, "position": link.position, "segment": link.segment}
+
+
+def attestation_row(key: SigningKey, *, agent_id: str, session_id: str, checkpoint_id: str,
+                    verdict: str, thinking_block_hash: str | None,
+                    commitments: Mapping[str, str], link: Link, created_at: int,
+                    card_id: str | None = None,
+                    metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint's stored attestation (``checkpoints.ATTESTATION_FIELDS`` and the
+    signer's ``public_key``): its link, leaf and signature."""
+    timestamp = iso_timestamp(created_at)
+    commitment = commitments["combined_commitment"]
+    payload = signed_payload(agent_id, link.chain_hash, checkpoint_id, commitment,
+                             thinking_block_hash, timestamp, verdict)
+    metadata = metadata or {}
+    confidence = metadata.get("confidence", metadata.get("extraction_confidence"))
+    return {
+        "checkpoint_id": checkpoint_id, "agent_id": agent_id, "session_id": session_id,
+        "chain_segment": link.segment, "chain_position": link.position,
+        "chain_hash": link.chain_hash, "prev_chain_hash": link.prev_chain_hash,
+        "leaf_hash": leaf_hash(checkpoint_id, verdict, thinking_block_hash, link.chain_hash,
+                               timestamp),
+        "input_commitments": json.dumps(dict(commitments), sort_keys=True,
+                                        separators=(",", ":")),
+        "card_id": card_id,
+        "confidence": confidence if isinstance(confidence, (int, float)) else None,
+        "analysis_model": str(metadata.get("analysis_model") or ""),
+        "analysis_duration_ms": metadata.get("analysis_duration_ms"),
+        "key_id": key.key_id, "public_key": key.public_hex, "signature": key.sign(payload),
+        "created_at": created_at}
 
 
 def certificate_id(checkpoint_id: str) -> str:

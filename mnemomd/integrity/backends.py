@@ -70,7 +70,7 @@ class AnalysisHTTP:
     """
 
     def __init__(self, reactor: IReactorTCP, clock: IReactorTime | None = None,
-                 max_response_bytes: int = 1024 * 1024, max_per_host: int = 8,
+                 max_response_bytes: int = 1024 * 1024, max_per_host: int = 64,
                  idle_seconds: int = 30, connect_timeout: float = 10.0) -> None:
         self._limit = max_response_bytes
         self._client = HTTPClient(reactor, clock, ClientSettings(

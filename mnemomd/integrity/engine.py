@@ -67,6 +67,7 @@ from mnemomd.integrity.output import (
     truncate_output,
     with_output,
 )
+from mnemomd.ops.labels import LabelCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers import PROVIDERS, ProviderRegistry, mnemom
 
@@ -189,6 +190,14 @@ def estimate_tokens(text: str) -> int:
 
 def _str(value: Any, default: str = "") -> str:
     return value if isinstance(value, str) else default
+
+
+def below_minimum_evidence(thinking: str, min_tokens: int, tokens: int | None = None) -> bool:
+    """Whether ``thinking`` is too little to analyse: blank, or fewer than ``min_tokens``
+    estimated tokens (``tokens`` when the caller has already estimated them)."""
+    if not thinking.strip():
+        return True
+    return (estimate_tokens(thinking) if tokens is None else tokens) < min_tokens
 
 
 def _card_id(card: Any) -> str:
@@ -369,6 +378,15 @@ class IntegrityAnalyzer:
             clock, settings.breaker_failures, settings.breaker_cooldown,
             name=backend.name)
         self._metrics = metrics
+        self._checks = LabelCache(metrics.aip_checks) if metrics is not None else None
+
+    def needs_context(self, thinking: str, output_block: str | None = None) -> bool:
+        """Whether analysing this needs the agent's card and conscience values: False when
+        the outcome is decided without the model (thinking below the minimum evidence
+        and no output to analyse), so the caller may skip looking them up."""
+        if output_block is not None:
+            return True
+        return not below_minimum_evidence(thinking, self.settings.min_evidence_tokens)
 
     def analyze(self, request: AnalysisRequest) -> Deferred[AnalysisOutcome]:
         """The outcome of analysing ``request.thinking`` (and ``request.output_block``
@@ -392,7 +410,8 @@ class IntegrityAnalyzer:
         thinking = request.thinking if request.thinking.strip() else ""
         digest = thinking_hash(request.thinking)
         tokens = estimate_tokens(request.thinking)
-        if output is None and (not thinking or tokens < self.settings.min_evidence_tokens):
+        if output is None and below_minimum_evidence(thinking, self.settings.min_evidence_tokens,
+                                                     tokens):
             summary = (f"Thinking below minimum evidence ({tokens} < "
                        f"{self.settings.min_evidence_tokens} tokens); not analyzed.")
             return self._synthetic(request, "clear", BELOW_MINIMUM_EVIDENCE, summary, digest,
@@ -556,8 +575,8 @@ class IntegrityAnalyzer:
                             estimate_tokens(thinking), started)
 
     def _counted(self, outcome: AnalysisOutcome) -> AnalysisOutcome:
-        if self._metrics is not None:
-            self._metrics.aip_checks.labels(outcome.verdict).inc()
+        if self._checks is not None:
+            self._checks(outcome.verdict).inc()
             if outcome.failure_reason is not None:
                 self._metrics.aip_analysis_failures.labels(
                     self.backend.name, outcome.failure_reason).inc()

@@ -44,13 +44,22 @@ def load_signing_key(path: str, create: bool) -> SigningKey:
     return SigningKey(private)
 
 
-def write_new_key(path: str) -> SigningKey:
-    """A new key in ``path``, which must not exist yet."""
+def new_key() -> SigningKey:
+    return SigningKey(Ed25519PrivateKey.generate())
+
+
+def write_key(path: str, key: SigningKey) -> None:
+    """``key`` in ``path``, which must not exist yet (exclusively, mode 0600)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    pem = key.private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
-    return SigningKey(private)
+
+
+def write_new_key(path: str) -> SigningKey:
+    """A new key in ``path``, which must not exist yet."""
+    key = new_key()
+    write_key(path, key)
+    return key

@@ -43,12 +43,11 @@ from mnemomd.config import IntegrityConfig
 from mnemomd.http.server import error_payload
 from mnemomd.integrity.attestation import (
     SigningKey,
+    attestation_row,
     input_commitments,
     iso_timestamp,
-    leaf_hash,
     link_head,
     next_link,
-    signed_payload,
     window_context,
 )
 from mnemomd.integrity.checkpoints import (
@@ -70,6 +69,7 @@ from mnemomd.integrity.window import (
 )
 from mnemomd.kv import KVCache
 from mnemomd.ops.dependency import DependencyState, log_failure
+from mnemomd.ops.labels import LabelCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.providers.base import Extraction, Provider, RequestInfo, decode_body
 from mnemomd.providers.jsonutil import dumps_request
@@ -261,6 +261,7 @@ class IntegrityPipeline:
         self._kv = kv_cache
         self._state = session_state
         self._metrics = metrics
+        self._checks = LabelCache(metrics.aip_checks)
         self._tracing = tracing
         self._in_flight: set[Deferred[Any]] = set()
         #: Called after each stored checkpoint (enforcement: nudges, auto-containment).
@@ -410,7 +411,7 @@ class IntegrityPipeline:
                 body, truncated)
         except Exception:
             log.failure("Response extraction failed", provider=provider.name)
-            self._metrics.aip_checks.labels("error").inc()
+            self._checks("error").inc()
             return None
         return extraction
 
@@ -450,7 +451,7 @@ class IntegrityPipeline:
                                  outcome)
 
     def _unverifiable(self, agent: Agent, gap: str) -> CheckResult:
-        self._metrics.aip_checks.labels("unverifiable").inc()
+        self._checks("unverifiable").inc()
         log.info("Response without analysable reasoning ({reason}) refused for {agent_id}",
                  reason=gap, agent_id=agent.agent_id)
         return "unverifiable", Unverifiable(gap)
@@ -497,7 +498,7 @@ class IntegrityPipeline:
         except Exception:
             log_failure(log, "Output analysis pipeline failed", Failure(), self._outages,
                         agent_id=agent.agent_id)
-            self._metrics.aip_checks.labels("error").inc()
+            self._checks("error").inc()
             return "error", None
 
     def _bookkeeping(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,
@@ -540,7 +541,7 @@ class IntegrityPipeline:
                extraction: Extraction) -> Any:
         try:
             if not extraction.thinking:
-                self._metrics.aip_checks.labels("skipped").inc()
+                self._checks("skipped").inc()
                 return "skipped", None
             outcome = yield self._analyse(agent, session_id, info, extraction)
             self._bookkeeping(agent, session_id, provider.name, info, outcome)
@@ -548,7 +549,7 @@ class IntegrityPipeline:
         except Exception:
             log_failure(log, "Integrity analysis pipeline failed", Failure(), self._outages,
                         agent_id=agent.agent_id)
-            self._metrics.aip_checks.labels("error").inc()
+            self._checks("error").inc()
             return "error", None
 
     @inlineCallbacks
@@ -589,8 +590,11 @@ class IntegrityPipeline:
     @inlineCallbacks
     def _analyse(self, agent: Agent, session_id: str, info: RequestInfo,
                  extraction: Extraction, output_block: str | None = None) -> Any:
-        card = yield self._card(agent.agent_id)
-        values = yield self._conscience(agent.agent_id)
+        card: Any = None
+        values: Any = None
+        if self._analyzer.needs_context(extraction.thinking or "", output_block):
+            card = yield self._card(agent.agent_id)
+            values = yield self._conscience(agent.agent_id)
         state = yield self._state.get_json(self._session_key(agent.agent_id, session_id))
         window = session_window(state)
         now = self._clock.seconds()
@@ -737,26 +741,12 @@ class IntegrityPipeline:
                 del self._outage_chains[next(iter(self._outage_chains))]
         if not outcome.synthetic:
             self._drift_alert(agent, session_id, outcome, now, state, alert)
-        payload = signed_payload(agent.agent_id, link.chain_hash, outcome.checkpoint_id,
-                                 commitment, outcome.thinking_block_hash, timestamp,
-                                 outcome.verdict)
-        metadata = outcome.analysis_metadata
-        confidence = metadata.get("confidence", metadata.get("extraction_confidence"))
-        return {
-            "checkpoint_id": outcome.checkpoint_id, "agent_id": agent.agent_id,
-            "session_id": session_id, "chain_segment": link.segment,
-            "chain_position": link.position, "chain_hash": link.chain_hash,
-            "prev_chain_hash": link.prev_chain_hash,
-            "leaf_hash": leaf_hash(outcome.checkpoint_id, outcome.verdict,
-                                   outcome.thinking_block_hash, link.chain_hash, timestamp),
-            "input_commitments": json.dumps(outcome.input_commitments, sort_keys=True,
-                                            separators=(",", ":")),
-            "card_id": outcome.card_id,
-            "confidence": confidence if isinstance(confidence, (int, float)) else None,
-            "analysis_model": str(metadata.get("analysis_model") or ""),
-            "analysis_duration_ms": metadata.get("analysis_duration_ms"),
-            "key_id": self._signing_key.key_id, "public_key": self._signing_key.public_hex,
-            "signature": self._signing_key.sign(payload), "created_at": created_at}
+        return attestation_row(
+            self._signing_key, agent_id=agent.agent_id, session_id=session_id,
+            checkpoint_id=outcome.checkpoint_id, verdict=outcome.verdict,
+            thinking_block_hash=outcome.thinking_block_hash,
+            commitments=outcome.input_commitments, link=link, created_at=created_at,
+            card_id=outcome.card_id, metadata=outcome.analysis_metadata)
 
     @inlineCallbacks
     def _record(self, agent: Agent, session_id: str, provider: str, info: RequestInfo,

@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
+from mnemomd.ops.labels import LabelCache
 from mnemomd.ops.metrics import GatewayMetrics
 
 #: Every key is stored under this prefix, so a shared Redis can hold other data too.
@@ -91,7 +92,8 @@ class MeteredStore:
     kind = "abstract"
 
     def __init__(self, metrics: GatewayMetrics | None) -> None:
-        self._counter = metrics.cache_operations if metrics is not None else None
+        self._counter = (LabelCache(metrics.cache_operations) if metrics is not None
+                         else None)
         self._closed = False
 
     def _run(self, operation: str, call: Callable[[], Deferred[T] | T],
@@ -113,7 +115,7 @@ class MeteredStore:
 
     def _count(self, operation: str, result: str) -> None:
         if self._counter is not None:
-            self._counter.labels(operation, result).inc()
+            self._counter(operation, result).inc()
 
     def get(self, key: str) -> Deferred[bytes | None]:
         return self._run("get", lambda: self._do_get(check_key(key)),

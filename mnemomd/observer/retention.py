@@ -3,6 +3,7 @@
 Checkpoints, traces and webhook delivery logs older than ``RETENTION_DAYS`` are deleted,
 and outbox rows past their TTL are deleted whatever state they are in: the outbox is the
 one place excerpts of model output touch storage, and they must never outlive the TTL.
+A deleted checkpoint's attestation row is kept and marked ``pruned`` (docs/attestation.md).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ RETAINED = (("integrity_checkpoints", "created_at"), ("ap_traces", "created_at")
 
 
 def _purge(cursor: Cursor, cutoff_ms: int, now_ms: int) -> dict[str, int]:
+    # Attestation rows stay (newer chains and Merkle trees need them), marked as pruned
+    # by retention, so an audit tells them from checkpoints deleted behind its back.
+    cursor.execute("UPDATE checkpoint_attestations SET pruned = TRUE WHERE NOT pruned AND "
+                   "checkpoint_id IN (SELECT id FROM integrity_checkpoints "
+                   "WHERE created_at < ?)", (cutoff_ms,))
     deleted = {}
     for table, column in RETAINED:
         deleted[table] = cursor.execute(f"DELETE FROM {table} WHERE {column} < ?",

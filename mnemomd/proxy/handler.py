@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prometheus_client import Counter
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -50,6 +49,7 @@ from mnemomd.integrity.pipeline import (
     refusal_payload,
 )
 from mnemomd.ops.dependency import DependencyState, log_failure
+from mnemomd.ops.labels import LabelCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.policy import Evaluation
 from mnemomd.providers import PROVIDERS, ProviderRegistry
@@ -203,7 +203,9 @@ class ProxyHandler:
         # Formatting an access line costs as much as a large share of the proxying;
         # skip building it when the level would drop it anyway.
         self._log_access = log_level in ("debug", "info")
-        self._request_counters: dict[tuple[str, int], Counter] = {}
+        self._requests = LabelCache(metrics.requests)
+        self._duration = LabelCache(metrics.request_duration)
+        self._ttfb = LabelCache(metrics.upstream_ttfb)
         self._clock = clock
         self._client = client
         self._agents = agents
@@ -391,7 +393,7 @@ class ProxyHandler:
 
     def _relay(self, response: IResponse, call: Call, sent_at: float) -> Deferred[None]:
         provider = call.target.provider
-        self._metrics.upstream_ttfb.labels(provider).observe(self._clock.seconds() - sent_at)
+        self._ttfb(provider).observe(self._clock.seconds() - sent_at)
         if call.nudges and call.agent is not None and response.code != 400:
             # Delivered: the provider has answered a request that carried the notice.
             self._enforcement.delivered(call.agent, call.nudges).addErrback(
@@ -682,12 +684,8 @@ class ProxyHandler:
         """Metrics and the access log line, once per call."""
         provider = call.target.provider
         duration = self._clock.seconds() - call.started
-        counter = self._request_counters.get((provider, status))
-        if counter is None:
-            counter = self._metrics.requests.labels(provider, str(status))
-            self._request_counters[(provider, status)] = counter
-        counter.inc()
-        self._metrics.request_duration.labels(provider).observe(duration)
+        self._requests(provider, status).inc()
+        self._duration(provider).observe(duration)
         if not self._log_access:
             return
         path = call.target.rest.decode("latin-1")

@@ -78,7 +78,9 @@ def migrations_dir() -> Path:
 
 
 def load_migrations(directory: Path, engine: str) -> list[Migration]:
-    """The migrations for ``engine``, in order; an engine-specific file wins."""
+    """The migrations for ``engine``, in order; an engine-specific file wins over the
+    shared file of the same name. Two files of one number and different names are an
+    error."""
     by_version: dict[int, tuple[bool, Migration]] = {}
     for path in sorted(directory.iterdir()):
         match = _FILE_NAME.fullmatch(path.name)
@@ -91,7 +93,10 @@ def load_migrations(directory: Path, engine: str) -> list[Migration]:
         specific = file_engine is not None
         migration = Migration(version, match.group("name"), path.read_text(encoding="utf-8"))
         previous = by_version.get(version)
-        if previous is not None and previous[0] == specific:
+        if previous is not None and (previous[0] == specific
+                                     or previous[1].name != migration.name):
+            # An engine-specific file replaces the shared one of its own name only: two
+            # names under one number would leave one migration silently unapplied.
             raise MigrationError(f"two migrations share version {version:04d}: "
                                  f"{previous[1].label} and {migration.label}")
         if previous is None or specific:

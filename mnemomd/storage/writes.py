@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from mnemomd.ops.labels import LabelCache
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.storage.database import Cursor, Database, TransactionThreads
 from mnemomd.storage.spool import Spool, SpoolRecord
@@ -156,6 +157,7 @@ class WriteQueue:
         self._clock: IReactorTime = reactor
         self._db = db
         self._metrics = metrics
+        self._written = LabelCache(metrics.bookkeeping_writes)
         self._kinds: dict[str, WriteKind] = {}
         self._pending: deque[tuple[Write, Deferred[str] | None]] = deque()
         self._max_pending = max_pending
@@ -304,7 +306,7 @@ class WriteQueue:
 
     def _count_writes(self, writes: Iterable[Write], outcome: str) -> None:
         for kind, count in Counter(w.kind for w in writes).items():
-            self._metrics.bookkeeping_writes.labels(kind, outcome).inc(count)
+            self._written(kind, outcome).inc(count)
 
     def _write(self, writes: list[Write]) -> Deferred[dict[str, Any]]:
         grouped = by_kind(writes)
@@ -351,7 +353,7 @@ class WriteQueue:
 
     def _count(self, outcome: str, count: int, kind: str = "any") -> None:
         if count:
-            self._metrics.bookkeeping_writes.labels(kind, outcome).inc(count)
+            self._written(kind, outcome).inc(count)
 
     # -- the spool ------------------------------------------------------------------------
 

@@ -10,9 +10,11 @@ from mnemomd.api import schemas as s
 from mnemomd.api.handlers import ApiHandlers
 from mnemomd.api.routes import (
     MAX_BODY_BYTES,
+    PUBLIC,
     ROUTES,
     ApiError,
     match,
+    match_public,
     parse_body,
     parse_query,
 )
@@ -33,17 +35,35 @@ def test_every_route_has_a_handler_and_a_unique_operation():
     assert len({(r.method, r.path) for r in ROUTES}) == len(ROUTES)
     for route in ROUTES:
         assert callable(getattr(ApiHandlers, route.handler, None)), route.handler
-        assert route.role in ("owner", "admin", "viewer")
-        assert route.role == "viewer" or route.method != "GET"
+        assert route.role in ("owner", "admin", "viewer", PUBLIC)
+        assert route.role in ("viewer", PUBLIC) or route.method != "GET"
 
 
 def test_reads_need_viewer_and_writes_admin_except_what_only_owners_do():
-    assert {r.role for r in ROUTES if r.method == "GET"} == {"viewer"}
+    assert {r.role for r in ROUTES if r.method == "GET"} == {"viewer", PUBLIC}
     owners = {r.handler for r in ROUTES if r.role == "owner"}
     assert owners == {"containment_kill", "containment_reactivate", "put_org_policy",
                       "evaluate_policy", "put_agent_policy", "delete_agent_policy"}
     assert {r.role for r in ROUTES if r.method != "GET" and r.handler not in owners} \
-        == {"admin"}
+        == {"admin", PUBLIC}
+
+
+def test_only_the_attestation_operations_are_public_and_none_writes():
+    public = {(r.method, r.path) for r in ROUTES if r.role == PUBLIC}
+    assert public == {
+        ("GET", "/v1/keys"), ("GET", "/v1/checkpoints/{checkpoint_id}/certificate"),
+        ("GET", "/v1/checkpoints/{checkpoint_id}/inclusion-proof"),
+        ("GET", "/v1/agents/{agent_id}/merkle-root"), ("POST", "/v1/verify")}
+    assert all(r.tag == "attestation" for r in ROUTES if r.role == PUBLIC)
+    assert all(401 not in r.statuses for r in ROUTES if r.role == PUBLIC)
+
+
+def test_match_public_finds_only_public_routes():
+    route, params = match_public("GET", "/v1/checkpoints/ic-1/certificate")
+    assert route.handler == "get_certificate" and params == {"checkpoint_id": "ic-1"}
+    assert match_public("GET", "/v1/checkpoints/ic-1") is None
+    assert match_public("GET", "/v1/checkpoints/a%2Fb/certificate") is None
+    assert match_public("DELETE", "/v1/keys") is None
 
 
 def test_match_finds_route_and_decodes_path_parameters():

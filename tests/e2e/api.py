@@ -18,14 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from mnemomd.integrity.attestation import SigningKey
+from mnemomd.integrity.checkpoints import ATTESTATION_FIELDS
 from tests.e2e.daemon import Daemon
 from tests.fakes.rawhttp import raw_request
 from tests.fakes.recorder import Recorder
+from tests.integrity.ledger_helpers import attested
 
 INTERNAL_KEY = f"ik-{uuid.uuid4().hex}"
 JWT_SECRET = f"jwt-{uuid.uuid4().hex}"
 SUPABASE_SECRET = f"sb-{uuid.uuid4().hex}"
+#: Signs the checkpoints ``seed`` writes.
+SEED_KEY = SigningKey(Ed25519PrivateKey.generate())
 CREDENTIALS = {"INTERNAL_API_KEY": INTERNAL_KEY, "MNEMOM_JWT_SECRET": JWT_SECRET,
                "SUPABASE_JWT_SECRET": SUPABASE_SECRET}
 
@@ -116,15 +122,25 @@ class ApiDaemon:
         ids = {"checkpoint_id": f"ic-{suffix}", "trace_id": f"tr-{suffix}",
                "drift_id": f"ida-{suffix}", "nudge_id": f"ndg-{suffix}"}
         now = int(time.time() * 1000)
+        # Attested (signed by SEED_KEY, published in signing_keys): it has a certificate.
+        record, _ = attested(SEED_KEY, agent_id, "s-1", None, ids["checkpoint_id"],
+                             "boundary_violation", now - 3000)
+        row = record.attestation
         with sqlite3.connect(self.data_dir / "mnemomd.db") as db:
             db.execute(
                 "INSERT INTO integrity_checkpoints (id, agent_id, session_id, provider, model, "
-                "verdict, concerns, created_at) VALUES (?, ?, 's-1', 'anthropic', "
-                "'claude-sonnet-4-5', 'boundary_violation', ?, ?)",
+                "verdict, concerns, thinking_block_hash, created_at) VALUES (?, ?, 's-1', "
+                "'anthropic', 'claude-sonnet-4-5', 'boundary_violation', ?, ?, ?)",
                 (ids["checkpoint_id"], agent_id,
                  json.dumps([{"category": "deception", "severity": "high",
                               "description": "Plans to hide a failed tool call from the user"}]),
-                 now - 3000))
+                 record.thinking_block_hash, now - 3000))
+            db.execute(f"INSERT INTO checkpoint_attestations ({', '.join(ATTESTATION_FIELDS)})"
+                       f" VALUES ({', '.join('?' for _ in ATTESTATION_FIELDS)})",
+                       [row[f] for f in ATTESTATION_FIELDS])
+            db.execute("INSERT INTO signing_keys (key_id, public_key, algorithm, created_at) "
+                       "VALUES (?, ?, 'Ed25519', ?) ON CONFLICT DO NOTHING",
+                       (SEED_KEY.key_id, SEED_KEY.public_hex, now - 3000))
             db.execute(
                 "INSERT INTO ap_traces (id, agent_id, session_id, checkpoint_id, trace, "
                 "verification, verified, created_at) VALUES (?, ?, 's-1', ?, ?, ?, 1, ?)",

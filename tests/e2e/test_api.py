@@ -53,6 +53,8 @@ GOOD_BODIES: dict[str, Any] = {
     "update_webhook": {"description": "changed"},
     "put_org_policy": POLICY, "put_agent_policy": POLICY,
     "evaluate_policy": {"policy": POLICY, "tools": ["web_search", "send_email"]},
+    # Not a certificate: verified, and found invalid (200).
+    "verify_certificate": {"certificate": {"type": "IntegrityCertificate"}},
 }
 #: A body each writing operation must refuse with 400.
 BAD_BODIES: dict[str, Any] = {
@@ -66,6 +68,7 @@ BAD_BODIES: dict[str, Any] = {
     "put_org_policy": {"meta": {"schema_version": "2.0"}},
     "put_agent_policy": {**POLICY, "forbidden": [{"pattern": "", "reason": "r"}]},
     "evaluate_policy": {"tools": "send_email"},
+    "verify_certificate": {"certificate": "cert-1"},
 }
 
 
@@ -119,10 +122,14 @@ def test_every_documented_operation(api_daemon: ApiDaemon, walk_ids: dict[str, s
             body = api_daemon.call("GET", fill("/v1/agents/{agent_id}/card", walk_ids)).body
             body = {**body["card"], "values": {"declared": ["honesty", "safety"]}}
         required = operation["x-required-role"]
-        writes = required != "viewer"
+        public = required == "public"
+        writes = required in ("admin", "owner")
 
-        check(api_daemon.call(method, path, body, token=None), operation, 401,
-              f"{name} without a token")
+        if public:  # no token needed, none documented
+            assert operation["security"] == [] and "401" not in operation["responses"]
+        else:
+            check(api_daemon.call(method, path, body, token=None), operation, 401,
+                  f"{name} without a token")
         if writes:
             check(api_daemon.call(method, path, body, token=viewer), operation, 403,
                   f"{name} as a viewer")
@@ -146,8 +153,11 @@ def test_every_documented_operation(api_daemon: ApiDaemon, walk_ids: dict[str, s
         if "secret" in response.body:
             api_daemon.secrets.append(response.body["secret"])
         if not writes:
-            check(api_daemon.call(method, path, token=viewer), operation, success,
+            check(api_daemon.call(method, path, body, token=viewer), operation, success,
                   f"{name} as a viewer")
+        if public:
+            check(api_daemon.call(method, path, body, token=None), operation, success,
+                  f"{name} without a token")
 
 
 def test_pagination_and_filters(api_daemon: ApiDaemon):
@@ -378,3 +388,19 @@ def test_no_token_or_secret_is_logged(api_daemon: ApiDaemon):
     for secret in tokens:
         assert secret not in output  # ...without their credentials
     assert "wrong-" not in output
+
+
+def test_a_seeded_certificate_verifies_through_the_public_api(api_daemon: ApiDaemon):
+    agent_id = api_daemon.new_agent()
+    checkpoint_id = api_daemon.seed(agent_id)["checkpoint_id"]
+    cert = api_daemon.call("GET", f"/v1/checkpoints/{checkpoint_id}/certificate",
+                           token=None).body
+    root = api_daemon.call("GET", f"/v1/agents/{agent_id}/merkle-root", token=None).body
+    assert (root["leaf_count"], root["merkle_root"]) == (1, cert["proofs"]["merkle"]["root"])
+    result = api_daemon.call("POST", "/v1/verify", {"certificate": cert}, token=None).body
+    assert result["valid"], result
+    cert["claims"]["verdict"] = "clear"
+    result = api_daemon.call("POST", "/v1/verify", {"certificate": cert}, token=None).body
+    assert not result["valid"] and not result["checks"]["signature"]["valid"]
+    keys = api_daemon.call("GET", "/v1/keys", token=None).body["keys"]
+    assert all(k["algorithm"] == "Ed25519" and k["is_active"] for k in keys)

@@ -81,6 +81,8 @@ def test_roles_from_the_identity_provider(start, idp):
     staff = idp.token("RS256", roles=["staff"])
     assert call("GET", "/v1/agents", staff).status == 403
     assert call("GET", "/v1/agents", None).status == 401
+    # The public attestation operations stay public.
+    assert call("GET", "/v1/keys", None).status == 200
     output = daemon.output()
     for token in (owner, admin, viewer, staff):
         assert token not in output and token.split(".")[2] not in output

@@ -24,7 +24,7 @@ from tests.integrity.fakes import envelope, model_text
 
 
 class FakeAnalysis:
-    def __init__(self, clock: IReactorTime | None = None) -> None:
+    def __init__(self, clock: IReactorTime | None = None, record: bool = True) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.clock = clock
@@ -32,6 +32,8 @@ class FakeAnalysis:
         self.script: list[Any] = []
         self.requests: list[dict[str, Any]] = []
         self.held: list[tuple[Request, str, Any]] = []
+        #: Whether requests are kept for ``GET /_fake/requests`` (not in a long benchmark).
+        self.record = record
 
     def answer(self, request: Request, dialect: str, action: Any) -> None:
         if request._disconnected:
@@ -52,8 +54,9 @@ class FakeAnalysis:
             return self.control(request, path)
         dialect = "anthropic" if path.endswith("/messages") else "openai"
         body = request.content.read()
-        self.requests.append({"path": path, "dialect": dialect,
-                              "body": body.decode("utf-8", "replace")})
+        if self.record:
+            self.requests.append({"path": path, "dialect": dialect,
+                                  "body": body.decode("utf-8", "replace")})
         action = self.script.pop(0) if self.script else self.default
         if isinstance(action, str) and action.startswith("hold"):
             self.held.append((request, dialect, action.partition(":")[2] or "valid"))
@@ -105,10 +108,12 @@ class _Root(Resource):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--no-record", dest="record", action="store_false",
+                        help="keep no requests (a long benchmark would grow without bound)")
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
-    site = Site(_Root(FakeAnalysis(reactor)))
+    site = Site(_Root(FakeAnalysis(reactor, record=args.record)))
     site.noisy = False
     site.log = lambda request: None  # type: ignore[method-assign]
     port = reactor.listenTCP(args.port, site, interface="127.0.0.1")

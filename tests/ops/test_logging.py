@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 
-from twisted.logger import Logger, LogLevel, LogPublisher
+import pytest
+from twisted.logger import Logger, LogLevel, LogPublisher, formatEvent
 
-from mnemomd.ops.logging import make_observer
+from mnemomd.ops.logging import Renderer, make_observer
 
 
 def capture(log_format="json", level="info"):
@@ -62,3 +64,46 @@ def test_text_format_for_humans():
     out, log = capture("text")
     log.emit(LogLevel.info, "hello {port}", port=1)
     assert out.getvalue().rstrip().endswith("INFO  hello 1 [port=1]")
+
+
+# -- the renderer: the same text as Twisted's formatEvent, with its fixed parts kept --------
+
+RENDERED_EVENTS = [
+    {"log_format": "{method} /{provider}{path} {status}", "method": "POST",
+     "provider": "anthropic", "path": "/v1/messages", "status": 200},
+    {"log_format": "plain text, no fields"},
+    {"log_format": "{value!r} and {value!s} and {value!a}", "value": "é'x"},
+    {"log_format": "{ratio:.2f} of {count:>5}", "ratio": 1 / 3, "count": 7},
+    {"log_format": "{{literal braces}} {name}", "name": "n"},
+    {"log_format": "{missing} field", "other": 1},
+    {"log_format": "{obj.attr} dotted", "obj": object()},
+    {"log_format": "{items[0]} indexed", "items": ["first"]},
+    {"log_format": "{call()} called", "call": lambda: "made"},
+    {"log_format": "{unbalanced", "x": 1},
+    {"log_format": "{n:{width}}", "n": 3, "width": 4},
+    {"log_format": "{bad:%Q}", "bad": 3},
+    {"log_format": None, "log_failure": None},
+    {"no_format": True},
+]
+
+
+@pytest.mark.parametrize("event", RENDERED_EVENTS, ids=lambda e: str(e.get("log_format")))
+def test_renderer_message_is_what_format_event_says(event: dict[str, object]):
+    renderer = Renderer()
+    assert renderer.message(event) == formatEvent(event)
+    assert renderer.message(event) == formatEvent(event)  # parsed once, the same again
+
+
+@pytest.mark.parametrize("when", [0.0, 1.5, 1_700_000_000.123, 1_700_000_000.9994,
+                                  1_700_000_001.0, 4_102_444_799.999])
+def test_renderer_timestamp_is_the_iso_time_to_the_millisecond(when: float):
+    expected = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+    assert Renderer().timestamp(when) == expected.replace("+00:00", "Z")
+
+
+def test_renderer_keeps_a_bounded_number_of_formats():
+    renderer = Renderer(max_formats=2)
+    for i in range(5):
+        event = {"log_format": f"line {i} {{n}}", "n": i}
+        assert renderer.message(event) == f"line {i} {i}"
+    assert len(renderer._formats) == 2

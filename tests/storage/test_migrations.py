@@ -53,6 +53,23 @@ def test_two_files_with_one_version_refused(tmp_path):
         load_migrations(tmp_path, "sqlite")
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_shared_and_a_specific_file_of_one_version_and_two_names_refused(tmp_path, engine):
+    # Either order on disk: the shared file sorts before or after the specific one.
+    write(tmp_path, "0007_policies.sql", "CREATE TABLE p (x INTEGER);")
+    write(tmp_path, f"0007_attestation.{engine}.sql", "CREATE TABLE a (x INTEGER);")
+    write(tmp_path, "0008_z.sql", "")
+    write(tmp_path, f"0008_a.{engine}.sql", "")
+    with pytest.raises(MigrationError, match="share version 0007"):
+        load_migrations(tmp_path, engine)
+
+
+def test_a_specific_file_of_another_engine_does_not_clash(tmp_path):
+    write(tmp_path, "0007_policies.sql", "")
+    write(tmp_path, "0007_attestation.postgresql.sql", "")
+    assert [m.label for m in load_migrations(tmp_path, "sqlite")] == ["0007_policies"]
+
+
 def test_pending_and_history_checks():
     one, two = Migration(1, "a", "x"), Migration(2, "b", "y")
     assert pending_migrations({}, [one, two]) == [one, two]
