@@ -187,7 +187,7 @@ def test_auto_containment_pauses_then_resume_restores(start, tmp_path, violating
     wait_until(lambda: s.call()[0] == 200, timeout=20, what="service restored")
     log = s.cli("agent", "show", agent_id)["containment_log"]
     assert [(e["action"], e["actor"]) for e in log] == [("pause", "system"),
-                                                       ("resume", "ops@example")]
+                                                       ("resume", "local for ops@example")]
     assert log[0]["reason"] == "2 consecutive boundary violations"
     assert log[1]["reason"] == "reviewed"
 
