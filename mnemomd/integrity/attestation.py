@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,8 +76,25 @@ def _normalise(value: Any) -> Any:
     return value
 
 
+#: What the plain encoding writes for a float JavaScript would write otherwise: an
+#: integral float (``1.0``), NaN or an infinity. Seen anywhere (a string may hold it too),
+#: the value is normalised first.
+_NOT_JS = re.compile(r"\d\.0(?![0-9])|NaN|Infinity")
+
+
 def det_json(value: Any) -> str:
-    """Deterministic JSON: compact, object keys sorted recursively, floats as JS."""
+    """Deterministic JSON: compact, object keys sorted recursively, floats as JS.
+
+    The C encoder's text is already that unless it holds a float JavaScript writes
+    differently; only then is the value walked and normalised (the walk is most of the
+    cost of a commitment, and cards and conscience values rarely hold floats)."""
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except TypeError:  # keys of mixed types: the walk makes them strings
+        text = None
+    if text is not None and (".0" not in text and "NaN" not in text
+                             and "Infinity" not in text or _NOT_JS.search(text) is None):
+        return text
     return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"),
                       ensure_ascii=False)
 

@@ -183,3 +183,33 @@ def test_unknown_key_and_malformed_documents():
     with pytest.raises(a.AttestationError):
         a.keys_from_document({"keys": [{"key_id": 1}]})
     assert repr(key) == f"SigningKey({key.key_id})"
+
+
+def test_the_fast_encoding_is_the_normalised_one():
+    """``det_json`` skips the normalising walk only when the plain encoding is already
+    what JavaScript writes: compare it with the walk on values with and without floats,
+    and with strings that merely look like floats."""
+    import json as json_module
+    import random
+
+    from mnemomd.integrity.attestation import _normalise, det_json
+
+    def walked(value):
+        return json_module.dumps(_normalise(value), sort_keys=True, separators=(",", ":"),
+                                 ensure_ascii=False)
+
+    rng = random.Random(7)
+    leaves = [1, 1.0, 2.5, -3.0, 1e16, 0.1, "1.0", "x 2.0 y", "NaN-free", "é", True, None,
+              10**20, 9007199254740993.0]
+
+    def build(depth):
+        if depth == 0 or rng.random() < 0.3:
+            return rng.choice(leaves)
+        if rng.random() < 0.5:
+            return [build(depth - 1) for _ in range(rng.randint(0, 4))]
+        return {f"k{rng.randint(0, 9)}": build(depth - 1) for _ in range(rng.randint(0, 4))}
+
+    for _ in range(2000):
+        value = build(4)
+        assert det_json(value) == walked(value)
+    assert det_json({"b": 1.0, "a": [2.0, "3.0"]}) == '{"a":[2,"3.0"],"b":1}'
