@@ -7,6 +7,7 @@ configuration; the key stays in memory and is never written anywhere else.
 from __future__ import annotations
 
 import os
+import uuid
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -29,7 +30,10 @@ def load_signing_key(path: str, create: bool) -> SigningKey:
     """The key in ``path``; with ``create``, a new one written there first when the file
     does not exist (exclusively, mode 0600, its directory 0700 when made here)."""
     if create and not os.path.exists(path):
-        return write_new_key(path)
+        try:
+            return write_new_key(path)
+        except FileExistsError:
+            pass  # another process (a worker) made it first: use that one, it is whole
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -53,9 +57,19 @@ def write_key(path: str, key: SigningKey) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     pem = key.private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+    # Written whole under a name of its own, then linked into place: a process that finds
+    # ``path`` (several workers starting at once) never reads half a key, and a second
+    # writer gets FileExistsError instead of replacing the first one's key.
+    partial = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.partial"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(partial, path)
+    finally:
+        os.unlink(partial)
 
 
 def write_new_key(path: str) -> SigningKey:

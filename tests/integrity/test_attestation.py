@@ -213,3 +213,24 @@ def test_the_fast_encoding_is_the_normalised_one():
         value = build(4)
         assert det_json(value) == walked(value)
     assert det_json({"b": 1.0, "a": [2.0, "3.0"]}) == '{"a":[2,"3.0"],"b":1}'
+
+
+def test_processes_creating_the_signing_key_at_once_all_use_one_key(tmp_path):
+    """Workers start together: each may find no key and make one; exactly one is kept,
+    and every process loads that one (never half a file)."""
+    import multiprocessing
+
+    from mnemomd.integrity.keys import load_signing_key
+
+    path = str(tmp_path / "data" / "signing-key.pem")
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        key_ids = pool.starmap(_key_id_of, [(path,)] * 32)
+    assert len(set(key_ids)) == 1
+    assert load_signing_key(path, create=True).key_id == key_ids[0]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["signing-key.pem"]
+
+
+def _key_id_of(path: str) -> str:
+    from mnemomd.integrity.keys import load_signing_key
+
+    return load_signing_key(path, create=True).key_id
