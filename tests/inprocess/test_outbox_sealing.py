@@ -97,3 +97,21 @@ def test_expired_rows_are_purged_before_startup_reports_ok(tmp_path: Path):
         assert seen_at_startup == [["ob-2"]]
     finally:
         second.stop()
+
+
+def test_the_spool_holds_no_model_text_while_the_database_is_down(
+        make_daemon: Callable[..., InProcessDaemon]):
+    """Bookkeeping that waits on local disk for the database (the spool) holds the
+    outbox excerpts only sealed, and checkpoints only as derived analysis."""
+    daemon = make_daemon(**QUIET)
+    traced_calls(daemon, 1)  # the agent, known before the outage
+    daemon.fail_storage(kv=False)
+    traced_calls(daemon)
+    daemon.advance(0.1)  # the batch writer's turn meets the database gone
+    spooled = [p for p in (daemon.data_dir / "spool").rglob("*") if p.is_file()]
+    assert spooled, "the outage's writes are spooled"
+    data = b"".join(p.read_bytes() for p in spooled)
+    assert b'"kind":"trace_outbox"' in data and b'"kind":"checkpoint"' in data
+    assert found_in(data) == []
+    daemon.restore_storage()
+    daemon.advance(1)
