@@ -24,6 +24,8 @@ R = TypeVar("R")
 JSONUpdate = Callable[[Any | None], tuple[Any, R]]
 #: Tries of one ``update_json`` before it gives up on storing (each lost race is one).
 MAX_UPDATE_ATTEMPTS = 8
+#: Keys whose last decoded value is kept with the bytes it came from (see ``KVCache``).
+MAX_DECODED = 2048
 
 
 def _encode(value: Any) -> bytes:
@@ -48,6 +50,12 @@ class KVCache:
     here once per failure streak. An invalidation that fails is remembered and retried, and the
     key is read as a miss meanwhile, so a change made during an outage is not hidden by a
     stale entry once Redis is back.
+
+    The last value read or stored under a key is kept with its bytes (at most
+    ``MAX_DECODED`` keys), so reading unchanged bytes again costs no JSON decode: the
+    session state, card and agent of a busy agent are read on every call. Values are
+    therefore **shared between callers and must not be modified**; every update makes a
+    new value (``JSONUpdate`` is pure).
     """
 
     #: Failed invalidations kept for retry; beyond this the oldest are dropped (they
@@ -62,6 +70,7 @@ class KVCache:
         self._ttl = ttl
         self._failing = False
         self._pending: dict[str, None] = {}
+        self._decoded: dict[str, tuple[bytes, Any]] = {}
 
     def _key(self, key: str) -> str:
         return self._prefix + key
@@ -85,13 +94,33 @@ class KVCache:
                      reason=failure.getErrorMessage() or failure.type.__name__)
         return default
 
+    def _decoded_value(self, full: str, raw: bytes | None) -> Any | None:
+        """``raw`` decoded: the kept value when these are the bytes it came from."""
+        if raw is None:
+            self._decoded.pop(full, None)
+            return None
+        kept = self._decoded.get(full)
+        if kept is not None and (kept[0] is raw or kept[0] == raw):
+            return kept[1]
+        value = _decode(raw)
+        self._keep(full, raw, value)
+        return value
+
+    def _keep(self, full: str, raw: bytes, value: Any) -> None:
+        self._decoded.pop(full, None)
+        self._decoded[full] = (raw, value)
+        if len(self._decoded) > MAX_DECODED:
+            del self._decoded[next(iter(self._decoded))]
+
     def get_json(self, key: str) -> Deferred[Any | None]:
+        """The value under ``key`` or None (absent, unreadable, or the store failed);
+        shared with other readers: do not modify it."""
         full = self._key(key)
 
         def decode(raw: bytes | None) -> Any | None:
             stale = full in self._pending  # checked before _ok() may retry the delete
             self._ok(None)
-            return None if stale else _decode(raw)
+            return None if stale else self._decoded_value(full, raw)
 
         return self._store.get(full).addCallbacks(decode, self._swallow, errbackArgs=(None,))
 
@@ -138,7 +167,7 @@ class KVCache:
                 return update(None)[1], False
             stale = full in self._pending
             self._ok(None)
-            current = None if stale else _decode(raw)
+            current = None if stale else self._decoded_value(full, raw)
             new, result = update(current)
             encoded = _encode(new)
             try:
@@ -148,6 +177,7 @@ class KVCache:
                 return result, False
             if stored:
                 self._pending.pop(full, None)
+                self._keep(full, encoded, new)
                 return result, True
         log.warn("Cache {cache}: gave up an update after {attempts} concurrent writes; "
                  "it is not stored", cache=self._name, attempts=attempts)
@@ -155,6 +185,7 @@ class KVCache:
 
     def invalidate(self, key: str) -> Deferred[None]:
         full = self._key(key)
+        self._decoded.pop(full, None)
 
         def failed(failure: Failure) -> None:
             self._pending[full] = None

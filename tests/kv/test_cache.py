@@ -88,3 +88,75 @@ class KVCacheFailureTests(unittest.TestCase):
 
     def test_unencodable_value_is_the_callers_error(self):
         self.failureResultOf(self.cache.set_json("a1", {"bad": object()}), TypeError)
+
+
+class DecodedValueTests(unittest.TestCase):
+    """The last decoded value of a key is kept with its bytes: unchanged bytes are not
+    decoded again; changed, deleted or invalidated ones are."""
+
+    def setUp(self):
+        self.store = MemoryKeyValueStore(Clock())
+        self.cache = KVCache(self.store, "s", 300)
+        self.decodes = 0
+        real = json.loads
+
+        def counting(raw: Any, *args: Any, **kwargs: Any) -> Any:
+            self.decodes += 1
+            return real(raw, *args, **kwargs)
+        self.patch(json, "loads", counting)
+
+    def read(self, key: str = "k") -> Any:
+        return self.successResultOf(self.cache.get_json(key))
+
+    def test_unchanged_bytes_are_decoded_once(self):
+        self.successResultOf(self.store.set("s:k", b'{"a":[1,2]}'))
+        first = self.read()
+        second = self.read()
+        self.assertEqual(first, {"a": [1, 2]})
+        self.assertIs(second, first)
+        self.assertEqual(self.decodes, 1)
+
+    def test_bytes_written_by_another_replica_are_decoded_anew(self):
+        self.successResultOf(self.store.set("s:k", b'{"n":1}'))
+        self.assertEqual(self.read(), {"n": 1})
+        self.successResultOf(self.store.set("s:k", b'{"n":2}'))
+        self.assertEqual(self.read(), {"n": 2})
+        self.assertEqual(self.decodes, 2)
+
+    def test_equal_bytes_from_the_store_reuse_the_value(self):
+        # Redis hands back new bytes objects: equal bytes still skip the decode.
+        self.successResultOf(self.store.set("s:k", b'{"n":1}'))
+        first = self.read()
+        self.successResultOf(self.store.set("s:k", bytes(bytearray(b'{"n":1}'))))
+        self.assertIs(self.read(), first)
+        self.assertEqual(self.decodes, 1)
+
+    def test_an_update_keeps_the_value_it_stored(self):
+        def bump(current: Any) -> tuple[Any, Any]:
+            new = {"n": (current or {}).get("n", 0) + 1}
+            return new, new
+        stored = self.successResultOf(self.cache.update_json("k", bump))
+        self.assertIs(self.read(), stored)
+        self.successResultOf(self.cache.update_json("k", bump))
+        self.assertEqual(self.read(), {"n": 2})
+        self.assertEqual(self.decodes, 0)
+        self.assertEqual(json.loads(self.successResultOf(self.store.get("s:k"))), {"n": 2})
+
+    def test_deleted_and_invalidated_keys_are_forgotten(self):
+        self.successResultOf(self.store.set("s:k", b'{"n":1}'))
+        self.read()
+        self.successResultOf(self.cache.invalidate("k"))
+        self.assertIsNone(self.read())
+        self.successResultOf(self.store.set("s:k", b'{"n":1}'))
+        self.assertEqual(self.read(), {"n": 1})
+        self.assertEqual(self.decodes, 2)
+
+    def test_kept_values_are_bounded(self):
+        from mnemomd.kv import cache as cache_module
+        self.patch(cache_module, "MAX_DECODED", 3)
+        for i in range(5):
+            self.successResultOf(self.store.set(f"s:k{i}", b"{}"))
+            self.read(f"k{i}")
+        self.assertEqual(len(self.cache._decoded), 3)
+        self.read("k0")
+        self.assertEqual(self.decodes, 6)
