@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -117,13 +117,39 @@ def window_context(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
              "reasoning_summary": e.get("reasoning_summary")} for e in entries]
 
 
+class RecurringJson:
+    """``det_json`` of the values that recur from call to call as the same object (an
+    agent's card and conscience values, shared by ``KVCache`` while their bytes do not
+    change), kept per object: a card's text costs one walk, not one per checkpoint.
+
+    Each kept value is held, so its ``id`` cannot be reused by another object while it
+    is kept; values must not be modified (as everything ``KVCache`` hands out)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._kept: dict[int, tuple[Any, str]] = {}
+
+    def __call__(self, value: Any) -> str:
+        if not isinstance(value, dict | list):
+            return det_json(value)
+        kept = self._kept.get(id(value))
+        if kept is not None and kept[0] is value:
+            return kept[1]
+        text = det_json(value)
+        self._kept[id(value)] = (value, text)
+        if len(self._kept) > self._size:
+            del self._kept[next(iter(self._kept))]
+        return text
+
+
 def input_commitments(thinking_block_hash: str | None, card: Any, conscience_values: Any,
                       context: Sequence[Mapping[str, Any]], model_version: str,
-                      prompt_template_version: str = PROMPT_TEMPLATE_VERSION,
-                      ) -> dict[str, str]:
+                      prompt_template_version: str = PROMPT_TEMPLATE_VERSION, *,
+                      det: Callable[[Any], str] = det_json) -> dict[str, str]:
     """The certificate's ``input_commitments``: hashes of every input of the analysis.
-    ``combined_commitment`` is the checkpoint's input commitment (chain and signature)."""
-    parts = (det_json(card), det_json(conscience_values), det_json(list(context)),
+    ``combined_commitment`` is the checkpoint's input commitment (chain and signature).
+    ``det`` writes the card and the conscience values (a ``RecurringJson``)."""
+    parts = (det(card), det(conscience_values), det_json(list(context)),
              det_json(model_version), det_json(prompt_template_version))
     return {"thinking_block_hash": thinking_block_hash or "",
             "card_hash": sha256_hex(parts[0]), "values_hash": sha256_hex(parts[1]),

@@ -42,6 +42,7 @@ from mnemomd.agents.store import AgentStore
 from mnemomd.config import IntegrityConfig
 from mnemomd.http.server import error_payload
 from mnemomd.integrity.attestation import (
+    RecurringJson,
     SigningKey,
     attestation_row,
     input_commitments,
@@ -244,6 +245,7 @@ class IntegrityPipeline:
         signs every checkpoint's attestation (docs/attestation.md); None turns
         attestation off."""
         self._signing_key = signing_key
+        self._recurring_json = RecurringJson()
         #: Chain heads of sessions whose head the KV store could not keep (an outage).
         self._outage_chains: dict[str, dict[str, Any]] = {}
         if tracing and writes is not None and seal is None:
@@ -613,7 +615,8 @@ class IntegrityPipeline:
             model_version = str(outcome.analysis_metadata.get("analysis_model") or "")
             outcome = replace(outcome, input_commitments=input_commitments(
                 outcome.thinking_block_hash, request.card, request.conscience_values,
-                window_context(request.window_checkpoints), model_version))
+                window_context(request.window_checkpoints), model_version,
+                det=self._recurring_json))
         return outcome
 
     def _session_key(self, agent_id: str, session_id: str) -> str:

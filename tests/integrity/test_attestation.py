@@ -45,6 +45,26 @@ def test_combined_commitment_matches_a_hand_built_preimage():
         "combined_commitment": h(preimage)}
 
 
+def test_recurring_values_are_written_once_per_object_with_the_same_commitments(
+        monkeypatch):
+    plain = a.input_commitments("th", CARD, VALUES, a.window_context(WINDOW), "m", "t")
+    recurring = a.RecurringJson(size=2)
+    walks: list[object] = []
+    real = a.det_json
+    monkeypatch.setattr(a, "det_json", lambda v: walks.append(v) or real(v))
+    for _ in range(3):
+        assert a.input_commitments("th", CARD, VALUES, a.window_context(WINDOW), "m", "t",
+                                   det=recurring) == plain
+    # the card and the values once each, over three commitments
+    assert sum(w is CARD for w in walks) == 1 and sum(w is VALUES for w in walks) == 1
+    # an equal but different object is written anew; the oldest kept object goes
+    other = json.loads(json.dumps(CARD))
+    assert recurring(other) == real(CARD)
+    assert sum(w is other for w in walks) == 1
+    recurring(CARD)
+    assert sum(w is CARD for w in walks) == 2
+
+
 def test_chain_hash_genesis_and_link():
     first = a.chain_hash(None, "ic-1", "clear", "th1", "cc1", "2025-01-01T00:00:00.000Z")
     assert first == h("genesis|ic-1|clear|th1|cc1|2025-01-01T00:00:00.000Z")
