@@ -335,6 +335,17 @@ wrk.method = "POST"
 wrk.body = [==[{body}]==]
 {headers}
 local pace_ms = {pace_ms}
+local sessions = {sessions}
+local sent = 0
+if sessions > 0 then
+  -- Calls take turns over this many sessions (x-mnemom-session), as concurrent agents'
+  -- calls would, instead of all sharing one session's state.
+  request = function()
+    sent = sent + 1
+    wrk.headers["x-mnemom-session"] = "bench-" .. (sent % sessions)
+    return wrk.format()
+  end
+end
 if pace_ms > 0 then
   -- Random gaps (mean pace_ms) keep the connections out of step: equal gaps would
   -- make them all fire at once, a burst every pace_ms instead of a steady rate.
@@ -353,12 +364,14 @@ end
 """
 
 
-def wrk_script(path: Path, body: bytes, headers: dict[str, str], pace_ms: int = 0) -> Path:
+def wrk_script(path: Path, body: bytes, headers: dict[str, str], pace_ms: int = 0,
+               sessions: int = 0) -> Path:
     """A wrk Lua script for one POST; ``pace_ms`` > 0 waits that long on average before
-    each request on each connection, so the load stays below what the proxy can take."""
+    each request on each connection, so the load stays below what the proxy can take;
+    ``sessions`` > 0 spreads the calls over that many ``x-mnemom-session`` values."""
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     path.write_text(_WRK_SCRIPT.format(body=body.decode("utf-8"), headers=lines,
-                                       pace_ms=pace_ms))
+                                       pace_ms=pace_ms, sessions=sessions))
     return path
 
 

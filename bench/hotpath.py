@@ -286,7 +286,8 @@ class HotPath:
         self.workdir = workdir
         self.children = children
         self.report = report
-        self.script = harness.wrk_script(workdir / "post.lua", REQUEST_BODY, REQUEST_HEADERS)
+        self.script = harness.wrk_script(workdir / "post.lua", REQUEST_BODY, REQUEST_HEADERS,
+                                         sessions=args.sessions)
         self.body = thinking_answer(mockup.anthropic_json())
         self.mock_port = 0
         self.mock_pids: list[int] = []
@@ -417,7 +418,7 @@ class HotPath:
         script = self.script
         if pace:
             script = harness.wrk_script(self.workdir / f"post-{pace}.lua", REQUEST_BODY,
-                                        REQUEST_HEADERS, pace)
+                                        REQUEST_HEADERS, pace, self.args.sessions)
         pids = target.pids()
         busy_before = harness.cpu_busy_snapshot()
         cpu_before = harness.cpu_seconds(pids)
@@ -649,6 +650,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         choices=["sqlite", "postgres"])
     parser.add_argument("--workers", type=int, default=1,
                         help="also run PostgreSQL + Redis with MNEMOM_WORKERS=N (N > 1)")
+    parser.add_argument("--sessions", type=int, default=16,
+                        help="sessions the calls take turns over (x-mnemom-session; 0: one "
+                             "session per minute, as a client sending no session header)")
     parser.add_argument("--no-litellm", dest="litellm", action="store_false")
     parser.add_argument("--profile", action="store_true",
                         help="sample the full path with py-spy before the saturation run")

@@ -435,8 +435,12 @@ class KeyValueContract:
         self.assertEqual((yield cache.update_json("s1", self.counting_update(calls))), 6)
         self.assertEqual((yield cache.get_json("s1")), {"n": 5})
         yield self.store.close()
-        self.assertEqual((yield cache.update_json("s1", self.counting_update(calls))), 1)
-        self.assertEqual(calls, [{"n": 5}, None])
+        # This cache knows the value it last read: the result is on it, unstored.
+        self.assertEqual((yield cache.update_json("s1", self.counting_update(calls))), 6)
+        # One that never read the key has nothing to go on.
+        fresh = KVCache(held, self.k("state"), 300)
+        self.assertEqual((yield fresh.update_json("s1", self.counting_update(calls))), 1)
+        self.assertEqual(calls, [{"n": 5}, {"n": 5}, None])
 
     @inlineCallbacks
     def test_update_json_overwrites_a_foreign_value(self):

@@ -160,3 +160,45 @@ class DecodedValueTests(unittest.TestCase):
         self.assertEqual(len(self.cache._decoded), 3)
         self.read("k0")
         self.assertEqual(self.decodes, 6)
+
+
+class KeptValueUpdateTests(unittest.TestCase):
+    """An update of a key this cache last read or wrote compares against the kept bytes
+    without reading them again; a write by another replica makes it read and retry."""
+
+    def setUp(self):
+        self.store = MemoryKeyValueStore(Clock())
+        self.cache = KVCache(self.store, "s", 300)
+        self.operations: list[str] = []
+        for name in ("get", "compare_and_set"):
+            real = getattr(self.store, name)
+
+            def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+                self.operations.append(_name)
+                return _real(*args)
+            self.patch(self.store, name, counted)
+
+    @staticmethod
+    def bump(current: Any) -> tuple[Any, Any]:
+        new = {"n": (current or {}).get("n", 0) + 1}
+        return new, new["n"]
+
+    def test_a_second_update_is_one_compare_and_set(self):
+        self.assertEqual(self.successResultOf(self.cache.update_json("k", self.bump)), 1)
+        self.assertEqual(self.operations, ["get", "compare_and_set"])
+        del self.operations[:]
+        self.assertEqual(self.successResultOf(self.cache.update_json("k", self.bump)), 2)
+        self.assertEqual(self.operations, ["compare_and_set"])
+
+    def test_another_writer_in_between_is_read_and_counted(self):
+        self.successResultOf(self.cache.update_json("k", self.bump))
+        self.successResultOf(self.store.set("s:k", b'{"n":41}'))  # another replica
+        del self.operations[:]
+        self.assertEqual(self.successResultOf(self.cache.update_json("k", self.bump)), 42)
+        self.assertEqual(self.operations, ["compare_and_set", "get", "compare_and_set"])
+        self.assertEqual(json.loads(self.successResultOf(self.store.get("s:k"))), {"n": 42})
+
+    def test_an_expired_key_starts_again_from_nothing(self):
+        self.successResultOf(self.cache.update_json("k", self.bump))
+        self.successResultOf(self.store.delete("s:k"))
+        self.assertEqual(self.successResultOf(self.cache.update_json("k", self.bump)), 1)
