@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -71,6 +71,7 @@ class KVCache:
         self._failing = False
         self._pending: dict[str, None] = {}
         self._decoded: dict[str, tuple[bytes, Any]] = {}
+        self._updating: dict[str, DeferredLock] = {}
 
     def _key(self, key: str) -> str:
         return self._prefix + key
@@ -139,9 +140,8 @@ class KVCache:
         (``update_json_stored`` says whether it was stored)."""
         return self.update_json_stored(key, update, attempts).addCallback(lambda r: r[0])
 
-    @inlineCallbacks
     def update_json_stored(self, key: str, update: JSONUpdate[R],
-                           attempts: int = MAX_UPDATE_ATTEMPTS) -> Any:
+                           attempts: int = MAX_UPDATE_ATTEMPTS) -> Deferred[Any]:
         """Read, ``update`` and write back atomically; fires with ``update``'s result and
         whether it was stored (False: the store failed, or the races were all lost).
 
@@ -161,8 +161,24 @@ class KVCache:
         wrote (then the compare fails and the update goes on as a lost race). One round
         trip instead of two for the session state each call updates. With the store
         down, such an update's result is on the last value this cache knew.
+
+        Updates of one key through this cache run one after the other: two calls of one
+        session in flight do not race each other, only other replicas.
         """
         full = self._key(key)
+        lock = self._updating.get(full)
+        if lock is None:
+            lock = self._updating[full] = DeferredLock()
+
+        def done(result: Any) -> Any:
+            if self._updating.get(full) is lock and not lock.locked:
+                del self._updating[full]
+            return result
+
+        return lock.run(self._update, full, update, attempts).addBoth(done)
+
+    @inlineCallbacks
+    def _update(self, full: str, update: JSONUpdate[R], attempts: int) -> Any:
         current: Any | None = None
         result: Any = None
         guess = None if full in self._pending else self._decoded.get(full)

@@ -202,3 +202,28 @@ class KeptValueUpdateTests(unittest.TestCase):
         self.successResultOf(self.cache.update_json("k", self.bump))
         self.successResultOf(self.store.delete("s:k"))
         self.assertEqual(self.successResultOf(self.cache.update_json("k", self.bump)), 1)
+
+    def test_concurrent_updates_of_one_key_take_turns_without_conflicts(self):
+        # Two calls of one session in flight: the second waits for the first's write
+        # instead of racing it (one compare-and-set each, none lost).
+        gate: list[Any] = []
+        real = self.store.compare_and_set
+
+        def held(*args: Any) -> Any:
+            from twisted.internet.defer import Deferred
+            d: Deferred[Any] = Deferred()
+            gate.append((d, args))
+            return d
+        self.successResultOf(self.cache.update_json("k", self.bump))
+        del self.operations[:]
+        self.patch(self.store, "compare_and_set", held)
+        first = self.cache.update_json("k", self.bump)
+        second = self.cache.update_json("k", self.bump)
+        self.assertEqual(len(gate), 1)  # the second has not started
+        d, args = gate.pop()
+        real(*args).chainDeferred(d)
+        self.assertEqual(self.successResultOf(first), 2)
+        d, args = gate.pop()
+        real(*args).chainDeferred(d)
+        self.assertEqual(self.successResultOf(second), 3)
+        self.assertEqual(self.cache._updating, {})
