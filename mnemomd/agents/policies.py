@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -184,8 +184,14 @@ class PolicyBook:
     def stored(self, owner: str) -> Any:
         """The owner's stored policy as cached (``cached()``), or None: KV cache, the
         database, or (both down) the last one read; fails only when none was ever read."""
+        cached = yield self._cache.get_json(policy_cache_key(owner))
+        entry = yield self._entry(owner, cached)
+        return entry
+
+    @inlineCallbacks
+    def _entry(self, owner: str, cached: Any) -> Any:
+        """``stored`` once the cache was read (``cached``)."""
         key = policy_cache_key(owner)
-        cached = yield self._cache.get_json(key)
         if isinstance(cached, dict):
             entry = cached.get("policy")
             self._remembered.put(owner, entry)
@@ -223,10 +229,15 @@ class PolicyBook:
 
     @inlineCallbacks
     def active(self, agent_id: str | None) -> Any:
-        """The ``ActivePolicy`` of an agent (None: no policy, or one that is ``off``)."""
-        org_entry, agent_entry = yield gatherResults(
-            [self.org(), self.stored(agent_id) if agent_id else _none()], consumeErrors=True)
-        return self.resolve(org_entry, agent_entry)
+        """The ``ActivePolicy`` of an agent (None: no policy, or one that is ``off``);
+        the org's and the agent's entries are read from the cache in one round trip."""
+        owners = ([] if self.file_policy is not None else [ORG]) + \
+            ([agent_id] if agent_id else [])
+        cached = yield self._cache.get_json_many(*(policy_cache_key(o) for o in owners))
+        entries = {}
+        for owner, hit in zip(owners, cached, strict=True):
+            entries[owner] = yield self._entry(owner, hit)
+        return self.resolve(entries.get(ORG), entries.get(agent_id) if agent_id else None)
 
     def resolve(self, org_entry: dict[str, Any] | None, agent_entry: dict[str, Any] | None,
                 keep_off: bool = False) -> ActivePolicy | None:
@@ -260,9 +271,3 @@ class PolicyBook:
 
     def failed(self, message: str, failure: Any) -> None:
         log_failure(log, message, failure, self._outages)
-
-
-def _none() -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    d.callback(None)
-    return d

@@ -595,8 +595,7 @@ class IntegrityPipeline:
         card: Any = None
         values: Any = None
         if self._analyzer.needs_context(extraction.thinking or "", output_block):
-            card = yield self._card(agent.agent_id)
-            values = yield self._conscience(agent.agent_id)
+            card, values = yield self._context(agent.agent_id)
         state = yield self._state.get_json(self._session_key(agent.agent_id, session_id))
         window = session_window(state)
         now = self._clock.seconds()
@@ -625,44 +624,39 @@ class IntegrityPipeline:
         return f"session:{agent_id}:{session_id}"
 
     @inlineCallbacks
-    def _card(self, agent_id: str) -> Any:
-        """The agent's card: KV cache, database, or (both down) the last known one."""
-        key = f"card:{agent_id}"
-        cached = yield self._kv.get_json(key)
-        if isinstance(cached, dict):
-            self._memory.remember_card(agent_id, cached)
-            return cached
-        try:
-            card = yield self._agents.card(agent_id)
-        except Exception:
-            remembered = self._memory.card(agent_id)
-            if remembered is None:
-                raise
-            return remembered
-        if card is not None:
+    def _context(self, agent_id: str) -> Any:
+        """The agent's card and conscience values, both read from the KV cache in one
+        round trip; each missing one from the database, or (both down) the last known."""
+        card, values = yield self._kv.get_json_many(f"card:{agent_id}",
+                                                    f"conscience:{agent_id}")
+        if isinstance(card, dict):
             self._memory.remember_card(agent_id, card)
-            self._kv.set_json(key, card)
-        return card
+        else:
+            card = yield self._stored_context(
+                f"card:{agent_id}", self._agents.card(agent_id),
+                self._memory.card(agent_id), self._memory.remember_card, agent_id)
+        if isinstance(values, list):
+            self._memory.remember_conscience(agent_id, values)
+        else:
+            values = yield self._stored_context(
+                f"conscience:{agent_id}", self._agents.conscience_values(agent_id),
+                self._memory.conscience(agent_id), self._memory.remember_conscience,
+                agent_id)
+        return card, values
 
     @inlineCallbacks
-    def _conscience(self, agent_id: str) -> Any:
-        """The agent's conscience values, from the same places as its card."""
-        key = f"conscience:{agent_id}"
-        cached = yield self._kv.get_json(key)
-        if isinstance(cached, list):
-            self._memory.remember_conscience(agent_id, cached)
-            return cached
+    def _stored_context(self, key: str, stored: Deferred[Any], remembered: Any,
+                        remember: Callable[[str, Any], None], agent_id: str) -> Any:
         try:
-            values = yield self._agents.conscience_values(agent_id)
+            value = yield stored
         except Exception:
-            remembered = self._memory.conscience(agent_id)
             if remembered is None:
                 raise
             return remembered
-        if values is not None:
-            self._memory.remember_conscience(agent_id, values)
-            self._kv.set_json(key, values)
-        return values
+        if value is not None:
+            remember(agent_id, value)
+            self._kv.set_json(key, value)
+        return value
 
     @inlineCallbacks
     def _record_in_session(self, agent: Agent, session_id: str, outcome: AnalysisOutcome,

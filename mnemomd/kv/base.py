@@ -39,6 +39,8 @@ class KeyValueStore(Protocol):
 
     def get(self, key: str) -> Deferred[bytes | None]: ...
 
+    def get_many(self, *keys: str) -> Deferred[list[bytes | None]]: ...
+
     def set(self, key: str, value: bytes, ttl: float | None = None) -> Deferred[None]: ...
 
     def set_if_absent(self, key: str, value: bytes, ttl: float) -> Deferred[bool]: ...
@@ -121,6 +123,25 @@ class MeteredStore:
         return self._run("get", lambda: self._do_get(check_key(key)),
                          lambda value: "miss" if value is None else "hit")
 
+    def get_many(self, *keys: str) -> Deferred[list[bytes | None]]:
+        """The values of ``keys``, in order, in one round trip (Redis ``MGET``); each key
+        is counted as a ``get``, a hit or a miss."""
+        if self._closed:
+            return defer.fail(KVError("key-value store is closed"))
+
+        def ok(values: list[bytes | None]) -> list[bytes | None]:
+            for value in values:
+                self._count("get", "miss" if value is None else "hit")
+            return values
+
+        def failed(failure: Failure) -> Failure:
+            for _ in keys:
+                self._count("get", "error")
+            return failure
+
+        return maybeDeferred(lambda: self._do_get_many([check_key(k) for k in keys])) \
+            .addCallbacks(ok, failed)
+
     def set(self, key: str, value: bytes, ttl: float | None = None) -> Deferred[None]:
         return self._run("set", lambda: self._do_set(
             check_key(key), check_value(value), None if ttl is None else ttl_ms(ttl)))
@@ -171,6 +192,9 @@ class MeteredStore:
     # Implemented by subclasses; keys are already prefixed, TTLs in milliseconds.
 
     def _do_get(self, key: str) -> Deferred[bytes | None] | bytes | None:
+        raise NotImplementedError
+
+    def _do_get_many(self, keys: list[str]) -> Deferred[list[bytes | None]] | list[bytes | None]:
         raise NotImplementedError
 
     def _do_set(self, key: str, value: bytes, ttl_ms: int | None) -> Deferred[None] | None:

@@ -125,6 +125,20 @@ class KVCache:
 
         return self._store.get(full).addCallbacks(decode, self._swallow, errbackArgs=(None,))
 
+    def get_json_many(self, *keys: str) -> Deferred[list[Any | None]]:
+        """``get_json`` of each key, in order, in one round trip; a failed read is a miss
+        for every key."""
+        full = [self._key(k) for k in keys]
+
+        def decode(raws: list[bytes | None]) -> list[Any | None]:
+            stale = [f in self._pending for f in full]
+            self._ok(None)
+            return [None if s else self._decoded_value(f, raw)
+                    for f, raw, s in zip(full, raws, stale, strict=True)]
+
+        return self._store.get_many(*full).addCallbacks(
+            decode, self._swallow, errbackArgs=([None] * len(full),))
+
     def set_json(self, key: str, value: Any) -> Deferred[None]:
         """Store ``value``; a value JSON cannot encode is the caller's bug and fails."""
         try:

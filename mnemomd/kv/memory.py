@@ -78,6 +78,9 @@ class MemoryKeyValueStore(MeteredStore):
         entry = self._live(key)
         return None if entry is None else entry[0]
 
+    def _do_get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self._do_get(key) for key in keys]
+
     def _do_set(self, key: str, value: bytes, ttl_ms: int | None) -> None:
         self._purge()
         self._put(key, value, self._expiry(ttl_ms))  # like SET: drops an earlier TTL

@@ -192,6 +192,11 @@ class RedisKeyValueStore(MeteredStore):
     def _do_get(self, key: str) -> Deferred[bytes | None]:
         return self._command("get", key)
 
+    def _do_get_many(self, keys: list[str]) -> Deferred[list[bytes | None]]:
+        if not keys:
+            return defer.succeed([])
+        return self._command("mget", keys).addCallback(list)
+
     def _do_set(self, key: str, value: bytes, ttl_ms: int | None) -> Deferred[None]:
         return self._command("set", key, value, pexpire=ttl_ms).addCallback(lambda _: None)
 

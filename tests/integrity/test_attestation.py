@@ -243,7 +243,9 @@ def test_processes_creating_the_signing_key_at_once_all_use_one_key(tmp_path):
     from mnemomd.integrity.keys import load_signing_key
 
     path = str(tmp_path / "data" / "signing-key.pem")
-    with multiprocessing.get_context("fork").Pool(8) as pool:
+    # spawn, not fork: forking a test process that has run threads can leave a child
+    # stuck on a lock some thread held, and the suite hanging at exit.
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
         key_ids = pool.starmap(_key_id_of, [(path,)] * 32)
     assert len(set(key_ids)) == 1
     assert load_signing_key(path, create=True).key_id == key_ids[0]

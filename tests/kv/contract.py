@@ -108,6 +108,28 @@ class KeyValueContract:
         self.assertEqual((yield store.delete()), 0)
 
     @inlineCallbacks
+    def test_get_many_in_order_with_misses_counted_per_key(self):
+        store = self.store
+        yield store.set(self.k("a"), b"one")
+        yield store.set(self.k("c"), b"\x00three")
+        before = count(self.metrics, "get", "hit"), count(self.metrics, "get", "miss")
+        values = yield store.get_many(self.k("a"), self.k("b"), self.k("c"), self.k("a"))
+        self.assertEqual(values, [b"one", None, b"\x00three", b"one"])
+        self.assertEqual((count(self.metrics, "get", "hit") - before[0],
+                          count(self.metrics, "get", "miss") - before[1]), (3, 1))
+        self.assertEqual((yield store.get_many()), [])
+        with self.assertRaises(TypeError):
+            yield store.get_many(self.k("a"), 1)
+
+    @inlineCallbacks
+    def test_cache_reads_several_keys_at_once(self):
+        cache = KVCache(self.store, self.k("c"), 300)
+        yield cache.set_json("card", {"id": "ac-1"})
+        yield self.store.set(self.k("c:foreign"), b"\xff not json")
+        self.assertEqual((yield cache.get_json_many("card", "absent", "foreign")),
+                         [{"id": "ac-1"}, None, None])
+
+    @inlineCallbacks
     def test_values_are_bytes_as_given(self):
         for name, value in (("bin", b"\x00\xff\r\nbinary"), ("num", b"123"), ("empty", b""),
                             ("float", b"1.5"), ("text", "héllo".encode())):
@@ -267,6 +289,8 @@ class KeyValueContract:
         yield self.store.close()
         with self.assertRaises(KVError):
             yield self.store.get(self.k("x"))
+        with self.assertRaises(KVError):
+            yield self.store.get_many(self.k("x"), self.k("y"))
         yield self.store.close()
 
     @inlineCallbacks
