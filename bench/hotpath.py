@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -48,6 +47,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench import harness, mockup  # noqa: E402
 from bench.run import (  # noqa: E402
+    API_KEY,
     LOAD_CPU,
     PROXY_CPU,
     REQUEST_BODY,
@@ -338,12 +338,15 @@ class HotPath:
         config.write_text(
             "general_settings:\n"
             "  pass_through_endpoints:\n"
-            "    - path: /anthropic/v1/messages\n"
+            "    - path: /bench/v1/messages\n"
             f"      target: http://127.0.0.1:{self.mock_port}/v1/messages\n"
             "      forward_headers: true\n"
             "litellm_settings:\n"
             "  telemetry: false\n")
-        env = {**os.environ, "LITELLM_MASTER_KEY": f"sk-{secrets.token_hex(24)}",
+        # The benchmark's API key is the proxy's master key: a pass-through call is
+        # authenticated by LiteLLM (x-api-key), and any other key is looked up in a
+        # database the benchmark does not give it ("No connected db").
+        env = {**os.environ, "LITELLM_MASTER_KEY": API_KEY,
                "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true"}
         env.pop("DATABASE_URL", None)
@@ -353,7 +356,9 @@ class HotPath:
                 "litellm", [str(exe), "--config", str(config), "--host", "127.0.0.1",
                             "--port", str(port), "--num_workers", "1"],
                 cpus=self.cpus(PROXY_CPU), env=env, stdout=out, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/anthropic/v1/messages"
+        # Not /anthropic/…: that is LiteLLM's own Anthropic route, which wants a
+        # provider credential configured on the proxy.
+        url = f"http://127.0.0.1:{port}/bench/v1/messages"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             try:
