@@ -84,7 +84,7 @@ from mnemomd.kv.keyring import OutboxKeyring
 from mnemomd.observer.drift import DriftDetector
 from mnemomd.observer.lease import lease_owner, lease_store, leased
 from mnemomd.observer.retention import retention_run
-from mnemomd.observer.traces import TraceBuilder, sweep_outbox
+from mnemomd.observer.traces import SHARED_DUTY, TraceBuilder, sweep_outbox
 from mnemomd.ops.dependency import DependencyState
 from mnemomd.ops.health import CheckResult, HealthState
 from mnemomd.ops.jobs import PeriodicJob
@@ -490,10 +490,12 @@ def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: Gatewa
                 db: Database, kv: KeyValueStore, dispatcher: WebhookDispatcher,
                 decisions: AnalysisBackend | None, keyring: OutboxKeyring, *,
                 redis_url: str | None,
-                stopping: list[Callable[[], None]] | None = None) -> list[PeriodicJob]:
+                stopping: list[Callable[[], None]] | None = None,
+                beside_proxy: bool = False) -> list[PeriodicJob]:
     """The jobs that run in one scheduler process at a time, whatever their number
     (a lease in Redis, or in a shared database). What must be told of a shutdown before
-    the jobs are stopped is added to ``stopping``."""
+    the jobs are stopped is added to ``stopping``. ``beside_proxy``: they share the
+    proxy's process (role ``all``), so the traces job paces itself (``SHARED_DUTY``)."""
     owner = lease_owner()
     leases = lease_store(kv, redis_url, db, reactor)
 
@@ -509,7 +511,8 @@ def shared_jobs(observer: ObserverConfig, reactor: IReactorTime, metrics: Gatewa
     # next tick starts the next run.
     builder = TraceBuilder(reactor, OutboxStore(db), agents, owner, keyring, decisions,
                            metrics,
-                           max_run_seconds=observer.observer_traces_interval_seconds * 0.9)
+                           max_run_seconds=observer.observer_traces_interval_seconds * 0.9,
+                           duty=SHARED_DUTY if beside_proxy else 1.0)
     if stopping is not None:
         stopping.append(builder.stop)
     drift = DriftDetector(reactor, TraceStore(db), agents, CheckpointStore(db))
@@ -828,7 +831,8 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                            license_token=license_.mnemom_license_jwt)
         jobs += shared_jobs(config.observer, reactor, metrics, db, kv, dispatcher,
                             decision_backend(config.observer.trace_decisions, analyzer),
-                            keyring, redis_url=storage.redis_url, stopping=stopping)
+                            keyring, redis_url=storage.redis_url, stopping=stopping,
+                            beside_proxy=role == "all")
         final_run = final_traces(reactor, db, keyring, metrics)
     SchedulerService(jobs, stopping,
                      lambda: settle_outbox(db, keyring, final_run)).setServiceParent(root)

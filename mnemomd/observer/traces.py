@@ -32,6 +32,7 @@ from aap.verification.api import action_matches_list
 from pydantic import ValidationError
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -53,6 +54,13 @@ log = Logger()
 #: thread, one finishing transaction), and batches in flight at once.
 BATCH = 100
 CONCURRENCY = 2
+#: The share of the time a run's batches may take when the job runs in the proxy's own
+#: process (role ``all``): after each batch it waits three times as long as the batch
+#: took. Building traces holds the GIL on a worker thread; a backlog drained flat out
+#: starved the proxy beside it (throughput down by two thirds, p99 x8 for ~40 s a
+#: minute under saturation). A quarter of the process still builds traces faster than
+#: the proxy makes rows (docs/performance.md).
+SHARED_DUTY = 0.25
 #: Decision analyses in flight at once, when a backend decides (each is a model call).
 DECISION_CONCURRENCY = 4
 DECISION_MAX_TOKENS = 600
@@ -305,7 +313,9 @@ class TraceBuilder:
     rows are ready, so a backlog drains in one run instead of one batch per interval.
     A run ends when the outbox has nothing ready, when ``max_run_seconds`` have passed
     (the caller's job then scrubs the log and starts the next run on its schedule), or
-    after ``stop()``; the batches in flight are always finished.
+    after ``stop()``; the batches in flight are always finished. With ``duty`` below 1
+    each batch is followed by a pause, so batches take at most about that share of the
+    time (``SHARED_DUTY``).
     """
 
     def __init__(self, clock: IReactorTime, outbox: OutboxStore, agents: AgentStore,
@@ -314,7 +324,9 @@ class TraceBuilder:
                  to_thread: Callable[..., Deferred[Any]] = deferToThread,
                  lease_seconds: float = 120.0, batch_size: int = BATCH,
                  concurrency: int = CONCURRENCY,
-                 max_run_seconds: float | None = None) -> None:
+                 max_run_seconds: float | None = None, duty: float = 1.0) -> None:
+        if not 0 < duty <= 1:
+            raise ValueError("duty must be in (0, 1]")
         self._clock = clock
         self._outbox = outbox
         self._agents = agents
@@ -327,6 +339,7 @@ class TraceBuilder:
         self._batch_size = batch_size
         self._concurrency = concurrency
         self._max_run_seconds = max_run_seconds
+        self._rest = 1 / duty - 1
         self._decisions = DeferredSemaphore(DECISION_CONCURRENCY)
         self._stopping = False
 
@@ -348,10 +361,14 @@ class TraceBuilder:
         cards: dict[str, dict[str, Any] | None] = {}
         drained = [False]
 
+        def over() -> bool:
+            return self._stopping or drained[0] or (
+                deadline is not None and self._clock.seconds() >= deadline)
+
         @inlineCallbacks
         def worker() -> Any:
-            while not (self._stopping or drained[0]
-                       or (deadline is not None and self._clock.seconds() >= deadline)):
+            while not over():
+                started = self._clock.seconds()
                 rows = yield self._outbox.claim(self._owner, self._now_ms(), self._lease_ms,
                                                 self._batch_size)
                 if len(rows) < self._batch_size:
@@ -361,6 +378,9 @@ class TraceBuilder:
                 batch = yield self._batch(rows, cards)
                 for key, value in batch.items():
                     counts[key] += value
+                if self._rest and not over():
+                    took = self._clock.seconds() - started
+                    yield deferLater(self._clock, took * self._rest)
 
         yield gatherResults([worker() for _ in range(max(1, self._concurrency))],
                             consumeErrors=True)

@@ -17,6 +17,7 @@ from mnemomd.kv import KVUnavailableError, MemoryKeyValueStore
 from mnemomd.kv.keyring import OutboxKeyring
 from mnemomd.observer.traces import (
     RESPOND,
+    SHARED_DUTY,
     OpenedRow,
     TraceBuilder,
     TraceBuildError,
@@ -29,7 +30,7 @@ from mnemomd.observer.traces import (
 from mnemomd.ops.metrics import GatewayMetrics
 from mnemomd.storage.traces import MAX_ATTEMPTS, OutboxRow, OutboxStore, TraceStore
 from tests.storage.engines import NOW, AgentDatabase
-from tests.support import captured_logs, synchronously
+from tests.support import captured_logs, poll, synchronously
 
 
 def card(forbidden=("delete_file",), bounded=("inference", "search"), declared=None):
@@ -228,9 +229,10 @@ class TraceBuilderTests(AgentDatabase):
 
     def builder(self, backend=None, agents=None, outbox=None, owner="me", metrics=None,
                 **settings):
+        settings.setdefault("to_thread", synchronously)
         return TraceBuilder(self.clock, outbox or self.outbox, agents or self.agents, owner,
-                            self.keyring, backend, metrics=metrics, to_thread=synchronously,
-                            lease_seconds=120, **settings)
+                            self.keyring, backend, metrics=metrics, lease_seconds=120,
+                            **settings)
 
     def now_ms(self):
         return int(self.clock.seconds() * 1000)
@@ -440,6 +442,42 @@ class BatchTests:
         self.assertEqual(len((yield self.outbox_rows())), 15)
         # The next run carries on where it stopped.
         self.assertEqual((yield builder.run())["built"], 10)
+
+    @inlineCallbacks
+    def test_beside_the_proxy_each_batch_is_followed_by_three_times_its_length(self):
+        for n in range(25):
+            yield self.add(n, {"tools": []})
+
+        def slow(f, *args, **kwargs):
+            self.clock.advance(0.5)  # opening and building a batch: 1 s of Clock time
+            return synchronously(f, *args, **kwargs)
+
+        builder = self.builder(batch_size=10, concurrency=1, to_thread=slow,
+                               duty=SHARED_DUTY)
+        run = builder.run()
+
+        def built():
+            return self.db.fetchall("t", "SELECT COUNT(*) FROM ap_traces") \
+                .addCallback(lambda rows: int(rows[0][0]))
+
+        def paused_after(count):
+            return lambda: built().addCallback(
+                lambda n: n == count and bool(self.clock.getDelayedCalls()))
+
+        yield poll(paused_after(10), 10, "the first batch, then a pause")
+        self.clock.advance(2.9)
+        self.assertEqual((yield built()), 10)
+        self.assertNoResult(run)
+        self.clock.advance(0.1)  # three times the batch's 1 s
+        yield poll(paused_after(20), 10, "the second batch, then a pause")
+        self.clock.advance(3)
+        # The last batch is short: the outbox is drained and the run ends, no pause.
+        self.assertEqual((yield run)["built"], 25)
+
+    def test_a_duty_outside_zero_to_one_is_refused(self):
+        for duty in (0, -0.5, 1.5):
+            with self.assertRaises(ValueError):
+                self.builder(duty=duty)
 
     @inlineCallbacks
     def test_after_stop_a_run_claims_nothing(self):
