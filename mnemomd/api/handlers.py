@@ -100,8 +100,12 @@ class ApiHandlers(PolicyHandlers, AttestationHandlers):
                  events_queued: Callable[[], None],
                  openapi: Callable[[], dict[str, Any]],
                  output_analysis: bool = True, policies: PolicyBook | None = None,
-                 attestation: AttestationLedger | None = None) -> None:
+                 attestation: AttestationLedger | None = None,
+                 console_config: dict[str, str | None] | None = None) -> None:
         self._clock = clock
+        #: What the console needs before sign-in: the OIDC issuer and its client id.
+        self._console_config = console_config or {"oidc_issuer": None,
+                                                  "oidc_client_id": None}
         #: The attestation record (``integrity.ledger``), for the public operations.
         self._attestation = attestation
         #: Tool policies (``agents.policies.PolicyBook``).
@@ -123,6 +127,12 @@ class ApiHandlers(PolicyHandlers, AttestationHandlers):
 
     def openapi(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
         return 200, self._openapi()
+
+    def get_me(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
+        return 200, {"name": call.principal.name, "role": call.principal.role}
+
+    def get_console_config(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
+        return 200, dict(self._console_config)
 
     # -- agents -----------------------------------------------------------------------
 

@@ -152,6 +152,13 @@ CONTAINMENT_ACTION_ROLE = {"pause": "admin", "resume": "admin", "kill": "owner",
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/openapi.json", "openapi", "viewer", "This document", "meta", s.OPENAPI),
+    Route("GET", "/v1/me", "get_me", "viewer",
+          "Who the token names and its role (the console shows the controls it allows)",
+          "meta", s.ME),
+    # Public: the console reads it before anyone has signed in.
+    Route("GET", "/v1/console/config", "get_console_config", PUBLIC,
+          "How the web console signs in: the identity provider's issuer and the console's "
+          "public client id (both null without OIDC sign-in)", "meta", s.CONSOLE_CONFIG),
     Route("GET", "/v1/agents", "list_agents", "viewer", "List agents, newest first", "agents",
           s.page(s.AGENT), query=(*PAGINATION,
                                   QueryParam("containment_status", "only agents in this state",

@@ -210,6 +210,8 @@ DELIVERY = obj({"id": STRING, "endpoint_id": STRING, "event_id": STRING,
                 "created_at": MILLIS, "delivered_at": nullable(MILLIS)})
 DELETED = obj({"id": STRING, "deleted": BOOLEAN})
 OPENAPI = obj({"openapi": STRING, "info": OBJECT, "paths": OBJECT})
+ME = obj({"name": STRING, "role": enum(("viewer", "admin", "owner"))})
+CONSOLE_CONFIG = obj({"oidc_issuer": nullable(STRING), "oidc_client_id": nullable(STRING)})
 
 
 # -- tool policies ----------------------------------------------------------------------

@@ -49,12 +49,15 @@ def test_reads_need_viewer_and_writes_admin_except_what_only_owners_do():
 
 
 def test_only_the_attestation_operations_are_public_and_none_writes():
+    """And the console's sign-in settings, read before anyone has signed in."""
     public = {(r.method, r.path) for r in ROUTES if r.role == PUBLIC}
     assert public == {
         ("GET", "/v1/keys"), ("GET", "/v1/checkpoints/{checkpoint_id}/certificate"),
         ("GET", "/v1/checkpoints/{checkpoint_id}/inclusion-proof"),
-        ("GET", "/v1/agents/{agent_id}/merkle-root"), ("POST", "/v1/verify")}
-    assert all(r.tag == "attestation" for r in ROUTES if r.role == PUBLIC)
+        ("GET", "/v1/agents/{agent_id}/merkle-root"), ("POST", "/v1/verify"),
+        ("GET", "/v1/console/config")}
+    assert all(r.tag == "attestation" for r in ROUTES
+               if r.role == PUBLIC and r.path != "/v1/console/config")
     assert all(401 not in r.statuses for r in ROUTES if r.role == PUBLIC)
 
 
