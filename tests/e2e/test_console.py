@@ -23,7 +23,7 @@ from google import genai
 from google.genai import types
 
 from mnemomd import __version__
-from tests.e2e.api import CREDENTIALS, INTERNAL_KEY, api_call, make_jwt
+from tests.e2e.api import CREDENTIALS, INTERNAL_KEY, ApiDaemon, api_call, make_jwt
 from tests.e2e.conftest import provider_env
 from tests.e2e.console_browser import NARROW, SCREENSHOTS, chromium, tab
 from tests.e2e.daemon import Daemon, start_daemon
@@ -61,6 +61,7 @@ class Seeded:
     #: agent name -> the verdicts its calls were given, oldest first
     verdicts: dict[str, list[str]]
     analysis_url: str
+    data_dir: Path
 
     @property
     def url(self) -> str:
@@ -122,11 +123,12 @@ def seeded(tmp_path_factory: pytest.TempPathFactory, upstream_url: str,
     (Anthropic: clear, clear, review), research-bot (OpenAI: clear, a hostile violation)
     and ops-bot (Gemini: clear)."""
     analysis_control(analysis_url, "POST", "release")
-    daemon = start_daemon(tmp_path_factory.mktemp("console"), provider_env(upstream_url)
+    home = tmp_path_factory.mktemp("console")
+    daemon = start_daemon(home, provider_env(upstream_url)
                           | CREDENTIALS | {"ANALYSIS_BASE_URL": analysis_url,
                                            "ANTHROPIC_API_KEY": "sk-analysis-key",
                                            "AIP_MIN_EVIDENCE_TOKENS": "1"})
-    seeded = Seeded(daemon, {}, {}, analysis_url)
+    seeded = Seeded(daemon, {}, {}, analysis_url, home / "data")
     try:
         for verdict in (VERDICT_CLEAR, VERDICT_CLEAR, REVIEW):
             analysed_call(seeded, anthropic_call, "support-bot", "sk-ant-support", verdict)
@@ -263,6 +265,27 @@ def test_a_viewer_sees_no_controls_and_a_forged_control_request_is_refused(seede
         assert (status, body["type"]) == (403, "permission_error")
         assert watched.dialogs == [] and watched.page_errors == [] and watched.refused == []
     assert seeded.api("GET", f"/v1/agents/{ident}").body["containment_status"] == "active"
+
+
+def test_agent_page_shows_traces_drift_alerts_and_the_timeline(seeded, browser, receiver):
+    ident = analysed_call(seeded, anthropic_call, "observed-bot", "sk-ant-observed",
+                          VERDICT_CLEAR)
+    ids = ApiDaemon(seeded.daemon, seeded.data_dir, receiver).seed(ident)
+    with tab(browser, seeded.url) as watched:
+        watched.sign_in(VIEWER)
+        watched.go(f"#/agents/{ident}", "svg.chart")
+        page = watched.page
+        traces = page.locator("section[aria-label^='AP-traces']")
+        assert "✓ verified" in traces.inner_text() and ids["trace_id"] in traces.inner_text()
+        drift = page.locator("section[aria-label^='Drift alerts']")
+        assert "medium" in drift.inner_text() and "sustained_checks" in drift.inner_text()
+        timeline = page.locator("section[aria-label=Timeline]").inner_text()
+        for kind in ("checkpoint", "trace", "nudge"):
+            assert kind in timeline, kind
+        article = page.locator(f"article[data-checkpoint-id='{ids['checkpoint_id']}']")
+        assert "Plans to hide a failed tool call from the user" in article.inner_text()
+        assert page.locator("svg.chart").get_attribute("data-points") == "2"
+        assert_clean(watched)
 
 
 # -- done when 2: hostile text, headers ------------------------------------------------
