@@ -225,6 +225,26 @@ def test_pausing_from_the_console_refuses_the_agents_next_call(seeded, browser):
         [("pause", ADMIN_NAME, "odd tool calls at night")]
 
 
+def test_mode_and_settings_are_changed_from_the_console(seeded, browser):
+    ident = analysed_call(seeded, anthropic_call, "mode-bot", "sk-ant-mode", VERDICT_CLEAR)
+    with tab(browser, seeded.url) as watched:
+        watched.sign_in(ADMIN)
+        watched.go(f"#/agents/{ident}", "#mode")
+        page = watched.page
+        page.select_option("#mode", "enforce")
+        page.click("text=Save mode")
+        page.wait_for_selector("[data-testid=mode]:has-text('enforce')")
+        page.uncheck("#aap")
+        page.select_option("#nudge-strategy", "off")
+        page.click("text=Save settings")
+        page.wait_for_selector(".message .ok:has-text('Settings saved.')")
+        assert_clean(watched)
+    settings = seeded.api("GET", f"/v1/agents/{ident}/settings").body
+    assert (settings["aap_enabled"], settings["nudge_strategy"], settings["aip_enabled"]) == \
+        (False, "off", True)
+    assert seeded.api("GET", f"/v1/agents/{ident}/enforcement").body["mode"] == "enforce"
+
+
 def test_killing_asks_for_confirmation_first(seeded, browser):
     key = f"sk-ant-{uuid.uuid4().hex[:8]}"
     ident = analysed_call(seeded, anthropic_call, "kill-me", key, VERDICT_CLEAR)
@@ -448,6 +468,26 @@ def test_deployment_view_shows_readiness_version_license_and_rates(seeded, brows
         page.locator("table.figures", has_text="/min").wait_for(timeout=20_000)
         watched.screenshot("deployment")
         assert_clean(watched)
+
+
+def test_the_metrics_parser_reads_the_prometheus_text_format(seeded, browser):
+    """The deployment view's parser, run in the browser on the daemon's own /metrics."""
+    with tab(browser, seeded.url) as watched:
+        watched.open()
+        watched.page.wait_for_selector("#token")
+        parsed = watched.page.evaluate("""async () => {
+            const m = await import('/console/views/deployment.js');
+            const text = await (await fetch('/metrics')).text();
+            const samples = m.parseMetrics(text);
+            const odd = m.parseMetrics('# HELP x y\\nx_total{a="q\\\\"z",b="2"} 3.5\\nbad line\\n');
+            return {figures: m.figures(samples), odd};
+        }""")
+        assert_clean(watched)
+    calls = seeded.api("GET", "/v1/agents?limit=500").body["total"]
+    assert parsed["figures"]["calls"] >= calls  # every agent was made by a proxied call
+    assert parsed["figures"]["verdicts"] >= sum(len(v) for v in seeded.verdicts.values())
+    assert parsed["odd"] == [{"name": "x_total", "labels": {"a": 'q\\"z', "b": "2"},
+                              "value": 3.5}]
 
 
 def test_narrow_screens_scroll_tables_not_the_page(seeded, browser):

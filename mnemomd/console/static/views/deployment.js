@@ -13,7 +13,9 @@ export function parseMetrics(text) {
     if (!found) continue;
     const labels = {};
     for (const pair of (found[3] || '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[pair[1]] = pair[2];
-    samples.push({name: found[1], labels, value: Number(found[4])});
+    const value = Number(found[4].replace(/Inf$/, 'Infinity'));
+    if (Number.isNaN(value) && found[4] !== 'NaN') continue;  // not a sample line
+    samples.push({name: found[1], labels, value});
   }
   return samples;
 }
