@@ -50,6 +50,7 @@ HOSTILE = {
     "conscience_context": {"values_checked": [], "conflicts": [], "supports": [],
                            "considerations": [], "consultation_depth": "deep"},
 }
+DESCRIPTION = "ops pager <b onmouseover=alert(3)>night shift</b>"
 REVIEW = "valid"  # the fake's default verdict: review_needed, with one concern
 
 
@@ -432,7 +433,7 @@ def test_webhooks_view_tests_and_redelivers(seeded, browser):
     try:
         created = seeded.api("POST", "/v1/webhooks", {"url": receiver.url + "/hook",
                                                       "allow_http": True,
-                                                      "description": "ops pager"})
+                                                      "description": DESCRIPTION})
         assert created.status == 201
         endpoint = created.body["id"]
         with tab(browser, seeded.url) as watched:
@@ -449,6 +450,8 @@ def test_webhooks_view_tests_and_redelivers(seeded, browser):
             wait_until(lambda: len(receiver.requests) >= 2, timeout=15, what="redelivery")
             card.locator("tbody tr").nth(1).wait_for()
             assert "webhook.test" in card.inner_text()
+            assert DESCRIPTION in card.inner_text()
+            assert page.locator("main b, main img").count() == 0
             watched.screenshot("webhooks")
             assert_clean(watched)
     finally:
@@ -523,6 +526,11 @@ def test_the_console_is_usable_from_the_keyboard(seeded, browser):
         tab_to(f"a[href='#/agents/{target}']")
         page.keyboard.press("Enter")
         page.wait_for_selector("svg.chart")
+        assert page.evaluate("location.hash") == f"#/agents/{target}"
+        page.evaluate("document.activeElement.blur()")
+        tab_to("a.skip")
+        page.keyboard.press("Enter")
+        assert page.evaluate("document.activeElement.id") == "main"
         assert page.evaluate("location.hash") == f"#/agents/{target}"
         assert_clean(watched)
 

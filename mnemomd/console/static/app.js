@@ -123,6 +123,11 @@ async function render() {
 
 async function boot() {
   const main = document.getElementById('main');
+  // The skip link must not change the hash: the hash is the route.
+  document.querySelector('.skip').addEventListener('click', (event) => {
+    event.preventDefault();
+    main.focus();
+  });
   try {
     state.config = await api('/v1/console/config');
   } catch (error) {
