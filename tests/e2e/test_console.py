@@ -604,6 +604,26 @@ def test_signing_in_with_the_identity_provider_gives_the_users_role(start, idp, 
     assert [(e["action"], e["actor"]) for e in log] == [("pause", "adam@example")]
 
 
+def test_a_forged_sign_in_return_is_refused_and_the_console_still_works(start, idp, browser):
+    daemon = start({"MNEMOM_OIDC_ISSUER": idp.issuer, "MNEMOM_OIDC_AUDIENCE": AUDIENCE,
+                    "MNEMOM_OIDC_CLIENT_ID": idp.client_id, "AIP_ENABLED": "false"})
+    owner = idp.token(roles=["owner"], sub="olga@example")
+    with tab(browser, daemon.base_url, allowed=(idp.issuer,)) as watched:
+        page = watched.page
+        # A link someone sent: a code and a state this tab never asked for.
+        page.goto(f"{daemon.base_url}/console/?code=stolen&state=made-up")
+        page.wait_for_selector("[role=alert]")
+        assert "sign-in state does not match" in page.locator("[role=alert]").inner_text()
+        assert "code=" not in page.url
+        page.fill("#token", owner)
+        page.click("button[type=submit]")
+        page.wait_for_selector("[data-testid=who]")
+        page.click("nav >> text=Deployment")
+        page.wait_for_selector("[data-testid=version]")
+        assert watched.dialogs == [] and watched.page_errors == [] and watched.refused == []
+    assert idp.token_outcomes == []  # nothing was exchanged
+
+
 # -- done when 5: the screenshots of docs/console.md -------------------------------------
 
 

@@ -134,20 +134,20 @@ async function boot() {
     replace(main, errorBox(error));
     return;
   }
+  window.addEventListener('hashchange', route);
+  let failure = null;
   try {
     const tokens = await finishSignIn(state.config);
     if (tokens) await signInWith(tokens);
   } catch (error) {
-    await route();
-    main.appendChild(errorBox(error));
-    return;
+    failure = error;
   }
   if (!state.me && session.token()) {
     try { state.me = await api('/v1/me'); } catch { session.clear(); }
   }
   if (!location.hash) history.replaceState(null, '', '#/agents');
-  window.addEventListener('hashchange', route);
   await route();
+  if (failure) main.appendChild(errorBox(failure));
 }
 
 boot();
