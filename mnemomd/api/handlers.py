@@ -148,6 +148,10 @@ class ApiHandlers(PolicyHandlers, AttestationHandlers):
         q = call.query
         result = yield self._store.list_agents(q["limit"], q["offset"],
                                                q["containment_status"], q["enforcement_mode"])
+        if q["include"] == "integrity":
+            scores = yield self._store.integrity_scores([a["agent_id"] for a in result.items])
+            for agent in result.items:
+                agent["integrity"] = scores[agent["agent_id"]]
         return 200, page_payload(result, q)
 
     @inlineCallbacks

@@ -166,6 +166,10 @@ CHECKPOINT = obj({
 SCORE = obj({"agent_id": STRING, "total_checks": INTEGER, "clear_count": INTEGER,
              "review_count": INTEGER, "violation_count": INTEGER, "integrity_ratio": NUMBER,
              "latest_verdict": nullable(STRING), "latest_at": nullable(MILLIS)})
+#: An agent of ``GET /v1/agents?include=integrity``: its score and its last verdicts.
+AGENT_WITH_INTEGRITY = {**AGENT, "properties": {**AGENT["properties"], "integrity": {
+    **SCORE, "properties": {**SCORE["properties"], "recent_verdicts": array(STRING)},
+    "required": [*SCORE["required"], "recent_verdicts"]}}}
 DRIFT_ALERT = obj({"id": STRING, "agent_id": STRING, "session_id": nullable(STRING),
                    "source": STRING, "severity": nullable(STRING), "alert": OBJECT,
                    "created_at": MILLIS})

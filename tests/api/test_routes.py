@@ -91,10 +91,12 @@ def test_encoded_slash_in_a_parameter_is_not_found():
 def test_pagination_defaults_and_bounds():
     route = route_for("GET", "/v1/agents")
     assert parse_query(route, b"") == {"limit": 50, "offset": 0, "containment_status": None,
-                                       "enforcement_mode": None}
+                                       "enforcement_mode": None, "include": None}
     assert parse_query(route, b"?limit=500&offset=7")["limit"] == 500
+    assert parse_query(route, b"?include=integrity")["include"] == "integrity"
     for bad in (b"limit=0", b"limit=501", b"limit=x", b"offset=-1", b"limit=1.5",
-                b"limit=", b"limit=1&limit=2", b"page=2", b"containment_status=gone"):
+                b"limit=", b"limit=1&limit=2", b"page=2", b"containment_status=gone",
+                b"include=everything", b"include="):
         assert error_of(parse_query, route, bad).status == 400, bad
 
 

@@ -175,6 +175,9 @@ def test_agent_list_shows_every_agent_with_its_integrity_ratio(seeded, browser):
         assert calm.get_attribute("class") is None
         assert "clear" in calm.locator("[data-col=verdict]").inner_text()
         assert page.locator("tbody tr").count() >= 3
+        api_paths = [url.split("/v1/", 1)[1] for url in watched.requests if "/v1/" in url]
+        assert [p for p in api_paths if p.startswith("agents")] == \
+            ["agents?limit=500&include=integrity"]  # one request for the whole list
         page.fill("#agent-filter", "ops")
         assert page.locator("tbody tr").count() == 1
         page.fill("#agent-filter", "")

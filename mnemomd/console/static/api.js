@@ -50,20 +50,6 @@ export async function plain(path) {
   return {status: response.status, text: await response.text()};
 }
 
-/** Run fn over items with at most `limit` at a time; results in order. */
-export async function pool(items, limit, fn) {
-  const results = new Array(items.length);
-  let next = 0;
-  async function worker() {
-    while (next < items.length) {
-      const index = next++;
-      try { results[index] = await fn(items[index]); } catch (error) { results[index] = error; }
-    }
-  }
-  await Promise.all(Array.from({length: Math.min(limit, items.length)}, worker));
-  return results;
-}
-
 const RANK = {viewer: 0, admin: 1, owner: 2};
 
 /** Whether the signed-in role reaches `required`. */

@@ -1,17 +1,12 @@
 // Every agent at a glance: mode, containment, integrity, latest verdict, a sparkline.
-import {api, enc, pool} from '../api.js';
+import {api, enc} from '../api.js';
 import {sparkline} from '../chart.js';
 import {ago, containment, h, percent, replace, verdict} from '../dom.js';
 
-const SPARK = 20;
-
-async function summary(agent) {
-  const id = enc(agent.agent_id);
-  const [score, recent] = await Promise.all([
-    api(`/v1/agents/${id}/integrity`),
-    api(`/v1/agents/${id}/checkpoints?limit=${SPARK}`),
-  ]);
-  return {agent, score, verdicts: recent.items.map((c) => c.verdict).reverse()};
+/** One request for the page: each agent comes with its score and last 20 verdicts. */
+function summary(agent) {
+  const score = agent.integrity || null;
+  return {agent, score, verdicts: score ? score.recent_verdicts : []};
 }
 
 const SORTS = {
@@ -42,9 +37,8 @@ function row(entry) {
 }
 
 export async function agentsView() {
-  const page = await api('/v1/agents?limit=500');
-  const entries = (await pool(page.items, 4, summary)).map((result, index) =>
-    result instanceof Error ? {agent: page.items[index], score: null, verdicts: []} : result);
+  const page = await api('/v1/agents?limit=500&include=integrity');
+  const entries = page.items.map(summary);
   const body = h('tbody');
   const filter = h('input', {id: 'agent-filter', type: 'search', placeholder: 'name or id'});
   const stateSelect = h('select', {id: 'agent-state'},
