@@ -28,6 +28,7 @@ from mnemomd.api.queries import ManagementStore, Page, new_card_id
 from mnemomd.api.routes import ApiError, Route, describe_validation_error
 from mnemomd.enforcement.store import EnforcementError, EnforcementStore
 from mnemomd.integrity.ledger import AttestationLedger
+from mnemomd.ops.build import version_info
 from mnemomd.storage.traces import TraceStore
 from mnemomd.webhooks.delivery import check_url, new_secret
 from mnemomd.webhooks.store import WebhookStore
@@ -103,6 +104,8 @@ class ApiHandlers(PolicyHandlers, AttestationHandlers):
                  attestation: AttestationLedger | None = None,
                  console_config: dict[str, str | None] | None = None) -> None:
         self._clock = clock
+        #: Read once, while the service is built (a frozen build's BUILD_INFO is a file).
+        self._version = version_info()
         #: What the console needs before sign-in: the OIDC issuer and its client id.
         self._console_config = console_config or {"oidc_issuer": None,
                                                   "oidc_client_id": None}
@@ -130,6 +133,9 @@ class ApiHandlers(PolicyHandlers, AttestationHandlers):
 
     def get_me(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
         return 200, {"name": call.principal.name, "role": call.principal.role}
+
+    def get_version(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
+        return 200, dict(self._version)
 
     def get_console_config(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
         return 200, dict(self._console_config)

@@ -155,6 +155,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/me", "get_me", "viewer",
           "Who the token names and its role (the console shows the controls it allows)",
           "meta", s.ME),
+    Route("GET", "/v1/version", "get_version", "viewer",
+          "The running version and build, as `mnemomd version` names them", "meta",
+          s.VERSION),
     # Public: the console reads it before anyone has signed in.
     Route("GET", "/v1/console/config", "get_console_config", PUBLIC,
           "How the web console signs in: the identity provider's issuer and the console's "

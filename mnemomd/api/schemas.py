@@ -215,6 +215,7 @@ DELIVERY = obj({"id": STRING, "endpoint_id": STRING, "event_id": STRING,
 DELETED = obj({"id": STRING, "deleted": BOOLEAN})
 OPENAPI = obj({"openapi": STRING, "info": OBJECT, "paths": OBJECT})
 ME = obj({"name": STRING, "role": enum(("viewer", "admin", "owner"))})
+VERSION = obj({"version": STRING, "build": STRING, "python": STRING, "twisted": STRING})
 CONSOLE_CONFIG = obj({"oidc_issuer": nullable(STRING), "oidc_client_id": nullable(STRING)})
 
 

@@ -467,6 +467,7 @@ def test_deployment_view_shows_readiness_version_license_and_rates(seeded, brows
         watched.go("#/deployment", "[data-testid=version]")
         page = watched.page
         assert page.locator("[data-testid=version]").inner_text() == __version__
+        assert page.locator("[data-testid=build]").inner_text().startswith("source build · Python")
         assert page.locator("[data-testid=readiness]").inner_text().startswith("✓ ok")
         assert page.locator("[data-testid=license]").inner_text().startswith("unlicensed")
         assert "Proxied calls" in page.locator("table.figures").inner_text()

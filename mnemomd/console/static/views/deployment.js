@@ -1,5 +1,5 @@
 // The deployment: readiness, license, version, and the key figures of /metrics.
-import {plain} from '../api.js';
+import {api, plain} from '../api.js';
 import {errorBox, h, replace, when} from '../dom.js';
 
 const SAMPLE_SECONDS = 5;
@@ -109,7 +109,8 @@ export async function deploymentView() {
     }
   }
 
-  const [ready, legacy] = await Promise.all([plain('/health/ready'), plain('/health')]);
+  const [ready, legacy, version] = await Promise.all([plain('/health/ready'), plain('/health'),
+    api('/v1/version')]);
   const readiness = JSON.parse(ready.text);
   const info = JSON.parse(legacy.text);
   const license = (readiness.checks || {}).license || {};
@@ -123,7 +124,9 @@ export async function deploymentView() {
       h('dl', {class: 'facts'},
         h('dt', {}, 'Readiness'), h('dd', {'data-testid': 'readiness'},
           readiness.status === 'ok' ? '✓ ' : '! ', readiness.status, ` (HTTP ${ready.status})`),
-        h('dt', {}, 'Version'), h('dd', {'data-testid': 'version'}, info.version),
+        h('dt', {}, 'Version'), h('dd', {'data-testid': 'version'}, version.version),
+        h('dt', {}, 'Build'), h('dd', {'data-testid': 'build'}, version.build,
+          ` · Python ${version.python} · Twisted ${version.twisted}`),
         h('dt', {}, 'Integrity checks'), h('dd', {}, info.aip_enabled ? 'on' : 'off'),
         h('dt', {}, 'License'), h('dd', {'data-testid': 'license'},
           license.status || figuresNow.licenseState || 'unknown', ' · ', daysLeft,
