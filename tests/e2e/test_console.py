@@ -471,8 +471,17 @@ def test_deployment_view_shows_readiness_version_license_and_rates(seeded, brows
         assert page.locator("[data-testid=readiness]").inner_text().startswith("✓ ok")
         assert page.locator("[data-testid=license]").inner_text().startswith("unlicensed")
         assert "Proxied calls" in page.locator("table.figures").inner_text()
-        # The second sample, five seconds on, turns totals into rates.
-        page.locator("table.figures", has_text="/min").wait_for(timeout=20_000)
+        # Traffic after the first sample: the next one, five seconds on, shows it as rates.
+        for _ in range(3):
+            analysis_control(seeded.analysis_url, "POST", "script",
+                             {"actions": [], "default": VERDICT_CLEAR})
+            anthropic_call(seeded.url, "busy-bot", "sk-ant-busy")
+        calls = page.locator("table.figures tr", has_text="Proxied calls")
+        calls.filter(has_text="/s").filter(has_not_text="0.00 /s").wait_for(timeout=20_000)
+        figures = page.locator("table.figures").inner_text()
+        assert re.search(r"Proxied calls\s+(0\.[1-9]\d|0\.0[1-9]|[1-9][\d.]*) /s", figures), figures
+        assert re.search(r"Verdicts\s+[\d.]+ /min", figures), figures
+        assert re.search(r"Request duration \(mean, to end of stream\)\s+[\d.]+ ms", figures)
         watched.screenshot("deployment")
         assert_clean(watched)
 
