@@ -56,6 +56,7 @@ from mnemomd.config import (
     output_analysis_allowed,
 )
 from mnemomd.config.analysis import from_config as analysis_settings
+from mnemomd.console.site import ConsoleSite, load_assets
 from mnemomd.enforcement.enforcer import NUDGE_FLAG_TTL, Enforcement
 from mnemomd.enforcement.expiry import expire_nudges
 from mnemomd.enforcement.store import EnforcementStore
@@ -693,7 +694,11 @@ def make_management_api(api: ApiConfig, reactor: IDaemonReactor, db: Database,
     handlers = ApiHandlers(reactor, ManagementStore(db), EnforcementStore(db),
                            WebhookStore(db), TraceStore(db), directory.invalidate_all,
                            dispatcher.kick, document, output_analysis=output_analysis,
-                           policies=policies, attestation=AttestationLedger(db))
+                           policies=policies, attestation=AttestationLedger(db),
+                           console_config={
+                               "oidc_issuer": api.mnemom_oidc_issuer,
+                               "oidc_client_id": api.mnemom_oidc_client_id
+                               if api.mnemom_oidc_issuer else None})
     oidc_settings = settings_from_config(api)
     # The operator's own identity provider: its keys are fetched even under
     # MNEMOM_OFFLINE, which only concerns Mnemom's cloud (docs/data-residency.md).
@@ -857,8 +862,11 @@ def make_service(config: Config, reactor: IDaemonReactor | None = None,
                          policies=policy_step)
     api = make_management_api(config.api, reactor, db, directory, dispatcher, metrics,
                               output_analysis, policies) if role != "scheduler" else None
+    # The console is read from the package once, here, never from the reactor.
+    console = ConsoleSite(load_assets(), config.api.mnemom_oidc_issuer) \
+        if api is not None else None
     gateway = Gateway(reactor, config.listener.max_request_body_bytes, health, metrics,
-                      proxy if role != "scheduler" else None, api)
+                      proxy if role != "scheduler" else None, api, console)
     lag = ReactorLagMonitor(reactor, metrics.reactor_lag)
     GatewayService(config.listener, role, reactor, gateway, health, client,
                    SystemdNotifier(environ), lag,

@@ -28,6 +28,7 @@ from mnemomd.api.queries import ManagementStore, Page, new_card_id
 from mnemomd.api.routes import ApiError, Route, describe_validation_error
 from mnemomd.enforcement.store import EnforcementError, EnforcementStore
 from mnemomd.integrity.ledger import AttestationLedger
+from mnemomd.ops.build import version_info
 from mnemomd.storage.traces import TraceStore
 from mnemomd.webhooks.delivery import check_url, new_secret
 from mnemomd.webhooks.store import WebhookStore
@@ -100,8 +101,14 @@ class ApiHandlers(PolicyHandlers, AttestationHandlers):
                  events_queued: Callable[[], None],
                  openapi: Callable[[], dict[str, Any]],
                  output_analysis: bool = True, policies: PolicyBook | None = None,
-                 attestation: AttestationLedger | None = None) -> None:
+                 attestation: AttestationLedger | None = None,
+                 console_config: dict[str, str | None] | None = None) -> None:
         self._clock = clock
+        #: Read once, while the service is built (a frozen build's BUILD_INFO is a file).
+        self._version = version_info()
+        #: What the console needs before sign-in: the OIDC issuer and its client id.
+        self._console_config = console_config or {"oidc_issuer": None,
+                                                  "oidc_client_id": None}
         #: The attestation record (``integrity.ledger``), for the public operations.
         self._attestation = attestation
         #: Tool policies (``agents.policies.PolicyBook``).
@@ -124,6 +131,15 @@ class ApiHandlers(PolicyHandlers, AttestationHandlers):
     def openapi(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
         return 200, self._openapi()
 
+    def get_me(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
+        return 200, {"name": call.principal.name, "role": call.principal.role}
+
+    def get_version(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
+        return 200, dict(self._version)
+
+    def get_console_config(self, call: ApiCall) -> tuple[int, dict[str, Any]]:
+        return 200, dict(self._console_config)
+
     # -- agents -----------------------------------------------------------------------
 
     @inlineCallbacks
@@ -138,6 +154,10 @@ class ApiHandlers(PolicyHandlers, AttestationHandlers):
         q = call.query
         result = yield self._store.list_agents(q["limit"], q["offset"],
                                                q["containment_status"], q["enforcement_mode"])
+        if q["include"] == "integrity":
+            scores = yield self._store.integrity_scores([a["agent_id"] for a in result.items])
+            for agent in result.items:
+                agent["integrity"] = scores[agent["agent_id"]]
         return 200, page_payload(result, q)
 
     @inlineCallbacks

@@ -174,6 +174,27 @@ _CONTAINMENT_LOG_FIELDS = ("id", "agent_id", "action", "scope", "key_hash", "fro
                            "to_status", "actor", "reason", "created_at")
 
 
+#: Verdicts listed per agent by ``GET /v1/agents?include=integrity`` (a sparkline's worth).
+RECENT_VERDICTS = 20
+
+
+def _score(cursor: Cursor, agent_id: str) -> dict[str, Any]:
+    counts = dict(cursor.execute(
+        "SELECT verdict, COUNT(*) FROM integrity_checkpoints WHERE agent_id = ? "
+        "GROUP BY verdict", (agent_id,)).fetchall())
+    latest = cursor.execute(
+        "SELECT verdict, created_at FROM integrity_checkpoints WHERE agent_id = ? "
+        "ORDER BY created_at DESC, id DESC LIMIT 1", (agent_id,)).fetchone()
+    total = sum(int(n) for n in counts.values())
+    clear = int(counts.get("clear", 0))
+    return {"agent_id": agent_id, "total_checks": total, "clear_count": clear,
+            "review_count": int(counts.get("review_needed", 0)),
+            "violation_count": int(counts.get("boundary_violation", 0)),
+            "integrity_ratio": round(clear / total, 4) if total else 1.0,
+            "latest_verdict": latest[0] if latest else None,
+            "latest_at": int(latest[1]) if latest else None}
+
+
 class ManagementStore:
     """What the management API reads and changes, beyond the gateway's own stores."""
 
@@ -290,23 +311,25 @@ class ManagementStore:
 
     def integrity_score(self, agent_id: str) -> Deferred[dict[str, Any]]:
         """Counts by verdict; ``integrity_ratio`` is clear / total (1.0 with no checks)."""
-        def read(cursor: Cursor) -> dict[str, Any]:
-            counts = dict(cursor.execute(
-                "SELECT verdict, COUNT(*) FROM integrity_checkpoints WHERE agent_id = ? "
-                "GROUP BY verdict", (agent_id,)).fetchall())
-            latest = cursor.execute(
-                "SELECT verdict, created_at FROM integrity_checkpoints WHERE agent_id = ? "
-                "ORDER BY created_at DESC, id DESC LIMIT 1", (agent_id,)).fetchone()
-            total = sum(int(n) for n in counts.values())
-            clear = int(counts.get("clear", 0))
-            return {"agent_id": agent_id, "total_checks": total, "clear_count": clear,
-                    "review_count": int(counts.get("review_needed", 0)),
-                    "violation_count": int(counts.get("boundary_violation", 0)),
-                    "integrity_ratio": round(clear / total, 4) if total else 1.0,
-                    "latest_verdict": latest[0] if latest else None,
-                    "latest_at": int(latest[1]) if latest else None}
+        return self._db.run_interaction("api_integrity_score", _score, agent_id)
 
-        return self._db.run_interaction("api_integrity_score", read)
+    def integrity_scores(self, agent_ids: list[str],
+                         recent: int = RECENT_VERDICTS) -> Deferred[dict[str, dict[str, Any]]]:
+        """Each agent's score with its last ``recent`` verdicts (oldest first), read in one
+        transaction: a page of agents costs one trip to the database thread, not one per
+        agent."""
+        def read(cursor: Cursor) -> dict[str, dict[str, Any]]:
+            scores = {}
+            for agent_id in agent_ids:
+                score = _score(cursor, agent_id)
+                rows = cursor.execute(
+                    "SELECT verdict FROM integrity_checkpoints WHERE agent_id = ? "
+                    "ORDER BY created_at DESC, id DESC LIMIT ?", (agent_id, recent)).fetchall()
+                score["recent_verdicts"] = [row[0] for row in reversed(rows)]
+                scores[agent_id] = score
+            return scores
+
+        return self._db.run_interaction("api_integrity_scores", read)
 
     def drift_alerts(self, agent_id: str, limit: int, offset: int) -> Deferred[Page]:
         return self._db.run_interaction(

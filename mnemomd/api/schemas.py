@@ -166,6 +166,10 @@ CHECKPOINT = obj({
 SCORE = obj({"agent_id": STRING, "total_checks": INTEGER, "clear_count": INTEGER,
              "review_count": INTEGER, "violation_count": INTEGER, "integrity_ratio": NUMBER,
              "latest_verdict": nullable(STRING), "latest_at": nullable(MILLIS)})
+#: An agent of ``GET /v1/agents?include=integrity``: its score and its last verdicts.
+AGENT_WITH_INTEGRITY = {**AGENT, "properties": {**AGENT["properties"], "integrity": {
+    **SCORE, "properties": {**SCORE["properties"], "recent_verdicts": array(STRING)},
+    "required": [*SCORE["required"], "recent_verdicts"]}}}
 DRIFT_ALERT = obj({"id": STRING, "agent_id": STRING, "session_id": nullable(STRING),
                    "source": STRING, "severity": nullable(STRING), "alert": OBJECT,
                    "created_at": MILLIS})
@@ -210,6 +214,9 @@ DELIVERY = obj({"id": STRING, "endpoint_id": STRING, "event_id": STRING,
                 "created_at": MILLIS, "delivered_at": nullable(MILLIS)})
 DELETED = obj({"id": STRING, "deleted": BOOLEAN})
 OPENAPI = obj({"openapi": STRING, "info": OBJECT, "paths": OBJECT})
+ME = obj({"name": STRING, "role": enum(("viewer", "admin", "owner"))})
+VERSION = obj({"version": STRING, "build": STRING, "python": STRING, "twisted": STRING})
+CONSOLE_CONFIG = obj({"oidc_issuer": nullable(STRING), "oidc_client_id": nullable(STRING)})
 
 
 # -- tool policies ----------------------------------------------------------------------

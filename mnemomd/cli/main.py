@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from collections.abc import Mapping, Sequence
 from typing import IO
 
-from mnemomd import __version__
 from mnemomd.config import (
     EX_CONFIG,
     OPT_OUT_WARNING,
@@ -25,6 +23,7 @@ from mnemomd.config import (
     StorageConfig,
     load_config,
 )
+from mnemomd.ops.build import version_text
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -68,28 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 def flag_values(args: argparse.Namespace) -> dict[str, str]:
     return {s.env: getattr(args, s.env) for s in SETTINGS
             if s.flag and getattr(args, s.env, None) is not None}
-
-
-def build_name() -> str:
-    """``source build``, or for a frozen binary what packaging/build.py put in BUILD_INFO."""
-    bundle = getattr(sys, "_MEIPASS", None) if getattr(sys, "frozen", False) else None
-    if bundle is None:
-        return "source build"
-    try:
-        with open(os.path.join(bundle, "BUILD_INFO"), encoding="utf-8") as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        return "frozen build"
-    kind, build, built = (info.get(k, "?") for k in ("kind", "build", "built"))
-    return f"frozen {kind} build {build}, {built}"
-
-
-def version_text() -> str:
-    build = build_name()
-    import twisted
-
-    return (f"mnemomd {__version__} ({build}; Python {platform.python_version()}, "
-            f"Twisted {twisted.__version__})")
 
 
 def check_config(config: Config, strict: bool, out: IO[str]) -> int:
@@ -184,7 +161,6 @@ def supervise(config: Config, environ: Mapping[str, str], flags: Mapping[str, st
 
 def show_license_info(config: Config, as_json: bool, out: IO[str]) -> int:
     """``mnemomd license show``: what the daemon would make of its license right now."""
-    import json
     import time
 
     from mnemomd.cloud.license import LicenseInfo, load_trusted_keys, verify_license

@@ -483,6 +483,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MNEMOM_OIDC_REFRESH_SECONDS", _seconds(1, 3600), 30.0,
             "the identity provider's keys are fetched again (for a token naming an unknown "
             "key) at most once per this many seconds", section="api"),
+    Setting("MNEMOM_OIDC_CLIENT_ID", _text, None,
+            "the public client id the web console signs in with at the identity provider "
+            "(authorization code flow with PKCE); unset: the console takes tokens only",
+            section="api"),
 )
 
 
@@ -699,6 +703,7 @@ class ApiConfig:
     mnemom_oidc_role_claim: str = "roles"
     mnemom_oidc_role_map: str | None = None
     mnemom_oidc_refresh_seconds: float = 30.0
+    mnemom_oidc_client_id: str | None = None
 
 
 #: The sections by name, in the order ``check-config`` shows them.
@@ -976,6 +981,9 @@ def cross_setting_problems(config: Config) -> list[str]:
         problems.append("MNEMOM_OIDC_ISSUER is set but MNEMOM_OIDC_AUDIENCE is not: without "
                         "it a token the identity provider issued for any other application "
                         "would be accepted; set it to the client id registered for mnemomd")
+    if config.api.mnemom_oidc_client_id and not config.api.mnemom_oidc_issuer:
+        problems.append("MNEMOM_OIDC_CLIENT_ID is set but MNEMOM_OIDC_ISSUER is not: the "
+                        "console has no identity provider to sign in with")
     problems += worker_problems(config)
     problems += policy_file_problems(config.proxy.mnemom_policy_file)
     return problems

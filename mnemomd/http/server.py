@@ -410,12 +410,27 @@ class ApiRoutes(Protocol):
         """Answer one management API request; fires when it is answered."""
 
 
+class ConsoleRoutes(Protocol):
+    """What the front door hands ``/console`` paths to (``mnemomd.console``)."""
+
+    def handle(self, request: GatewayRequest, path: bytes) -> int:
+        """Answer one request for the console's files; the status sent."""
+
+    def refuse(self, request: GatewayRequest, status: int, message: str) -> None:
+        """Answer a console path the front door refused, with the console's headers."""
+
+
+def is_console_path(path: bytes) -> bool:
+    return path == b"/console" or path.startswith(b"/console/")
+
+
 class Gateway:
-    """Routes each request to the proxy, the management API, health or metrics."""
+    """Routes each request to the proxy, the management API, the console, health or
+    metrics."""
 
     def __init__(self, clock: IReactorTime, max_body_bytes: int,
                  health: HealthState, metrics: GatewayMetrics, proxy: ProxyRoutes | None,
-                 api: ApiRoutes | None = None) -> None:
+                 api: ApiRoutes | None = None, console: ConsoleRoutes | None = None) -> None:
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.health = health
@@ -423,6 +438,8 @@ class Gateway:
         self.proxy = proxy
         #: The management API (``/v1/…``); None where it is not served (scheduler role).
         self.api = api
+        #: The web console (``/console/``); served only where the API is.
+        self.console = console if api is not None else None
         self.in_flight = InFlight()
         #: Open client connections, so shutdown can close the idle ones.
         self.channels: set[GatewayChannel] = set()
@@ -449,8 +466,16 @@ class Gateway:
             if self.api is not None and (path == b"/v1" or path.startswith(b"/v1/")):
                 self.in_flight.track(self.api.handle(request, path, query))
                 return
+            if self.console is not None and is_console_path(path):
+                status = self.console.handle(request, path)
+                self.metrics.requests.labels("console", str(status)).inc()
+                return
             handler = self.proxy.route(path, query) if self.proxy is not None else None
         except RouteError as e:
+            if self.console is not None and is_console_path(path):
+                self.console.refuse(request, e.status, e.message)
+                self.metrics.requests.labels("console", str(e.status)).inc()
+                return
             self._refuse(request, path, e.status, error_payload(e.message, e.error_type))
             return
         if handler is None:

@@ -117,6 +117,22 @@ class ManagementStoreTests(MigratedDatabase):
         self.assertEqual((empty["total_checks"], empty["integrity_ratio"]), (0, 1.0))
 
     @inlineCallbacks
+    def test_a_page_of_scores_in_one_transaction_with_recent_verdicts_oldest_first(self):
+        checkpoints = CheckpointStore(self.db)
+        verdicts = ["clear", "review_needed", "clear", "boundary_violation", "clear"]
+        for n, verdict in enumerate(verdicts):
+            yield checkpoints.insert(record(n, self.ids[0], verdict))
+        scores = yield self.store.integrity_scores(self.ids[:2], recent=3)
+        self.assertEqual(set(scores), set(self.ids[:2]))
+        first = scores[self.ids[0]]
+        single = yield self.store.integrity_score(self.ids[0])
+        self.assertEqual({k: v for k, v in first.items() if k != "recent_verdicts"}, single)
+        self.assertEqual(first["recent_verdicts"], ["clear", "boundary_violation", "clear"])
+        self.assertEqual((first["total_checks"], first["integrity_ratio"]), (5, 0.6))
+        self.assertEqual(scores[self.ids[1]]["recent_verdicts"], [])
+        self.assertEqual((yield self.store.integrity_scores([])), {})
+
+    @inlineCallbacks
     def test_timeline_merges_every_kind_newest_first(self):
         agent_id = self.ids[0]
         yield CheckpointStore(self.db).insert(record(5, agent_id, "boundary_violation"))

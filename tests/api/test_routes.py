@@ -49,12 +49,15 @@ def test_reads_need_viewer_and_writes_admin_except_what_only_owners_do():
 
 
 def test_only_the_attestation_operations_are_public_and_none_writes():
+    """And the console's sign-in settings, read before anyone has signed in."""
     public = {(r.method, r.path) for r in ROUTES if r.role == PUBLIC}
     assert public == {
         ("GET", "/v1/keys"), ("GET", "/v1/checkpoints/{checkpoint_id}/certificate"),
         ("GET", "/v1/checkpoints/{checkpoint_id}/inclusion-proof"),
-        ("GET", "/v1/agents/{agent_id}/merkle-root"), ("POST", "/v1/verify")}
-    assert all(r.tag == "attestation" for r in ROUTES if r.role == PUBLIC)
+        ("GET", "/v1/agents/{agent_id}/merkle-root"), ("POST", "/v1/verify"),
+        ("GET", "/v1/console/config")}
+    assert all(r.tag == "attestation" for r in ROUTES
+               if r.role == PUBLIC and r.path != "/v1/console/config")
     assert all(401 not in r.statuses for r in ROUTES if r.role == PUBLIC)
 
 
@@ -88,10 +91,12 @@ def test_encoded_slash_in_a_parameter_is_not_found():
 def test_pagination_defaults_and_bounds():
     route = route_for("GET", "/v1/agents")
     assert parse_query(route, b"") == {"limit": 50, "offset": 0, "containment_status": None,
-                                       "enforcement_mode": None}
+                                       "enforcement_mode": None, "include": None}
     assert parse_query(route, b"?limit=500&offset=7")["limit"] == 500
+    assert parse_query(route, b"?include=integrity")["include"] == "integrity"
     for bad in (b"limit=0", b"limit=501", b"limit=x", b"offset=-1", b"limit=1.5",
-                b"limit=", b"limit=1&limit=2", b"page=2", b"containment_status=gone"):
+                b"limit=", b"limit=1&limit=2", b"page=2", b"containment_status=gone",
+                b"include=everything", b"include="):
         assert error_of(parse_query, route, bad).status == 400, bad
 
 

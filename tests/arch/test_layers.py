@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mnemomd.enforcement",),  # modes, nudges, containment
     ("mnemomd.integrity",),  # analysis, checkpoints, the session window
     ("mnemomd.observer",),  # traces, drift, leases, retention
-    ("mnemomd.proxy", "mnemomd.api"),  # the two things the front door routes to
+    ("mnemomd.proxy", "mnemomd.api", "mnemomd.console"),  # what the front door routes to
     ("mnemomd.service",),  # the one builder
     ("mnemomd.cli",),  # the command line: run, migrate, check-config, management commands
     ("mnemomd.__main__",),  # python -m mnemomd

@@ -87,11 +87,13 @@ def test_oidc_settings_are_shown_and_nothing_is_fetched(check):
     # The issuer is a closed port: check-config must neither connect nor fail.
     code, out, _ = check({**QUIET, "MNEMOM_OIDC_ISSUER": "http://127.0.0.1:9",
                           "MNEMOM_OIDC_AUDIENCE": "mnemomd",
-                          "MNEMOM_OIDC_ROLE_MAP": "owner=sec,admin=ops"})
+                          "MNEMOM_OIDC_ROLE_MAP": "owner=sec,admin=ops",
+                          "MNEMOM_OIDC_CLIENT_ID": "mnemomd-console"})
     assert code == 0
     api = out.split("[api]\n", 1)[1].splitlines()
     shown = {line.split()[0]: line.split()[1] for line in api if line.startswith("MNEMOM_OIDC")}
     assert shown == {"MNEMOM_OIDC_ISSUER": "http://127.0.0.1:9",
                      "MNEMOM_OIDC_AUDIENCE": "mnemomd", "MNEMOM_OIDC_ROLE_CLAIM": "roles",
                      "MNEMOM_OIDC_ROLE_MAP": "owner=sec,admin=ops",
-                     "MNEMOM_OIDC_REFRESH_SECONDS": "30.0"}
+                     "MNEMOM_OIDC_REFRESH_SECONDS": "30.0",
+                     "MNEMOM_OIDC_CLIENT_ID": "mnemomd-console"}

@@ -212,3 +212,9 @@ def test_unknown_yaml_key_is_an_error_with_the_nearest_name(tmp_path):
         "(did you mean 'upstream_timeout'?)",
         f"config file {path}: unknown setting 'wibble'",
     ]
+
+
+def test_a_console_client_id_needs_an_issuer():
+    with pytest.raises(ConfigError) as refused:
+        load(env={"MNEMOM_OIDC_CLIENT_ID": "mnemomd-console"})
+    assert "MNEMOM_OIDC_CLIENT_ID is set but MNEMOM_OIDC_ISSUER is not" in str(refused.value)

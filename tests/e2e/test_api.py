@@ -291,8 +291,12 @@ def test_without_credentials_only_loopback_is_served(start):
 
 
 def test_scheduler_role_serves_no_api(start):
+    """Nor the web console, which is a client of the API."""
     daemon = start(args=("run", "--host", "127.0.0.1", "--port", "0", "--role", "scheduler"))
     assert api_call(daemon.base_url, "GET", "/v1/agents", token=None).status == 404
+    for path in ("/console/", "/console/app.js"):
+        with raw_request(daemon.base_url, "GET", path) as response:
+            assert response.status == 404 and b"<" not in response.read_body(), path
 
 
 def test_changes_reach_every_replica(start, postgres_url):

@@ -2,7 +2,11 @@
 
 :class:`FakeIdentityProvider` holds RS256, ES256 and EdDSA keys, mints tokens with any
 claims and header, rotates its keys, and serves ``/.well-known/openid-configuration`` and
-its JWK Set. ``documents()`` gives both as a URL → JSON mapping for unit tests; ``serve()``
+its JWK Set. For browser sign-in it also serves the authorization code flow with PKCE for
+one public client: ``/authorize`` approves the configured user at once and redirects back
+with a code; ``/token`` exchanges it only with the right ``code_verifier`` (S256),
+``client_id`` and ``redirect_uri``, answering with CORS headers as real providers do.
+``documents()`` gives discovery and JWKS as a URL → JSON mapping for unit tests; ``serve()``
 runs them as a real HTTP server on 127.0.0.1 (a thread of the test process: the daemon
 under test is another process) that can be taken down and brought back, and counts the
 key set fetches.
@@ -19,13 +23,22 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 JWKS_PATH = "/keys"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+AUTHORIZE_PATH = "/authorize"
+TOKEN_PATH = "/token"
 AUDIENCE = "mnemomd-test"
+
+
+def s256(verifier: str) -> str:
+    """The PKCE ``code_challenge`` of a verifier (RFC 7636, method S256)."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def hs256_signed_with(secret: bytes, kid: str, issuer: str) -> str:
@@ -65,6 +78,13 @@ class FakeIdentityProvider:
             self.add_key(alg)
         self.jwks_fetches = 0
         self.up = True
+        #: The public client allowed to sign in, and who the authorization endpoint approves.
+        self.client_id = AUDIENCE
+        self.user: dict[str, Any] = {"sub": "alice@example", "roles": ["admin"]}
+        #: code -> (client_id, redirect_uri, code_challenge, user claims); used once.
+        self.codes: dict[str, tuple[str, str, str, dict[str, Any]]] = {}
+        #: Every token request's outcome: "issued" or why it was refused.
+        self.token_outcomes: list[str] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -94,7 +114,55 @@ class FakeIdentityProvider:
 
     def discovery(self) -> dict[str, Any]:
         return {"issuer": self.issuer, "jwks_uri": self.issuer + JWKS_PATH,
+                "authorization_endpoint": self.issuer + AUTHORIZE_PATH,
+                "token_endpoint": self.issuer + TOKEN_PATH,
+                "response_types_supported": ["code"],
+                "code_challenge_methods_supported": ["S256"],
                 "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"]}
+
+    # -- the authorization code flow with PKCE --
+
+    def authorize(self, query: dict[str, str]) -> tuple[int, str]:
+        """(status, redirect location or error text) for an authorization request."""
+        if query.get("client_id") != self.client_id:
+            return 400, "unknown client_id"
+        if query.get("response_type") != "code":
+            return 400, "response_type must be code"
+        if query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
+            return 400, "PKCE with S256 is required"
+        redirect_uri = query.get("redirect_uri", "")
+        if not redirect_uri.startswith(("http://127.0.0.1:", "http://localhost:")):
+            return 400, "redirect_uri not registered"
+        code = uuid.uuid4().hex
+        self.codes[code] = (self.client_id, redirect_uri, query["code_challenge"],
+                            dict(self.user))
+        separator = "&" if "?" in redirect_uri else "?"
+        state = urlencode({"code": code, "state": query.get("state", "")})
+        return 302, f"{redirect_uri}{separator}{state}"
+
+    def exchange(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """(status, JSON answer) for a token request."""
+        def refuse(error: str) -> tuple[int, dict[str, Any]]:
+            self.token_outcomes.append(error)
+            return 400, {"error": error}
+
+        if form.get("grant_type") != "authorization_code":
+            return refuse("unsupported_grant_type")
+        found = self.codes.pop(form.get("code", ""), None)
+        if found is None:
+            return refuse("invalid_grant")
+        client_id, redirect_uri, challenge, user = found
+        if form.get("client_id") != client_id:
+            return refuse("invalid_client")
+        if form.get("redirect_uri") != redirect_uri:
+            return refuse("invalid_grant: redirect_uri")
+        if s256(form.get("code_verifier", "")) != challenge:
+            return refuse("invalid_grant: code_verifier")
+        self.token_outcomes.append("issued")
+        claims = {k: v for k, v in user.items() if k not in ("sub", "roles")}
+        token = self.token("RS256", roles=user.get("roles"), sub=user["sub"], **claims)
+        return 200, {"access_token": token, "id_token": token, "token_type": "Bearer",
+                     "expires_in": 3600}
 
     def documents(self) -> dict[str, Any]:
         return {self.issuer + DISCOVERY_PATH: self.discovery(),
@@ -120,9 +188,46 @@ class FakeIdentityProvider:
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _json(self, status: int, document: Any) -> None:
+                body = json.dumps(document).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.send_header("access-control-allow-origin", "*")
+                self.send_header("cache-control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_OPTIONS(self) -> None:  # noqa: N802
+                self.send_response(204)
+                self.send_header("access-control-allow-origin", "*")
+                self.send_header("access-control-allow-methods", "GET, POST")
+                self.send_header("access-control-allow-headers", "content-type")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def do_POST(self) -> None:  # noqa: N802
+                if not provider.up or urlsplit(self.path).path != TOKEN_PATH:
+                    self.send_error(503 if not provider.up else 404)
+                    return
+                length = int(self.headers.get("content-length") or 0)
+                form = dict(parse_qsl(self.rfile.read(length).decode()))
+                self._json(*provider.exchange(form))
+
             def do_GET(self) -> None:  # noqa: N802
                 if not provider.up:
                     self.send_error(503)
+                    return
+                parts = urlsplit(self.path)
+                if parts.path == AUTHORIZE_PATH:
+                    status, where = provider.authorize(dict(parse_qsl(parts.query)))
+                    self.send_response(status)
+                    if status == 302:
+                        self.send_header("location", where)
+                    body = b"" if status == 302 else where.encode()
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
                     return
                 if self.path == DISCOVERY_PATH:
                     document = provider.discovery()
@@ -132,12 +237,7 @@ class FakeIdentityProvider:
                 else:
                     self.send_error(404)
                     return
-                body = json.dumps(document).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self._json(200, document)
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mnemomd import __version__
+from tests.e2e.api import api_call
 from tests.e2e.conftest import provider_env
 from tests.e2e.daemon import Daemon, daemon_environment, start_daemon
 from tests.fakes.process import fetch_requests
@@ -94,6 +95,13 @@ def test_run_proxies_and_serves_metrics(frozen, tmp_path, upstream, database_env
         assert status == 200
         assert 'gateway_requests_total{provider="anthropic",status="200"} 1.0' in metrics.decode()
         assert "process_resident_memory_bytes" in metrics.decode()
+        # The web console's files are inside the binary.
+        status, page = get(daemon, "/console/")
+        assert status == 200 and b'<script type="module" src="app.js">' in page
+        status, module = get(daemon, "/console/views/agent.js")
+        assert status == 200 and b"export async function agentView" in module
+        version = api_call(daemon.base_url, "GET", "/v1/version", token=None).body
+        assert version["build"].startswith("frozen onedir build ")
 
         # The management commands talk to the running daemon's API.
         url = ("--url", daemon.base_url)
