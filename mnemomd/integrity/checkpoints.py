@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from mnemomd.storage.database import Cursor, Database
+from mnemomd.storage.traces import link_stored_traces
 from mnemomd.storage.writes import Write, insert_many
 from mnemomd.webhooks.store import EVENT_TYPES, enqueue_event, enqueue_events
 
@@ -111,6 +112,7 @@ def write_checkpoints(cursor: Cursor, writes: list[Write]) -> list[str]:
     rows = [tuple(w.row.get(f) for f in CHECKPOINT_FIELDS) for w in writes]
     inserted = set(insert_many(cursor, "integrity_checkpoints", CHECKPOINT_FIELDS,
                                [_typed(r) for r in rows], returning="id"))
+    link_stored_traces(cursor, sorted(inserted))
     # In the order given: an agent's Merkle leaves are in the order they were stored.
     insert_many(cursor, "checkpoint_attestations", ATTESTATION_FIELDS, [
         tuple(w.row["attestation"].get(f) for f in ATTESTATION_FIELDS)
@@ -183,6 +185,8 @@ class CheckpointStore:
                  _dump(record.analysis_metadata), record.thinking_block_hash,
                  record.synthetic, record.synthetic_reason, record.trace_id,
                  record.created_at, record.output_block_hash)).rowcount
+            if inserted:
+                link_stored_traces(cursor, [record.id])
             event = f"verdict.{record.verdict}"
             if not inserted or event not in EVENT_TYPES:
                 return []

@@ -261,6 +261,23 @@ def _claim(cursor: Cursor, owner: str, now_ms: int, lease_ms: int,
     return sorted((row_to_outbox(r) for r in rows), key=lambda r: (r.created_at, r.id))
 
 
+def link_stored_traces(cursor: Cursor, checkpoint_ids: list[str]) -> int:
+    """Link checkpoints just stored to traces built before them; the rows linked.
+
+    A call's outbox row is written when its response ends, its checkpoint only once the
+    analysis has answered, so the traces job can build the trace first: its link then
+    found no checkpoint (``_finish``), and is made here, when the checkpoint arrives."""
+    linked = 0
+    for chunk in _chunks(checkpoint_ids):
+        linked += cursor.execute(
+            "UPDATE integrity_checkpoints SET trace_id = (SELECT MIN(t.id) FROM ap_traces t "
+            "WHERE t.checkpoint_id = integrity_checkpoints.id) "
+            f"WHERE id IN ({_marks(len(chunk))}) AND trace_id IS NULL AND EXISTS "
+            "(SELECT 1 FROM ap_traces t WHERE t.checkpoint_id = integrity_checkpoints.id)",
+            chunk).rowcount
+    return linked
+
+
 def _finish(cursor: Cursor, owner: str, traces: list[tuple[OutboxRow, TraceRecord]],
             failures: list[OutboxFailure]) -> BatchResult:
     stored: set[str] = set()

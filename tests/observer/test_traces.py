@@ -12,7 +12,12 @@ from twisted.trial import unittest
 
 from mnemomd.agents.store import AgentStore, default_alignment_card
 from mnemomd.integrity.backends import AnalysisFailure
-from mnemomd.integrity.checkpoints import CheckpointRecord, CheckpointStore
+from mnemomd.integrity.checkpoints import (
+    CheckpointRecord,
+    CheckpointStore,
+    checkpoint_write,
+    write_checkpoints,
+)
 from mnemomd.kv import KVUnavailableError, MemoryKeyValueStore
 from mnemomd.kv.keyring import OutboxKeyring
 from mnemomd.observer.traces import (
@@ -281,6 +286,33 @@ class TraceBuilderTests(AgentDatabase):
         # Nothing left: a second run builds nothing more.
         self.assertEqual((yield self.builder().run())["built"], 0)
         self.assertEqual((yield self.traces.list_for_agent(self.agent_id))[1], 3)
+
+    @inlineCallbacks
+    def test_a_trace_built_before_its_checkpoint_is_linked_when_the_checkpoint_comes(self):
+        # The outbox row is written when the response ends, the checkpoint after the
+        # analysis: the job may build the trace first. Both ways of storing a checkpoint
+        # (the write queue's batch, and the store's single insert) link it.
+        yield self.add(1, {"tools": []}, checkpoint_id="ic-late-1")
+        yield self.add(2, {"tools": []}, checkpoint_id="ic-late-2")
+        self.assertEqual((yield self.builder().run())["built"], 2)
+        records, _ = yield self.traces.list_for_agent(self.agent_id)
+        trace_of = {r.checkpoint_id: r.id for r in records}
+
+        def record(checkpoint_id):
+            return CheckpointRecord(
+                id=checkpoint_id, agent_id=self.agent_id, session_id="s1",
+                provider="anthropic", model=None, verdict="clear", concerns=[],
+                reasoning_summary=None, conscience_context=None, window_position=None,
+                analysis_metadata=None, thinking_block_hash=None, synthetic=False,
+                synthetic_reason=None, created_at=NOW)
+
+        yield self.db.run_interaction("t", write_checkpoints,
+                                      [checkpoint_write(record("ic-late-1"))])
+        yield CheckpointStore(self.db).insert(record("ic-late-2"))
+        store = CheckpointStore(self.db)
+        self.assertEqual(((yield store.get("ic-late-1")).trace_id,
+                          (yield store.get("ic-late-2")).trace_id),
+                         (trace_of["ic-late-1"], trace_of["ic-late-2"]))
 
     @inlineCallbacks
     def test_a_row_whose_key_expired_is_deleted_and_counted_without_a_line(self):
