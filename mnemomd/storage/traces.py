@@ -261,12 +261,32 @@ def _claim(cursor: Cursor, owner: str, now_ms: int, lease_ms: int,
     return sorted((row_to_outbox(r) for r in rows), key=lambda r: (r.created_at, r.id))
 
 
+#: The PostgreSQL advisory lock (transaction-scoped) each side of a checkpoint-trace
+#: link takes before its link statement (any constant other than the migrations' own).
+TRACE_LINK_LOCK = 0x6D6E6D74
+
+
+def lock_trace_links(cursor: Cursor) -> None:
+    """Serialise the link statements of checkpoint and trace writers until commit.
+
+    Storing a trace links its checkpoint (``_finish``), storing a checkpoint links its
+    trace (``link_stored_traces``). Two such transactions committing at the same moment
+    on PostgreSQL could each miss the other's uncommitted row; with this lock the later
+    link statement starts after the earlier transaction committed, and sees its row.
+    SQLite has one writer at a time already."""
+    if cursor.engine == "postgresql":
+        cursor.execute("SELECT pg_advisory_xact_lock(?)", (TRACE_LINK_LOCK,))
+
+
 def link_stored_traces(cursor: Cursor, checkpoint_ids: list[str]) -> int:
     """Link checkpoints just stored to traces built before them; the rows linked.
 
     A call's outbox row is written when its response ends, its checkpoint only once the
     analysis has answered, so the traces job can build the trace first: its link then
     found no checkpoint (``_finish``), and is made here, when the checkpoint arrives."""
+    if not checkpoint_ids:
+        return 0
+    lock_trace_links(cursor)
     linked = 0
     for chunk in _chunks(checkpoint_ids):
         linked += cursor.execute(
@@ -296,6 +316,7 @@ def _finish(cursor: Cursor, owner: str, traces: list[tuple[OutboxRow, TraceRecor
         links = [(t.checkpoint_id, t.id) for _, t in chunk
                  if t.checkpoint_id and t.outbox_id in stored]
         if links:
+            lock_trace_links(cursor)
             cases = " ".join(["WHEN ? THEN ?"] * len(links))
             cursor.execute(
                 f"UPDATE integrity_checkpoints SET trace_id = CASE id {cases} END "
@@ -319,6 +340,7 @@ def _complete(cursor: Cursor, row: OutboxRow, trace: TraceRecord) -> bool:
          _dump(trace.trace), _dump(trace.verification) if trace.verification else None,
          trace.verified, trace.created_at)).rowcount > 0
     if stored and trace.checkpoint_id:
+        lock_trace_links(cursor)
         cursor.execute("UPDATE integrity_checkpoints SET trace_id = ? WHERE id = ?",
                        (trace.id, trace.checkpoint_id))
     cursor.execute("DELETE FROM trace_outbox WHERE id = ?", (row.id,))

@@ -604,3 +604,60 @@ class SQLiteTraceBuilderTests(TraceBuilderTests, BatchTests, unittest.TestCase):
 
 class PostgresTraceBuilderTests(TraceBuilderTests, BatchTests, unittest.TestCase):
     engine = "postgresql"
+
+    def test_a_trace_and_its_checkpoint_stored_at_the_same_moment_are_linked(self):
+        """Two transactions on two connections: A stores the trace (its link finds no
+        checkpoint), B stores the checkpoint while A has not committed. B's link must
+        wait for A's commit and then see A's trace; without the lock both miss."""
+        import threading
+        import time
+
+        import psycopg2
+
+        from mnemomd.storage.database import Cursor
+        from mnemomd.storage.traces import TraceRecord
+        from mnemomd.storage.traces import _finish as finish_batch
+
+        a, b, watch = (psycopg2.connect(self.url) for _ in range(3))
+        self.addCleanup(lambda: [c.close() for c in (a, b, watch)])
+        watch.autocommit = True
+        trace = TraceRecord("tr-race", self.agent_id, "s1", "ic-race", "ob-race",
+                            {"trace_id": "tr-race"}, None, None, NOW)
+        row = OutboxRow("ob-race", self.agent_id, "s1", "anthropic", None, "ic-race",
+                        "x", 0, NOW, NOW + 60_000)
+        finish_batch(Cursor(a.cursor(), "postgresql"), "me", [(row, trace)], [])
+        record = CheckpointRecord(
+            id="ic-race", agent_id=self.agent_id, session_id="s1", provider="anthropic",
+            model=None, verdict="clear", concerns=[], reasoning_summary=None,
+            conscience_context=None, window_position=None, analysis_metadata=None,
+            thinking_block_hash=None, synthetic=False, synthetic_reason=None,
+            created_at=NOW)
+        errors: list[BaseException] = []
+
+        def store_checkpoint() -> None:
+            try:
+                write_checkpoints(Cursor(b.cursor(), "postgresql"), [checkpoint_write(record)])
+            except BaseException as e:  # reported by the test below
+                errors.append(e)
+
+        writer = threading.Thread(target=store_checkpoint)
+        writer.start()
+
+        def waiting_on_a_lock() -> bool:
+            with watch.cursor() as cursor:
+                cursor.execute("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' "
+                               "AND NOT granted")
+                return cursor.fetchone()[0] > 0
+
+        deadline = time.monotonic() + 10
+        while writer.is_alive() and not waiting_on_a_lock():
+            self.assertLess(time.monotonic(), deadline, "B neither finished nor waited")
+            time.sleep(0.01)
+        a.commit()
+        writer.join(10)
+        self.assertFalse(writer.is_alive())
+        self.assertEqual(errors, [])
+        b.commit()
+        with watch.cursor() as cursor:
+            cursor.execute("SELECT trace_id FROM integrity_checkpoints WHERE id = 'ic-race'")
+            self.assertEqual(cursor.fetchone(), ("tr-race",))
