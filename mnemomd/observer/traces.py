@@ -61,6 +61,8 @@ CONCURRENCY = 2
 #: minute under saturation). A quarter of the process still builds traces faster than
 #: the proxy makes rows (docs/performance.md).
 SHARED_DUTY = 0.25
+#: Missed checkpoint links kept for the next run (beyond this the oldest are dropped).
+MAX_UNLINKED = 10_000
 #: Decision analyses in flight at once, when a backend decides (each is a model call).
 DECISION_CONCURRENCY = 4
 DECISION_MAX_TOKENS = 600
@@ -340,6 +342,9 @@ class TraceBuilder:
         self._concurrency = concurrency
         self._max_run_seconds = max_run_seconds
         self._rest = 1 / duty - 1
+        #: Links a batch missed because the checkpoint was not committed yet; made at the
+        #: start of the next run (a checkpoint stored later links itself).
+        self._unlinked: dict[tuple[str, str], None] = {}
         self._decisions = DeferredSemaphore(DECISION_CONCURRENCY)
         self._stopping = False
 
@@ -356,6 +361,13 @@ class TraceBuilder:
         counts = {"built": 0, "failed": 0, "parked": 0, "expired": 0}
         # The TTL holds whatever happens to the rows below.
         counts["expired"] = yield self._outbox.purge_expired(self._now_ms())
+        if self._unlinked:
+            links, self._unlinked = list(self._unlinked), {}
+            try:
+                yield self._outbox.link(links)
+            except Exception as e:
+                log.warn("Could not link {count} checkpoints to their traces ({reason})",
+                         count=len(links), reason=type(e).__name__)
         deadline = None if self._max_run_seconds is None \
             else self._clock.seconds() + self._max_run_seconds
         cards: dict[str, dict[str, Any] | None] = {}
@@ -494,6 +506,10 @@ class TraceBuilder:
                      "storing them one by one", count=len(rows), reason=type(e).__name__)
             counts = yield self._one_by_one(traces, failures)
             return {**counts, "expired": shredded}
+        for link in result.unlinked:
+            self._unlinked[link] = None
+        while len(self._unlinked) > MAX_UNLINKED:
+            del self._unlinked[next(iter(self._unlinked))]
         # As before batches: a failed row counts once, as "parked" or as "failed".
         return {"built": len(traces), "failed": len(failures) - len(result.parked),
                 "parked": len(result.parked), "expired": shredded}

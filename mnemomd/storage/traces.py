@@ -136,6 +136,8 @@ class BatchResult:
     stored: frozenset[str]
     duplicates: frozenset[str]
     parked: frozenset[str]
+    #: (checkpoint id, trace id) of traces stored whose checkpoint was not there (yet).
+    unlinked: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,25 @@ class OutboxStore:
         finishes the rows one by one (``complete`` and ``fail``)."""
         return self._db.run_interaction("finish_trace_batch", _finish, owner, traces,
                                         failures)
+
+    def link(self, links: list[tuple[str, str]]) -> Deferred[set[str]]:
+        """Link checkpoints to their traces (``(checkpoint id, trace id)``) where not yet
+        linked; fires with the checkpoint ids that exist now (linked either way)."""
+        def run(cursor: Cursor) -> set[str]:
+            present: set[str] = set()
+            for chunk in _chunks(links):
+                cases = " ".join(["WHEN ? THEN ?"] * len(chunk))
+                ids = [c for c, _ in chunk]
+                cursor.execute(
+                    f"UPDATE integrity_checkpoints SET trace_id = CASE id {cases} END "
+                    f"WHERE id IN ({_marks(len(chunk))}) AND trace_id IS NULL",
+                    [v for link in chunk for v in link] + ids)
+                present.update(r[0] for r in cursor.execute(
+                    f"SELECT id FROM integrity_checkpoints WHERE id IN ({_marks(len(ids))})",
+                    ids).fetchall())
+            return present
+
+        return self._db.run_interaction("link_traces", run)
 
     def complete(self, row: OutboxRow, trace: TraceRecord) -> Deferred[bool]:
         """Store the trace, link its checkpoint and drop the outbox row, in one transaction.
@@ -261,32 +282,16 @@ def _claim(cursor: Cursor, owner: str, now_ms: int, lease_ms: int,
     return sorted((row_to_outbox(r) for r in rows), key=lambda r: (r.created_at, r.id))
 
 
-#: The PostgreSQL advisory lock (transaction-scoped) each side of a checkpoint-trace
-#: link takes before its link statement (any constant other than the migrations' own).
-TRACE_LINK_LOCK = 0x6D6E6D74
-
-
-def lock_trace_links(cursor: Cursor) -> None:
-    """Serialise the link statements of checkpoint and trace writers until commit.
-
-    Storing a trace links its checkpoint (``_finish``), storing a checkpoint links its
-    trace (``link_stored_traces``). Two such transactions committing at the same moment
-    on PostgreSQL could each miss the other's uncommitted row; with this lock the later
-    link statement starts after the earlier transaction committed, and sees its row.
-    SQLite has one writer at a time already."""
-    if cursor.engine == "postgresql":
-        cursor.execute("SELECT pg_advisory_xact_lock(?)", (TRACE_LINK_LOCK,))
-
-
 def link_stored_traces(cursor: Cursor, checkpoint_ids: list[str]) -> int:
     """Link checkpoints just stored to traces built before them; the rows linked.
 
     A call's outbox row is written when its response ends, its checkpoint only once the
     analysis has answered, so the traces job can build the trace first: its link then
-    found no checkpoint (``_finish``), and is made here, when the checkpoint arrives."""
+    found no checkpoint (``_finish``), and is made here, when the checkpoint arrives.
+    (Both transactions committing at once can each miss the other's row: the traces job
+    remembers the links it missed and makes them on its next run, ``link``.)"""
     if not checkpoint_ids:
         return 0
-    lock_trace_links(cursor)
     linked = 0
     for chunk in _chunks(checkpoint_ids):
         linked += cursor.execute(
@@ -301,6 +306,7 @@ def link_stored_traces(cursor: Cursor, checkpoint_ids: list[str]) -> int:
 def _finish(cursor: Cursor, owner: str, traces: list[tuple[OutboxRow, TraceRecord]],
             failures: list[OutboxFailure]) -> BatchResult:
     stored: set[str] = set()
+    unlinked: set[tuple[str, str]] = set()
     for chunk in _chunks(traces):
         params: list[Any] = []
         for _, t in chunk:
@@ -316,12 +322,12 @@ def _finish(cursor: Cursor, owner: str, traces: list[tuple[OutboxRow, TraceRecor
         links = [(t.checkpoint_id, t.id) for _, t in chunk
                  if t.checkpoint_id and t.outbox_id in stored]
         if links:
-            lock_trace_links(cursor)
             cases = " ".join(["WHEN ? THEN ?"] * len(links))
-            cursor.execute(
+            found = {r[0] for r in cursor.execute(
                 f"UPDATE integrity_checkpoints SET trace_id = CASE id {cases} END "
-                f"WHERE id IN ({_marks(len(links))})",
-                [v for link in links for v in link] + [c for c, _ in links])
+                f"WHERE id IN ({_marks(len(links))}) RETURNING id",
+                [v for link in links for v in link] + [c for c, _ in links]).fetchall()}
+            unlinked.update((c, t) for c, t in links if c not in found)
         ids = [row.id for row, _ in chunk]
         cursor.execute(f"DELETE FROM trace_outbox WHERE id IN ({_marks(len(ids))})", ids)
     parked = set()
@@ -329,7 +335,8 @@ def _finish(cursor: Cursor, owner: str, traces: list[tuple[OutboxRow, TraceRecor
         if _fail(cursor, failure.row, owner, failure.error):
             parked.add(failure.row.id)
     done = {row.id for row, _ in traces}
-    return BatchResult(frozenset(stored), frozenset(done - stored), frozenset(parked))
+    return BatchResult(frozenset(stored), frozenset(done - stored), frozenset(parked),
+                       frozenset(unlinked))
 
 
 def _complete(cursor: Cursor, row: OutboxRow, trace: TraceRecord) -> bool:
@@ -340,7 +347,6 @@ def _complete(cursor: Cursor, row: OutboxRow, trace: TraceRecord) -> bool:
          _dump(trace.trace), _dump(trace.verification) if trace.verification else None,
          trace.verified, trace.created_at)).rowcount > 0
     if stored and trace.checkpoint_id:
-        lock_trace_links(cursor)
         cursor.execute("UPDATE integrity_checkpoints SET trace_id = ? WHERE id = ?",
                        (trace.id, trace.checkpoint_id))
     cursor.execute("DELETE FROM trace_outbox WHERE id = ?", (row.id,))
