@@ -130,8 +130,8 @@ class RecurringJson:
         self._kept: dict[int, tuple[Any, str]] = {}
 
     def __call__(self, value: Any) -> str:
-        if not isinstance(value, dict | list):
-            return det_json(value)
+        if not isinstance(value, dict | list) or not value:
+            return det_json(value)  # an empty one is new each call and costs nothing
         kept = self._kept.get(id(value))
         if kept is not None and kept[0] is value:
             return kept[1]

@@ -24,8 +24,15 @@ R = TypeVar("R")
 JSONUpdate = Callable[[Any | None], tuple[Any, R]]
 #: Tries of one ``update_json`` before it gives up on storing (each lost race is one).
 MAX_UPDATE_ATTEMPTS = 8
-#: Keys whose last decoded value is kept with the bytes it came from (see ``KVCache``).
+#: Keys whose last decoded value is kept with the bytes it came from (see ``KVCache``),
+#: and the most bytes they may hold together (a full session state is ~15 KB of JSON
+#: and about twice that decoded).
 MAX_DECODED = 2048
+MAX_DECODED_BYTES = 4 * 1024 * 1024
+#: Updates of one key waiting behind the one in progress; beyond this they run at once,
+#: as they did before taking turns (with the store stalled, each in turn would wait for
+#: the timeouts of all before it).
+MAX_QUEUED_UPDATES = 4
 
 
 def _encode(value: Any) -> bytes:
@@ -71,6 +78,7 @@ class KVCache:
         self._failing = False
         self._pending: dict[str, None] = {}
         self._decoded: dict[str, tuple[bytes, Any]] = {}
+        self._decoded_bytes = 0
         self._updating: dict[str, DeferredLock] = {}
 
     def _key(self, key: str) -> str:
@@ -98,7 +106,7 @@ class KVCache:
     def _decoded_value(self, full: str, raw: bytes | None) -> Any | None:
         """``raw`` decoded: the kept value when these are the bytes it came from."""
         if raw is None:
-            self._decoded.pop(full, None)
+            self._forget(full)
             return None
         kept = self._decoded.get(full)
         if kept is not None and (kept[0] is raw or kept[0] == raw):
@@ -108,10 +116,18 @@ class KVCache:
         return value
 
     def _keep(self, full: str, raw: bytes, value: Any) -> None:
-        self._decoded.pop(full, None)
+        self._forget(full)
+        if len(raw) > MAX_DECODED_BYTES // 4:
+            return  # one huge value would push out everything else
         self._decoded[full] = (raw, value)
-        if len(self._decoded) > MAX_DECODED:
-            del self._decoded[next(iter(self._decoded))]
+        self._decoded_bytes += len(raw)
+        while len(self._decoded) > MAX_DECODED or self._decoded_bytes > MAX_DECODED_BYTES:
+            self._forget(next(iter(self._decoded)))
+
+    def _forget(self, full: str) -> None:
+        kept = self._decoded.pop(full, None)
+        if kept is not None:
+            self._decoded_bytes -= len(kept[0])
 
     def get_json(self, key: str) -> Deferred[Any | None]:
         """The value under ``key`` or None (absent, unreadable, or the store failed);
@@ -177,12 +193,15 @@ class KVCache:
         down, such an update's result is on the last value this cache knew.
 
         Updates of one key through this cache run one after the other: two calls of one
-        session in flight do not race each other, only other replicas.
+        session in flight do not race each other, only other replicas. At most
+        ``MAX_QUEUED_UPDATES`` wait; more run at once (and may race).
         """
         full = self._key(key)
         lock = self._updating.get(full)
         if lock is None:
             lock = self._updating[full] = DeferredLock()
+        elif len(lock.waiting) >= MAX_QUEUED_UPDATES:
+            return self._update(full, update, attempts)
 
         def done(result: Any) -> Any:
             if self._updating.get(full) is lock and not lock.locked:
@@ -226,7 +245,7 @@ class KVCache:
 
     def invalidate(self, key: str) -> Deferred[None]:
         full = self._key(key)
-        self._decoded.pop(full, None)
+        self._forget(full)
 
         def failed(failure: Failure) -> None:
             self._pending[full] = None

@@ -30,7 +30,13 @@ from typing import Any
 from aap import APTrace, verify_trace
 from aap.verification.api import action_matches_list
 from pydantic import ValidationError
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, inlineCallbacks
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    gatherResults,
+    inlineCallbacks,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -56,10 +62,11 @@ BATCH = 100
 CONCURRENCY = 2
 #: The share of the time a run's batches may take when the job runs in the proxy's own
 #: process (role ``all``): after each batch it waits three times as long as the batch
-#: took. Building traces holds the GIL on a worker thread; a backlog drained flat out
-#: starved the proxy beside it (throughput down by two thirds, p99 x8 for ~40 s a
-#: minute under saturation). A quarter of the process still builds traces faster than
-#: the proxy makes rows (docs/performance.md).
+#: took, with one batch in flight. Building traces
+#: holds the GIL on a worker thread; a backlog drained flat out starved the proxy beside
+#: it (throughput down by two thirds, p99 x8 for ~40 s a minute under saturation). Once
+#: a row has lived half its TTL the job is behind and drains at full speed instead
+#: (docs/observer.md).
 SHARED_DUTY = 0.25
 #: Missed checkpoint links kept for the next run (beyond this the oldest are dropped).
 MAX_UNLINKED = 10_000
@@ -286,6 +293,12 @@ def build_batch(items: list[BuildItem]) -> list[Built]:
     return [build_one(*item) for item in items]
 
 
+def _at_risk(rows: list[OutboxRow], now_ms: int) -> bool:
+    """True when a row of the batch has lived half its TTL: the job is behind, and
+    pacing would let rows expire unbuilt, so it drains at full speed until caught up."""
+    return any(2 * (now_ms - r.created_at) > r.expires_at - r.created_at for r in rows)
+
+
 def record_depth(metrics: GatewayMetrics, depth: OutboxDepth, now_ms: int) -> None:
     """``gateway_outbox_depth`` and the age of the oldest ready row (0 when none is
     ready), so an alert can fire long before rows reach their TTL."""
@@ -345,6 +358,7 @@ class TraceBuilder:
         #: Links a batch missed because the checkpoint was not committed yet; made at the
         #: start of the next run (a checkpoint stored later links itself).
         self._unlinked: dict[tuple[str, str], None] = {}
+        self._resting: set[Deferred[None]] = set()
         self._decisions = DeferredSemaphore(DECISION_CONCURRENCY)
         self._stopping = False
 
@@ -352,8 +366,11 @@ class TraceBuilder:
         return int(self._clock.seconds() * 1000)
 
     def stop(self) -> None:
-        """Claim no more batches: the run in progress ends once its batches are done."""
+        """Claim no more batches: the run in progress ends once its batches are done
+        (a pause between batches ends now)."""
         self._stopping = True
+        for resting in list(self._resting):
+            resting.cancel()
 
     @inlineCallbacks
     def run(self) -> Any:
@@ -390,12 +407,26 @@ class TraceBuilder:
                 batch = yield self._batch(rows, cards)
                 for key, value in batch.items():
                     counts[key] += value
-                if self._rest and not over():
-                    took = self._clock.seconds() - started
-                    yield deferLater(self._clock, took * self._rest)
+                if self._rest and not over() and not _at_risk(rows, self._now_ms()):
+                    # One batch in flight, resting: at most the duty's share of the
+                    # time; never past the run's deadline.
+                    now = self._clock.seconds()
+                    pause = (now - started) * self._rest
+                    if deadline is not None:
+                        pause = min(pause, max(0.0, deadline - now))
+                    resting = deferLater(self._clock, pause)
+                    self._resting.add(resting)
+                    try:
+                        yield resting
+                    except CancelledError:
+                        break
+                    finally:
+                        self._resting.discard(resting)
 
-        yield gatherResults([worker() for _ in range(max(1, self._concurrency))],
-                            consumeErrors=True)
+        # Paced, one batch at a time: two in flight, resting each on its own, could
+        # together take twice the share.
+        concurrency = 1 if self._rest else max(1, self._concurrency)
+        yield gatherResults([worker() for _ in range(concurrency)], consumeErrors=True)
         if counts["built"] or counts["failed"]:
             log.info("Traces: {built} built, {failed} failed ({parked} parked)", **counts)
         if self._metrics is not None:

@@ -63,6 +63,9 @@ def test_recurring_values_are_written_once_per_object_with_the_same_commitments(
     assert sum(w is other for w in walks) == 1
     recurring(CARD)
     assert sum(w is CARD for w in walks) == 2
+    # Empty values are new objects each call: written, not kept.
+    assert recurring({}) == "{}" and recurring([]) == "[]"
+    assert len(recurring._kept) == 2
 
 
 def test_chain_hash_genesis_and_link():

@@ -227,3 +227,36 @@ class KeptValueUpdateTests(unittest.TestCase):
         real(*args).chainDeferred(d)
         self.assertEqual(self.successResultOf(second), 3)
         self.assertEqual(self.cache._updating, {})
+
+
+class BoundsTests(unittest.TestCase):
+    def test_kept_values_are_bounded_in_bytes_and_a_huge_one_is_not_kept(self):
+        from mnemomd.kv import cache as cache_module
+        self.patch(cache_module, "MAX_DECODED_BYTES", 100)
+        store = MemoryKeyValueStore(Clock())
+        cache = KVCache(store, "s", 300)
+        for i in range(5):
+            self.successResultOf(store.set(f"s:k{i}", b'"' + b"x" * 18 + b'"'))  # 20 bytes
+            self.successResultOf(cache.get_json(f"k{i}"))
+        self.assertEqual(len(cache._decoded), 5)
+        self.successResultOf(store.set("s:k5", b'"' + b"x" * 18 + b'"'))
+        self.successResultOf(cache.get_json("k5"))
+        self.assertEqual((len(cache._decoded), cache._decoded_bytes), (5, 100))
+        self.successResultOf(store.set("s:big", b'"' + b"x" * 30 + b'"'))  # > a quarter
+        self.assertEqual(self.successResultOf(cache.get_json("big")), "x" * 30)
+        self.assertNotIn("s:big", cache._decoded)
+
+    def test_updates_queue_behind_one_key_only_up_to_the_cap(self):
+        from twisted.internet.defer import Deferred
+
+        from mnemomd.kv import cache as cache_module
+        store = MemoryKeyValueStore(Clock())
+        cache = KVCache(store, "s", 300)
+        held: list[Deferred] = []
+        self.patch(store, "get", lambda key: held.append(Deferred()) or held[-1])
+        for _ in range(1 + cache_module.MAX_QUEUED_UPDATES + 2):
+            cache.update_json("k", lambda current: ({}, None))
+        # One running, MAX_QUEUED_UPDATES waiting, the 2 beyond the cap run at once.
+        self.assertEqual(len(held), 3)
+        self.assertEqual(len(cache._updating["s:k"].waiting),
+                         cache_module.MAX_QUEUED_UPDATES)

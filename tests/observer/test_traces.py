@@ -523,6 +523,62 @@ class BatchTests:
         # The last batch is short: the outbox is drained and the run ends, no pause.
         self.assertEqual((yield run)["built"], 25)
 
+    @inlineCallbacks
+    def test_paced_one_batch_is_in_flight_and_stop_ends_its_pause(self):
+        # Two batches in flight, each resting three times its length, could take half
+        # the time between them: paced, the job keeps one in flight.
+        for n in range(45):
+            yield self.add(n, {"tools": []})
+
+        def slow(f, *args, **kwargs):
+            self.clock.advance(0.5)
+            return synchronously(f, *args, **kwargs)
+
+        builder = self.builder(batch_size=10, concurrency=2, to_thread=slow,
+                               duty=SHARED_DUTY)
+        run = builder.run()
+        yield poll(lambda: bool(self.clock.getDelayedCalls()), 10, "a batch resting")
+        (pause,) = self.clock.getDelayedCalls()
+        self.assertAlmostEqual(pause.getTime() - self.clock.seconds(), 3.0)
+        builder.stop()  # the pause ends now: the run finishes without more Clock time
+        self.assertEqual((yield run)["built"], 10)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    @inlineCallbacks
+    def test_rows_past_half_their_ttl_are_drained_without_pauses(self):
+        # Rows with a 100 s TTL, 60 s old: the job is behind, pacing would let them
+        # expire; every batch follows the last at once.
+        for n in range(25):
+            yield self.add(n, {"tools": []}, ttl=100_000)
+        self.clock.advance(60)
+
+        def slow(f, *args, **kwargs):
+            self.clock.advance(0.5)
+            return synchronously(f, *args, **kwargs)
+
+        builder = self.builder(batch_size=10, concurrency=1, to_thread=slow,
+                               duty=SHARED_DUTY)
+        self.assertEqual((yield builder.run())["built"], 25)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    @inlineCallbacks
+    def test_a_pause_never_runs_past_the_run_budget(self):
+        for n in range(25):
+            yield self.add(n, {"tools": []})
+
+        def slow(f, *args, **kwargs):
+            self.clock.advance(0.5)
+            return synchronously(f, *args, **kwargs)
+
+        builder = self.builder(batch_size=10, concurrency=1, to_thread=slow,
+                               duty=SHARED_DUTY, max_run_seconds=2)
+        run = builder.run()
+        yield poll(lambda: bool(self.clock.getDelayedCalls()), 10, "the pause")
+        (call,) = self.clock.getDelayedCalls()
+        self.assertAlmostEqual(call.getTime() - self.clock.seconds(), 1.0)  # not 3
+        self.clock.advance(1)
+        self.assertEqual((yield run)["built"], 10)
+
     def test_a_duty_outside_zero_to_one_is_refused(self):
         for duty in (0, -0.5, 1.5):
             with self.assertRaises(ValueError):
