@@ -806,9 +806,9 @@ def listed(body: Mapping[str, Any], key: str) -> list[Any]:
     return [value] if isinstance(value, dict) else []
 
 
-def anthropic_tools(body: Mapping[str, Any]) -> OfferedTools:
-    """Messages API: ``tools[].name`` (server tools by ``name``, else ``type``), and the
-    tool ``tool_choice`` names."""
+def named_or_typed_tools(body: Mapping[str, Any]) -> ToolNames:
+    """``tools[]`` by ``name``, else by ``type`` (built-in and server tools), else as
+    given (the Messages and Responses APIs)."""
     out = ToolNames()
     for tool in listed(body, "tools"):
         if isinstance(tool, dict) and "name" in tool:
@@ -817,6 +817,13 @@ def anthropic_tools(body: Mapping[str, Any]) -> OfferedTools:
             out.add(tool["type"])
         else:
             out.add(tool)
+    return out
+
+
+def anthropic_tools(body: Mapping[str, Any]) -> OfferedTools:
+    """Messages API: ``tools[].name`` (server tools by ``name``, else ``type``), and the
+    tool ``tool_choice`` names."""
+    out = named_or_typed_tools(body)
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and "name" in choice:
         out.add(choice["name"])
@@ -854,14 +861,7 @@ def chat_tools(body: Mapping[str, Any]) -> OfferedTools:
 def responses_tools(body: Mapping[str, Any]) -> OfferedTools:
     """Responses: ``tools[].name`` (function and custom tools), built-in tools by their
     ``type`` (``web_search``, ``file_search``, ``mcp``…), and what ``tool_choice`` names."""
-    out = ToolNames()
-    for tool in listed(body, "tools"):
-        if isinstance(tool, dict) and "name" in tool:
-            out.add(tool["name"])
-        elif isinstance(tool, dict) and "type" in tool:
-            out.add(tool["type"])
-        else:
-            out.add(tool)
+    out = named_or_typed_tools(body)
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
         if "name" in choice:

@@ -192,12 +192,8 @@ class OutboxStore:
         def run(cursor: Cursor) -> set[str]:
             present: set[str] = set()
             for chunk in _chunks(links):
-                cases = " ".join(["WHEN ? THEN ?"] * len(chunk))
                 ids = [c for c, _ in chunk]
-                cursor.execute(
-                    f"UPDATE integrity_checkpoints SET trace_id = CASE id {cases} END "
-                    f"WHERE id IN ({_marks(len(chunk))}) AND trace_id IS NULL",
-                    [v for link in chunk for v in link] + ids)
+                _set_trace_ids(cursor, chunk, only_unlinked=True)
                 present.update(r[0] for r in cursor.execute(
                     f"SELECT id FROM integrity_checkpoints WHERE id IN ({_marks(len(ids))})",
                     ids).fetchall())
@@ -303,6 +299,18 @@ def link_stored_traces(cursor: Cursor, checkpoint_ids: list[str]) -> int:
     return linked
 
 
+def _set_trace_ids(cursor: Cursor, links: list[tuple[str, str]],
+                   only_unlinked: bool = False) -> set[str]:
+    """Set each checkpoint's ``trace_id`` (``(checkpoint id, trace id)``, one statement);
+    the checkpoint ids that were there to set."""
+    cases = " ".join(["WHEN ? THEN ?"] * len(links))
+    unlinked = " AND trace_id IS NULL" if only_unlinked else ""
+    return {r[0] for r in cursor.execute(
+        f"UPDATE integrity_checkpoints SET trace_id = CASE id {cases} END "
+        f"WHERE id IN ({_marks(len(links))}){unlinked} RETURNING id",
+        [v for link in links for v in link] + [c for c, _ in links]).fetchall()}
+
+
 def _finish(cursor: Cursor, owner: str, traces: list[tuple[OutboxRow, TraceRecord]],
             failures: list[OutboxFailure]) -> BatchResult:
     stored: set[str] = set()
@@ -322,11 +330,7 @@ def _finish(cursor: Cursor, owner: str, traces: list[tuple[OutboxRow, TraceRecor
         links = [(t.checkpoint_id, t.id) for _, t in chunk
                  if t.checkpoint_id and t.outbox_id in stored]
         if links:
-            cases = " ".join(["WHEN ? THEN ?"] * len(links))
-            found = {r[0] for r in cursor.execute(
-                f"UPDATE integrity_checkpoints SET trace_id = CASE id {cases} END "
-                f"WHERE id IN ({_marks(len(links))}) RETURNING id",
-                [v for link in links for v in link] + [c for c, _ in links]).fetchall()}
+            found = _set_trace_ids(cursor, links)
             unlinked.update((c, t) for c, t in links if c not in found)
         ids = [row.id for row, _ in chunk]
         cursor.execute(f"DELETE FROM trace_outbox WHERE id IN ({_marks(len(ids))})", ids)
