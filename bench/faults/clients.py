@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import selectors
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +21,7 @@ from bench.faults.common import (
     wait_for,
 )
 from tests.e2e.daemon import Daemon
-from tests.fakes.hostile import hostile_requests, send_hostile
+from tests.fakes.hostile import hostile_requests, send_hostile, slow_heads
 
 
 class NormalCalls:
@@ -104,57 +102,22 @@ def slowloris(quick: bool, workdir: Path, sockets: int = 100, deadline: float = 
     with a 408 once ``REQUEST_TIMEOUT`` (``deadline``) has passed since its accept, and
     no later than ``deadline + slack``, while normal calls succeed."""
     result = Result(f"slowloris ({sockets} slow connections, REQUEST_TIMEOUT={deadline:g} s)")
-    head = (b"POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\n"
-            b"content-type: application/json\r\ncontent-length: 100000\r\n\r\n")
     with fakes() as fake, daemons() as start:
         daemon = start(workdir / "d", fake.env() | {"REQUEST_TIMEOUT": f"{deadline:g}",
                                                     "MAX_CONNECTIONS_PER_CLIENT": "1000"})
         wait_for(lambda: readiness(daemon)[0] == 200, 30)
-        selector = selectors.DefaultSelector()
-        opened: dict[socket.socket, float] = {}
-        replies: dict[socket.socket, bytes] = {}
-        closed_after: dict[socket.socket, float] = {}
         with NormalCalls(daemon) as normal:
-            for _ in range(sockets):
-                sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
-                opened[sock] = time.monotonic()
-                sock.setblocking(False)
-                selector.register(sock, selectors.EVENT_READ)
-                replies[sock] = b""
-            sent = 0
-            give_up = time.monotonic() + deadline + slack + 10
-            try:
-                while len(closed_after) < sockets and time.monotonic() < give_up:
-                    if sent < len(head):  # one more byte on each: each would reset an idle timer
-                        for sock in opened:
-                            if sock not in closed_after:
-                                try:
-                                    sock.send(head[sent:sent + 1])
-                                except OSError:
-                                    pass
-                        sent += 1
-                    for key, _ in selector.select(timeout=0.2):
-                        sock = key.fileobj  # type: ignore[assignment]
-                        try:
-                            data = sock.recv(65536)
-                        except OSError:
-                            data = b""
-                        replies[sock] += data
-                        if not data:
-                            closed_after[sock] = time.monotonic() - opened[sock]
-                            selector.unregister(sock)
-            finally:
-                for sock in opened:
-                    sock.close()
-        with_408 = sum(1 for r in replies.values() if r.startswith(b"HTTP/1.1 408 "))
-        in_time = [t for t in closed_after.values() if t <= deadline + slack]
+            answers = slow_heads(daemon.port, sockets, deadline + slack + 10)
+        replies = [reply for reply, _ in answers]
+        closed_after = [after for _, after in answers if after is not None]
+        with_408 = sum(1 for r in replies if r.startswith(b"HTTP/1.1 408 "))
+        in_time = [t for t in closed_after if t <= deadline + slack]
         result.check("closed with 408", f"{with_408} / {sockets}", "all", with_408 == sockets)
         result.check(f"closed within REQUEST_TIMEOUT + {slack:g} s", f"{len(in_time)} / {sockets}",
                      "all", len(in_time) == sockets)
         if closed_after:
             result.figure("time to close: min / max",
-                          f"{min(closed_after.values()):.2f} s / "
-                          f"{max(closed_after.values()):.2f} s")
+                          f"{min(closed_after):.2f} s / {max(closed_after):.2f} s")
         normal.record(result)
         shed = metric(daemon, "gateway_client_connections_closed_total",
                       'reason="request_timeout"')

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import selectors
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
 
 from tests.e2e.daemon import Daemon
-from tests.fakes.hostile import KEY, hostile_requests, send_hostile
+from tests.fakes.hostile import KEY, hostile_requests, send_hostile, slow_heads
 
 #: REQUEST_TIMEOUT for these daemons, seconds: short, so the test is.
 DEADLINE = 3
@@ -37,55 +35,23 @@ def sdk_call(daemon: Daemon) -> None:
 
 def test_100_slowloris_sockets_get_408_at_the_deadline_while_sdk_calls_succeed(start):
     daemon = start({"REQUEST_TIMEOUT": str(DEADLINE)})
-    head = (b"POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\n"
-            b"content-type: application/json\r\ncontent-length: 100000\r\n\r\n")
-    selector = selectors.DefaultSelector()
-    opened: dict[socket.socket, float] = {}
-    replies: dict[socket.socket, bytes] = {}
-    answered_after: dict[socket.socket, float] = {}
-    for _ in range(SLOWLORIS):
-        sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
-        opened[sock] = time.monotonic()
-        sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ)
-        replies[sock] = b""
-    sent = 0
     sdk_calls = 0
-    give_up = time.monotonic() + DEADLINE + POLL_SLACK
-    try:
-        while len(answered_after) < SLOWLORIS and time.monotonic() < give_up:
-            # One more byte on every open socket each turn: each would reset an idle timer.
-            if sent < len(head):
-                for sock in opened:
-                    if sock not in answered_after:
-                        try:
-                            sock.send(head[sent:sent + 1])
-                        except OSError:
-                            pass
-                sent += 1
-            for key, _ in selector.select(timeout=0.2):
-                sock = key.fileobj  # type: ignore[assignment]
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    data = b""
-                replies[sock] += data
-                if not data:
-                    answered_after[sock] = time.monotonic() - opened[sock]
-                    selector.unregister(sock)
-            if sdk_calls < 5:  # normal clients are served meanwhile
-                sdk_call(daemon)
-                sdk_calls += 1
-    finally:
-        for sock in opened:
-            sock.close()
+
+    def normal_call() -> None:
+        nonlocal sdk_calls
+        if sdk_calls < 5:  # normal clients are served meanwhile
+            sdk_call(daemon)
+            sdk_calls += 1
+
+    answers = slow_heads(daemon.port, SLOWLORIS, DEADLINE + POLL_SLACK, normal_call)
     assert sdk_calls == 5
-    assert len(answered_after) == SLOWLORIS, "some slow sockets were never closed"
-    for sock, reply in replies.items():
+    assert all(after is not None for _, after in answers), \
+        "some slow sockets were never closed"
+    for reply, after in answers:
         assert reply.startswith(b"HTTP/1.1 408 "), reply[:100]
         assert json.loads(reply.partition(b"\r\n\r\n")[2])["type"] == "request_timeout"
         # The deadline is counted from the accept, after this side's connect returned.
-        assert answered_after[sock] >= DEADLINE
+        assert after is not None and after >= DEADLINE
     sdk_call(daemon)
     metrics = json_free_metrics(daemon)
     assert f'gateway_client_connections_closed_total{{reason="request_timeout"}} ' \

@@ -11,7 +11,9 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import selectors
 import socket
+import time
 from collections.abc import Callable, Iterator
 
 KEY = "sk-hostile-e2e"
@@ -124,3 +126,55 @@ def send_hostile(port: int, name: str, data: bytes) -> tuple[str, bytes]:
             pass
         return name, reply
 
+
+
+#: The head a slow client sends, one byte at a time (its body never comes).
+SLOW_HEAD = (b"POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\n"
+             b"content-type: application/json\r\ncontent-length: 100000\r\n\r\n")
+
+
+def slow_heads(port: int, sockets: int, give_up_after: float,
+               each_turn: Callable[[], None] = lambda: None,
+               ) -> list[tuple[bytes, float | None]]:
+    """Open ``sockets`` connections and send ``SLOW_HEAD`` on them one byte per turn,
+    each byte one that would reset an idle timer, until the daemon has closed them all
+    or ``give_up_after`` seconds have passed; ``each_turn`` runs once a turn. For each
+    connection: what the daemon answered, and the seconds from connect to its close
+    (None: never closed)."""
+    selector = selectors.DefaultSelector()
+    opened: dict[socket.socket, float] = {}
+    replies: dict[socket.socket, bytes] = {}
+    closed_after: dict[socket.socket, float] = {}
+    for _ in range(sockets):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        opened[sock] = time.monotonic()
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+        replies[sock] = b""
+    sent = 0
+    give_up = time.monotonic() + give_up_after
+    try:
+        while len(closed_after) < sockets and time.monotonic() < give_up:
+            if sent < len(SLOW_HEAD):
+                for sock in opened:
+                    if sock not in closed_after:
+                        try:
+                            sock.send(SLOW_HEAD[sent:sent + 1])
+                        except OSError:
+                            pass
+                sent += 1
+            for key, _ in selector.select(timeout=0.2):
+                sock = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                replies[sock] += data
+                if not data:
+                    closed_after[sock] = time.monotonic() - opened[sock]
+                    selector.unregister(sock)
+            each_turn()
+    finally:
+        for sock in opened:
+            sock.close()
+    return [(replies[sock], closed_after.get(sock)) for sock in opened]
