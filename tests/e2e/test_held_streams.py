@@ -69,14 +69,17 @@ class Gateway:
         self.database = str(state / "mnemomd.db")
         self.url = self.daemon.base_url
 
-    def violations(self) -> list[str]:
-        """The stored violations, once there is one (written behind the verdict)."""
-        def stored() -> list[str]:
+    def stored_violation(self, checkpoint_id: str) -> bool:
+        """True once ``checkpoint_id`` is stored as a violation (it is written behind the
+        verdict, so the call's answer can come first); fails after a deadline."""
+        def stored() -> bool:
             with sqlite3.connect(self.database) as connection:
-                return [r[0] for r in connection.execute(
-                    "SELECT id FROM integrity_checkpoints WHERE verdict='boundary_violation'")]
+                return connection.execute(
+                    "SELECT 1 FROM integrity_checkpoints WHERE id = ? AND "
+                    "verdict = 'boundary_violation'", (checkpoint_id,)).fetchone() is not None
 
-        return wait_until(stored, timeout=10, interval=0.02, what="a stored violation")
+        return wait_until(stored, timeout=10, interval=0.02,
+                          what=f"violation {checkpoint_id} stored")
 
 
 def assert_no_output(body: bytes) -> None:
@@ -123,7 +126,8 @@ def test_enforce_violation_anthropic_messages_stream(start, tmp_path, analysis):
     body = raw_stream(gateway, "/anthropic/v1/messages", payload, {"x-api-key": KEY})
     assert_no_output(body)
     error = error_of(body, prefix)["error"]
-    assert error["type"] == "integrity_violation" and error["checkpoint_id"] in gateway.violations()
+    assert error["type"] == "integrity_violation"
+    assert gateway.stored_violation(error["checkpoint_id"])
 
     client = anthropic.Anthropic(base_url=f"{gateway.url}/anthropic", api_key=KEY,
                                  max_retries=0)
@@ -136,7 +140,7 @@ def test_enforce_violation_anthropic_messages_stream(start, tmp_path, analysis):
                 assert event.type not in ("text", "input_json")
     assert "thinking" in seen
     assert raised.value.body["error"]["type"] == "integrity_violation"
-    assert raised.value.body["error"]["checkpoint_id"] in gateway.violations()
+    assert gateway.stored_violation(raised.value.body["error"]["checkpoint_id"])
 
 
 def test_enforce_violation_anthropic_async(start, tmp_path, analysis):
@@ -158,7 +162,7 @@ def test_enforce_violation_anthropic_async(start, tmp_path, analysis):
 
     seen, error = asyncio.run(run())
     assert "thinking" in seen and "text" not in seen
-    assert error.body["error"]["checkpoint_id"] in gateway.violations()
+    assert gateway.stored_violation(error.body["error"]["checkpoint_id"])
 
 
 def test_enforce_violation_openai_chat_stream(start, tmp_path, analysis):
@@ -173,7 +177,7 @@ def test_enforce_violation_openai_chat_stream(start, tmp_path, analysis):
     assert_no_output(body)
     error = error_of(body, prefix)["error"]
     assert error["code"] == "integrity_violation"
-    assert error["checkpoint_id"] in gateway.violations()
+    assert gateway.stored_violation(error["checkpoint_id"])
 
     client = openai.OpenAI(base_url=f"{gateway.url}/openai/v1", api_key=KEY, max_retries=0)
     reasoning: list[str] = []
@@ -185,7 +189,7 @@ def test_enforce_violation_openai_chat_stream(start, tmp_path, analysis):
             reasoning.append(getattr(delta, "reasoning_content", None) or "")
     assert "".join(reasoning) == canned.THINKING_TEXT
     assert raised.value.type == raised.value.code == "integrity_violation"
-    assert raised.value.body["checkpoint_id"] in gateway.violations()
+    assert gateway.stored_violation(raised.value.body["checkpoint_id"])
 
 
 def test_enforce_violation_openai_responses_stream(start, tmp_path, analysis):
@@ -200,7 +204,7 @@ def test_enforce_violation_openai_responses_stream(start, tmp_path, analysis):
     error = error_of(body, prefix)
     assert (error["type"], error["code"], error["sequence_number"]) == (
         "error", "integrity_violation", 10)
-    assert error["error"]["checkpoint_id"] in gateway.violations()
+    assert gateway.stored_violation(error["error"]["checkpoint_id"])
 
     client = openai.OpenAI(base_url=f"{gateway.url}/openai/v1", api_key=KEY, max_retries=0)
     seen: list[str] = []
@@ -212,7 +216,7 @@ def test_enforce_violation_openai_responses_stream(start, tmp_path, analysis):
     assert "response.reasoning_summary_text.delta" in seen
     assert not [t for t in seen if "output_text" in t or "function_call" in t]
     assert raised.value.type == "integrity_violation"
-    assert raised.value.body["checkpoint_id"] in gateway.violations()
+    assert gateway.stored_violation(raised.value.body["checkpoint_id"])
 
 
 def test_enforce_violation_gemini_generate_content_stream(start, tmp_path, analysis):
@@ -227,7 +231,7 @@ def test_enforce_violation_gemini_generate_content_stream(start, tmp_path, analy
     assert_no_output(body)
     error = error_of(body, prefix)["error"]
     assert (error["code"], error["type"]) == (403, "integrity_violation")
-    assert error["checkpoint_id"] in gateway.violations()
+    assert gateway.stored_violation(error["checkpoint_id"])
 
     client = genai.Client(api_key=KEY, http_options=types.HttpOptions(
         base_url=f"{gateway.url}/gemini"))
@@ -243,7 +247,7 @@ def test_enforce_violation_gemini_generate_content_stream(start, tmp_path, analy
     assert (raised.value.code, raised.value.status) == (403, "PERMISSION_DENIED")
     details = raised.value.details["error"]
     assert details["type"] == "integrity_violation"
-    assert details["checkpoint_id"] in gateway.violations()
+    assert gateway.stored_violation(details["checkpoint_id"])
 
 
 # -- Done-when 2: a clear verdict releases the upstream's bytes, and only then ------------
